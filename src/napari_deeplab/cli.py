@@ -1,0 +1,136 @@
+"""The ``napari-deeplab`` command: ``predict`` (batch pre-labelling) and ``convert``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up chatter (oneDNN, CUDA probing) kept off the terminal.
+
+    TensorFlow >= 2.20 prints it through absl before logging is configured, so no environment
+    variable silences it; stderr is pointed at /dev/null for the import alone.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="napari-deeplab",
+        description="Pre-label human body parts (CIHP, 20 classes) with DeepLabV3+.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    model_help = (f"model: a Hugging Face hub id (default {DEFAULT_MODEL}, cached after the "
+                  "first download), a SavedModel folder in the seed's format, or a .keras file")
+
+    predict = commands.add_parser(
+        "predict", help="pre-label photos into a CIHP dataset folder",
+        description="Segment each photo at full resolution and write it into OUT in the CIHP "
+                    "layout: <split>/Images (the photo as is), Category_ids, Categories, and "
+                    "the split's id list. Ids are the file stems.")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="photo files, folders of photos, or glob patterns ('photos/*.jpg')")
+    predict.add_argument("--out", required=True, metavar="DIR", help="dataset root to write into")
+    predict.add_argument("--model", metavar="PATH", default=None, help=model_help)
+    predict.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                         help="photos per model call (default 4)")
+    predict.add_argument("--split", default="Training",
+                         choices=("Training", "Validation", "Testing"),
+                         help="split folder to write (default Training)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace samples that already exist (default: keep them)")
+
+    convert = commands.add_parser(
+        "convert", help="convert a model (e.g. the seed SavedModel) into a .keras file",
+        description="Load any model that --model accepts and save it as a native Keras 3 "
+                    ".keras file that carries its class names and preprocessing.")
+    convert.add_argument("source", metavar="SRC", help=model_help)
+    convert.add_argument("--out", required=True, metavar="FILE.keras", help="file to write")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _import_tensorflow_quietly()
+    from .cihp import DatasetError
+    from .model import ModelError
+    from .prelabel import InputError
+
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _convert(args)
+    except (ModelError, InputError, DatasetError) as error:
+        print(f"napari-deeplab: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr)
+        return 130
+
+
+def _predict(args) -> int:
+    from tqdm import tqdm
+
+    from .model import load_model
+    from .prelabel import check_unique_ids, expand_inputs, prelabel_files
+
+    paths, problems = expand_inputs(args.inputs)
+    for problem in problems:
+        print(f"napari-deeplab: {problem}", file=sys.stderr)
+    check_unique_ids(paths)
+    if not paths:
+        print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
+        return EXIT_ERROR
+    model = load_model(args.model)
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
+        for outcome in prelabel_files(paths, model, args.out, split=args.split,
+                                      batch_size=args.batch_size, overwrite=args.overwrite):
+            counts[outcome.status] += 1
+            if outcome.status != "written":
+                bar.write(f"{outcome.path}: {outcome.status}: {outcome.message}", file=sys.stderr)
+            bar.update()
+    print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
+          f"-> {os.path.join(args.out, args.split)}")
+    return EXIT_SOME_FAILED if counts["failed"] or problems else EXIT_OK
+
+
+def _convert(args) -> int:
+    from .model import load_model
+
+    if not args.out.endswith(".keras"):
+        print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
+        return EXIT_ERROR
+    model = load_model(args.source)
+    model.save(args.out)
+    print(f"saved {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Photo -> per-pixel CIHP labels and confidence at full resolution, one photo or a stack.
+
+The photo is resized to the model's square input (512 x 512 for the seed) without keeping
+aspect, exactly as the seed was trained; the logits, not the labels, are upsampled back to
+the photo's size, bilinearly, one band of rows at a time so that memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+BAND_PIXELS = 1 << 20
+"""Output pixels upsampled at once, which bounds the working memory to a few bytes each."""
+
+
+@dataclass
+class Segmentation:
+    """The result for one photo: ``labels`` H x W uint8 class ids, ``confidence`` H x W float32
+    top-class probability in [0, 1]; ``index`` is the photo's position in the input."""
+
+    index: int
+    labels: np.ndarray
+    confidence: np.ndarray
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as H x W x 3 RGB in 0..255 (uint8 where it already was, else float32).
+
+    Accepts H x W (grayscale), H x W x 1, H x W x 3 or H x W x 4 (alpha dropped), of dtype
+    bool, uint8, uint16 (0..65535), other integers (0..255) or float (0..1 when the maximum is
+    at most 1, else 0..255).
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        image = image[..., :3]
+    elif image.ndim != 2:
+        raise ValueError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"the image is empty (shape {image.shape})")
+    if image.ndim == 2 or image.shape[-1] == 1:
+        image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 257.0
+    if np.issubdtype(image.dtype, np.integer):
+        return np.clip(image, 0, 255).astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        image = np.nan_to_num(image.astype(np.float32))
+        scale = 255.0 if image.size and image.max() <= 1.0 else 1.0
+        return np.clip(image * scale, 0, 255)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+def model_input(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` (any form :func:`to_rgb` accepts) resized to ``size`` x ``size`` x 3 float32 in
+    0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained."""
+    from keras import ops
+
+    rgb = to_rgb(image)
+    resized = ops.image.resize(rgb, (size, size), interpolation="bilinear", antialias=False)
+    return np.asarray(ops.convert_to_numpy(resized), dtype=np.float32)
+
+
+def _bilinear_taps(out_size: int, in_size: int):
+    """Source indices and weights of half-pixel-centred bilinear resizing (as ``tf.image.resize``)."""
+    position = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    position = np.clip(position, 0, in_size - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, in_size - 1)
+    return low, high, (position - low).astype(np.float32)
+
+
+def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None,
+                    grid_confidence=None) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels and confidence at ``shape`` = (H, W) from ``logits`` (h x w x C float).
+
+    ``labels`` (H x W uint8) is exactly the argmax of the logits upsampled bilinearly with
+    half-pixel centres (as ``tf.image.resize``). A convex blend of four logit vectors that
+    share their argmax keeps it, so the full C-class blend is computed only where the four
+    source pixels disagree (along class boundaries). ``confidence`` (H x W float32 in [0, 1])
+    is the top-class softmax probability on the model's grid, upsampled bilinearly. Works in
+    bands of rows: no H x W x C array is ever made. ``grid_labels`` and ``grid_confidence``
+    (h x w), when the caller has them already, are the argmax and top probability of ``logits``.
+    """
+    height, width = shape
+    logits = np.asarray(logits, np.float32)
+    if grid_labels is None:
+        grid_labels = logits.argmax(axis=-1)
+        grid_confidence = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
+    grid_labels = np.asarray(grid_labels, np.uint8)
+    # a grid cell is mixed when the four pixels at its corners do not all share one class
+    padded = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
+    mixed = ((padded[:-1, :-1] != padded[1:, :-1]) | (padded[:-1, :-1] != padded[:-1, 1:])
+             | (padded[:-1, :-1] != padded[1:, 1:]))
+    y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
+    x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
+    labels = np.empty((height, width), np.uint8)
+    confidence = np.empty((height, width), np.float32)
+    band = max(1, BAND_PIXELS // width)
+
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    grid_width = logits.shape[1]
+    for first in range(0, height, band):
+        rows = slice(first, min(first + band, height))
+        band_labels = np.take(grid_labels[y_low[rows]], x_low, axis=1)
+        band_y, band_x = np.nonzero(np.take(mixed[y_low[rows]], x_low, axis=1))
+        if band_y.size:
+            y = band_y + first
+            wy, wx = y_weight[y, None], x_weight[band_x, None]
+            top, bottom = y_low[y] * grid_width, y_high[y] * grid_width
+            left, right = x_low[band_x], x_high[band_x]
+            blend = np.take(flat_logits, top + left, axis=0) * ((1 - wy) * (1 - wx))
+            blend += np.take(flat_logits, top + right, axis=0) * ((1 - wy) * wx)
+            blend += np.take(flat_logits, bottom + left, axis=0) * (wy * (1 - wx))
+            blend += np.take(flat_logits, bottom + right, axis=0) * (wy * wx)
+            band_labels[band_y, band_x] = blend.argmax(axis=-1)
+        labels[rows] = band_labels
+        wy = y_weight[rows, None]
+        by_row = grid_confidence[y_low[rows]] * (1 - wy) + grid_confidence[y_high[rows]] * wy
+        low = np.take(by_row, x_low, axis=1)
+        confidence[rows] = low + (np.take(by_row, x_high, axis=1) - low) * x_weight
+    return labels, confidence
+
+
+_INFERENCE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def inference_model(model):
+    """``model`` with batch norm folded (:func:`~napari_deeplab.model.fold_batch_norm`) and three
+    outputs: logits (N x h x w x C), their argmax (N x h x w) and top softmax probability
+    (N x h x w). Built once per model and reused."""
+    import keras
+    from keras import ops
+
+    from .model import fold_batch_norm
+
+    if model not in _INFERENCE_MODELS:
+        folded = fold_batch_norm(model)
+        logits = folded.outputs[0]
+        outputs = [logits, ops.argmax(logits, axis=-1), ops.max(ops.softmax(logits, axis=-1), axis=-1)]
+        _INFERENCE_MODELS[model] = keras.Model(folded.inputs, outputs, name=f"{model.name}_inference")
+    return _INFERENCE_MODELS[model]
+
+
+def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
+    """Segment one photo at its full resolution.
+
+    ``image``: H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
+    Returns ``(labels, confidence)``: H x W uint8 class ids in 0..C-1 and H x W float32
+    top-class probability in [0, 1].
+    """
+    result = next(segment_stack([image], model))
+    return result.labels, result.confidence
+
+
+def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4) -> Iterator[Segmentation]:
+    """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
+
+    ``images``: an N x H x W x 3 stack, a list of photos of any sizes, or any iterable
+    (read lazily, ``batch_size`` at a time). Closing the generator (napari's Cancel, Ctrl+C)
+    stops the work after the current batch's model call.
+    """
+    from .model import model_info
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    size = model_info(model).input_size
+    batch, shapes, first_index = [], [], 0
+    for image in images:
+        batch.append(model_input(image, size))
+        shapes.append(np.shape(image)[:2])
+        if len(batch) == batch_size:
+            yield from _segment_batch(model, batch, shapes, first_index)
+            first_index += len(batch)
+            batch, shapes = [], []
+    if batch:
+        yield from _segment_batch(model, batch, shapes, first_index)
+
+
+def _segment_batch(model, batch, shapes, first_index):
+    logits, grid_labels, grid_confidence = (
+        np.asarray(output) for output in inference_model(model).predict_on_batch(np.stack(batch)))
+    for offset, shape in enumerate(shapes):
+        labels, confidence = upsample_logits(logits[offset], shape, grid_labels[offset],
+                                             grid_confidence[offset])
+        yield Segmentation(first_index + offset, labels, confidence)

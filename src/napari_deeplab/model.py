@@ -1,0 +1,450 @@
+"""DeepLabV3+ (ResNet50) in Keras 3, and loading of checkpoints: the hub, seed SavedModels, ``.keras``.
+
+The architecture is the seed's (the Keras example "Multiclass semantic segmentation using
+DeepLabV3+"), written so that pooling and upsampling follow the input: the same weights run
+at any input size whose sides are multiples of 16. Our models take RGB in 0..255 (the
+scaling to [-1, 1] the seed was trained with is the model's first layer) and return one
+logit per class and pixel; they carry their class names and training input size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from . import DEFAULT_MODEL
+from .cihp import CLASS_NAMES
+
+SEED_INPUT_SIZE = 512
+"""Side of the square the seed was trained on; inputs are resized to it without keeping aspect."""
+
+_SEED_FILES = ("saved_model.pb", "keras_metadata.pb", "variables/variables.index")
+
+
+class ModelError(Exception):
+    """A model could not be found, downloaded or read; the message says what to do."""
+
+
+@keras.saving.register_keras_serializable(package="napari_deeplab")
+class BroadcastToSpatial(layers.Layer):
+    """Repeat a 1 x 1 feature over the spatial size of a reference feature map.
+
+    The seed upsampled its image-pooling branch bilinearly from 1 x 1, which is this
+    broadcast; doing it from the reference's shape keeps the model size-agnostic.
+    """
+
+    def call(self, inputs):
+        pooled, reference = inputs
+        return pooled * ops.ones_like(reference[..., :1])
+
+    def compute_output_shape(self, input_shapes):
+        pooled, reference = input_shapes
+        return reference[:-1] + pooled[-1:]
+
+
+@keras.saving.register_keras_serializable(package="napari_deeplab")
+class ModelInfo(layers.Layer):
+    """Identity on the logits that carries the class names and the input size into ``.keras`` files."""
+
+    def __init__(self, class_names=CLASS_NAMES, input_size=SEED_INPUT_SIZE, **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = tuple(class_names)
+        self.input_size = int(input_size)
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": list(self.class_names),
+                "input_size": self.input_size}
+
+
+def _conv_block(x, filters, kernel_size, name, dilation_rate=1, use_bias=False):
+    x = layers.Conv2D(filters, kernel_size, dilation_rate=dilation_rate, padding="same",
+                      use_bias=use_bias, kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
+                input_size: int = SEED_INPUT_SIZE) -> keras.Model:
+    """Build DeepLabV3+ with a ResNet50 trunk and random weights.
+
+    The model maps ``(N, H, W, 3)`` float RGB in 0..255 to ``(N, H, W, num_classes)``
+    float32 logits, for any H and W that are multiples of 16. With 20 classes it has
+    11,857,236 parameters, as the seed. ``input_size`` is the square side that
+    :func:`napari_deeplab.inference.segment` resizes photos to.
+    """
+    if class_names is None:
+        class_names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [
+            f"class {i}" for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    rgb = keras.Input(shape=(None, None, 3), name="rgb")
+    scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit_range")(rgb)
+    trunk = keras.applications.ResNet50(weights=None, include_top=False, input_tensor=scaled)
+    high = trunk.get_layer("conv4_block6_2_relu").output  # output stride 16
+    low = trunk.get_layer("conv2_block3_2_relu").output  # output stride 4
+
+    pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_image_pool")(high)
+    pooled = _conv_block(pooled, 256, 1, "aspp_pool", use_bias=True)
+    pooled = BroadcastToSpatial(name="aspp_pool_broadcast")([pooled, high])
+    branches = [pooled, _conv_block(high, 256, 1, "aspp_1x1")]
+    branches += [_conv_block(high, 256, 3, f"aspp_rate{rate}", dilation_rate=rate)
+                 for rate in (6, 12, 18)]
+    x = layers.Concatenate(name="aspp_concat")(branches)
+    x = _conv_block(x, 256, 1, "aspp_project")
+
+    x = layers.UpSampling2D(4, interpolation="bilinear", name="decoder_upsample")(x)
+    low = _conv_block(low, 48, 1, "low_level")
+    x = layers.Concatenate(name="decoder_concat")([x, low])
+    x = _conv_block(x, 256, 3, "decoder_block1")
+    x = _conv_block(x, 256, 3, "decoder_block2")
+    # The seed upsampled the 256 features x4 and then applied the 1x1 logits conv; both are
+    # linear, so conv-then-upsample is the same function with 13x less work at full size.
+    logits = layers.Conv2D(num_classes, 1, padding="same", name="logits")(x)
+    logits = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample")(logits)
+    logits = ModelInfo(class_names, input_size, name="model_info")(logits)
+    return keras.Model(rgb, logits, name="deeplabv3plus_resnet50")
+
+
+def model_info(model: keras.Model) -> ModelInfo:
+    """The :class:`ModelInfo` layer of one of our models (class names, input size)."""
+    try:
+        return model.get_layer("model_info")
+    except ValueError:
+        raise ModelError(f"model {model.name!r} was not made by napari-deeplab "
+                         "(it has no class names); load it with napari_deeplab.model.load_model") from None
+
+
+class _Identity(layers.Layer):
+    """Stands in for a batch-norm layer folded into its convolution (accepts BN's call arguments)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """Return an inference-only copy of ``model`` with each batch norm folded into the conv before it.
+
+    Computes the same function (to float rounding) about 10% faster; not for training.
+    """
+    consumers: dict[str, list] = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                consumers.setdefault(tensor._keras_history[0].name, []).append(layer)
+    folded_into = {}  # batch-norm layer name -> conv layer
+    for layer in model.layers:
+        following = consumers.get(layer.name, [])
+        if isinstance(layer, layers.Conv2D) and len(following) == 1 \
+                and isinstance(following[0], layers.BatchNormalization):
+            folded_into[following[0].name] = layer
+
+    folded_convs = {conv.name for conv in folded_into.values()}
+
+    def clone(layer):
+        if layer.name in folded_into:
+            return _Identity(name=layer.name)
+        config = layer.get_config()
+        if layer.name in folded_convs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    inference = keras.models.clone_model(model, clone_function=clone)
+    for bn_name, conv in folded_into.items():
+        bn = model.get_layer(bn_name)
+        kernel, *bias = conv.get_weights()
+        bias = bias[0] if bias else np.zeros(kernel.shape[-1], kernel.dtype)
+        gamma, beta, mean, variance = bn.get_weights()
+        scale = gamma / np.sqrt(variance + bn.epsilon)
+        inference.get_layer(conv.name).set_weights([kernel * scale, beta + (bias - mean) * scale])
+    for layer in model.layers:
+        if layer.weights and layer.name not in folded_convs and layer.name not in folded_into:
+            inference.get_layer(layer.name).set_weights(layer.get_weights())
+    return inference
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where converted checkpoints are kept: ``$NAPARI_DEEPLAB_CACHE`` or the user cache folder."""
+    override = os.environ.get("NAPARI_DEEPLAB_CACHE")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-deeplab"))
+
+
+def load_model(source: str | os.PathLike | None = None) -> keras.Model:
+    """Load a model from a hub id, a seed-format SavedModel folder or a ``.keras`` file of ours.
+
+    ``source`` defaults to :data:`DEFAULT_MODEL`. A seed-format checkpoint is converted once
+    into the native Keras 3 model and cached, keyed by its content, so later loads are fast
+    and work offline. Raises :class:`ModelError` with a one-line message on any failure.
+    """
+    source = os.fspath(source) if source is not None else DEFAULT_MODEL
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path)
+    if path.is_file():
+        return _load_keras_file(path)
+    if _looks_like_hub_id(source):
+        return _load_folder(_download(source))
+    raise ModelError(f"{source}: no such file or folder; give a .keras file, a SavedModel "
+                     f"folder or a Hugging Face hub id such as {DEFAULT_MODEL}")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) \
+        and not source.endswith((".keras", ".h5"))
+
+
+def _download(repo_id: str) -> Path:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id))
+    except RepositoryNotFoundError:
+        raise ModelError(f"{repo_id}: no such model on the Hugging Face hub; "
+                         "check the id or pass --model PATH to a local copy") from None
+    except Exception as download_error:  # offline, proxy, timeouts: fall back to the cache
+        try:
+            return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
+        except LocalEntryNotFoundError:
+            if huggingface_hub.constants.HF_HUB_OFFLINE:
+                reason = "offline: HF_HUB_OFFLINE is set"
+            elif isinstance(download_error, LocalEntryNotFoundError):
+                reason = "the hub cannot be reached"
+            else:
+                reason = _first_line(download_error)[:120]
+            raise ModelError(
+                f"cannot download {repo_id} from the Hugging Face hub ({reason}) and it is not "
+                "cached; connect once, or pass --model PATH to a local copy "
+                "(a SavedModel folder or a .keras file)") from None
+
+
+def _load_folder(folder: Path) -> keras.Model:
+    if (folder / "saved_model.pb").exists():
+        return load_seed_checkpoint(folder)
+    keras_files = sorted(folder.glob("*.keras"))
+    if len(keras_files) == 1:
+        return _load_keras_file(keras_files[0])
+    raise ModelError(f"{folder}: not a model folder: expected a Keras-2 SavedModel "
+                     "(saved_model.pb, keras_metadata.pb, variables/) or one .keras file")
+
+
+def _load_keras_file(path: Path) -> keras.Model:
+    if path.suffix != ".keras":
+        raise ModelError(f"{path}: not a model file: expected a .keras file or a SavedModel folder")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # keras raises many types for a bad zip, JSON or HDF5
+        raise ModelError(f"{path}: cannot read this .keras file ({_first_line(error)}); "
+                         "it may be truncated: save or copy it again") from None
+    model_info(model)
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _checkpoint_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    files = [folder / "saved_model.pb", folder / "keras_metadata.pb"]
+    files += sorted((folder / "variables").glob("variables.*"))
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def load_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
+    """Load a Keras-2 SavedModel in the seed's format, converting it once and caching the result.
+
+    The cache entry is ``<cache_dir>/converted/<content digest>.keras``.
+    """
+    folder = Path(folder)
+    missing = [name for name in _SEED_FILES if not (folder / name).exists()]
+    if missing:
+        raise ModelError(f"{folder}: not a seed-format SavedModel (missing {', '.join(missing)}); "
+                         "give the folder holding saved_model.pb, keras_metadata.pb and variables/")
+    cached = cache_dir() / "converted" / f"{_checkpoint_digest(folder)}.keras"
+    if cached.exists():
+        try:
+            return keras.saving.load_model(cached, compile=False)
+        except Exception:
+            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt below
+    model = convert_seed_checkpoint(folder)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as scratch:
+        partial = Path(scratch) / cached.name
+        model.save(partial)
+        os.replace(partial, cached)
+    return model
+
+
+def convert_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
+    """Convert a seed-format SavedModel into :func:`build_model`'s model, weight by weight.
+
+    Reads the layer graph from ``keras_metadata.pb`` and the weights from the variables
+    checkpoint; needs TensorFlow (not ``tf_keras``). No caching: see :func:`load_seed_checkpoint`.
+    """
+    import tensorflow as tf
+
+    folder = Path(folder)
+    seed_layers = _read_seed_layer_config(folder)
+    try:
+        reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
+        weights_by_layer = _seed_weights_by_layer(reader, seed_layers)
+    except (tf.errors.OpError, ValueError) as error:
+        raise ModelError(f"{folder}: the variables files are unreadable ({_first_line(error)}); "
+                         "the download may be truncated: delete the folder and download it again") \
+            from None
+    roles = _seed_layer_roles(seed_layers)
+    if "logits" not in roles:
+        raise ModelError(f"{folder}: not the seed architecture (no output layer found); "
+                         "give a DeepLabV3+ ResNet50 checkpoint")
+    num_classes = weights_by_layer[roles["logits"]]["kernel"].shape[-1]
+    model = build_model(num_classes)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        seed_name = roles.get(layer.name, layer.name)
+        seed_weights = weights_by_layer.get(seed_name)
+        if seed_weights is None:
+            raise ModelError(f"{folder}: not the seed architecture (no weights for layer "
+                             f"{layer.name}); give a DeepLabV3+ ResNet50 checkpoint")
+        names = ["gamma", "beta", "moving_mean", "moving_variance"] \
+            if isinstance(layer, layers.BatchNormalization) else ["kernel", "bias"][:len(layer.weights)]
+        values = [seed_weights[name] for name in names]
+        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
+            raise ModelError(f"{folder}: not the seed architecture (layer {seed_name} has "
+                             "weights of other shapes); give a DeepLabV3+ ResNet50 checkpoint")
+        layer.set_weights(values)
+    return model
+
+
+def _read_seed_layer_config(folder: Path) -> list[dict]:
+    try:
+        from tensorflow.python.keras.protobuf import saved_metadata_pb2
+    except ImportError:  # pragma: no cover - moved in some TensorFlow releases
+        from tf_keras.protobuf import saved_metadata_pb2
+    metadata = saved_metadata_pb2.SavedMetadata()
+    try:
+        metadata.ParseFromString((folder / "keras_metadata.pb").read_bytes())
+        root = next(node for node in metadata.nodes if node.node_path == "root")
+        return json.loads(root.metadata)["config"]["layers"]
+    except Exception as error:
+        raise ModelError(f"{folder}: keras_metadata.pb is unreadable ({_first_line(error)}); "
+                         "the download may be truncated: download the model again") from None
+
+
+def _seed_weights_by_layer(reader, seed_layers: list[dict]) -> dict[str, dict]:
+    """Map each seed layer name to its weights, following the checkpoint's object graph.
+
+    Keras 2 tracks a functional model's layers as ``layer-<i>`` (config order) and those
+    with weights again as ``layer_with_weights-<j>``; both point at the same graph node.
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    root_children = {child.local_name: child.node_id for child in graph.nodes[0].children}
+    layer_index_by_node = {node: int(name.split("-")[1]) for name, node in root_children.items()
+                           if name.startswith("layer-")}
+    weights = {}
+    for name, node in root_children.items():
+        if not name.startswith("layer_with_weights-"):
+            continue
+        layer_name = seed_layers[layer_index_by_node[node]]["name"]
+        weights[layer_name] = {attribute: reader.get_tensor(key)
+                               for attribute, key in _variables_of(graph, node)}
+    return weights
+
+
+def _variables_of(graph, node_id):
+    """(attribute name, checkpoint key) of each variable of a layer node, e.g. ("kernel", ...)."""
+    for child in graph.nodes[node_id].children:
+        for attribute in graph.nodes[child.node_id].attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                yield child.local_name, attribute.checkpoint_key
+
+
+_TRUNK_LAYER = re.compile(r"^(conv\d|pool\d)_")
+_PASS_THROUGH = ("TFOpLambda", "Activation", "BatchNormalization", "UpSampling2D")
+
+
+def _seed_layer_roles(seed_layers: list[dict]) -> dict[str, str]:
+    """Name the seed's head layers (Keras auto-names such as ``conv2d_3``) by their place in the graph.
+
+    Returns ``{our layer name: seed layer name}`` for the head's Conv2D and BatchNormalization
+    layers; the ResNet50 trunk layers have the same names in both models.
+    """
+    by_name = {layer["name"]: layer for layer in seed_layers}
+
+    def inputs(name):
+        node = by_name[name]["inbound_nodes"][0]
+        if isinstance(node[0], str):  # TFOpLambda layers store one flat node
+            return [node[0]]
+        return [entry[0] for entry in node]
+
+    def feeding_layer(name):
+        name = inputs(name)[0]
+        while not _TRUNK_LAYER.match(name) and by_name[name]["class_name"] in _PASS_THROUGH:
+            name = inputs(name)[0]
+        return name
+
+    role_of = {}
+    for layer in seed_layers:  # config order is topological
+        name = layer["name"]
+        if layer["class_name"] != "Conv2D" or _TRUNK_LAYER.match(name):
+            continue
+        feed = feeding_layer(name)
+        feed_class = by_name[feed]["class_name"]
+        if feed == "conv4_block6_2_relu":
+            dilation = _first(layer["config"]["dilation_rate"])
+            role = "aspp_1x1" if _first(layer["config"]["kernel_size"]) == 1 else f"aspp_rate{dilation}"
+        elif feed == "conv2_block3_2_relu":
+            role = "low_level"
+        elif feed_class == "AveragePooling2D":
+            role = "aspp_pool"
+        elif feed_class == "Concatenate":
+            role = "aspp_project" if len(inputs(feed)) == 5 else "decoder_block1"
+        elif role_of.get(feed) == "decoder_block1":
+            role = "decoder_block2"
+        elif role_of.get(feed) == "decoder_block2":
+            role = "logits"
+        else:
+            raise ModelError(f"the checkpoint is not the seed architecture (layer {name} has no "
+                             "place in DeepLabV3+); give a DeepLabV3+ ResNet50 checkpoint")
+        role_of[name] = role
+    roles = {("logits" if role == "logits" else f"{role}_conv"): name for name, role in role_of.items()}
+    for layer in seed_layers:
+        if layer["class_name"] == "BatchNormalization" and inputs(layer["name"])[0] in role_of:
+            roles[f"{role_of[inputs(layer['name'])[0]]}_bn"] = layer["name"]
+    return roles
+
+
+def _first(value):
+    if isinstance(value, dict):  # Keras 2 serialises tuples as {"class_name": "__tuple__", ...}
+        value = value["items"]
+    return value[0] if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,144 @@
+"""Pre-label photo files into a CIHP dataset folder: the batch job behind ``napari-deeplab predict``.
+
+:func:`prelabel_files` is a generator that yields one :class:`FileOutcome` per photo, so the
+command line drives it with a progress bar and napari from a worker thread; closing it
+(Cancel, Ctrl+C) stops after the photo in hand, and everything written so far is complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import cihp
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""Suffixes of the photos taken from a folder (files named on their own are always tried)."""
+
+
+class InputError(ValueError):
+    """The inputs cannot be processed as a whole (e.g. two photos with one id); nothing was written."""
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input: ``status`` is ``"written"``, ``"skipped"`` or ``"failed"``."""
+
+    path: Path
+    sample_id: str
+    status: str
+    message: str = ""
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their photos, sorted) and glob patterns -> (photo paths, problems).
+
+    A problem is a one-line message about an input that names nothing (missing file, empty
+    glob); the caller reports it and goes on.
+    """
+    paths, problems = [], []
+    for entry in inputs:
+        entry = os.fspath(entry)
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{entry}: no photos in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(entry):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry)) if Path(p).is_file())
+            if not found:
+                problems.append(f"{entry}: no file matches this pattern")
+            paths += found
+        else:
+            problems.append(f"{entry}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    return unique, problems
+
+
+def check_unique_ids(paths: Sequence[Path]) -> None:
+    """Raise :class:`InputError` if two photos share a file stem (the sample id), or
+    :class:`~napari_deeplab.cihp.DatasetError` if a stem cannot be an id."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        cihp.check_sample_id(path.stem)
+        if path.stem in seen:
+            raise InputError(f"two inputs have the id {path.stem!r}: {seen[path.stem]} and {path}; "
+                             "rename one (ids are file stems)")
+        seen[path.stem] = path
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo's pixels as stored (no EXIF rotation, so they match the copied file).
+
+    Returns H x W or H x W x C (C = 3 or 4), uint8 or uint16. Raises ``ValueError`` with a
+    one-line reason for unreadable, multi-page or empty files.
+    """
+    import imageio.v3 as iio
+
+    try:
+        image = iio.imread(path)
+    except Exception:  # each imageio plugin fails in its own way on a bad file
+        raise ValueError("cannot read this file as an image (corrupt, truncated or of an "
+                         "unknown format)") from None
+    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) or image.ndim not in (2, 3):
+        raise ValueError(f"not a single 2-D photo (pixel array of shape {image.shape}); "
+                         "split multi-page files into single photos first")
+    if image.size == 0:
+        raise ValueError("the image is empty")
+    if image.dtype.kind not in "buif":
+        raise ValueError(f"unsupported pixel type {image.dtype}")
+    return image
+
+
+def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
+                   batch_size: int = 4, overwrite: bool = False) -> Iterator[FileOutcome]:
+    """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
+
+    Photos already in the split are skipped unless ``overwrite``. Unreadable photos and
+    failed writes are yielded as ``"failed"`` with the reason, and the batch goes on.
+    """
+    from .inference import segment_stack
+
+    cihp.check_split(split)
+    check_unique_ids(paths)
+    todo = []
+    for path in paths:
+        if overwrite or not cihp.sample_exists(out, path.stem, split):
+            todo.append(path)
+        else:
+            yield FileOutcome(path, path.stem, "skipped",
+                              f"already in {Path(out) / split}; --overwrite replaces it")
+    readable: list[Path] = []  # the photos handed to the model, in order
+    failures: list[FileOutcome] = []
+
+    def photos():
+        for path in todo:
+            try:
+                image = read_photo(path)
+            except ValueError as error:
+                failures.append(FileOutcome(path, path.stem, "failed", str(error)))
+                continue
+            readable.append(path)
+            yield image
+
+    for result in segment_stack(photos(), model, batch_size=batch_size):
+        yield from failures
+        failures.clear()
+        path = readable[result.index]
+        try:
+            cihp.write_sample(out, path.stem, result.labels, split=split, image_path=path,
+                              overwrite=True)
+        except OSError as error:
+            yield FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
+        else:
+            yield FileOutcome(path, path.stem, "written")
+    yield from failures
