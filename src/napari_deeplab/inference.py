@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BAND_PIXELS = 1 << 20
+BAND_PIXELS = 1 << 18
 """Output pixels upsampled at once, which bounds the working memory to a few bytes each."""
 
 
@@ -63,7 +63,7 @@ def model_input(image: np.ndarray, size: int) -> np.ndarray:
     0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained."""
     from keras import ops
 
-    rgb = to_rgb(image)
+    rgb = to_rgb(image).astype(np.float32, copy=False)  # resizing uint8 would round the result
     resized = ops.image.resize(rgb, (size, size), interpolation="bilinear", antialias=False)
     return np.asarray(ops.convert_to_numpy(resized), dtype=np.float32)
 

@@ -51,6 +51,34 @@ class BroadcastToSpatial(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="napari_deeplab")
+class BilinearUpsampling(layers.Layer):
+    """Bilinear upsampling by an integer factor that, unlike ``UpSampling2D``, also runs on
+    inputs whose spatial size is only known at run time (a retraced ``tf.function``)."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, inputs):
+        if keras.backend.backend() == "tensorflow":
+            # keras.ops.image.resize validates the size in Python, which a symbolic size fails
+            import tensorflow as tf
+
+            return tf.image.resize(inputs, tf.shape(inputs)[1:3] * self.factor, method="bilinear")
+        shape = ops.shape(inputs)  # static under JAX and PyTorch
+        return ops.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor),
+                                interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        scaled = [None if side is None else side * self.factor for side in (height, width)]
+        return (batch, *scaled, channels)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="napari_deeplab")
 class ModelInfo(layers.Layer):
     """Identity on the logits that carries the class names and the input size into ``.keras`` files."""
 
@@ -106,7 +134,7 @@ def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
     x = layers.Concatenate(name="aspp_concat")(branches)
     x = _conv_block(x, 256, 1, "aspp_project")
 
-    x = layers.UpSampling2D(4, interpolation="bilinear", name="decoder_upsample")(x)
+    x = BilinearUpsampling(4, name="decoder_upsample")(x)
     low = _conv_block(low, 48, 1, "low_level")
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = _conv_block(x, 256, 3, "decoder_block1")
@@ -114,7 +142,7 @@ def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
     # The seed upsampled the 256 features x4 and then applied the 1x1 logits conv; both are
     # linear, so conv-then-upsample is the same function with 13x less work at full size.
     logits = layers.Conv2D(num_classes, 1, padding="same", name="logits")(x)
-    logits = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample")(logits)
+    logits = BilinearUpsampling(4, name="output_upsample")(logits)
     logits = ModelInfo(class_names, input_size, name="model_info")(logits)
     return keras.Model(rgb, logits, name="deeplabv3plus_resnet50")
 
@@ -315,7 +343,7 @@ def convert_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
     try:
         reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
         weights_by_layer = _seed_weights_by_layer(reader, seed_layers)
-    except (tf.errors.OpError, ValueError) as error:
+    except (tf.errors.OpError, ValueError, IndexError) as error:  # IndexError: short read
         raise ModelError(f"{folder}: the variables files are unreadable ({_first_line(error)}); "
                          "the download may be truncated: delete the folder and download it again") \
             from None

@@ -1,0 +1,45 @@
+import os
+import tempfile
+from pathlib import Path
+
+# Tests never touch the network or the user's cache: set before anything imports the hub client.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_SESSION_CACHE = tempfile.mkdtemp(prefix="napari-deeplab-test-cache-")
+os.environ["NAPARI_DEEPLAB_CACHE"] = _SESSION_CACHE
+os.environ["HF_HOME"] = os.path.join(_SESSION_CACHE, "hf-home")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CIHP_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cihp_samples"
+SAMPLE_IDS = ("0002190", "0005008", "0026375")
+
+
+@pytest.fixture(scope="session")
+def cihp_samples() -> Path:
+    """The real CIHP samples beside the project (``../shared/data/cihp_samples``)."""
+    if not (CIHP_SAMPLES / "Images").is_dir():
+        pytest.skip(f"real CIHP samples not found at {CIHP_SAMPLES}")
+    return CIHP_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def cihp_photo(cihp_samples) -> np.ndarray:
+    return np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg"))
+
+
+@pytest.fixture(scope="session")
+def seed_checkpoint(tmp_path_factory) -> Path:
+    """A Keras-2 SavedModel made exactly as the seed was (random weights, non-default BN stats)."""
+    from napari_deeplab.seed_reference import save_seed_checkpoint
+
+    return save_seed_checkpoint(tmp_path_factory.mktemp("seed") / "deeplabv3p-resnet50")
+
+
+@pytest.fixture(scope="session")
+def model(seed_checkpoint):
+    from napari_deeplab.model import load_model
+
+    return load_model(seed_checkpoint)

@@ -1,0 +1,114 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_deeplab.cihp import PALETTE, read_id_list
+from napari_deeplab.cli import main
+from conftest import SAMPLE_IDS
+
+
+@pytest.fixture
+def photos(tmp_path, cihp_samples):
+    """The real CIHP photos plus a corrupt file, a grayscale PNG, a 16-bit TIFF, RGBA and a 1x1."""
+    folder = tmp_path / "photos"
+    shutil.copytree(cihp_samples / "Images", folder)
+    (folder / "corrupt.jpg").write_bytes((folder / "0002190.jpg").read_bytes()[:200])
+    rgb = np.asarray(Image.open(folder / "0026375.jpg"))
+    Image.fromarray(rgb.mean(-1).astype(np.uint8)).save(folder / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / "rgba.png")
+    import tifffile
+
+    tifffile.imwrite(folder / "deep.tif", rgb[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(folder / "tiny.png")
+    return folder
+
+
+def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_checkpoint, tmp_path, capsys):
+    out = tmp_path / "prelabels"
+    code = main(["predict", str(photos), "--model", str(seed_checkpoint), "--out", str(out),
+                 "--batch-size", "3"])
+    assert code == 1  # the corrupt file
+    err = capsys.readouterr().err
+    assert "corrupt.jpg: failed: cannot read this file as an image" in err
+    assert "Traceback" not in err
+    written = sorted(SAMPLE_IDS + ("deep", "gray", "rgba", "tiny"))
+    assert read_id_list(out, "Training") == written
+    train = out / "Training"
+    for sample_id in written:
+        source = next(photos.glob(f"{sample_id}.*"))
+        copied = train / "Images" / source.name
+        assert copied.read_bytes() == source.read_bytes()
+        mask = Image.open(train / "Category_ids" / f"{sample_id}.png")
+        assert mask.mode == "L" and mask.size == Image.open(source).size
+        ids = np.asarray(mask)
+        assert ids.max() < 20
+        np.testing.assert_array_equal(np.asarray(Image.open(train / "Categories" / f"{sample_id}.png")),
+                                      PALETTE[ids])
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_existing_outputs_are_kept_unless_overwrite(cihp_samples, seed_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    photo = cihp_samples / "Images" / "0002190.jpg"
+    args = ["predict", str(photo), "--model", str(seed_checkpoint), "--out", str(out)]
+    assert main(args) == 0
+    mask = out / "Training" / "Category_ids" / "0002190.png"
+    mask.write_bytes(b"hand-corrected")
+    assert main(args) == 0
+    assert mask.read_bytes() == b"hand-corrected"
+    assert main(args + ["--overwrite"]) == 0
+    assert np.asarray(Image.open(mask)).shape == (200, 300)
+
+
+def test_validation_split_and_globs(cihp_samples, seed_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    pattern = str(cihp_samples / "Images" / "00*.jpg")
+    assert main(["predict", pattern, "--model", str(seed_checkpoint), "--out", str(out),
+                 "--split", "Validation"]) == 0
+    assert (out / "Validation" / "val_id.txt").read_text().split() == list(SAMPLE_IDS)
+
+
+def test_same_stem_twice_is_an_error_before_writing(cihp_samples, seed_checkpoint, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(cihp_samples / "Images" / "0002190.jpg", other / "0002190.png")
+    out = tmp_path / "out"
+    code = main(["predict", str(cihp_samples / "Images"), str(other), "--model", str(seed_checkpoint),
+                 "--out", str(out)])
+    assert code == 2
+    assert "two inputs have the id '0002190'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_inputs_are_reported_and_the_rest_goes_on(cihp_samples, seed_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(tmp_path / "nope.jpg"), str(cihp_samples / "Images" / "0002190.jpg"),
+                 "--model", str(seed_checkpoint), "--out", str(out)])
+    assert code == 1
+    assert "nope.jpg: no such file or folder" in capsys.readouterr().err
+    assert read_id_list(out, "Training") == ["0002190"]
+
+
+def test_console_script_offline_without_model_says_to_use_model_path(cihp_samples, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    script = shutil.which("napari-deeplab", path=os.path.dirname(sys.executable))
+    result = subprocess.run([script, "predict", str(cihp_samples / "Images"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model PATH" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_writes_a_keras_file_that_predict_uses(seed_checkpoint, cihp_samples, tmp_path):
+    model_file = tmp_path / "seed.keras"
+    assert main(["convert", str(seed_checkpoint), "--out", str(model_file)]) == 0
+    out = tmp_path / "out"
+    assert main(["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(model_file),
+                 "--out", str(out)]) == 0
+    assert read_id_list(out, "Training") == ["0005008"]

@@ -1,0 +1,125 @@
+import shutil
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from napari_deeplab import DEFAULT_MODEL
+from napari_deeplab.cihp import CLASS_NAMES
+from napari_deeplab.model import (ModelError, build_model, cache_dir, convert_seed_checkpoint,
+                                  fold_batch_norm, load_model, model_info)
+
+
+def test_architecture_has_the_seeds_parameter_count():
+    model = build_model()
+    assert model.count_params() == 11_857_236
+    assert model_info(model).class_names == CLASS_NAMES
+
+
+def test_same_weights_run_at_any_multiple_of_16(model):
+    for height, width in ((256, 384), (512, 512), (96, 160)):
+        logits = model.predict_on_batch(np.zeros((1, height, width, 3), np.float32))
+        assert logits.shape == (1, height, width, 20)
+
+
+def test_seed_conversion_reproduces_the_savedmodel_logits(model, seed_checkpoint, cihp_photo):
+    """Compare with the SavedModel itself, run by Keras 2 as the seed's users ran it."""
+    import tensorflow as tf
+
+    from napari_deeplab.seed_reference import load_seed_checkpoint
+
+    seed = load_seed_checkpoint(seed_checkpoint)
+    x = tf.image.resize(cihp_photo, (512, 512)).numpy()[None]
+    expected = seed.predict(x / 127.5 - 1, verbose=0)
+    ours = model.predict_on_batch(x)
+    assert np.abs(expected).max() > 0.1  # the comparison is not between two near-zero outputs
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+    # a mis-mapped weight shows: swapping two same-shaped ASPP branches changes the logits
+    swapped = keras.models.clone_model(model)
+    swapped.set_weights(model.get_weights())
+    rate6, rate12 = swapped.get_layer("aspp_rate6_conv"), swapped.get_layer("aspp_rate12_conv")
+    w6, w12 = rate6.get_weights(), rate12.get_weights()
+    rate6.set_weights(w12)
+    rate12.set_weights(w6)
+    assert np.abs(swapped.predict_on_batch(x) - expected).max() > 1e-2
+
+
+def test_conversion_is_cached_by_content(seed_checkpoint, model, tmp_path):
+    cached = list((cache_dir() / "converted").glob("*.keras"))
+    assert len(cached) == 1
+    start = time.perf_counter()
+    again = load_model(seed_checkpoint)
+    assert time.perf_counter() - start < 30
+    for a, b in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # a copy of the same checkpoint elsewhere hits the same cache entry
+    copy = shutil.copytree(seed_checkpoint, tmp_path / "copy")
+    load_model(copy)
+    assert list((cache_dir() / "converted").glob("*.keras")) == cached
+
+
+def test_damaged_cache_entry_is_rebuilt(seed_checkpoint, model):
+    (entry,) = (cache_dir() / "converted").glob("*.keras")
+    entry.write_bytes(b"not a zip")
+    reloaded = load_model(seed_checkpoint)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])
+    keras.saving.load_model(entry)  # rewritten whole
+
+
+def test_keras_file_round_trip_keeps_class_names(tmp_path):
+    names = [f"part {i}" for i in range(5)]
+    original = build_model(5, class_names=names, input_size=256)
+    path = tmp_path / "ours.keras"
+    original.save(path)
+    loaded = load_model(path)
+    assert model_info(loaded).class_names == tuple(names)
+    assert model_info(loaded).input_size == 256
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), original.predict_on_batch(x), atol=1e-5)
+
+
+def test_folded_batch_norm_computes_the_same_function(model, cihp_photo):
+    import tensorflow as tf
+
+    x = tf.image.resize(cihp_photo, (256, 256)).numpy()[None]
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-3)
+
+
+def test_offline_without_cache_names_the_model_option():
+    with pytest.raises(ModelError, match=r"--model PATH") as error:
+        load_model()
+    assert DEFAULT_MODEL in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(ModelError, match="not a model folder"):
+        load_model(tmp_path)
+    with pytest.raises(ModelError, match="no such file"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(ModelError, match="not a model file"):
+        load_model(tmp_path / "photo.jpg")
+
+
+def test_truncated_checkpoint_gives_one_line(seed_checkpoint, tmp_path):
+    broken = shutil.copytree(seed_checkpoint, tmp_path / "broken")
+    data = next((broken / "variables").glob("variables.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    with pytest.raises(ModelError, match="truncated") as error:
+        convert_seed_checkpoint(broken)
+    assert "\n" not in str(error.value)
+    (broken / "keras_metadata.pb").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="keras_metadata.pb"):
+        load_model(broken)
+
+
+def test_truncated_keras_file(tmp_path):
+    path = tmp_path / "cut.keras"
+    build_model(3).save(path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="truncated"):
+        load_model(path)
