@@ -60,12 +60,19 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def model_input(image: np.ndarray, size: int) -> np.ndarray:
     """``image`` (any form :func:`to_rgb` accepts) resized to ``size`` x ``size`` x 3 float32 in
-    0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained."""
-    from keras import ops
-
-    rgb = to_rgb(image).astype(np.float32, copy=False)  # resizing uint8 would round the result
-    resized = ops.image.resize(rgb, (size, size), interpolation="bilinear", antialias=False)
-    return np.asarray(ops.convert_to_numpy(resized), dtype=np.float32)
+    0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained
+    (``tf.image.resize``). Only the 2 x ``size`` rows and columns that the samples fall
+    between are read, so a 24-megapixel photo is never converted to float whole."""
+    image = np.asarray(image)
+    y_low, y_high, y_weight = _bilinear_taps(size, image.shape[0])
+    x_low, x_high, x_weight = _bilinear_taps(size, image.shape[1])
+    rows = to_rgb(image[np.concatenate([y_low, y_high])]).astype(np.float32)
+    top, bottom = rows[:size], rows[size:]
+    wx = x_weight[:, None]
+    top = top[:, x_low] * (1 - wx) + top[:, x_high] * wx
+    bottom = bottom[:, x_low] * (1 - wx) + bottom[:, x_high] * wx
+    wy = y_weight[:, None, None]
+    return top * (1 - wy) + bottom * wy
 
 
 def _bilinear_taps(out_size: int, in_size: int):

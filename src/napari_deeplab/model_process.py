@@ -1,0 +1,187 @@
+"""A persistent child process that owns TensorFlow and the model, for the napari widgets.
+
+TensorFlow must not load in napari's process (with napari's OpenGL on Mesa it segfaults, see
+DESIGN.md), and a model call must not freeze the viewer. :class:`ModelProcess` starts one
+child process on first use, keeps it (and the loaded model) for later runs, and talks to it
+through a pipe. Nothing here imports napari, Qt or TensorFlow, so the same class serves tests
+and scripts.
+
+A job is a generator (:meth:`ModelProcess.segment`) that yields progress while it waits, so a
+napari worker can cancel it between any two yields; cancelling tells the child to drop the
+job after the photo in hand, and the caller is free at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+POLL_SECONDS = 0.05
+
+
+class ModelProcessError(RuntimeError):
+    """The model process could not do the job; the message says why and what to do."""
+
+
+@dataclass
+class Waiting:
+    """Yielded while the child works: ``done`` of ``total`` photos finished so far."""
+
+    done: int
+    total: int
+
+
+@dataclass
+class FrameResult:
+    """One photo's result: ``labels`` H x W uint8, ``confidence`` H x W float32."""
+
+    index: int
+    labels: np.ndarray
+    confidence: np.ndarray
+
+
+def _serve(connection, cancelled_job) -> None:  # runs in the child process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .inference import segment_stack
+    from .model import ModelError, load_model
+
+    models: dict[str, object] = {}
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        kind, job = message[0], message[1]
+        if kind == "shutdown":
+            return
+        _, _, source, images, batch_size = message
+        try:
+            if source not in models:
+                models.clear()  # one model in memory at a time
+                models[source] = load_model(source)
+            for result in segment_stack(images, models[source], batch_size=batch_size):
+                if cancelled_job.value == job:
+                    break
+                connection.send(("result", job, result.index, result.labels, result.confidence))
+            connection.send(("done", job))
+        except ModelError as error:
+            connection.send(("error", job, str(error)))
+        except MemoryError:
+            connection.send(("error", job, "the model process ran out of memory; try fewer "
+                                           "frames at once or a smaller photo"))
+        except Exception as error:  # reported to the user, the process stays usable
+            connection.send(("error", job, f"{type(error).__name__}: {error}"))
+
+
+class ModelProcess:
+    """The model's own process: started on first use, reused, restarted after a crash."""
+
+    def __init__(self):
+        self._context = multiprocessing.get_context("spawn")
+        self._process = None
+        self._connection = None
+        self._cancelled_job = self._context.Value("q", -1)
+        self._job_ids = itertools.count()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, or None while none runs."""
+        return self._process.pid if self.is_alive() else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _ensure_started(self) -> None:
+        if self.is_alive():
+            return
+        self._discard_process()
+        parent_end, child_end = self._context.Pipe()
+        self._process = self._context.Process(target=_serve, args=(child_end, self._cancelled_job),
+                                              name="napari-deeplab model", daemon=True)
+        self._process.start()
+        child_end.close()
+        self._connection = parent_end
+
+    def segment(self, images: Sequence[np.ndarray], source: str | None,
+                batch_size: int = 1) -> Iterator[Waiting | FrameResult]:
+        """Segment ``images`` with the model ``source`` (anything ``load_model`` takes).
+
+        Yields :class:`Waiting` about every 50 ms while the child works and one
+        :class:`FrameResult` per photo, in order. Closing the generator cancels the job.
+        Raises :class:`ModelProcessError` if the model cannot be loaded or the child dies
+        (the next job then starts a fresh child).
+        """
+        self._ensure_started()
+        job = next(self._job_ids)
+        total = len(images)
+        done = 0
+        finished = False
+        try:
+            self._connection.send(("segment", job, source, list(images), batch_size))
+            while True:
+                if not self._connection.poll(POLL_SECONDS):
+                    if not self._process.is_alive():
+                        raise ModelProcessError(self._death_message())
+                    yield Waiting(done, total)
+                    continue
+                try:
+                    kind, message_job, *payload = self._connection.recv()
+                except (EOFError, OSError):
+                    raise ModelProcessError(self._death_message()) from None
+                if message_job != job:
+                    continue  # the tail of a cancelled job
+                if kind == "result":
+                    done += 1
+                    yield FrameResult(*payload)
+                elif kind == "done":
+                    finished = True
+                    return
+                else:
+                    finished = True
+                    raise ModelProcessError(payload[0])
+        except ModelProcessError:
+            finished = True
+            if not self.is_alive():
+                self._discard_process()
+            raise
+        finally:
+            if not finished:
+                self._cancelled_job.value = job
+
+    def _death_message(self) -> str:
+        self._process.join(timeout=1)
+        code = self._process.exitcode
+        if code is not None and code < 0 and -code == signal.SIGKILL:
+            why = "it was killed (out of memory?)"
+        elif code is not None and code < 0:
+            why = f"it crashed ({signal.Signals(-code).name})"
+        else:
+            why = f"it exited with code {code}"
+        return f"the model process stopped: {why}; run again to start a new one"
+
+    def _discard_process(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._process = self._connection = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child (politely, then by force) and wait for it."""
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            try:
+                self._connection.send(("shutdown", -1))
+            except (OSError, ValueError):
+                pass
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout)
+        self._discard_process()
