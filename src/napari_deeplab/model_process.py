@@ -14,11 +14,16 @@ job after the photo in hand, and the caller is free at once.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
@@ -46,28 +51,41 @@ class FrameResult:
     confidence: np.ndarray
 
 
-def _serve(connection, cancelled_job) -> None:  # runs in the child process
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _serve(connection) -> None:  # runs in the child process
     from .inference import segment_stack
     from .model import ModelError, load_model
 
     models: dict[str, object] = {}
+    pending: list = []
+    cancelled: set[int] = set()
+
+    def read_cancellations():
+        while connection.poll():
+            message = connection.recv()
+            if message[0] == "cancel":
+                cancelled.add(message[1])
+            else:
+                pending.append(message)
+
     while True:
         try:
-            message = connection.recv()
+            message = pending.pop(0) if pending else connection.recv()
         except (EOFError, OSError):  # the parent is gone
             return
         kind, job = message[0], message[1]
         if kind == "shutdown":
             return
+        if kind == "cancel":
+            cancelled.add(job)
+            continue
         _, _, source, images, batch_size = message
         try:
             if source not in models:
                 models.clear()  # one model in memory at a time
                 models[source] = load_model(source)
             for result in segment_stack(images, models[source], batch_size=batch_size):
-                if cancelled_job.value == job:
+                read_cancellations()
+                if job in cancelled:
                     break
                 connection.send(("result", job, result.index, result.labels, result.confidence))
             connection.send(("done", job))
@@ -81,14 +99,18 @@ def _serve(connection, cancelled_job) -> None:  # runs in the child process
 
 
 class ModelProcess:
-    """The model's own process: started on first use, reused, restarted after a crash."""
+    """The model's own process: started on first use, reused, restarted after a crash.
+
+    The child is a fresh ``python -m napari_deeplab.model_process`` (not a fork of napari, nor
+    a re-import of the caller's main module) connected by a socket pair; its stderr goes to
+    :attr:`log_path`.
+    """
 
     def __init__(self):
-        self._context = multiprocessing.get_context("spawn")
-        self._process = None
+        self._process: subprocess.Popen | None = None
         self._connection = None
-        self._cancelled_job = self._context.Value("q", -1)
         self._job_ids = itertools.count()
+        self.log_path = Path(tempfile.gettempdir()) / f"napari-deeplab-model-{os.getpid()}.log"
 
     @property
     def pid(self) -> int | None:
@@ -96,18 +118,21 @@ class ModelProcess:
         return self._process.pid if self.is_alive() else None
 
     def is_alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self._process is not None and self._process.poll() is None
 
     def _ensure_started(self) -> None:
         if self.is_alive():
             return
         self._discard_process()
-        parent_end, child_end = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child_end, self._cancelled_job),
-                                              name="napari-deeplab model", daemon=True)
-        self._process.start()
-        child_end.close()
-        self._connection = parent_end
+        parent_socket, child_socket = socket.socketpair()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "napari_deeplab.model_process", str(child_socket.fileno())],
+                pass_fds=[child_socket.fileno()], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env)
+        child_socket.close()
+        self._connection = Connection(parent_socket.detach())
 
     def segment(self, images: Sequence[np.ndarray], source: str | None,
                 batch_size: int = 1) -> Iterator[Waiting | FrameResult]:
@@ -124,10 +149,13 @@ class ModelProcess:
         done = 0
         finished = False
         try:
-            self._connection.send(("segment", job, source, list(images), batch_size))
+            try:
+                self._connection.send(("segment", job, source, list(images), batch_size))
+            except OSError:
+                raise ModelProcessError(self._death_message()) from None
             while True:
                 if not self._connection.poll(POLL_SECONDS):
-                    if not self._process.is_alive():
+                    if not self.is_alive():
                         raise ModelProcessError(self._death_message())
                     yield Waiting(done, total)
                     continue
@@ -152,19 +180,24 @@ class ModelProcess:
                 self._discard_process()
             raise
         finally:
-            if not finished:
-                self._cancelled_job.value = job
+            if not finished and self.is_alive():
+                try:
+                    self._connection.send(("cancel", job))
+                except OSError:
+                    pass
 
     def _death_message(self) -> str:
-        self._process.join(timeout=1)
-        code = self._process.exitcode
+        try:
+            code = self._process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
         if code is not None and code < 0 and -code == signal.SIGKILL:
             why = "it was killed (out of memory?)"
         elif code is not None and code < 0:
             why = f"it crashed ({signal.Signals(-code).name})"
         else:
             why = f"it exited with code {code}"
-        return f"the model process stopped: {why}; run again to start a new one"
+        return f"the model process stopped: {why}; see {self.log_path}; run again to start a new one"
 
     def _discard_process(self) -> None:
         if self._connection is not None:
@@ -175,13 +208,22 @@ class ModelProcess:
         """Stop the child (politely, then by force) and wait for it."""
         if self._process is None:
             return
-        if self._process.is_alive():
+        if self.is_alive():
             try:
                 self._connection.send(("shutdown", -1))
-            except (OSError, ValueError):
-                pass
-            self._process.join(timeout)
-            if self._process.is_alive():
+                self._process.wait(timeout)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 self._process.kill()
-                self._process.join(timeout)
+                self._process.wait(timeout)
         self._discard_process()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the child: ``python -m napari_deeplab.model_process FD``."""
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
+    _serve(Connection(int(argv[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The human-parts Labels layer: CIHP colours and class names, and which pixels the annotator edited.
+
+Every change the plugin makes goes through ``Labels.data_setitem``, so napari's undo covers
+it. The annotator's edits are read from the layer's own ``paint`` event (emitted for each
+paint, fill, erase, polygon or ``data_setitem`` step), so re-running the model can keep them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils import DirectLabelColormap
+
+from ..cihp import CLASS_NAMES, PALETTE
+
+PARTS_SUFFIX = " parts"
+CONFIDENCE_SUFFIX = " confidence"
+
+
+def parts_colormap(hidden: set[int] | frozenset = frozenset()) -> DirectLabelColormap:
+    """CIHP colours; background (0) and the ``hidden`` classes are transparent."""
+    colors = {None: np.zeros(4), 0: np.zeros(4)}
+    for value in range(1, len(CLASS_NAMES)):
+        colors[value] = np.append(PALETTE[value] / 255.0, 0.0 if value in hidden else 1.0)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def parts_features() -> dict:
+    """The features table that makes napari's status bar name the class under the cursor."""
+    return {"index": np.arange(len(CLASS_NAMES)), "class": list(CLASS_NAMES)}
+
+
+class EditTracker:
+    """Marks the pixels of a Labels layer that were changed by anyone but the model.
+
+    ``mask`` has the layer's shape. Changes made inside :meth:`model_writes` are not edits.
+    """
+
+    def __init__(self, layer: Labels):
+        self.mask = np.zeros(layer.data.shape, bool)
+        self._model_writing = False
+        layer.events.paint.connect(self._on_paint)
+
+    @contextmanager
+    def model_writes(self):
+        self._model_writing = True
+        try:
+            yield
+        finally:
+            self._model_writing = False
+
+    def _on_paint(self, event) -> None:
+        if self._model_writing:
+            return
+        for atom in event.value:
+            if isinstance(atom, tuple):  # data_setitem: (indices, old values, new values)
+                self.mask[atom[0]] = True
+            elif atom.mask is None:  # a masked paint atom covering its whole box
+                self.mask[atom.slice_key] = True
+            else:
+                self.mask[atom.slice_key] |= atom.mask
+
+    def forget(self, frames=slice(None)) -> None:
+        """Treat the pixels of ``frames`` (all by default) as the model's again."""
+        self.mask[frames] = False
+
+
+_TRACKERS: "weakref.WeakKeyDictionary[Labels, EditTracker]" = weakref.WeakKeyDictionary()
+
+
+def edit_tracker(layer: Labels) -> EditTracker:
+    """The layer's tracker, created (and connected) on first use."""
+    if layer not in _TRACKERS:
+        _TRACKERS[layer] = EditTracker(layer)
+    return _TRACKERS[layer]
+
+
+def apply_prediction(layer: Labels, labels: np.ndarray, frame: int | None = None,
+                     keep_edits: bool = True) -> int:
+    """Write a new prediction into ``layer`` as one undoable step; return the pixels changed.
+
+    ``labels`` is H x W; ``frame`` selects the plane of an N x H x W layer. With
+    ``keep_edits`` the pixels the annotator edited keep their value; otherwise they take the
+    prediction too and stop counting as edits.
+    """
+    tracker = edit_tracker(layer)
+    key = (slice(None), slice(None)) if frame is None else (frame,)
+    current = layer.data[key]
+    changed = current != labels
+    if keep_edits:
+        changed &= ~tracker.mask[key]
+    else:
+        tracker.forget(key)
+    positions = np.nonzero(changed)
+    if frame is not None:
+        positions = (np.full(positions[0].shape, frame, np.intp), *positions)
+    if positions[0].size:
+        with tracker.model_writes():
+            layer.data_setitem(positions, labels[changed])
+    return int(positions[0].size)
