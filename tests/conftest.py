@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_CACHE = tempfile.mkdtemp(prefix="napari-deeplab-test-cache-")
 os.environ["NAPARI_DEEPLAB_CACHE"] = _SESSION_CACHE
 os.environ["HF_HOME"] = os.path.join(_SESSION_CACHE, "hf-home")
+os.environ["NAPARI_DEEPLAB_CONFIG"] = os.path.join(_SESSION_CACHE, "config")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -30,16 +31,9 @@ def cihp_photo(cihp_samples) -> np.ndarray:
     return np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg"))
 
 
-@pytest.fixture(scope="session")
-def seed_checkpoint(tmp_path_factory) -> Path:
-    """A Keras-2 SavedModel made exactly as the seed was (random weights, non-default BN stats)."""
-    from napari_deeplab.seed_reference import save_seed_checkpoint
-
-    return save_seed_checkpoint(tmp_path_factory.mktemp("seed") / "deeplabv3p-resnet50")
-
-
-@pytest.fixture(scope="session")
-def model(seed_checkpoint):
-    from napari_deeplab.model import load_model
-
-    return load_model(seed_checkpoint)
+def pytest_collection_modifyitems(config, items):
+    """TensorFlow (engine tests) and napari's OpenGL (napari tests) crash in one process."""
+    suites = {Path(str(item.fspath)).parent.name for item in items} & {"engine", "napari"}
+    if len(suites) > 1:
+        raise pytest.UsageError("run tests/engine and tests/napari in separate pytest processes "
+                                "(TensorFlow crashes napari's OpenGL): see README.md")

@@ -30,8 +30,11 @@ import numpy as np
 POLL_SECONDS = 0.05
 
 
-class ModelProcessError(RuntimeError):
-    """The model process could not do the job; the message says why and what to do."""
+class ModelProcessError(Exception):
+    """The model process could not do the job; the message says why and what to do.
+
+    Not a RuntimeError: napari's workers drop those silently, taking them for a deleted Qt object.
+    """
 
 
 @dataclass

@@ -216,7 +216,7 @@ class PrelabelWidget(QWidget):
         self._cancel.clear()
         self._progress = progress(total=len(photos), desc=f"Pre-labelling {image.name}")
         self._set_running(True, f"Running on {len(photos)} frame(s)…")
-        worker = create_worker(self._job, photos, source, self._cancel)
+        worker = create_worker(self._job, photos, source, self._cancel, _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_result(item, image, indices, source))
         worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._on_finished(worker))
@@ -263,29 +263,33 @@ class PrelabelWidget(QWidget):
             self.cancel()
             return
         if parts is None:
+            self._confidence_layer(image, expected)  # below the parts layer
             parts = self.viewer.add_labels(
                 np.zeros(expected, np.uint8), name=image.name + PARTS_SUFFIX,
                 colormap=parts_colormap(self._hidden), features=parts_features(),
                 scale=image.scale, translate=image.translate, opacity=0.6)
             edit_tracker(parts)
+            self.viewer.layers.selection.active = parts
             self._select_paint_class(max(self.legend.currentRow(), 1))
         apply_prediction(parts, result.labels, frame, keep_edits=not self.discard_edits.isChecked())
-        self._write_confidence(image, frame, result.confidence, parts)
+        layer = self._confidence_layer(image, expected)
+        if frame is None:
+            layer.data = result.confidence
+        else:
+            layer.data[frame] = result.confidence
+            layer.refresh()
 
-    def _write_confidence(self, image: Image, frame, confidence: np.ndarray, parts: Labels) -> None:
+    def _confidence_layer(self, image: Image, shape) -> Image:
+        """The image's confidence layer (hidden at first), made or remade to ``shape``."""
         name = image.name + CONFIDENCE_SUFFIX
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is None or layer.data.shape != parts.data.shape:
+        if layer is None or layer.data.shape != tuple(shape):
             if layer is not None:
                 self.viewer.layers.remove(layer)
-            layer = self.viewer.add_image(np.zeros(parts.data.shape, np.float32), name=name,
-                                          colormap="inferno", contrast_limits=(0, 1), visible=False,
-                                          scale=parts.scale, translate=parts.translate)
-        if frame is None:
-            layer.data = confidence
-        else:
-            layer.data[frame] = confidence
-            layer.refresh()
+            layer = self.viewer.add_image(np.zeros(shape, np.float32), name=name, colormap="inferno",
+                                          contrast_limits=(0, 1), visible=False, scale=image.scale,
+                                          translate=image.translate)
+        return layer
 
     def _on_error(self, error: Exception) -> None:
         message = str(error) if isinstance(error, ModelProcessError) else \

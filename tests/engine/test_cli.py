@@ -9,7 +9,7 @@ from PIL import Image
 
 from napari_deeplab.cihp import PALETTE, read_id_list
 from napari_deeplab.cli import main
-from conftest import SAMPLE_IDS
+from tests.conftest import SAMPLE_IDS
 
 
 @pytest.fixture

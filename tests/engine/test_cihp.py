@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from napari_deeplab import cihp
-from conftest import CIHP_SAMPLES, SAMPLE_IDS
+from tests.conftest import CIHP_SAMPLES, SAMPLE_IDS
 
 
 def _readme_table():
