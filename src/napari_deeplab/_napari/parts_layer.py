@@ -11,6 +11,7 @@ import weakref
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd  # napari's features tables; imported here, not on the first run
 from napari.layers import Labels
 from napari.utils import DirectLabelColormap
 
@@ -28,9 +29,9 @@ def parts_colormap(hidden: set[int] | frozenset = frozenset()) -> DirectLabelCol
     return DirectLabelColormap(color_dict=colors)
 
 
-def parts_features() -> dict:
+def parts_features() -> pd.DataFrame:
     """The features table that makes napari's status bar name the class under the cursor."""
-    return {"index": np.arange(len(CLASS_NAMES)), "class": list(CLASS_NAMES)}
+    return pd.DataFrame({"index": np.arange(len(CLASS_NAMES)), "class": list(CLASS_NAMES)})
 
 
 class EditTracker:

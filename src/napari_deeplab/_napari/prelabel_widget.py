@@ -15,7 +15,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QListWidget, QListWidgetItem, QPushButton, QRadioButton, QVBoxLayout,
@@ -248,9 +248,9 @@ class PrelabelWidget(QWidget):
         if self._cancel.is_set():
             return
         frame = indices[result.index]
-        self._write_result(image, frame, result)
         if self._progress is not None:
-            self._progress.update(1)
+            self._progress.update(1)  # first: napari's progress bar processes pending events
+        self._write_result(image, frame, result)
         if source:
             remember_model(source)
 
@@ -263,20 +263,27 @@ class PrelabelWidget(QWidget):
             self.cancel()
             return
         if parts is None:
-            self._confidence_layer(image, expected)  # below the parts layer
+            # a new layer takes the prediction as its data: nothing to undo or merge, and a
+            # 12-megapixel data_setitem would freeze the viewer for seconds
+            data = result.labels if frame is None else np.zeros(expected, np.uint8)
             parts = self.viewer.add_labels(
-                np.zeros(expected, np.uint8), name=image.name + PARTS_SUFFIX,
-                colormap=parts_colormap(self._hidden), features=parts_features(),
-                scale=image.scale, translate=image.translate, opacity=0.6)
+                data, name=image.name + PARTS_SUFFIX, colormap=parts_colormap(self._hidden),
+                features=parts_features(), scale=image.scale, translate=image.translate, opacity=0.6)
             edit_tracker(parts)
             self.viewer.layers.selection.active = parts
             self._select_paint_class(max(self.legend.currentRow(), 1))
-        apply_prediction(parts, result.labels, frame, keep_edits=not self.discard_edits.isChecked())
-        layer = self._confidence_layer(image, expected)
-        if frame is None:
-            layer.data = result.confidence
         else:
-            layer.data[frame] = result.confidence
+            apply_prediction(parts, result.labels, frame,
+                             keep_edits=not self.discard_edits.isChecked())
+        # the confidence layer in a later turn of the event loop, so that no turn does both
+        QTimer.singleShot(0, lambda: self._write_confidence(image, frame, result.confidence, expected))
+
+    def _write_confidence(self, image: Image, frame, confidence: np.ndarray, shape) -> None:
+        layer = self._confidence_layer(image, shape)
+        if frame is None:
+            layer.data = confidence
+        else:
+            layer.data[frame] = confidence
             layer.refresh()
 
     def _confidence_layer(self, image: Image, shape) -> Image:
@@ -289,6 +296,8 @@ class PrelabelWidget(QWidget):
             layer = self.viewer.add_image(np.zeros(shape, np.float32), name=name, colormap="inferno",
                                           contrast_limits=(0, 1), visible=False, scale=image.scale,
                                           translate=image.translate)
+            self.viewer.layers.move(self.viewer.layers.index(layer),
+                                    self.viewer.layers.index(image.name) + 1)
         return layer
 
     def _on_error(self, error: Exception) -> None:
