@@ -262,7 +262,8 @@ class PrelabelWidget(QWidget):
                        "rename or remove it and run again")
             self.cancel()
             return
-        if parts is None:
+        created = parts is None
+        if created:
             # a new layer takes the prediction as its data: nothing to undo or merge, and a
             # 12-megapixel data_setitem would freeze the viewer for seconds
             data = result.labels if frame is None else np.zeros(expected, np.uint8)
@@ -272,7 +273,7 @@ class PrelabelWidget(QWidget):
             edit_tracker(parts)
             self.viewer.layers.selection.active = parts
             self._select_paint_class(max(self.legend.currentRow(), 1))
-        else:
+        if frame is not None or not created:
             apply_prediction(parts, result.labels, frame,
                              keep_edits=not self.discard_edits.isChecked())
         # the confidence layer in a later turn of the event loop, so that no turn does both
