@@ -198,9 +198,23 @@ def test_tensorflow_stays_out_of_napari_and_the_viewer_renders(model_file, tmp_p
         assert "tensorflow" not in sys.modules
         shot = viewer.screenshot({str(tmp_path / 'shot.png')!r}, canvas_only=True)
         assert shot.std() > 5, "blank screenshot"
+        from napari_deeplab._napari.model_process import shared_model_process
+        assert shared_model_process().is_alive()
         viewer.close()
+        for _ in range(20):
+            QApplication.processEvents()
+        assert not shared_model_process().is_alive(), "the model process outlived the viewer"
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-deeplab")
+    manifest.validate_imports()
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Human parts"}
+    assert len(manifest.contributions.sample_data) == 2

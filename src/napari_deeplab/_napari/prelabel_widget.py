@@ -44,6 +44,10 @@ def frame_count(layer: Image) -> int | None:
                      f"{layer.data.ndim}-D data")
 
 
+def _stop_model_process(*_) -> None:
+    shared_model_process().close()
+
+
 class PrelabelWidget(QWidget):
     """Pre-label human parts in the selected image layer (Plugins > napari-deeplab > Human parts)."""
 
@@ -55,6 +59,11 @@ class PrelabelWidget(QWidget):
         self._cancel = threading.Event()
         self._progress = None
         self._hidden: set[int] = set()
+        self._pending_confidence: list = []
+        self._confidence_timer = QTimer(self)
+        self._confidence_timer.setSingleShot(True)
+        self._confidence_timer.setInterval(0)
+        self._confidence_timer.timeout.connect(self._write_pending_confidence)
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The photo (or stack of frames) to pre-label")
@@ -128,6 +137,7 @@ class PrelabelWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self._refresh_images)
         self.image_combo.currentIndexChanged.connect(self._update_frames_choice)
         self._refresh_images()
+        self.destroyed.connect(_stop_model_process)  # the viewer closed
         self.viewer.bind_key(RUN_KEY, lambda viewer: self.run(), overwrite=True)
         self.viewer.bind_key(NEXT_CLASS_KEY, lambda viewer: self.cycle_class(1), overwrite=True)
         self.viewer.bind_key(PREVIOUS_CLASS_KEY, lambda viewer: self.cycle_class(-1), overwrite=True)
@@ -277,9 +287,18 @@ class PrelabelWidget(QWidget):
             apply_prediction(parts, result.labels, frame,
                              keep_edits=not self.discard_edits.isChecked())
         # the confidence layer in a later turn of the event loop, so that no turn does both
-        QTimer.singleShot(0, lambda: self._write_confidence(image, frame, result.confidence, expected))
+        self._pending_confidence.append((image, frame, result.confidence, expected))
+        self._confidence_timer.start()
+
+    def _write_pending_confidence(self) -> None:
+        if getattr(self.viewer.window, "_qt_window", None) is None:
+            return  # the viewer was closed in between (napari deletes _qt_window on close)
+        while self._pending_confidence:
+            self._write_confidence(*self._pending_confidence.pop(0))
 
     def _write_confidence(self, image: Image, frame, confidence: np.ndarray, shape) -> None:
+        if image not in self.viewer.layers:
+            return
         layer = self._confidence_layer(image, shape)
         if frame is None:
             layer.data = confidence
@@ -299,6 +318,9 @@ class PrelabelWidget(QWidget):
                                           translate=image.translate)
             self.viewer.layers.move(self.viewer.layers.index(layer),
                                     self.viewer.layers.index(image.name) + 1)
+            parts = self.parts_layer(image)
+            if parts is not None:
+                self.viewer.layers.selection.active = parts  # keep painting where you were
         return layer
 
     def _on_error(self, error: Exception) -> None:
