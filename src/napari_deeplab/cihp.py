@@ -94,10 +94,15 @@ def sample_paths(root: str | os.PathLike, sample_id: str, split: str = "Training
             "Categories": base / "Categories" / f"{sample_id}.png"}
 
 
-def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training") -> bool:
-    """Whether the split already has this sample (its mask, or its id in the id list)."""
-    return sample_paths(root, sample_id, split)["Category_ids"].exists() \
-        or sample_id in read_id_list(root, split)
+def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training",
+                  listed_ids: set[str] | None = None) -> bool:
+    """Whether the split already has this sample (its mask, or its id in the id list).
+
+    ``listed_ids``: the split's id list when the caller has read it already (many lookups).
+    """
+    if listed_ids is None:
+        listed_ids = set(read_id_list(root, split))
+    return sample_id in listed_ids or sample_paths(root, sample_id, split)["Category_ids"].exists()
 
 
 def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarray, *,

@@ -110,9 +110,10 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
 
     cihp.check_split(split)
     check_unique_ids(paths)
+    listed = set(cihp.read_id_list(out, split))
     todo = []
     for path in paths:
-        if overwrite or not cihp.sample_exists(out, path.stem, split):
+        if overwrite or not cihp.sample_exists(out, path.stem, split, listed):
             todo.append(path)
         else:
             yield FileOutcome(path, path.stem, "skipped",
