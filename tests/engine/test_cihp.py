@@ -91,3 +91,29 @@ def test_failure_part_way_leaves_the_dataset_as_it_was(tmp_path):
         cihp.write_sample(tmp_path, "y", np.zeros((3, 3), np.uint8), image_path=tmp_path / "gone.jpg")
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_round_trip_on_the_official_samples(tmp_path, cihp_samples):
+    assert cihp.list_samples(cihp_samples, split=None) == list(SAMPLE_IDS)
+    for sample_id in SAMPLE_IDS:
+        official = cihp.read_sample(cihp_samples, sample_id, split=None)
+        people = (official.category_ids > 0).astype(np.uint8)  # one "person" per mask
+        cihp.write_sample(tmp_path, sample_id, official.category_ids, image_path=official.image_path,
+                          human_ids=people)
+        back = cihp.read_sample(tmp_path, sample_id)
+        np.testing.assert_array_equal(back.image, official.image)
+        np.testing.assert_array_equal(back.category_ids, official.category_ids)
+        np.testing.assert_array_equal(back.human_ids, people)
+        humans = np.asarray(Image.open(tmp_path / "Training" / "Humans" / f"{sample_id}.png"))
+        np.testing.assert_array_equal(humans, cihp.colorize_humans(people))
+        assert (humans[people > 0] != 0).any(axis=-1).all()
+    assert cihp.list_samples(tmp_path, "Training") == list(SAMPLE_IDS)
+
+
+def test_human_ids_are_checked_before_writing(tmp_path):
+    labels = np.zeros((3, 3), np.uint8)
+    with pytest.raises(cihp.DatasetError, match="human ids shape"):
+        cihp.write_sample(tmp_path, "x", labels, human_ids=np.zeros((2, 3)))
+    with pytest.raises(cihp.DatasetError, match="0..255"):
+        cihp.write_sample(tmp_path, "x", labels, human_ids=np.full((3, 3), 300))
+    assert not any(tmp_path.iterdir())
