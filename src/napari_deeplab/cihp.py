@@ -144,10 +144,10 @@ def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Tr
     """Read a sample of the official layout (or of ours) back into arrays."""
     paths = sample_paths(root, sample_id, split)
     image_path = find_image(root, sample_id, split)
-    image = np.asarray(Image.open(image_path))
+    image = np.array(Image.open(image_path))  # np.array: writable, napari paints on these
 
     def optional(key):
-        return np.asarray(Image.open(paths[key])) if paths[key].exists() else None
+        return np.array(Image.open(paths[key])) if paths[key].exists() else None
 
     return Sample(sample_id, image, optional("Category_ids"), optional("Human_ids"), image_path)
 
