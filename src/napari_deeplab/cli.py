@@ -1,4 +1,4 @@
-"""The ``napari-deeplab`` command: ``predict`` (batch pre-labelling) and ``convert``."""
+"""The ``napari-deeplab`` command: ``predict``, ``evaluate``, ``finetune`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace samples that already exist (default: keep them)")
 
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a model on a CIHP-format folder",
+        description="Train DeepLabV3+ on the corrected masks of a CIHP-format folder (ours or the "
+                    "official dataset), starting from any model --model accepts. Batch norm stays "
+                    "in inference mode; augmentation: random crop, horizontal flip with left/right "
+                    "classes swapped, colour jitter. After each epoch the mean IoU on the "
+                    "validation split (or a held-out fifth of the training samples) is measured "
+                    "and the best model so far is written to --out; Ctrl+C keeps it.")
+    finetune.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
+    finetune.add_argument("--model", metavar="SRC", default=None, help=model_help)
+    finetune.add_argument("--out", required=True, metavar="OUT.keras", help="file to write")
+    finetune.add_argument("--split", default="Training", help="training split (default Training)")
+    finetune.add_argument("--val-split", default="Validation",
+                          help="validation split (default Validation; held out if absent)")
+    finetune.add_argument("--epochs", type=_positive_int, default=10)
+    finetune.add_argument("--batch-size", type=_positive_int, default=4)
+    finetune.add_argument("--image-size", type=_positive_int, default=512,
+                          help="square training size, a multiple of 16 (default 512, as the seed)")
+    finetune.add_argument("--learning-rate", type=float, default=1e-4)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
+        description="Predict every sample of the split at full resolution and compare with its "
+                    "Category_ids masks.")
+    evaluate.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
+    evaluate.add_argument("--model", metavar="SRC", default=None, help=model_help)
+    evaluate.add_argument("--split", default="Validation", help="split (default Validation)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print JSON with keys miou, pixel_accuracy, per_class")
+
     convert = commands.add_parser(
         "convert", help="convert a model (e.g. the seed SavedModel) into a .keras file",
         description="Load any model that --model accepts and save it as a native Keras 3 "
@@ -82,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     from .prelabel import InputError
 
     try:
-        if args.command == "predict":
-            return _predict(args)
-        return _convert(args)
+        command = {"predict": _predict, "finetune": _finetune, "evaluate": _evaluate,
+                   "convert": _convert}[args.command]
+        return command(args)
     except (ModelError, InputError, DatasetError) as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -118,6 +148,61 @@ def _predict(args) -> int:
     print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
           f"-> {os.path.join(args.out, args.split)}")
     return EXIT_SOME_FAILED if counts["failed"] or problems else EXIT_OK
+
+
+def _finetune(args) -> int:
+    from .model import load_model
+    from .training import finetune, training_and_validation
+
+    if not args.out.endswith(".keras"):
+        print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
+        return EXIT_ERROR
+    if args.image_size % 16:
+        print("napari-deeplab: error: --image-size must be a multiple of 16", file=sys.stderr)
+        return EXIT_ERROR
+    train, val = training_and_validation(args.root, args.split, args.val_split)
+    print(f"training on {len(train.ids)} samples, validating on {len(val.ids)}")
+    model = load_model(args.model)
+    best = None
+    try:
+        for report in finetune(model, train, val, args.out, epochs=args.epochs,
+                               batch_size=args.batch_size, image_size=args.image_size,
+                               learning_rate=args.learning_rate):
+            loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
+            mark = "  saved" if report.saved else ""
+            print(f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
+                  f"{report.val_miou:.4f}{mark}", flush=True)
+            if report.saved:
+                best = report.val_miou
+    except KeyboardInterrupt:
+        print(f"interrupted; {args.out} holds the best model so far (validation mean IoU "
+              f"{best:.4f})" if best is not None else "interrupted before any model was saved",
+              file=sys.stderr)
+        return 130
+    print(f"saved {args.out} (validation mean IoU {best:.4f})")
+    return EXIT_OK
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .model import load_model
+    from .training import evaluate, locate_dataset
+
+    dataset = locate_dataset(args.root, args.split)
+    if not dataset.ids:
+        print(f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    result = evaluate(load_model(args.model), dataset)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return EXIT_OK
+    for name, iou in result["per_class"].items():
+        print(f"{name:>14}  {'-' if iou is None else f'{iou:.4f}'}")
+    print(f"{'mean IoU':>14}  {result['miou']:.4f}\n{'pixel accuracy':>14}  "
+          f"{result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)")
+    return EXIT_OK
 
 
 def _convert(args) -> int:

@@ -142,7 +142,7 @@ _INFERENCE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def inference_model(model):
     """``model`` with batch norm folded (:func:`~napari_deeplab.model.fold_batch_norm`) and three
     outputs: logits (N x h x w x C), their argmax (N x h x w) and top softmax probability
-    (N x h x w). Built once per model and reused."""
+    (N x h x w). Built once per model and reused (see :func:`forget_inference_model`)."""
     import keras
     from keras import ops
 
@@ -154,6 +154,11 @@ def inference_model(model):
         outputs = [logits, ops.argmax(logits, axis=-1), ops.max(ops.softmax(logits, axis=-1), axis=-1)]
         _INFERENCE_MODELS[model] = keras.Model(folded.inputs, outputs, name=f"{model.name}_inference")
     return _INFERENCE_MODELS[model]
+
+
+def forget_inference_model(model) -> None:
+    """Drop the folded copy of ``model``: call after changing its weights (training)."""
+    _INFERENCE_MODELS.pop(model, None)
 
 
 def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
