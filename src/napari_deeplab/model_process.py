@@ -81,6 +81,9 @@ def _serve(connection) -> None:  # runs in the child process
         if kind == "cancel":
             cancelled.add(job)
             continue
+        if kind == "finetune":
+            _finetune_job(connection, job, message[2], read_cancellations, cancelled)
+            continue
         _, _, source, images, batch_size = message
         try:
             if source not in models:
@@ -99,6 +102,33 @@ def _serve(connection) -> None:  # runs in the child process
                                            "frames at once or a smaller photo"))
         except Exception as error:  # reported to the user, the process stays usable
             connection.send(("error", job, f"{type(error).__name__}: {error}"))
+
+
+def _finetune_job(connection, job, options: dict, read_cancellations, cancelled) -> None:
+    from dataclasses import asdict
+
+    from .cihp import DatasetError
+    from .model import ModelError, load_model
+    from .training import finetune, training_and_validation
+
+    try:
+        train, val = training_and_validation(options["root"], options["split"], options["val_split"])
+        model = load_model(options["source"])
+        settings = {key: options[key] for key in ("epochs", "batch_size", "image_size",
+                                                  "learning_rate")}
+        for report in finetune(model, train, val, options["out"], **settings):
+            connection.send(("epoch", job, asdict(report)))
+            read_cancellations()
+            if job in cancelled:
+                break
+        connection.send(("done", job))
+    except (ModelError, DatasetError, ValueError) as error:
+        connection.send(("error", job, str(error)))
+    except MemoryError:
+        connection.send(("error", job, "the model process ran out of memory; try a smaller "
+                                       "batch or image size"))
+    except Exception as error:  # reported to the user, the process stays usable
+        connection.send(("error", job, f"{type(error).__name__}: {error}"))
 
 
 class ModelProcess:
@@ -146,21 +176,34 @@ class ModelProcess:
         Raises :class:`ModelProcessError` if the model cannot be loaded or the child dies
         (the next job then starts a fresh child).
         """
+        for kind, payload in self._job(("segment", source, list(images), batch_size), len(images)):
+            yield Waiting(*payload) if kind == "waiting" else FrameResult(*payload)
+
+    def finetune(self, **options) -> Iterator[Waiting | dict]:
+        """Fine-tune in the child (``root``, ``split``, ``val_split``, ``source``, ``out``,
+        ``epochs``, ``batch_size``, ``image_size``, ``learning_rate``, as
+        :func:`napari_deeplab.training.finetune`). Yields :class:`Waiting` while it works and
+        one dict per epoch (the fields of ``EpochReport``). Closing the generator stops the
+        training after the epoch in hand; the output file holds the best model so far."""
+        for kind, payload in self._job(("finetune", options), options["epochs"] + 1):
+            yield Waiting(*payload) if kind == "waiting" else payload[0]
+
+    def _job(self, request: tuple, total: int):
+        """Send one job and yield ("waiting", (done, total)) or (kind, payload) as it answers."""
         self._ensure_started()
         job = next(self._job_ids)
-        total = len(images)
         done = 0
         finished = False
         try:
             try:
-                self._connection.send(("segment", job, source, list(images), batch_size))
+                self._connection.send((request[0], job, *request[1:]))
             except OSError:
                 raise ModelProcessError(self._death_message()) from None
             while True:
                 if not self._connection.poll(POLL_SECONDS):
                     if not self.is_alive():
                         raise ModelProcessError(self._death_message())
-                    yield Waiting(done, total)
+                    yield "waiting", (done, total)
                     continue
                 try:
                     kind, message_job, *payload = self._connection.recv()
@@ -168,15 +211,14 @@ class ModelProcess:
                     raise ModelProcessError(self._death_message()) from None
                 if message_job != job:
                     continue  # the tail of a cancelled job
-                if kind == "result":
-                    done += 1
-                    yield FrameResult(*payload)
-                elif kind == "done":
+                if kind == "done":
                     finished = True
                     return
-                else:
+                if kind == "error":
                     finished = True
                     raise ModelProcessError(payload[0])
+                done += 1
+                yield kind, payload
         except ModelProcessError:
             finished = True
             if not self.is_alive():

@@ -216,5 +216,5 @@ def test_manifest_is_valid():
 
     manifest = PluginManifest.from_distribution("napari-deeplab")
     manifest.validate_imports()
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Human parts", "Refine parts", "Review queue"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Human parts", "Refine parts", "Review queue", "Fine-tune"}
     assert len(manifest.contributions.sample_data) == 2

@@ -26,6 +26,7 @@ from ..model_process import FrameResult, ModelProcessError
 from .model_process import shared_model_process
 from .parts_layer import (CONFIDENCE_SUFFIX, PARTS_SUFFIX, apply_prediction, edit_tracker,
                           parts_colormap, parts_features)
+from .recent_models import events as recent_model_events
 from .recent_models import recent_models, remember_model
 
 RUN_KEY = "Shift-R"
@@ -137,6 +138,7 @@ class PrelabelWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self._refresh_images)
         self.image_combo.currentIndexChanged.connect(self._update_frames_choice)
         self._refresh_images()
+        recent_model_events.changed.connect(self._refresh_models)
         self.destroyed.connect(_stop_model_process)  # the viewer closed
         self.viewer.bind_key(RUN_KEY, lambda viewer: self.run(), overwrite=True)
         self.viewer.bind_key(NEXT_CLASS_KEY, lambda viewer: self.cycle_class(1), overwrite=True)
@@ -186,6 +188,15 @@ class PrelabelWidget(QWidget):
         return layer if isinstance(layer, Labels) else None
 
     # --- model choice ------------------------------------------------------------------------
+
+    def _refresh_models(self) -> None:
+        """List the recent models (a fine-tuned one appears here), keeping the current choice."""
+        current = self.model_combo.currentText()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(recent_models())
+        self.model_combo.setCurrentText(current)
+        self.model_combo.blockSignals(False)
 
     def _browse_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "Keras models (*.keras)")

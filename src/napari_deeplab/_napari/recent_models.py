@@ -6,7 +6,17 @@ import json
 import os
 from pathlib import Path
 
+from psygnal import Signal
+
 from .. import DEFAULT_MODEL
+
+
+class _Events:
+    changed = Signal()
+
+
+events = _Events()
+"""``events.changed`` fires when the list changes (a widget refreshes its model choices)."""
 
 MAX_RECENT = 8
 
@@ -39,3 +49,4 @@ def remember_model(source: str) -> None:
         path.write_text(json.dumps(models[:MAX_RECENT], indent=1))
     except OSError:
         pass
+    events.changed.emit()
