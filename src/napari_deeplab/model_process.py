@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import contextmanager
 import signal
 import socket
 import subprocess
@@ -56,9 +57,9 @@ class FrameResult:
 
 def _serve(connection) -> None:  # runs in the child process
     from .inference import segment_stack
-    from .model import ModelError, load_model
+    from .model import load_model
 
-    models: dict[str, object] = {}
+    models: dict[tuple, object] = {}
     pending: list = []
     cancelled: set[int] = set()
 
@@ -85,33 +86,43 @@ def _serve(connection) -> None:  # runs in the child process
             _finetune_job(connection, job, message[2], read_cancellations, cancelled)
             continue
         _, _, source, images, batch_size = message
-        try:
-            if source not in models:
+        with _errors_reported(connection, job, "try fewer frames at once or a smaller photo"):
+            # a file re-written by fine-tuning is loaded again: its time is part of the key
+            key = (source, os.stat(source).st_mtime_ns if source and os.path.exists(source) else 0)
+            if key not in models:
                 models.clear()  # one model in memory at a time
-                models[source] = load_model(source)
-            for result in segment_stack(images, models[source], batch_size=batch_size):
+                models[key] = load_model(source)
+            for result in segment_stack(images, models[key], batch_size=batch_size):
                 read_cancellations()
                 if job in cancelled:
                     break
                 connection.send(("result", job, result.index, result.labels, result.confidence))
             connection.send(("done", job))
-        except ModelError as error:
-            connection.send(("error", job, str(error)))
-        except MemoryError:
-            connection.send(("error", job, "the model process ran out of memory; try fewer "
-                                           "frames at once or a smaller photo"))
-        except Exception as error:  # reported to the user, the process stays usable
-            connection.send(("error", job, f"{type(error).__name__}: {error}"))
+
+
+@contextmanager
+def _errors_reported(connection, job: int, out_of_memory_hint: str):
+    """Send a failing job's reason to the parent as one line; the child stays usable."""
+    from .cihp import DatasetError
+    from .model import ModelError
+
+    try:
+        yield
+    except (ModelError, DatasetError, ValueError) as error:
+        connection.send(("error", job, str(error)))
+    except MemoryError:
+        connection.send(("error", job, f"the model process ran out of memory; {out_of_memory_hint}"))
+    except Exception as error:
+        connection.send(("error", job, f"{type(error).__name__}: {error}"))
 
 
 def _finetune_job(connection, job, options: dict, read_cancellations, cancelled) -> None:
     from dataclasses import asdict
 
-    from .cihp import DatasetError
-    from .model import ModelError, load_model
+    from .model import load_model
     from .training import finetune, training_and_validation
 
-    try:
+    with _errors_reported(connection, job, "try a smaller batch or image size"):
         train, val = training_and_validation(options["root"], options["split"], options["val_split"])
         model = load_model(options["source"])
         settings = {key: options[key] for key in ("epochs", "batch_size", "image_size",
@@ -122,13 +133,6 @@ def _finetune_job(connection, job, options: dict, read_cancellations, cancelled)
             if job in cancelled:
                 break
         connection.send(("done", job))
-    except (ModelError, DatasetError, ValueError) as error:
-        connection.send(("error", job, str(error)))
-    except MemoryError:
-        connection.send(("error", job, "the model process ran out of memory; try a smaller "
-                                       "batch or image size"))
-    except Exception as error:  # reported to the user, the process stays usable
-        connection.send(("error", job, f"{type(error).__name__}: {error}"))
 
 
 class ModelProcess:
