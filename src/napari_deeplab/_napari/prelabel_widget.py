@@ -138,7 +138,9 @@ class PrelabelWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self._refresh_images)
         self.image_combo.currentIndexChanged.connect(self._update_frames_choice)
         self._refresh_images()
-        recent_model_events.changed.connect(self._refresh_models)
+        refresh = self._refresh_models
+        recent_model_events.changed.connect(refresh)
+        self.destroyed.connect(lambda *_: recent_model_events.changed.disconnect(refresh))
         self.destroyed.connect(_stop_model_process)  # the viewer closed
         self.viewer.bind_key(RUN_KEY, lambda viewer: self.run(), overwrite=True)
         self.viewer.bind_key(NEXT_CLASS_KEY, lambda viewer: self.cycle_class(1), overwrite=True)
