@@ -108,6 +108,11 @@ class ReviewQueue:
     def item(self, sample_id: str) -> QueueItem:
         return next(item for item in self.items if item.sample_id == sample_id)
 
+    def go_to(self, position: int) -> None:
+        """Make ``position`` the photo in hand (remembered for the next session)."""
+        self.position = max(0, min(position, len(self.items) - 1))
+        self._save()
+
     def move(self, step: int, skip_exported: bool = False) -> int:
         """Move the position by ``step`` (skipping exported photos if asked); return it."""
         position = self.position

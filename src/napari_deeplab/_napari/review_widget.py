@@ -167,8 +167,7 @@ class ReviewWidget(QWidget):
         if self.queue is None:
             return
         self._save_current()
-        self.queue.position = position
-        self.queue.move(0)
+        self.queue.go_to(position)
         self._refresh_list()
         self._show(position)
 
