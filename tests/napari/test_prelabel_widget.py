@@ -38,6 +38,8 @@ def _widget(viewer, model):
 def _run(qtbot, widget):
     widget.run()
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=TIMEOUT_MS)
+    # the confidence layer is written in a later turn of the event loop
+    qtbot.waitUntil(lambda: not widget._pending_confidence, timeout=TIMEOUT_MS)
 
 
 def _predict_directly(photo, model):

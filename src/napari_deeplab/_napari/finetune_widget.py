@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..model_process import Waiting
+from .job_controls import JobControls
 from .model_process import shared_model_process
 from .recent_models import recent_models, remember_model
 
@@ -78,7 +78,6 @@ class FinetuneWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._worker = None
-        self._progress = None
         self._cancelled = False
 
         self.root = QLineEdit()
@@ -117,6 +116,7 @@ class FinetuneWidget(QWidget):
         self.plot = CurvePlot()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.job = JobControls(self.train_button, self.cancel_button, self.status)
 
         form = QFormLayout()
         form.addRow("Dataset", root_row)
@@ -170,7 +170,6 @@ class FinetuneWidget(QWidget):
                        image_size=self.image_size.value(), learning_rate=self.learning_rate.value())
         self.plot.clear()
         self._cancelled = False
-        self._progress = progress(total=options["epochs"] + 1, desc="Fine-tuning")
         process = shared_model_process()
 
         def job():
@@ -187,7 +186,7 @@ class FinetuneWidget(QWidget):
         worker.errored.connect(lambda error: self._on_error(error))
         worker.finished.connect(lambda: self._on_finished(worker, out))
         self._worker = worker
-        self._set_running(True, f"Training → {out}")
+        self.job.begin(options["epochs"] + 1, "Fine-tuning", f"Training → {out}")
         worker.start()
 
     def cancel(self) -> None:
@@ -196,15 +195,13 @@ class FinetuneWidget(QWidget):
         self._cancelled = True
         self._worker.quit()
         self._worker = None
-        self._close_progress()
-        self._set_running(False, "Cancelled; the output file keeps the best model so far")
+        self.job.end("Cancelled; the output file keeps the best model so far")
 
     def _on_epoch(self, report: dict, out: str) -> None:
         if self._cancelled:
             return
         self.plot.add(report["epoch"], report["loss"], report["val_miou"])
-        if self._progress is not None:
-            self._progress.update(1)
+        self.job.advance()
         loss = "start" if report["loss"] is None else f"loss {report['loss']:.3f}"
         self.status.setText(f"epoch {report['epoch']}/{report['epochs']}: {loss}, validation mean "
                             f"IoU {report['val_miou']:.3f}{' (saved)' if report['saved'] else ''}")
@@ -219,19 +216,7 @@ class FinetuneWidget(QWidget):
         if worker is not self._worker:
             return
         self._worker = None
-        self._close_progress()
-        self._set_running(False, None)
+        self.job.end()
         if Path(out).exists() and not self._cancelled:
             remember_model(out)
             show_info(f"Fine-tuned model saved: {out}; choose it in Human parts to pre-label with it")
-
-    def _close_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-
-    def _set_running(self, running: bool, message: str | None) -> None:
-        self.train_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if message is not None:
-            self.status.setText(message)

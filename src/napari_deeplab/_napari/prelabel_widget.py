@@ -13,7 +13,6 @@ import threading
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
@@ -23,6 +22,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ..cihp import CLASS_NAMES, PALETTE
 from ..model_process import FrameResult, ModelProcessError
+from .job_controls import JobControls
 from .model_process import shared_model_process
 from .parts_layer import (CONFIDENCE_SUFFIX, PARTS_SUFFIX, apply_prediction, edit_tracker,
                           parts_colormap, parts_features)
@@ -58,7 +58,6 @@ class PrelabelWidget(QWidget):
         self._process = shared_model_process()
         self._worker = None
         self._cancel = threading.Event()
-        self._progress = None
         self._hidden: set[int] = set()
         self._pending_confidence: list = []
         self._confidence_timer = QTimer(self)
@@ -106,6 +105,7 @@ class PrelabelWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.job = JobControls(self.run_button, self.cancel_button, self.status)
 
         self.legend = QListWidget()
         self.legend.setToolTip(f"Click a class to paint with it ({PREVIOUS_CLASS_KEY} / "
@@ -237,8 +237,7 @@ class PrelabelWidget(QWidget):
         source = self.model_combo.currentText().strip() or None
 
         self._cancel.clear()
-        self._progress = progress(total=len(photos), desc=f"Pre-labelling {image.name}")
-        self._set_running(True, f"Running on {len(photos)} frame(s)…")
+        self.job.begin(len(photos), f"Pre-labelling {image.name}", f"Running on {len(photos)} frame(s)…")
         worker = create_worker(self._job, photos, source, self._cancel, _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_result(item, image, indices, source))
         worker.errored.connect(self._on_error)
@@ -263,16 +262,14 @@ class PrelabelWidget(QWidget):
             return
         self._cancel.set()
         self._worker.quit()
-        self._set_running(False, "Cancelled")
-        self._close_progress()
+        self.job.end("Cancelled")
         self._worker = None
 
     def _on_result(self, result: FrameResult, image: Image, indices: list, source) -> None:
         if self._cancel.is_set():
             return
         frame = indices[result.index]
-        if self._progress is not None:
-            self._progress.update(1)  # first: napari's progress bar processes pending events
+        self.job.advance()  # first: napari's progress bar processes pending events
         self._write_result(image, frame, result)
         if source:
             remember_model(source)
@@ -346,23 +343,11 @@ class PrelabelWidget(QWidget):
         if worker is not self._worker:
             return  # a cancelled job winding down
         self._worker = None
-        self._close_progress()
         if not self.status.text().startswith(("the model process", "pre-labelling failed")) \
                 and not self._cancel.is_set():
-            self._set_running(False, "Done: correct the parts layer, every step undoable (Ctrl+Z)")
+            self.job.end("Done: correct the parts layer, every step undoable (Ctrl+Z)")
         else:
-            self._set_running(False, None)
-
-    def _close_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-
-    def _set_running(self, running: bool, message: str | None) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if message is not None:
-            self.status.setText(message)
+            self.job.end()
 
     # --- legend ------------------------------------------------------------------------------
 
