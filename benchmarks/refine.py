@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from napari_deeplab import refine
 from napari_deeplab.cihp import LEFT_RIGHT_PAIRS
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cihp_samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "cihp_samples"
 
 
 def mean_iou(labels: np.ndarray, truth: np.ndarray) -> float:

@@ -14,15 +14,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-CIHP_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cihp_samples"
+CIHP_SAMPLES = Path(__file__).resolve().parent / "data" / "cihp_samples"
 SAMPLE_IDS = ("0002190", "0005008", "0026375")
 
 
 @pytest.fixture(scope="session")
 def cihp_samples() -> Path:
-    """The real CIHP samples beside the project (``../shared/data/cihp_samples``)."""
-    if not (CIHP_SAMPLES / "Images").is_dir():
-        pytest.skip(f"real CIHP samples not found at {CIHP_SAMPLES}")
+    """The real CIHP samples in ``tests/data/cihp_samples`` (see ``tests/data/README.md``)."""
     return CIHP_SAMPLES
 
 
