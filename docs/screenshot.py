@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "data" / "cihp_samples"
+SAMPLES = REPO / "tests" / "data" / "cihp_samples"
 
 FIT = """
 import sys, numpy as np, keras
