@@ -7,7 +7,6 @@ paint, fill, erase, polygon or ``data_setitem`` step), so re-running the model c
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -69,14 +68,22 @@ class EditTracker:
         self.mask[frames] = False
 
 
-_TRACKERS: "weakref.WeakKeyDictionary[Labels, EditTracker]" = weakref.WeakKeyDictionary()
+TRACKER_KEY = "napari-deeplab edits"
 
 
-def edit_tracker(layer: Labels) -> EditTracker:
-    """The layer's tracker, created (and connected) on first use."""
-    if layer not in _TRACKERS:
-        _TRACKERS[layer] = EditTracker(layer)
-    return _TRACKERS[layer]
+def edit_tracker(layer: Labels, *, edited: bool = False) -> EditTracker:
+    """The layer's tracker, created (and connected) on first use with every pixel counted as
+    the annotator's if ``edited`` (a layer the model did not make), else none.
+
+    Kept in the layer's own ``metadata``: plugin widgets see napari's proxy of a layer, a new
+    object on each access, so nothing may be keyed by the layer object.
+    """
+    tracker = layer.metadata.get(TRACKER_KEY)
+    if not isinstance(tracker, EditTracker) or tracker.mask.shape != layer.data.shape:
+        tracker = EditTracker(layer)
+        tracker.mask[:] = edited
+        layer.metadata[TRACKER_KEY] = tracker
+    return tracker
 
 
 def apply_prediction(layer: Labels, labels: np.ndarray, frame: int | None = None,
@@ -87,7 +94,7 @@ def apply_prediction(layer: Labels, labels: np.ndarray, frame: int | None = None
     ``keep_edits`` the pixels the annotator edited keep their value; otherwise they take the
     prediction too and stop counting as edits.
     """
-    tracker = edit_tracker(layer)
+    tracker = edit_tracker(layer, edited=True)  # a layer without a tracker: all of it is kept
     key = (slice(None), slice(None)) if frame is None else (frame,)
     current = layer.data[key]
     changed = current != labels
