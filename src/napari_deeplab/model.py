@@ -20,8 +20,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from . import DEFAULT_MODEL
 from .cihp import CLASS_NAMES
+from .model_source import check_model_source
 
 SEED_INPUT_SIZE = 512
 """Side of the square the seed was trained on; inputs are resized to it without keeping aspect."""
@@ -223,22 +223,16 @@ def load_model(source: str | os.PathLike | None = None) -> keras.Model:
     into the native Keras 3 model and cached, keyed by its content, so later loads are fast
     and work offline. Raises :class:`ModelError` with a one-line message on any failure.
     """
-    source = os.fspath(source) if source is not None else DEFAULT_MODEL
+    try:
+        source = check_model_source(source)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
     path = Path(source).expanduser()
     if path.is_dir():
         return _load_folder(path)
     if path.is_file():
         return _load_keras_file(path)
-    if _looks_like_hub_id(source):
-        return _load_folder(_download(source))
-    raise ModelError(f"{source}: no such file or folder; give a .keras file, a SavedModel "
-                     f"folder or a Hugging Face hub id such as {DEFAULT_MODEL}")
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) \
-        and not source.endswith((".keras", ".h5"))
+    return _load_folder(_download(source))  # check_model_source let only a hub id through
 
 
 def _download(repo_id: str) -> Path:
