@@ -60,7 +60,8 @@ def _child(path_kind: str, checkpoint: str, photo: str, repeats: int) -> None:
         def run(path):
             return segment(read_photo(path), model)[0]
     else:
-        from napari_deeplab.seed_reference import load_seed_checkpoint, seed_reference_predict
+        sys.path.insert(0, str(REPO))  # the seed reference is test code: tests/, not installed
+        from tests.seed_reference import load_seed_checkpoint, seed_reference_predict
 
         model = load_seed_checkpoint(checkpoint)
 
@@ -93,7 +94,8 @@ def main() -> None:
         os.environ.setdefault("NAPARI_DEEPLAB_CACHE", str(scratch / "cache"))
         checkpoint = args.checkpoint
         if checkpoint is None:
-            from napari_deeplab.seed_reference import save_seed_checkpoint
+            sys.path.insert(0, str(REPO))  # the seed reference is test code: tests/
+            from tests.seed_reference import save_seed_checkpoint
 
             checkpoint = str(save_seed_checkpoint(scratch / "seed"))
         photos = _make_photos(scratch)

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def seed_checkpoint(tmp_path_factory) -> Path:
     """A Keras-2 SavedModel made exactly as the seed was (random weights, non-default BN stats)."""
-    from napari_deeplab.seed_reference import save_seed_checkpoint
+    from tests.seed_reference import save_seed_checkpoint
 
     return save_seed_checkpoint(tmp_path_factory.mktemp("seed") / "deeplabv3p-resnet50")
 

@@ -27,7 +27,7 @@ def test_seed_conversion_reproduces_the_savedmodel_logits(model, seed_checkpoint
     """Compare with the SavedModel itself, run by Keras 2 as the seed's users ran it."""
     import tensorflow as tf
 
-    from napari_deeplab.seed_reference import load_seed_checkpoint
+    from tests.seed_reference import load_seed_checkpoint
 
     seed = load_seed_checkpoint(seed_checkpoint)
     x = tf.image.resize(cihp_photo, (512, 512)).numpy()[None]
