@@ -40,14 +40,20 @@ def locate(path: str | Path) -> tuple[Path, str | None, str | None]:
 
 
 def get_reader(path):
-    """npe2 reader hook: a reader function for CIHP paths, else None."""
-    if isinstance(path, list):
+    """npe2 reader hook: a reader function for a CIHP root or split folder (it opens the first
+    sample) or a ``Category_ids`` mask, where that sample's photo is in ``Images/``; None for
+    anything else (a stack, any other PNG or folder), so napari opens those with its own reader."""
+    if not isinstance(path, (str, Path)):
         return None
     try:
         root, split, sample_id = locate(path)
-    except ValueError:
-        return None
-    if sample_id is None and not cihp.list_samples(root, split):
+        if sample_id is None:
+            samples = cihp.list_samples(root, split)
+            if not samples:
+                return None
+            sample_id = samples[0]
+        cihp.find_image(root, sample_id, split)
+    except (ValueError, OSError):
         return None
     return lambda _: read_cihp(root, split, sample_id)
 
