@@ -1,34 +1,71 @@
-"""A persistent child process that owns TensorFlow and the model, for the napari widgets.
+"""The model's own processes, which own TensorFlow, for the napari widgets; safe for many callers.
 
 TensorFlow must not load in napari's process (with napari's OpenGL on Mesa it segfaults, see
-DESIGN.md), and a model call must not freeze the viewer. :class:`ModelProcess` starts one
-child process on first use, keeps it (and the loaded model) for later runs, and talks to it
-through a pipe. Nothing here imports napari, Qt or TensorFlow, so the same class serves tests
-and scripts.
+docs), and a model call must not freeze the viewer. Nothing here imports napari, Qt or
+TensorFlow, so the same class serves tests and scripts.
 
-A job is a generator (:meth:`ModelProcess.segment`) that yields progress while it waits, so a
-napari worker can cancel it between any two yields; cancelling tells the child to drop the
-job after the photo in hand, and the caller is free at once.
+Processes. :class:`ModelProcess` starts one persistent child on the first segmentation and
+keeps it (with the last models it loaded) for later jobs. Each fine-tuning runs in a child of
+its own, started for the job and killed by Cancel, so Cancel stops training at once, the next
+training starts at once, and a cancelled run can never report into a new one. Every child is a
+fresh ``python -m napari_deeplab.model_process`` (never a fork of napari); it inherits the
+parent's environment, so ``KERAS_BACKEND`` chooses its backend as in the parent.
+
+Transport. A :class:`multiprocessing.connection.Listener` (a socket in a private temporary
+folder on Linux and macOS, a named pipe on Windows) with a random authentication key; the
+child learns the address and the key on its stdin, never on its command line. A child exits
+as soon as its connection ends (EOF), so it never outlives its parent.
+
+Routing. Any number of threads may run jobs on one :class:`ModelProcess` at the same time.
+Each job has an id; in the parent one reader thread per child receives every message and puts
+it into the queue of the job it names (messages of a job whose caller has gone are dropped),
+and requests are sent under a lock. In the child a reader thread takes requests in and notes
+cancellations; the main thread serves segmentation jobs in order and drops a cancelled job
+between two photos.
+
+A job is a generator that yields :class:`Waiting` while it waits, so a napari worker can cancel
+it between any two yields by closing it; the caller is free at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
-from contextlib import contextmanager
+import queue
+import secrets
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 import numpy as np
 
+from .model_source import check_model_source
+
 POLL_SECONDS = 0.05
+"""How often a waiting job yields :class:`Waiting`."""
+
+CONNECT_SECONDS = 60.0
+"""How long a new child may take to connect (it imports only numpy before it does)."""
+
+MODELS_KEPT = 2
+"""Models the persistent child keeps loaded (e.g. the Human parts model and the Review queue's)."""
+
+LOG_DAYS_KEPT = 14
+"""Log files of earlier sessions older than this are removed."""
+
+_DEFAULT_EPOCHS = 10  # training.finetune's default, for the progress total
+
+_TRAINING_OPTIONS_NOT_FOR_FINETUNE = ("root", "split", "val_split", "source", "out")
 
 
 class ModelProcessError(Exception):
@@ -40,7 +77,7 @@ class ModelProcessError(Exception):
 
 @dataclass
 class Waiting:
-    """Yielded while the child works: ``done`` of ``total`` photos finished so far."""
+    """Yielded while the child works: ``done`` of ``total`` photos (or epochs) finished so far."""
 
     done: int
     total: int
@@ -55,223 +92,532 @@ class FrameResult:
     confidence: np.ndarray
 
 
-def _serve(connection) -> None:  # runs in the child process
-    from .inference import segment_stack
-    from .model import load_model
-
-    models: dict[tuple, object] = {}
-    pending: list = []
-    cancelled: set[int] = set()
-
-    def read_cancellations():
-        while connection.poll():
-            message = connection.recv()
-            if message[0] == "cancel":
-                cancelled.add(message[1])
-            else:
-                pending.append(message)
-
-    while True:
-        try:
-            message = pending.pop(0) if pending else connection.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        kind, job = message[0], message[1]
-        if kind == "shutdown":
-            return
-        if kind == "cancel":
-            cancelled.add(job)
-            continue
-        if kind == "finetune":
-            _finetune_job(connection, job, message[2], read_cancellations, cancelled)
-            continue
-        _, _, source, images, batch_size = message
-        with _errors_reported(connection, job, "try fewer frames at once or a smaller photo"):
-            # a file re-written by fine-tuning is loaded again: its time is part of the key
-            key = (source, os.stat(source).st_mtime_ns if source and os.path.exists(source) else 0)
-            if key not in models:
-                models.clear()  # one model in memory at a time
-                models[key] = load_model(source)
-            for result in segment_stack(images, models[key], batch_size=batch_size):
-                read_cancellations()
-                if job in cancelled:
-                    break
-                connection.send(("result", job, result.index, result.labels, result.confidence))
-            connection.send(("done", job))
-
-
-@contextmanager
-def _errors_reported(connection, job: int, out_of_memory_hint: str):
-    """Send a failing job's reason to the parent as one line; the child stays usable."""
-    from .cihp import DatasetError
-    from .model import ModelError
-
-    try:
-        yield
-    except (ModelError, DatasetError, ValueError) as error:
-        connection.send(("error", job, str(error)))
-    except MemoryError:
-        connection.send(("error", job, f"the model process ran out of memory; {out_of_memory_hint}"))
-    except Exception as error:
-        connection.send(("error", job, f"{type(error).__name__}: {error}"))
-
-
-def _finetune_job(connection, job, options: dict, read_cancellations, cancelled) -> None:
-    from dataclasses import asdict
-
-    from .model import load_model
-    from .training import finetune, training_and_validation
-
-    with _errors_reported(connection, job, "try a smaller batch or image size"):
-        train, val = training_and_validation(options["root"], options["split"], options["val_split"])
-        model = load_model(options["source"])
-        settings = {key: options[key] for key in ("epochs", "batch_size", "image_size",
-                                                  "learning_rate")}
-        for report in finetune(model, train, val, options["out"], **settings):
-            connection.send(("epoch", job, asdict(report)))
-            read_cancellations()
-            if job in cancelled:
-                break
-        connection.send(("done", job))
-
+# --- the parent side ---------------------------------------------------------------------------
 
 class ModelProcess:
-    """The model's own process: started on first use, reused, restarted after a crash.
-
-    The child is a fresh ``python -m napari_deeplab.model_process`` (not a fork of napari, nor
-    a re-import of the caller's main module) connected by a socket pair; its stderr goes to
-    :attr:`log_path`.
+    """The model's processes: the persistent one started on first use, reused, restarted after
+    a crash; one more per fine-tuning job. Their output goes to :attr:`log_path`, in a private
+    per-user log folder. Thread-safe: each caller gets exactly its own job's results.
     """
 
     def __init__(self):
-        self._process: subprocess.Popen | None = None
-        self._connection = None
+        self.log_path = log_folder() / f"model-process-{os.getpid()}.log"
+        self._lock = threading.Lock()  # guards _child and _trainers
+        self._child: _Child | None = None
+        self._trainers: set[_Child] = set()
         self._job_ids = itertools.count()
-        self.log_path = Path(tempfile.gettempdir()) / f"napari-deeplab-model-{os.getpid()}.log"
+        self._job_ids_lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
-        """The child's process id, or None while none runs."""
-        return self._process.pid if self.is_alive() else None
+        """The persistent child's process id, or None while none runs."""
+        child = self._child
+        return child.process.pid if child is not None and child.is_alive() else None
 
     def is_alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        """Whether the persistent child runs."""
+        child = self._child
+        return child is not None and child.is_alive()
 
-    def _ensure_started(self) -> None:
-        if self.is_alive():
-            return
-        self._discard_process()
-        parent_socket, child_socket = socket.socketpair()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "napari_deeplab.model_process", str(child_socket.fileno())],
-                pass_fds=[child_socket.fileno()], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, env=env)
-        child_socket.close()
-        self._connection = Connection(parent_socket.detach())
+    def start(self) -> None:
+        """Start the persistent child now rather than on the first job (it takes a second or two)."""
+        self._persistent_child()
 
     def segment(self, images: Sequence[np.ndarray], source: str | None,
                 batch_size: int = 1) -> Iterator[Waiting | FrameResult]:
         """Segment ``images`` with the model ``source`` (anything ``load_model`` takes).
 
-        Yields :class:`Waiting` about every 50 ms while the child works and one
-        :class:`FrameResult` per photo, in order. Closing the generator cancels the job.
-        Raises :class:`ModelProcessError` if the model cannot be loaded or the child dies
-        (the next job then starts a fresh child).
+        Returns a generator that yields :class:`Waiting` about every 50 ms while the child
+        works and one :class:`FrameResult` per photo, in order. Closing it cancels the job.
+        A source that cannot be a model raises :class:`ModelProcessError` here, at once; a
+        model that cannot be loaded or a child that dies raises it from the generator (the
+        next job then starts a fresh child).
         """
-        for kind, payload in self._job(("segment", source, list(images), batch_size), len(images)):
-            yield Waiting(*payload) if kind == "waiting" else FrameResult(*payload)
+        source = _checked_source(source)
+        return self._segment_results(list(images), source, batch_size)
 
     def finetune(self, **options) -> Iterator[Waiting | dict]:
-        """Fine-tune in the child (``root``, ``split``, ``val_split``, ``source``, ``out``,
-        ``epochs``, ``batch_size``, ``image_size``, ``learning_rate``, as
-        :func:`napari_deeplab.training.finetune`). Yields :class:`Waiting` while it works and
-        one dict per epoch (the fields of ``EpochReport``). Closing the generator stops the
-        training after the epoch in hand; the output file holds the best model so far."""
-        for kind, payload in self._job(("finetune", options), options["epochs"] + 1):
-            yield Waiting(*payload) if kind == "waiting" else payload[0]
+        """Fine-tune in a process of its own: ``root``, ``split``, ``val_split`` (as
+        :func:`napari_deeplab.training.training_and_validation` takes them), ``source`` (the
+        start model), ``out``, and any keyword argument of :func:`napari_deeplab.training.finetune`
+        (``epochs``, ``batch_size``, ``image_size``, ``learning_rate``, ...).
 
-    def _job(self, request: tuple, total: int):
-        """Send one job and yield ("waiting", (done, total)) or (kind, payload) as it answers."""
-        self._ensure_started()
-        job = next(self._job_ids)
-        done = 0
-        finished = False
-        try:
-            try:
-                self._connection.send((request[0], job, *request[1:]))
-            except OSError:
-                raise ModelProcessError(self._death_message()) from None
-            while True:
-                if not self._connection.poll(POLL_SECONDS):
-                    if not self.is_alive():
-                        raise ModelProcessError(self._death_message())
-                    yield "waiting", (done, total)
-                    continue
-                try:
-                    kind, message_job, *payload = self._connection.recv()
-                except (EOFError, OSError):
-                    raise ModelProcessError(self._death_message()) from None
-                if message_job != job:
-                    continue  # the tail of a cancelled job
-                if kind == "done":
-                    finished = True
-                    return
-                if kind == "error":
-                    finished = True
-                    raise ModelProcessError(payload[0])
-                done += 1
-                yield kind, payload
-        except ModelProcessError:
-            finished = True
-            if not self.is_alive():
-                self._discard_process()
-            raise
-        finally:
-            if not finished and self.is_alive():
-                try:
-                    self._connection.send(("cancel", job))
-                except OSError:
-                    pass
-
-    def _death_message(self) -> str:
-        try:
-            code = self._process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            code = None
-        if code is not None and code < 0 and -code == signal.SIGKILL:
-            why = "it was killed (out of memory?)"
-        elif code is not None and code < 0:
-            why = f"it crashed ({signal.Signals(-code).name})"
-        else:
-            why = f"it exited with code {code}"
-        return f"the model process stopped: {why}; see {self.log_path}; run again to start a new one"
-
-    def _discard_process(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._process = self._connection = None
+        Returns a generator of :class:`Waiting` while it works and one dict per epoch (the
+        fields of ``EpochReport``). Closing it kills the training at once; ``out`` then holds
+        the best model saved so far (training writes it atomically). A source that cannot be
+        a model raises :class:`ModelProcessError` here, at once.
+        """
+        options = {**options, "source": _checked_source(options.get("source"))}
+        return self._finetune_reports(options)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the child (politely, then by force) and wait for it."""
-        if self._process is None:
-            return
-        if self.is_alive():
+        """Stop every child: running fine-tunings at once, the persistent one politely (then by
+        force). Jobs still running end with :class:`ModelProcessError`."""
+        with self._lock:
+            child, self._child = self._child, None
+            trainers, self._trainers = list(self._trainers), set()
+        for trainer in trainers:
+            trainer.kill()
+        if child is not None:
+            child.stop(timeout)
+
+    # jobs
+
+    def _segment_results(self, images: list, source: str, batch_size: int):
+        child = self._persistent_child()
+        job = self._new_job_id()
+        request = ("segment", job, source, images, batch_size)
+        for item in _job_answers(child, request, len(images), cancel=lambda: child.send("cancel", job)):
+            yield item if isinstance(item, Waiting) else FrameResult(*item)
+
+    def _finetune_reports(self, options: dict):
+        trainer = self._start_trainer()
+        finished = False
+        try:
+            request = ("finetune", self._new_job_id(), options)
+            total = options.get("epochs", _DEFAULT_EPOCHS) + 1
+            for item in _job_answers(trainer, request, total, cancel=trainer.kill):
+                yield item if isinstance(item, Waiting) else item[0]
+            finished = True
+        finally:
+            if finished:
+                trainer.stop()
+            else:
+                trainer.kill()
+            with self._lock:
+                self._trainers.discard(trainer)
+
+    # children
+
+    def _persistent_child(self) -> _Child:
+        with self._lock:
+            if self._child is None or not self._child.is_alive():
+                if self._child is not None:
+                    self._child.kill()  # reap the dead one
+                self._child = _Child.start(self.log_path, "model process")
+            return self._child
+
+    def _start_trainer(self) -> _Child:
+        trainer = _Child.start(self.log_path, "training process")
+        with self._lock:
+            self._trainers.add(trainer)
+        return trainer
+
+    def _new_job_id(self) -> int:
+        with self._job_ids_lock:
+            return next(self._job_ids)
+
+
+def _checked_source(source) -> str:
+    try:
+        return check_model_source(source)
+    except ValueError as error:
+        raise ModelProcessError(str(error)) from None
+
+
+_GONE = object()
+"""Put into a job's queue when its child's connection ends."""
+
+
+def _job_answers(child: _Child, request: tuple, total: int,
+                 cancel: Callable[[], object]) -> Iterator[Waiting | list]:
+    """Send one job and yield :class:`Waiting` while waiting, else each answer's payload.
+
+    Ends at the job's "done"; raises :class:`ModelProcessError` on its "error" or when the
+    child dies. ``cancel`` is called when the caller leaves before the end.
+    """
+    job = request[1]
+    answers = child.open_job(job)
+    finished = False
+    done = 0
+    try:
+        if not child.send(*request):
+            finished = True
+            raise ModelProcessError(child.stopped_message())
+        while True:
             try:
-                self._connection.send(("shutdown", -1))
-                self._process.wait(timeout)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait(timeout)
-        self._discard_process()
+                message = answers.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                yield Waiting(done, total)
+                continue
+            if message is _GONE:
+                finished = True
+                raise ModelProcessError(child.stopped_message())
+            kind, _, *payload = message
+            if kind == "done":
+                finished = True
+                return
+            if kind == "error":
+                finished = True
+                raise ModelProcessError(payload[0])
+            done += 1
+            yield payload
+    finally:
+        child.close_job(job)
+        if not finished:
+            cancel()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the child: ``python -m napari_deeplab.model_process FD``."""
-    argv = sys.argv[1:] if argv is None else argv
+class _Child:
+    """One child process, its connection, and the thread that routes its messages to jobs."""
+
+    def __init__(self, process: subprocess.Popen, connection: Connection, log_path: Path,
+                 name: str):
+        self.process = process
+        self.log_path = log_path
+        self.name = name
+        self._connection = connection
+        self._send_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()  # guards _jobs and _gone
+        self._jobs: dict[int, queue.Queue] = {}
+        self._gone = False
+        self._reader = threading.Thread(target=self._route_messages, daemon=True,
+                                        name=f"napari-deeplab {name} {process.pid} reader")
+        self._reader.start()
+
+    @classmethod
+    def start(cls, log_path: Path, name: str) -> _Child:
+        """Start ``python -m napari_deeplab.model_process`` and wait until it has connected."""
+        authkey = secrets.token_bytes(32)
+        listener = Listener(authkey=authkey)  # default family: AF_UNIX, or a named pipe on Windows
+        try:
+            process = _spawn_child(log_path)
+            handshake = json.dumps({"address": listener.address, "authkey": authkey.hex()})
+            try:
+                process.stdin.write(handshake.encode())
+                process.stdin.close()
+            except OSError:
+                pass  # it died at once: _accept_child says so
+            connection = _accept_child(listener, process, authkey, log_path, name)
+        finally:
+            listener.close()
+        return cls(process, connection, log_path, name)
+
+    def is_alive(self) -> bool:
+        return not self._gone and self.process.poll() is None
+
+    def open_job(self, job: int) -> queue.Queue:
+        """The queue that will receive job ``job``'s messages (at once ``_GONE`` if the child is)."""
+        answers: queue.Queue = queue.Queue()
+        with self._jobs_lock:
+            if self._gone:
+                answers.put(_GONE)
+            self._jobs[job] = answers
+        return answers
+
+    def close_job(self, job: int) -> None:
+        """Stop routing job ``job``'s messages; any still coming are dropped."""
+        with self._jobs_lock:
+            self._jobs.pop(job, None)
+
+    def send(self, *message) -> bool:
+        """Send ``message``; False if the child is gone."""
+        with self._send_lock:
+            try:
+                self._connection.send(message)
+                return True
+            except OSError:
+                return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the child to exit, kill it if it has not within ``timeout``, and reap it."""
+        if self.process.poll() is None and self.send("shutdown", -1):
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """End the child at once (if it still runs) and reap it; its jobs end with an error."""
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel): leave it
+            pass
+        self._reader.join(5)
+
+    def stopped_message(self) -> str:
+        return _stopped_message(self.process, self.name, self.log_path)
+
+    def _route_messages(self) -> None:
+        try:
+            while True:
+                message = self._connection.recv()
+                with self._jobs_lock:
+                    answers = self._jobs.get(message[1])
+                if answers is not None:  # else: the tail of a job whose caller has gone
+                    answers.put(message)
+        except Exception:  # EOF: the child exited; anything else: the stream is broken
+            pass
+        finally:
+            with self._jobs_lock:
+                self._gone = True
+                waiting = list(self._jobs.values())
+            for answers in waiting:
+                answers.put(_GONE)
+            with self._send_lock:
+                self._connection.close()  # a child still running sees EOF and exits
+
+
+def _spawn_child(log_path: Path) -> subprocess.Popen:
+    with _open_log(log_path) as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "napari_deeplab.model_process"], stdin=subprocess.PIPE,
+            stdout=log, stderr=log, env=_child_environment(),
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+
+
+def _child_environment() -> dict[str, str]:
+    """The parent's environment (``KERAS_BACKEND`` included: the child uses the parent's
+    backend); TensorFlow's C++ info lines off unless asked for."""
+    environment = dict(os.environ)
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return environment
+
+
+def _accept_child(listener: Listener, process: subprocess.Popen, authkey: bytes,
+                  log_path: Path, name: str) -> Connection:
+    """The child's connection; ModelProcessError if it dies or does not connect in time."""
+    accepted: queue.Queue = queue.Queue()
+
+    def accept():
+        while True:
+            try:
+                accepted.put(listener.accept())
+                return
+            except AuthenticationError:
+                continue  # someone else, without the key: wait for our child
+            except Exception as error:
+                accepted.put(error)
+                return
+
+    threading.Thread(target=accept, daemon=True, name="napari-deeplab accept").start()
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        try:
+            result = accepted.get(timeout=POLL_SECONDS)
+            break
+        except queue.Empty:
+            if process.poll() is None and time.monotonic() < deadline:
+                continue
+            if process.poll() is None:
+                process.kill()
+            _unblock_accept(listener.address, authkey, accepted)
+            raise ModelProcessError(_stopped_message(process, name, log_path)) from None
+    if isinstance(result, Exception):
+        process.kill()
+        raise ModelProcessError(f"the {name} could not connect ({result}); see {log_path}")
+    return result
+
+
+def _unblock_accept(address, authkey: bytes, accepted: queue.Queue) -> None:
+    """Connect to the listener ourselves so that the thread waiting in ``accept`` returns."""
+    try:
+        Client(address, authkey=authkey).close()
+        connection = accepted.get(timeout=5)
+        if isinstance(connection, Connection):
+            connection.close()
+    except Exception:
+        pass
+
+
+def _stopped_message(process: subprocess.Popen, name: str, log_path: Path) -> str:
+    try:
+        code = process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is None:
+        why = "it stopped answering"
+    elif code < 0 and -code == getattr(signal, "SIGKILL", None):
+        why = "it was killed (out of memory?)"
+    elif code < 0:
+        why = f"it crashed ({signal.Signals(-code).name})"
+    else:
+        why = f"it exited with code {code}"
+    return f"the {name} stopped: {why}; see {log_path}; run again to start a new one"
+
+
+def log_folder() -> Path:
+    """The private per-user folder of the model processes' logs (created 0o700), where nobody
+    else can plant a file or a link; logs older than :data:`LOG_DAYS_KEPT` days are removed."""
+    import platformdirs
+
+    folder = Path(platformdirs.user_log_dir("napari-deeplab"))
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask, and skipped if it existed
+    _remove_old_logs(folder)
+    return folder
+
+
+def _remove_old_logs(folder: Path) -> None:
+    too_old = time.time() - LOG_DAYS_KEPT * 86400
+    for log in folder.glob("model-process-*.log"):
+        try:
+            if log.stat().st_mtime < too_old:
+                log.unlink()
+        except OSError:
+            pass
+
+
+def _open_log(path: Path):
+    """``path`` opened for appending, never through a symbolic link, private to the user."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_BINARY", 0)
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
+
+
+# --- the child side ----------------------------------------------------------------------------
+
+class _Inbox:
+    """The child's end of the connection: a reader thread queues requests and notes
+    cancellations; the child exits as soon as the parent says so or goes away."""
+
+    def __init__(self, connection: Connection):
+        self.requests: queue.Queue = queue.Queue()
+        self.cancelled: set[int] = set()  # set operations are atomic: no lock needed
+        self._connection = connection
+        threading.Thread(target=self._read, daemon=True, name="requests").start()
+
+    def send(self, *message) -> None:
+        self._connection.send(message)  # only the main thread sends
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._connection.recv()
+            except Exception:  # EOF: the parent closed the connection or died
+                _exit_now()
+            kind, job = message[0], message[1]
+            if kind == "shutdown":
+                _exit_now()
+            elif kind == "cancel":
+                self.cancelled.add(job)
+            else:
+                self.requests.put(message)
+
+
+def _exit_now() -> None:
+    """Exit at once, even in the middle of a model call in the main thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+class _ModelCache:
+    """The models used last, by source; a file re-written since (fine-tuning) is loaded again."""
+
+    def __init__(self, size: int = MODELS_KEPT):
+        self._size = size
+        self._models: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, source: str):
+        key = (source, _modified_time(source))
+        if key not in self._models:
+            from .model import load_model
+
+            for stale in [k for k in self._models if k[0] == source]:
+                del self._models[stale]
+            model = load_model(source)
+            self._models[key] = model
+            while len(self._models) > self._size:
+                self._models.popitem(last=False)
+        self._models.move_to_end(key)
+        return self._models[key]
+
+
+def _modified_time(source: str) -> int:
+    try:
+        return os.stat(source).st_mtime_ns
+    except OSError:  # a hub id
+        return 0
+
+
+def _serve(inbox: _Inbox) -> None:
+    """Serve the requests one after another, until the parent ends the connection."""
+    models = _ModelCache()
+    while True:
+        kind, job, *arguments = inbox.requests.get()
+        if job in inbox.cancelled:  # cancelled before it started
+            inbox.cancelled.discard(job)
+            continue
+        try:
+            if kind == "segment":
+                _segment_job(inbox, job, models, *arguments)
+            else:
+                _finetune_job(inbox, job, *arguments)
+            inbox.send("done", job)
+        except Exception as error:
+            inbox.send("error", job, _failure_message(error, kind))
+        finally:
+            inbox.cancelled.discard(job)
+
+
+def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, images: list,
+                 batch_size: int) -> None:
+    from .inference import segment_stack
+
+    model = models.get(source)
+    for result in segment_stack(images, model, batch_size=batch_size):
+        if job in inbox.cancelled:
+            return
+        inbox.send("result", job, result.index, result.labels, result.confidence)
+
+
+def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
+    from dataclasses import asdict
+
+    from .model import load_model
+    from .training import finetune, training_and_validation
+
+    train, val = training_and_validation(options["root"], options["split"],
+                                         options.get("val_split"))
+    model = load_model(options["source"])
+    settings = {key: value for key, value in options.items()
+                if key not in _TRAINING_OPTIONS_NOT_FOR_FINETUNE}
+    for report in finetune(model, train, val, options["out"], **settings):
+        inbox.send("epoch", job, asdict(report))
+
+
+def _failure_message(error: Exception, kind: str) -> str:
+    """One line that says why a job failed (and, for memory, what to try)."""
+    from .cihp import DatasetError
+
+    expected: tuple[type, ...] = (DatasetError, ValueError)
+    model_module = sys.modules.get(f"{__package__}.model")  # not imported if Keras failed to
+    if model_module is not None:
+        expected += (model_module.ModelError,)
+    if isinstance(error, expected):
+        message = str(error)
+    elif isinstance(error, MemoryError):
+        hint = "try a smaller batch or image size" if kind == "finetune" else \
+            "try fewer frames at once or a smaller photo"
+        message = f"the model process ran out of memory; {hint}"
+    else:
+        traceback.print_exc()  # into the log
+        message = f"{type(error).__name__}: {error}"
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+
+
+def _connect_to_parent() -> Connection:
+    """Connect to the address with the key that the parent wrote on stdin."""
+    handshake = json.loads(sys.stdin.buffer.read())
+    address = handshake["address"]
+    if isinstance(address, list):  # an (host, port) pair, through JSON
+        address = tuple(address)
+    return Client(address, authkey=bytes.fromhex(handshake["authkey"]))
+
+
+def main() -> None:
+    """Entry point of a child: ``python -m napari_deeplab.model_process``, handshake on stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
-    _serve(Connection(int(argv[0])))
+    inbox = _Inbox(_connect_to_parent())
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} napari-deeplab model process {os.getpid()} "
+          f"started; KERAS_BACKEND={backend}", file=sys.stderr, flush=True)
+    _serve(inbox)
 
 
 if __name__ == "__main__":
