@@ -1,5 +1,5 @@
 """Fixtures of the napari tests. TensorFlow must never load in this test process: with
-napari's OpenGL on Mesa it segfaults (DESIGN.md), so models are made in child processes and
+napari's OpenGL on Mesa it segfaults (docs/architecture.md), so models are made in child processes and
 run in the plugin's model process; run these tests in their own pytest process."""
 
 import subprocess
