@@ -4,7 +4,7 @@ A dataset is a CIHP-layout folder (``Images/``, ``Category_ids/``, ``train_id.tx
 Review queue remembers the dataset of every queue it opens, Fine-tune the one it trains on, so
 Fine-tune's Dataset field offers the folders in use. Like the recent models, the list lives in
 the user config folder (``$NAPARI_DEEPLAB_CONFIG`` if set) and every listener of
-``recent_dataset_events.changed`` hears when it changes.
+``recent_dataset_events.changed`` hears when it changes; :class:`DatasetChooser` lists them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import json
 import os
 from pathlib import Path
 
+from magicgui.widgets import ComboBox, Container, PushButton
 from psygnal import Signal
+from qtpy.QtWidgets import QComboBox, QFileDialog
 
 MAX_RECENT = 8
 
@@ -63,3 +65,46 @@ def remember_dataset(path: str | os.PathLike) -> None:
     except OSError:
         return
     recent_dataset_events.changed.emit()
+
+
+class DatasetChooser(Container):
+    """An editable list of the recent dataset folders (type a path) with a Folder… button.
+
+    :attr:`folder` is the text as chosen ("" when empty).
+    """
+
+    def __init__(self, label: str = "Dataset",
+                 tooltip: str = "A CIHP-format dataset folder (e.g. a review queue's)"):
+        self.combo = ComboBox(choices=lambda _: recent_datasets(), tooltip=tooltip)
+        self.combo.native.setEditable(True)
+        self.combo.native.lineEdit().setPlaceholderText("CIHP-format dataset folder")
+        # a long path must not widen the dock over the canvas
+        self.combo.native.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.native.setMinimumContentsLength(12)
+        self.combo.native.setCurrentText("")
+        browse = PushButton(text="Folder…", tooltip="Choose the dataset folder")
+        browse.changed.connect(self._choose_folder)
+        super().__init__(widgets=[self.combo, browse], layout="horizontal", labels=False,
+                         label=label)
+        self.margins = (0, 0, 0, 0)
+        recent_dataset_events.changed.connect(self.reset_choices)
+
+    @property
+    def folder(self) -> str:
+        return self.combo.native.currentText().strip()
+
+    @folder.setter
+    def folder(self, text: str) -> None:
+        self.combo.native.setCurrentText(str(text))
+
+    def reset_choices(self, *_) -> None:
+        """List the recent datasets again, keeping what is typed or chosen."""
+        text = self.combo.native.currentText()
+        super().reset_choices()
+        self.combo.native.setCurrentText(text)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.native, "Dataset folder", self.folder)
+        if folder:
+            self.folder = folder
