@@ -1,16 +1,28 @@
 """The CIHP label set (class names, palette, left/right pairs: the one home of these facts)
-and the CIHP dataset layout on disk."""
+and the CIHP dataset layout on disk, with the one commit protocol every writer uses."""
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import itertools
+import json
 import os
+import re
 import shutil
+import socket
+import struct
+import sys
+import threading
+import time
 import uuid
+import warnings
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -49,6 +61,29 @@ class DatasetError(ValueError):
     """A sample or dataset request that cannot be honoured; nothing was written."""
 
 
+class SampleExistsError(DatasetError):
+    """The sample is already committed (its id is in the split's id list) and overwrite was
+    not asked for; decided under the split's lock, at commit time."""
+
+
+class PhotoTooLargeError(DatasetError):
+    """A photo has more pixels than :func:`max_pixels` allows (a possible decompression bomb)."""
+
+
+SAMPLE_FOLDERS = ("Images", "Category_ids", "Categories", "Human_ids", "Humans")
+"""The folders of a split that hold a sample's files, one file each."""
+
+MAX_ID_BYTES = 120
+"""Longest sample id (UTF-8 bytes): its temporary file names must stay under NAME_MAX (255)."""
+
+MAX_SUFFIX_LENGTH = 12
+"""Longest photo suffix (``.jpeg``, ``.tiff``...) accepted in ``Images/``."""
+
+_WINDOWS_FORBIDDEN = frozenset('<>:"/\\|?*')
+_WINDOWS_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                               *(f"LPT{i}" for i in range(1, 10))])
+
+
 def check_split(split: str) -> str:
     """Return ``split`` if it is one of the official splits, else raise :class:`DatasetError`."""
     if split not in SPLIT_ID_FILES:
@@ -57,12 +92,36 @@ def check_split(split: str) -> str:
 
 
 def check_sample_id(sample_id: str) -> str:
-    """Return ``sample_id`` if it can name files in the layout (non-empty, no path parts)."""
-    if not sample_id or sample_id.strip() != sample_id or sample_id in (".", "..") \
-            or "/" in sample_id or "\\" in sample_id or ".." in sample_id or "\n" in sample_id:
-        raise DatasetError(f"invalid sample id {sample_id!r}: use a file stem without path "
-                           "separators, '..' or surrounding spaces")
+    """Return ``sample_id`` if it can name the files of a sample on every system, else raise
+    :class:`DatasetError` saying why. The one id rule of the project (writers, readers, the
+    review queue, ``predict``): printable (no line break or control character of any kind),
+    no leading dot, no surrounding spaces, no trailing dot, no path separator nor any character
+    Windows forbids in file names (``<>:"/\\|?*``), not a Windows device name (``CON``, ``NUL``,
+    ``COM1``..., with or without an extension) and at most :data:`MAX_ID_BYTES` UTF-8 bytes."""
+    problem = _sample_id_problem(sample_id)
+    if problem:
+        raise DatasetError(f"invalid sample id {sample_id!r}: {problem}; rename the photo "
+                           "(a sample's id is its file stem)")
     return sample_id
+
+
+def _sample_id_problem(sample_id) -> str | None:
+    if not isinstance(sample_id, str) or not sample_id:
+        return "it is empty"
+    if not sample_id.isprintable():
+        return "it contains a line break, tab or other unprintable character"
+    if sample_id.startswith("."):
+        return "it starts with a dot (a hidden file)"
+    if sample_id != sample_id.strip() or sample_id.endswith("."):
+        return "it starts or ends with a space, or ends with a dot"
+    forbidden = sorted(set(sample_id) & _WINDOWS_FORBIDDEN)
+    if forbidden:
+        return f"it contains {''.join(forbidden)!r} (path separators or characters Windows forbids)"
+    if sample_id.split(".")[0].rstrip().upper() in _WINDOWS_RESERVED:
+        return "it is a device name that Windows reserves"
+    if len(sample_id.encode("utf-8")) > MAX_ID_BYTES:
+        return f"it is longer than {MAX_ID_BYTES} bytes"
+    return None
 
 
 def id_list_path(root: str | os.PathLike, split: str) -> Path:
@@ -70,28 +129,9 @@ def id_list_path(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / check_split(split) / SPLIT_ID_FILES[split]
 
 
-def read_id_list(root: str | os.PathLike, split: str) -> list[str]:
-    """The ids listed for ``split`` (empty when the list does not exist), in file order."""
-    return _read_ids(id_list_path(root, split))
-
-
-def _read_ids(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def add_to_id_list(root: str | os.PathLike, split: str, sample_ids) -> None:
-    """Add ids to the split's id list (sorted, no duplicates), atomically."""
-    ids = sorted(set(read_id_list(root, split)) | {check_sample_id(i) for i in sample_ids})
-    path = id_list_path(root, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda tmp: tmp.write_text("".join(f"{i}\n" for i in ids)))
-
-
 def split_folder(root: str | os.PathLike, split: str | None) -> Path:
     """``<root>/<split>``, or ``root`` itself when ``split`` is None (a split folder, or a
-    folder laid out like one, such as ``../shared/data/cihp_samples``)."""
+    folder laid out like one, such as ``tests/data/cihp_samples``)."""
     return Path(root) if split is None else Path(root) / check_split(split)
 
 
@@ -102,30 +142,170 @@ def sample_paths(root: str | os.PathLike, sample_id: str, split: str | None = "T
     base = split_folder(root, split)
     sample_id = check_sample_id(sample_id)
     paths = {"Images": base / "Images" / f"{sample_id}{image_suffix}"}
-    for folder in ("Category_ids", "Categories", "Human_ids", "Humans"):
+    for folder in SAMPLE_FOLDERS[1:]:
         paths[folder] = base / folder / f"{sample_id}.png"
     return paths
+
+
+# --- what "a sample exists" means ----------------------------------------------------------------
+#
+# A sample exists when its id is in its split's id list: the id list is the commit record, and
+# it is only changed under the split's lock (see "the commit protocol" below). Files of an
+# unlisted id are leftovers of an unfinished write; the next write of that id replaces them.
+# A folder without any id list (an official download, a folder laid out like one split) lists
+# the stems of its Category_ids masks instead; the first commit into such a split writes the
+# id list with those stems, so nothing that was visible disappears.
+
+def read_id_list(root: str | os.PathLike, split: str) -> list[str]:
+    """The ids listed for ``split`` (empty when the list does not exist), in file order."""
+    return list_samples(root, split) if id_list_path(root, split).exists() else []
+
+
+def list_samples(root: str | os.PathLike, split: str | None = "Training") -> list[str]:
+    """The split's committed sample ids: its id list, or (for a folder without one, such as a
+    download of part of the dataset) the stems of its ``Category_ids`` masks, sorted.
+
+    An interrupted commit found on the way (a crashed writer) is completed first."""
+    base = split_folder(root, split)
+    with _reading(base):
+        return _committed_ids(base, split)
+
+
+def _committed_ids(base: Path, split: str | None) -> list[str]:
+    names = [SPLIT_ID_FILES[split]] if split else list(SPLIT_ID_FILES.values())
+    for name in names:
+        if (base / name).exists():
+            return _read_ids(base / name)
+    return _mask_stems(base)
+
+
+def _mask_stems(base: Path) -> list[str]:
+    folder = base / "Category_ids"
+    if not folder.is_dir():
+        return []
+    stems = (entry.name[:-4] for entry in os.scandir(folder) if entry.name.endswith(".png"))
+    return sorted(stem for stem in stems if _sample_id_problem(stem) is None)
+
+
+def _read_ids(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: the id list is not UTF-8 text; repair or remove it") from None
+    # split on "\n" only: str.splitlines would also split at \x0c, \x85, U+2028...
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training",
+                  listed_ids: set[str] | None = None) -> bool:
+    """Whether the split has committed this sample (its id is listed, see :func:`list_samples`).
+
+    ``listed_ids``: the split's ids when the caller has read them already (many lookups). A
+    writer decides again under the split's lock when it commits (:func:`write_sample`).
+    """
+    if listed_ids is None:
+        listed_ids = set(list_samples(root, split))
+    return sample_id in listed_ids
 
 
 def find_image(root: str | os.PathLike, sample_id: str, split: str | None = "Training") -> Path:
     """The photo of a sample, whatever its format; raises ``FileNotFoundError``."""
     folder = split_folder(root, split) / "Images"
-    found = sorted(p for p in folder.glob(f"{glob.escape(check_sample_id(sample_id))}.*")
-                   if not p.name.startswith("."))
+    found = _photos_of(folder, check_sample_id(sample_id))
     if not found:
         raise FileNotFoundError(f"no photo for sample {sample_id} in {folder}")
     return found[0]
 
 
-def list_samples(root: str | os.PathLike, split: str | None = "Training") -> list[str]:
-    """The split's sample ids: its id list, or (for a folder without one, such as a download
-    of part of the dataset) the stems of its ``Category_ids`` masks, sorted."""
-    base = split_folder(root, split)
-    for name in [SPLIT_ID_FILES[split]] if split else SPLIT_ID_FILES.values():
-        listed = _read_ids(base / name)
-        if listed:
-            return listed
-    return sorted(p.stem for p in (base / "Category_ids").glob("*.png") if not p.name.startswith("."))
+def _photos_of(folder: Path, sample_id: str) -> list[Path]:
+    """``folder/<sample_id>.<suffix>`` files, sorted (``a.b.jpg`` is not a photo of ``a``)."""
+    if not folder.is_dir():
+        return []
+    prefix = sample_id + "."
+    return sorted(folder / entry.name for entry in os.scandir(folder)
+                  if entry.name.startswith(prefix) and "." not in entry.name[len(prefix):]
+                  and entry.name != prefix)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+MAX_PIXELS_ENV = "NAPARI_DEEPLAB_MAX_PIXELS"
+"""Environment variable that raises (or lowers) the largest photo accepted, in pixels."""
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485), about
+13,377 x 13,377 pixels."""
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+def max_pixels() -> int:
+    """The largest photo accepted (width x height): ``$NAPARI_DEEPLAB_MAX_PIXELS`` or
+    :data:`DEFAULT_MAX_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise DatasetError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive "
+                           "number of pixels")
+    return int(text)
+
+
+def check_pixel_count(path: str | os.PathLike, width: int, height: int) -> None:
+    """Raise :class:`PhotoTooLargeError` naming ``path``, the limit and how to raise it when
+    ``width x height`` exceeds :func:`max_pixels`."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise PhotoTooLargeError(
+            f"{path}: {width} x {height} pixels is over the limit of {limit:,} pixels (a possible "
+            f"decompression bomb); if the photo is genuine, set {MAX_PIXELS_ENV} to at least "
+            f"{width * height} (it needs about {_megabytes(width * height)} MB)")
+
+
+def _megabytes(pixels: int) -> int:
+    return (PHOTO_BYTES_PER_PIXEL * pixels) // 1_000_000
+
+
+PHOTO_BYTES_PER_PIXEL = 10
+"""Peak working memory of ``predict`` per pixel of an RGB photo, beyond the model (see README)."""
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` (header only) under this project's pixel limit instead of Pillow's:
+    raises :class:`PhotoTooLargeError` (naming the file and the limit) for a photo with more
+    pixels than :func:`max_pixels`, ``OSError`` for one Pillow cannot open."""
+    with _PILLOW_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        check_pixel_count(path, image.width, image.height)
+    except PhotoTooLargeError:
+        image.close()
+        raise
+    return image
+
+
+@contextlib.contextmanager
+def pillow_limit_lifted(pixels: int):
+    """Let Pillow (and imageio through it) decode a photo of ``pixels`` that was checked
+    against :func:`max_pixels` already, without its own warning or error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if Image.MAX_IMAGE_PIXELS is None or pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+            yield
+            return
+        with _PILLOW_LIMIT:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
 
 
 @dataclass
@@ -141,27 +321,26 @@ class Sample:
 
 
 def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Training") -> Sample:
-    """Read a sample of the official layout (or of ours) back into arrays."""
+    """Read a sample of the official layout (or of ours) back into arrays, all files from one
+    commit: under the split's lock when the split has one (ours), after completing any
+    interrupted commit. Photos over :func:`max_pixels` raise :class:`PhotoTooLargeError`."""
     paths = sample_paths(root, sample_id, split)
-    image_path = find_image(root, sample_id, split)
-    image = np.array(Image.open(image_path))  # np.array: writable, napari paints on these
+    with _reading(split_folder(root, split)):
+        image_path = find_image(root, sample_id, split)
+        image = _read_array(image_path)
 
-    def optional(key):
-        return np.array(Image.open(paths[key])) if paths[key].exists() else None
+        def optional(key):
+            return _read_array(paths[key]) if paths[key].exists() else None
 
-    return Sample(sample_id, image, optional("Category_ids"), optional("Human_ids"), image_path)
+        return Sample(sample_id, image, optional("Category_ids"), optional("Human_ids"), image_path)
 
 
-def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training",
-                  listed_ids: set[str] | None = None) -> bool:
-    """Whether the split already has this sample (its mask, or its id in the id list).
+def _read_array(path: Path) -> np.ndarray:
+    with open_image(path) as image, pillow_limit_lifted(image.width * image.height):
+        return np.array(image)  # np.array: writable, napari paints on these
 
-    ``listed_ids``: the split's id list when the caller has read it already (many lookups).
-    """
-    if listed_ids is None:
-        listed_ids = set(read_id_list(root, split))
-    return sample_id in listed_ids or sample_paths(root, sample_id, split)["Category_ids"].exists()
 
+# --- writing -------------------------------------------------------------------------------------
 
 def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarray, *,
                  split: str = "Training", image: np.ndarray | None = None,
@@ -171,91 +350,457 @@ def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
 
     ``category_ids``: H x W integers in 0..19. ``image_path`` is copied byte for byte into
     ``Images/`` (its suffix kept); else ``image`` (H x W [x 3|4] uint8) is written as a
-    lossless PNG. ``human_ids`` (H x W, 0 background, 1..255 people) adds ``Human_ids/`` and
-    its picture ``Humans/``. Everything is checked before anything is written; all files are
-    written under temporary names and renamed only when all are complete, and the id list is
-    updated last, so a failure leaves the dataset as it was. Refuses to replace an existing
-    sample unless ``overwrite``.
+    lossless PNG. ``human_ids`` (H x W integers, 0 background, 1..255 people) adds
+    ``Human_ids/`` and its picture ``Humans/``.
+
+    Everything is checked before anything is written, then the sample is committed with the
+    dataset's commit protocol (:func:`commit_files`): all or nothing, even across a crash, and
+    safe against concurrent writers. Whether the sample exists is decided at commit time under
+    the split's lock: :class:`SampleExistsError` unless ``overwrite``. An overwrite replaces
+    the sample's files and removes its photo of another suffix (and people maps that no longer
+    fit the mask).
     """
     check_split(split)
     check_sample_id(sample_id)
-    category_ids = np.asarray(category_ids)
-    if category_ids.ndim != 2:
-        raise DatasetError(f"category ids must be H x W, got shape {category_ids.shape}")
-    if category_ids.size and (category_ids.min() < 0 or category_ids.max() >= NUM_CLASSES):
-        raise DatasetError(f"category ids must lie in 0..{NUM_CLASSES - 1}, got "
-                           f"{category_ids.min()}..{category_ids.max()}")
-    if image_path is not None:
-        try:
-            with Image.open(image_path) as photo:
-                photo_shape = (photo.height, photo.width)
-        except OSError:  # a format Pillow cannot open (some TIFFs): the caller read it its way
-            photo_shape = None
-    else:
-        photo_shape = None if image is None else np.shape(image)[:2]
-    if photo_shape is not None and photo_shape != category_ids.shape:
-        raise DatasetError(f"mask shape {category_ids.shape} differs from image shape {photo_shape}")
+    labels = _checked_ids(category_ids, "category ids", NUM_CLASSES - 1)
+    photo_shape, suffix = _photo_shape_and_suffix(image, image_path)
+    if photo_shape is not None and photo_shape != labels.shape:
+        raise DatasetError(f"sample {sample_id}: mask shape {labels.shape} differs from image "
+                           f"shape {photo_shape}")
+    people = None
     if human_ids is not None:
-        human_ids = np.asarray(human_ids)
-        if human_ids.shape != category_ids.shape:
-            raise DatasetError(f"human ids shape {human_ids.shape} differs from mask shape "
-                               f"{category_ids.shape}")
-        if human_ids.size and (human_ids.min() < 0 or human_ids.max() > 255):
-            raise DatasetError("human ids must lie in 0..255 (0: background, 1..N: people)")
-    suffix = Path(image_path).suffix if image_path is not None else ".png"
+        people = _checked_ids(human_ids, "human ids", 255)
+        if people.shape != labels.shape:
+            raise DatasetError(f"sample {sample_id}: human ids shape {people.shape} differs from "
+                               f"mask shape {labels.shape}")
     paths = sample_paths(root, sample_id, split, suffix)
-    if not overwrite and sample_exists(root, sample_id, split):
-        raise DatasetError(f"sample {sample_id} exists in {Path(root) / split}; "
-                           "pass overwrite=True (--overwrite) to replace it")
-    labels = category_ids.astype(np.uint8)
     writers = {
         "Category_ids": lambda tmp: _save_png(labels, tmp),
-        "Categories": lambda tmp: _save_png(colorize(labels), tmp),
+        "Categories": lambda tmp: save_rgb_png(labels, PALETTE, tmp),
     }
     if image_path is not None:
-        writers["Images"] = lambda tmp: shutil.copyfile(image_path, tmp)
+        writers["Images"] = lambda tmp: _copy_file(image_path, tmp)
     elif image is not None:
         writers["Images"] = lambda tmp: _save_png(np.asarray(image), tmp)
-    if human_ids is not None:
-        people = human_ids.astype(np.uint8)
+    if people is not None:
         writers["Human_ids"] = lambda tmp: _save_png(people, tmp)
-        writers["Humans"] = lambda tmp: _save_png(colorize_humans(people), tmp)
-    _replace_all_atomically({paths[key]: write for key, write in writers.items()})
-    add_to_id_list(root, split, [sample_id])
+        writers["Humans"] = lambda tmp: save_rgb_png(people, HUMAN_COLOURS, tmp)
+    commit_files(split_folder(root, split), SPLIT_ID_FILES[split], sample_id,
+                 {paths[key]: write for key, write in writers.items()}, overwrite=overwrite,
+                 shape=labels.shape)
     return {key: paths[key] for key in writers}
 
 
+def _checked_ids(array, what: str, largest: int) -> np.ndarray:
+    """``array`` as H x W uint8 if it is an integer array of values in 0..``largest``."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise DatasetError(f"{what} must be H x W, got shape {array.shape}")
+    if array.dtype.kind not in "iub":
+        raise DatasetError(f"{what} must be an integer array, got {array.dtype} (round or cast "
+                           "it to integers first; NaN is no class)")
+    if array.size and (array.min() < 0 or array.max() > largest):
+        raise DatasetError(f"{what} must lie in 0..{largest}, got {array.min()}..{array.max()}")
+    return np.ascontiguousarray(array, dtype=np.uint8)  # no copy when it is uint8 already
+
+
+def _photo_shape_and_suffix(image, image_path) -> tuple[tuple[int, int] | None, str]:
+    if image_path is None:
+        return (None if image is None else tuple(np.shape(image)[:2])), ".png"
+    suffix = Path(image_path).suffix
+    if not suffix or len(suffix) > MAX_SUFFIX_LENGTH or not suffix.isprintable():
+        raise DatasetError(f"{image_path}: a photo needs a file suffix such as .jpg or .png "
+                           f"(at most {MAX_SUFFIX_LENGTH} characters); rename it")
+    try:
+        with open_image(image_path) as photo:
+            return (photo.height, photo.width), suffix
+    except PhotoTooLargeError:
+        raise
+    except OSError:
+        if not Path(image_path).is_file():
+            raise
+        return None, suffix  # a format Pillow cannot open (some TIFFs): the caller read it its way
+
+
+HUMAN_COLOURS = np.vstack([[0, 0, 0]] + [np.roll(PALETTE[1:], -4, axis=0)] * 14)[:256].astype(np.uint8)
+"""256 x 3 uint8: the colour of each person id in ``Humans/`` pictures (0 black)."""
+HUMAN_COLOURS.setflags(write=False)
+
+
 def colorize_humans(human_ids: np.ndarray) -> np.ndarray:
-    """The picture of a person-instance map (H x W ints): background black, each person a colour."""
-    colours = np.vstack([[0, 0, 0], np.roll(PALETTE[1:], -4, axis=0)]).astype(np.uint8)
-    return colours[np.where(human_ids > 0, (np.asarray(human_ids) - 1) % (len(colours) - 1) + 1, 0)]
+    """The picture of a person-instance map (H x W ints in 0..255): background black, each
+    person a colour, as H x W x 3 uint8."""
+    return HUMAN_COLOURS[np.asarray(human_ids)]
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def _copy_file(source, path: Path) -> None:
+    with open(source, "rb") as reader, open(path, "xb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
-def _replace_atomically(path: Path, write) -> None:
-    _replace_all_atomically({path: write})
+PNG_BAND_PIXELS = 1 << 20
+"""Pixels colourised at once when writing a palette picture (bounds its working memory)."""
 
 
-def _replace_all_atomically(writes: dict) -> None:
-    """Write every file to a temporary sibling, then rename them all; on failure remove the
-    temporaries and leave the targets untouched."""
-    staged = []
+def save_rgb_png(ids: np.ndarray, colours: np.ndarray, path: Path) -> None:
+    """Write the picture ``colours[ids]`` (H x W x 3 uint8) as an RGB PNG, band by band, so
+    that no H x W x 3 array is made (a 169-megapixel mask would need 0.5 GB for it)."""
+    height, width = ids.shape
+    band = max(1, PNG_BAND_PIXELS // max(width, 1))
+    compressor = zlib.compressobj(6)
+    with open(path, "xb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n")
+        _png_chunk(file, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        for first in range(0, height, band):
+            rgb = colours[ids[first:first + band]].reshape(-1, 3 * width)
+            rows = np.zeros((rgb.shape[0], 1 + 3 * width), np.uint8)  # filter byte 0 per row
+            rows[:, 1:] = rgb
+            _png_chunk(file, b"IDAT", compressor.compress(rows.tobytes()))
+        _png_chunk(file, b"IDAT", compressor.flush())
+        _png_chunk(file, b"IEND", b"")
+
+
+def _png_chunk(file, kind: bytes, data: bytes) -> None:
+    if kind == b"IDAT" and not data:
+        return
+    file.write(struct.pack(">I", len(data)) + kind)
+    file.write(data)
+    file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def add_to_id_list(root: str | os.PathLike, split: str, sample_ids) -> None:
+    """Add ids to the split's id list (sorted, no duplicates), atomically, under its lock."""
+    ids = [check_sample_id(i) for i in sample_ids]
+    base = split_folder(root, split)
+    with _split_locked(base):
+        _write_id_list(base, SPLIT_ID_FILES[split], set(_committed_ids(base, split)) | set(ids))
+
+
+# --- the commit protocol -------------------------------------------------------------------------
+#
+# 1. The caller validates everything.
+# 2. Every file is written under a temporary name in its destination folder and fsynced
+#    (``.<name>.<host>-<pid>-<nonce>.tmp[.<suffix>]``: hidden, and attributable to its writer).
+# 3. Under the split's lock (filelock, ``<split>/.napari-deeplab.lock``): complete any commit a
+#    crashed writer left (its journal), remove stale temporaries, decide whether the sample
+#    exists, write the journal (the renames, removals and the id to list; atomically), apply
+#    it (rename, remove, rewrite the id list atomically), fsync the folders, delete the journal.
+# 4. Release the lock.
+# Applying a journal is idempotent, so recovery simply applies it again (rolls forward): after
+# any crash a sample is wholly old or wholly new once recovered, and readers recover first.
+
+LOCK_NAME = ".napari-deeplab.lock"
+JOURNAL_NAME = ".napari-deeplab-commit.json"
+LOCK_TIMEOUT_S = 300.0
+"""How long a writer waits for the split's lock before giving up with a message."""
+
+CRASH_ENV = "NAPARI_DEEPLAB_CRASH_AT"
+"""Test-only: ``<n>`` or a step name makes the process exit (``os._exit``) at that commit step."""
+CRASH_EXIT_CODE = 86
+
+STALE_FOREIGN_S = 3600.0
+"""Temporaries of another host are removed once this old (their writer cannot be asked)."""
+STALE_ANY_S = 24 * 3600.0
+"""Temporaries of any writer are removed once this old (a recycled process id)."""
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:24] or "host"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}"
+                        r"\.tmp(\.[^.]*)?$")
+_steps = itertools.count(1)
+_swept: set[str] = set()
+
+
+def _checkpoint(step: str) -> None:
+    """A commit step: the test-only crash hook (:data:`CRASH_ENV`) may stop the process here."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    number = next(_steps)
+    if wanted in (step, str(number)):
+        sys.stderr.write(f"napari-deeplab: test crash at commit step {number} ({step})\n")
+        sys.stderr.flush()
+        os._exit(CRASH_EXIT_CODE)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of ``path`` naming this host and process, ending in ``path``'s suffix
+    (``model.save`` needs ``.keras``). At most 60 characters longer than ``path``'s name."""
+    nonce = uuid.uuid4().hex[:8]
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{nonce}.tmp{path.suffix}")
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Replace ``path`` in one step: ``write(temporary path)``, fsync, rename, fsync the folder.
+
+    A failure (or a kill) leaves ``path`` as it was; a killed writer's temporary is removed
+    by :func:`remove_stale_temporaries`. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = _stage(path, write)
     try:
-        for path, write in writes.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temporary_name(path)
-            staged.append((tmp, path))
-            write(tmp)
+        os.replace(staged, path)
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        _unlink_quietly(staged)
         raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
+    _fsync_folder(path.parent)
+    return path
+
+
+def _stage(path: Path, write: Callable[[Path], object]) -> Path:
+    staged = temporary_path(path)
+    try:
+        write(staged)
+        _fsync_file(staged)
+    except BaseException:
+        _unlink_quietly(staged)
+        raise
+    return staged
+
+
+def commit_files(split_dir: Path, id_list_name: str, sample_id: str,
+                 writes: dict[Path, Callable[[Path], object]], *, overwrite: bool = False,
+                 shape: tuple[int, int] | None = None) -> None:
+    """Commit one sample: stage ``writes`` ({destination: write(temporary path)}), then under
+    the split's lock journal and apply the renames, the removal of the sample's files that
+    the new version does not replace (a photo of another suffix; people maps whose size is
+    not ``shape``), and the listing of ``sample_id``. Raises :class:`SampleExistsError` (and
+    leaves nothing behind) when the id is listed and not ``overwrite``."""
+    staged: dict[Path, Path] = {}
+    journalled = False
+    try:
+        for destination, write in writes.items():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            staged[destination] = _stage(destination, write)
+            _checkpoint(f"staged {destination.parent.name}")
+        with _split_locked(split_dir):
+            _checkpoint("locked")
+            if not overwrite and sample_id in _committed_ids(split_dir, _split_of(id_list_name)):
+                raise SampleExistsError(f"sample {sample_id} exists in {split_dir}; pass "
+                                        "overwrite=True (--overwrite) to replace it")
+            vanished = [str(tmp) for tmp in staged.values() if not tmp.exists()]
+            if vanished:
+                raise DatasetError(f"{vanished[0]} vanished before the commit (removed as "
+                                   "stale?); write the sample again")
+            record = _commit_record(split_dir, id_list_name, sample_id, staged, shape)
+            _write_journal(split_dir, record)
+            journalled = True
+            _apply(split_dir, record)
+            _finish(split_dir)
+    except BaseException:
+        if not journalled:  # once journalled, the temporaries belong to the roll-forward
+            for tmp in staged.values():
+                _unlink_quietly(tmp)
+        raise
+
+
+def _split_of(id_list_name: str) -> str:
+    return next(split for split, name in SPLIT_ID_FILES.items() if name == id_list_name)
+
+
+def _commit_record(split_dir: Path, id_list_name: str, sample_id: str,
+                   staged: dict[Path, Path], shape) -> dict:
+    written = set(staged)
+    removals = [p for p in _photos_of(split_dir / "Images", sample_id) if p not in written]
+    for folder in ("Human_ids", "Humans"):
+        old = split_dir / folder / f"{sample_id}.png"
+        if old not in written and old.exists() and _size_differs(old, shape):
+            removals.append(old)
+    return {"sample_id": sample_id, "id_list": id_list_name,
+            "renames": [[_relative(tmp, split_dir), _relative(dest, split_dir)]
+                        for dest, tmp in staged.items()],
+            "removals": [_relative(p, split_dir) for p in removals]}
+
+
+def _size_differs(path: Path, shape) -> bool:
+    try:
+        with Image.open(path) as image:
+            return shape is None or (image.height, image.width) != tuple(shape)
+    except OSError:
+        return True
+
+
+def _relative(path: Path, split_dir: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def _write_journal(split_dir: Path, record: dict) -> None:
+    text = json.dumps(record, ensure_ascii=True)
+    staged = _stage(split_dir / JOURNAL_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _checkpoint("journal staged")
+    os.replace(staged, split_dir / JOURNAL_NAME)
+    _fsync_folder(split_dir)
+    _checkpoint("journal written")
+
+
+def _apply(split_dir: Path, record: dict) -> None:
+    """Apply a journal record; idempotent, so a crashed commit is completed by applying it again."""
+    for tmp, destination in record["renames"]:
+        if (split_dir / tmp).exists():
+            os.replace(split_dir / tmp, split_dir / destination)
+        _checkpoint(f"renamed {destination}")
+    for removal in record["removals"]:
+        (split_dir / removal).unlink(missing_ok=True)
+        _checkpoint(f"removed {removal}")
+    for folder in {Path(destination).parent for _, destination in record["renames"]} | \
+            {Path(removal).parent for removal in record["removals"]}:
+        _fsync_folder(split_dir / folder)
+    listed = _committed_ids(split_dir, _split_of(record["id_list"]))
+    if record["sample_id"] not in listed or not (split_dir / record["id_list"]).exists():
+        _write_id_list(split_dir, record["id_list"], set(listed) | {record["sample_id"]})
+
+
+def _finish(split_dir: Path) -> None:
+    (split_dir / JOURNAL_NAME).unlink()
+    _fsync_folder(split_dir)
+    _checkpoint("journal removed")
+
+
+def _write_id_list(split_dir: Path, name: str, ids) -> None:
+    text = "".join(f"{sample_id}\n" for sample_id in sorted(ids))
+    staged = _stage(split_dir / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _checkpoint("id list staged")
+    try:
+        os.replace(staged, split_dir / name)
+    except BaseException:
+        _unlink_quietly(staged)
+        raise
+    _fsync_folder(split_dir)
+    _checkpoint("id list written")
+
+
+def _read_journal(split_dir: Path) -> dict:
+    path = split_dir / JOURNAL_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        names = [name for pair in record["renames"] for name in pair] + list(record["removals"])
+        valid = (record["id_list"] in SPLIT_ID_FILES.values()
+                 and _sample_id_problem(record["sample_id"]) is None
+                 and all(isinstance(n, str) and len(Path(n).parts) == 2
+                         and Path(n).parts[0] in SAMPLE_FOLDERS and ".." not in n for n in names))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise DatasetError(f"{path}: this record of an interrupted commit is damaged; move it "
+                           "away and check the sample it names by hand")
+    return record
+
+
+def recover(root: str | os.PathLike, split: str | None = "Training") -> None:
+    """Complete any commit a crashed writer left in the split and remove stale temporaries
+    (writers and readers do this themselves; this is for tools and tests)."""
+    base = split_folder(root, split)
+    if base.is_dir():
+        with _split_locked(base, sweep=True):
+            pass
+
+
+def _recover(split_dir: Path, sweep: bool = False) -> None:
+    """Under the split's lock: roll forward a journal left by a crashed writer (a live writer
+    never leaves one behind the lock), then remove stale temporaries once per process."""
+    journal_found = (split_dir / JOURNAL_NAME).exists()
+    if journal_found:
+        try:
+            _apply(split_dir, _read_journal(split_dir))
+        except OSError as error:
+            raise DatasetError(f"{split_dir}: cannot complete a commit that was interrupted "
+                               f"({error}); fix the cause (e.g. free disk space) and run again") from None
+        _finish(split_dir)
+    key = os.path.abspath(split_dir)
+    if sweep or journal_found or key not in _swept:
+        for folder in (split_dir, *(split_dir / name for name in SAMPLE_FOLDERS)):
+            remove_stale_temporaries(folder)
+        _swept.add(key)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporaries (of ``name`` only, if given) in ``folder`` whose writer is gone:
+    a dead process of this host, or older than an hour for another host (a day for anyone).
+    A live writer's temporaries are left alone. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed, now = [], time.time()
+    for entry in os.scandir(folder):
+        match = _TEMPORARY.match(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age > STALE_ANY_S or (age > STALE_FOREIGN_S if match["host"] != _HOST
+                                 else not _process_alive(int(match["pid"]))):
+            _unlink_quietly(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it: rely on the age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _split_locked(split_dir: Path, sweep: bool = False):
+    """Hold the split's inter-process lock, after completing any interrupted commit."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(split_dir / LOCK_NAME, timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DatasetError(f"{split_dir / LOCK_NAME}: another writer has held this dataset's lock "
+                           f"for {LOCK_TIMEOUT_S:.0f} s; try again when it is done") from None
+    try:
+        _recover(split_dir, sweep)
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _reading(split_dir: Path):
+    """Read a split's files from one commit: under its lock when it has one (written by us;
+    a foreign folder never has one), after completing an interrupted commit. A folder we may
+    not write (read-only media) is read without the lock: nobody can be writing it."""
+    with contextlib.ExitStack() as stack:
+        if (split_dir / LOCK_NAME).exists():
+            with contextlib.suppress(PermissionError):
+                stack.enter_context(_split_locked(split_dir))
+        yield
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(path: Path) -> None:
+    """Make renames in ``path`` durable (POSIX; Windows has no folder fsync)."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

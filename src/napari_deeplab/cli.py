@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "in inference mode; augmentation: random crop, horizontal flip with left/right "
                     "classes swapped, colour jitter. After each epoch the mean IoU on the "
                     "validation split (or a held-out fifth of the training samples) is measured "
-                    "and the best model so far is written to --out; Ctrl+C keeps it.")
+                    "and the best model so far is written to --out (atomically); Ctrl+C keeps it. "
+                    "Every sample is checked first; 255 in a mask means 'ignore'.")
     finetune.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     finetune.add_argument("--model", metavar="SRC", default=None, help=model_help)
     finetune.add_argument("--out", required=True, metavar="OUT.keras", help="file to write")
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--image-size", type=_positive_int, default=512,
                           help="square training size, a multiple of 16 (default 512, as the seed)")
     finetune.add_argument("--learning-rate", type=float, default=1e-4)
+    finetune.add_argument("--overwrite", action="store_true",
+                          help="replace an existing OUT.keras, but only with a model better than "
+                               "the starting one (default: refuse an existing file)")
 
     evaluate = commands.add_parser(
         "evaluate", help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
@@ -110,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     from .cihp import DatasetError
     from .model import ModelError
     from .prelabel import InputError
+    from .training import SampleProblems
 
     try:
         command = {"predict": _predict, "finetune": _finetune, "evaluate": _evaluate,
                    "convert": _convert}[args.command]
         return command(args)
+    except SampleProblems as error:
+        for problem in error.problems:
+            print(f"napari-deeplab: {problem}", file=sys.stderr)
+        print(f"napari-deeplab: error: {error.summary}", file=sys.stderr)
+        return EXIT_ERROR
     except (ModelError, InputError, DatasetError) as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -152,7 +162,7 @@ def _predict(args) -> int:
 
 def _finetune(args) -> int:
     from .model import load_model
-    from .training import finetune, training_and_validation
+    from .training import finetune, require_good_samples, training_and_validation
 
     if not args.out.endswith(".keras"):
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
@@ -160,14 +170,19 @@ def _finetune(args) -> int:
     if args.image_size % 16:
         print("napari-deeplab: error: --image-size must be a multiple of 16", file=sys.stderr)
         return EXIT_ERROR
+    if os.path.exists(args.out) and not args.overwrite:
+        print(f"napari-deeplab: error: {args.out} exists; choose another --out, or add --overwrite "
+              "(it is then replaced only by a model better than the starting one)", file=sys.stderr)
+        return EXIT_ERROR
     train, val = training_and_validation(args.root, args.split, args.val_split)
+    require_good_samples(train, val)  # before loading the model: fail fast, naming each sample
     print(f"training on {len(train.ids)} samples, validating on {len(val.ids)}")
     model = load_model(args.model)
     best = None
     try:
         for report in finetune(model, train, val, args.out, epochs=args.epochs,
                                batch_size=args.batch_size, image_size=args.image_size,
-                               learning_rate=args.learning_rate):
+                               learning_rate=args.learning_rate, overwrite=args.overwrite):
             loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
             mark = "  saved" if report.saved else ""
             print(f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
@@ -176,10 +191,13 @@ def _finetune(args) -> int:
                 best = report.val_miou
     except KeyboardInterrupt:
         print(f"interrupted; {args.out} holds the best model so far (validation mean IoU "
-              f"{best:.4f})" if best is not None else "interrupted before any model was saved",
-              file=sys.stderr)
+              f"{best:.4f})" if best is not None else
+              f"interrupted before any model was saved; {args.out} is as it was", file=sys.stderr)
         return 130
-    print(f"saved {args.out} (validation mean IoU {best:.4f})")
+    if best is None:
+        print(f"no epoch improved on the starting model; {args.out} kept as it was")
+    else:
+        print(f"saved {args.out} (validation mean IoU {best:.4f})")
     return EXIT_OK
 
 
@@ -187,13 +205,14 @@ def _evaluate(args) -> int:
     import json
 
     from .model import load_model
-    from .training import evaluate, locate_dataset
+    from .training import evaluate, locate_dataset, require_good_samples
 
     dataset = locate_dataset(args.root, args.split)
     if not dataset.ids:
         print(f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
               file=sys.stderr)
         return EXIT_ERROR
+    require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
     result = evaluate(load_model(args.model), dataset)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -211,8 +230,10 @@ def _convert(args) -> int:
     if not args.out.endswith(".keras"):
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
         return EXIT_ERROR
+    from .cihp import write_file_atomically
+
     model = load_model(args.source)
-    model.save(args.out)
+    write_file_atomically(args.out, model.save)
     print(f"saved {args.out}")
     return EXIT_OK
 

@@ -85,7 +85,8 @@ def _bilinear_taps(out_size: int, in_size: int):
 
 
 def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None,
-                    grid_confidence=None) -> tuple[np.ndarray, np.ndarray]:
+                    grid_confidence=None, *, confidence: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels and confidence at ``shape`` = (H, W) from ``logits`` (h x w x C float).
 
     ``labels`` (H x W uint8) is exactly the argmax of the logits upsampled bilinearly with
@@ -95,6 +96,7 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
     is the top-class softmax probability on the model's grid, upsampled bilinearly. Works in
     bands of rows: no H x W x C array is ever made. ``grid_labels`` and ``grid_confidence``
     (h x w), when the caller has them already, are the argmax and top probability of ``logits``.
+    ``confidence=False`` returns None for it and saves its 4 bytes per pixel.
     """
     height, width = shape
     logits = np.asarray(logits, np.float32)
@@ -109,7 +111,7 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
     y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
     x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
     labels = np.empty((height, width), np.uint8)
-    confidence = np.empty((height, width), np.float32)
+    top_probability = np.empty((height, width), np.float32) if confidence else None
     band = max(1, BAND_PIXELS // width)
 
     flat_logits = logits.reshape(-1, logits.shape[-1])
@@ -129,11 +131,13 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
             blend += np.take(flat_logits, bottom + right, axis=0) * (wy * wx)
             band_labels[band_y, band_x] = blend.argmax(axis=-1)
         labels[rows] = band_labels
+        if top_probability is None:
+            continue
         wy = y_weight[rows, None]
         by_row = grid_confidence[y_low[rows]] * (1 - wy) + grid_confidence[y_high[rows]] * wy
         low = np.take(by_row, x_low, axis=1)
-        confidence[rows] = low + (np.take(by_row, x_high, axis=1) - low) * x_weight
-    return labels, confidence
+        top_probability[rows] = low + (np.take(by_row, x_high, axis=1) - low) * x_weight
+    return labels, top_probability
 
 
 _INFERENCE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -172,12 +176,14 @@ def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     return result.labels, result.confidence
 
 
-def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4) -> Iterator[Segmentation]:
+def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
+                  confidence: bool = True) -> Iterator[Segmentation]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
     ``images``: an N x H x W x 3 stack, a list of photos of any sizes, or any iterable
     (read lazily, ``batch_size`` at a time). Closing the generator (napari's Cancel, Ctrl+C)
-    stops the work after the current batch's model call.
+    stops the work after the current batch's model call. ``confidence=False``: no confidence
+    map (None), 4 bytes per pixel less memory (``predict`` does not write it).
     """
     from .model import model_info
 
@@ -188,18 +194,19 @@ def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4) -> I
     for image in images:
         batch.append(model_input(image, size))
         shapes.append(np.shape(image)[:2])
+        del image  # only its small model input is kept: a full photo is not held while yielding
         if len(batch) == batch_size:
-            yield from _segment_batch(model, batch, shapes, first_index)
+            yield from _segment_batch(model, batch, shapes, first_index, confidence)
             first_index += len(batch)
             batch, shapes = [], []
     if batch:
-        yield from _segment_batch(model, batch, shapes, first_index)
+        yield from _segment_batch(model, batch, shapes, first_index, confidence)
 
 
-def _segment_batch(model, batch, shapes, first_index):
+def _segment_batch(model, batch, shapes, first_index, confidence=True):
     logits, grid_labels, grid_confidence = (
         np.asarray(output) for output in inference_model(model).predict_on_batch(np.stack(batch)))
     for offset, shape in enumerate(shapes):
-        labels, confidence = upsample_logits(logits[offset], shape, grid_labels[offset],
-                                             grid_confidence[offset])
-        yield Segmentation(first_index + offset, labels, confidence)
+        labels, top_probability = upsample_logits(logits[offset], shape, grid_labels[offset],
+                                                  grid_confidence[offset], confidence=confidence)
+        yield Segmentation(first_index + offset, labels, top_probability)

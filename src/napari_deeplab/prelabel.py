@@ -80,18 +80,25 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     """Read a photo's pixels as stored (no EXIF rotation, so they match the copied file).
 
     Returns H x W or H x W x C (C = 3 or 4), uint8 or uint16. Raises ``ValueError`` with a
-    one-line reason for unreadable, multi-page or empty files.
+    one-line reason for unreadable, multi-page or empty files, and
+    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (a ``ValueError`` naming the file, the
+    limit and how to raise it) for photos over :func:`~napari_deeplab.cihp.max_pixels`, before
+    decoding them.
     """
     import imageio.v3 as iio
 
+    pixels = _pixel_count(path)
     try:
-        image = iio.imread(path)
+        with cihp.pillow_limit_lifted(pixels or 0):
+            image = iio.imread(path)
     except Exception:  # each imageio plugin fails in its own way on a bad file
         raise ValueError("cannot read this file as an image (corrupt, truncated or of an "
                          "unknown format)") from None
     if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) or image.ndim not in (2, 3):
         raise ValueError(f"not a single 2-D photo (pixel array of shape {image.shape}); "
                          "split multi-page files into single photos first")
+    if pixels is None:  # a format only imageio reads (some TIFFs): checked after decoding
+        cihp.check_pixel_count(path, image.shape[1], image.shape[0])
     if image.size == 0:
         raise ValueError("the image is empty")
     if image.dtype.kind not in "buif":
@@ -99,21 +106,37 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def _pixel_count(path) -> int | None:
+    """Width x height from the file's header (refusing photos over the pixel limit), or None
+    when Pillow cannot read the header."""
+    try:
+        with cihp.open_image(path) as header:
+            return header.width * header.height
+    except cihp.PhotoTooLargeError:
+        raise
+    except (OSError, ValueError):
+        return None
+
+
 def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
                    batch_size: int = 4, overwrite: bool = False) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
-    Photos already in the split are skipped unless ``overwrite``. Unreadable photos and
-    failed writes are yielded as ``"failed"`` with the reason, and the batch goes on.
+    Photos already in the split are skipped unless ``overwrite``: those listed when the batch
+    starts are not even read, and the decision is taken again for each sample when it is
+    committed (under the split's lock), so a sample that another writer (the review queue,
+    napari, a second ``predict``) commits meanwhile is kept and reported as skipped.
+    Unreadable photos and failed writes are yielded as ``"failed"`` with the reason, and the
+    batch goes on.
     """
     from .inference import segment_stack
 
     cihp.check_split(split)
     check_unique_ids(paths)
-    listed = set(cihp.read_id_list(out, split))
+    listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
     todo = []
     for path in paths:
-        if overwrite or not cihp.sample_exists(out, path.stem, split, listed):
+        if overwrite or path.stem not in listed:
             todo.append(path)
         else:
             yield FileOutcome(path, path.stem, "skipped",
@@ -124,22 +147,28 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     def photos():
         for path in todo:
             try:
-                image = read_photo(path)
+                photo = [read_photo(path)]
             except ValueError as error:
                 failures.append(FileOutcome(path, path.stem, "failed", str(error)))
                 continue
             readable.append(path)
-            yield image
+            yield photo.pop()  # not kept in this frame while the model works
 
-    for result in segment_stack(photos(), model, batch_size=batch_size):
+    for result in segment_stack(photos(), model, batch_size=batch_size, confidence=False):
         yield from failures
         failures.clear()
         path = readable[result.index]
-        try:
-            cihp.write_sample(out, path.stem, result.labels, split=split, image_path=path,
-                              overwrite=True)
-        except OSError as error:
-            yield FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
-        else:
-            yield FileOutcome(path, path.stem, "written")
+        yield _write(out, path, result.labels, split, overwrite)
     yield from failures
+
+
+def _write(out, path: Path, labels: np.ndarray, split: str, overwrite: bool) -> FileOutcome:
+    """Commit one pre-labelled photo; the skip-or-write decision is taken here, under the lock."""
+    try:
+        cihp.write_sample(out, path.stem, labels, split=split, image_path=path, overwrite=overwrite)
+    except cihp.SampleExistsError:
+        return FileOutcome(path, path.stem, "skipped", f"committed to {Path(out) / split} by "
+                           "another writer while this batch ran; kept (--overwrite replaces it)")
+    except (OSError, cihp.DatasetError) as error:
+        return FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
+    return FileOutcome(path, path.stem, "written")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,15 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
 
 
 class ReviewQueue:
-    """The state of reviewing ``source`` into ``<root>/<split>``."""
+    """The state of reviewing ``source`` into ``<root>/<split>``.
+
+    The state file (``queue.json``: position and each photo's state) is checked when loaded. A
+    damaged one (not JSON, truncated, wrong types, a position out of range, an unknown state)
+    is moved aside as ``queue.json.corrupt-<time>`` and the state rebuilt from the disk: the
+    exported samples from the split's id list, and every draft found counted as ``corrected``
+    (edit-protected: better to protect a model draft than to expose an annotator's). What
+    happened is in :attr:`warnings`, one line each, naming the files.
+    """
 
     def __init__(self, source: str | os.PathLike, root: str | os.PathLike, split: str = "Training"):
         self.source = Path(source).resolve()
@@ -64,14 +73,37 @@ class ReviewQueue:
         key = hashlib.sha1(str(self.source).encode()).hexdigest()[:12]
         self.folder = self.root / ".napari-deeplab" / "review" / key
         self.folder.mkdir(parents=True, exist_ok=True)
+        cihp.remove_stale_temporaries(self.folder)
         self._state_file = self.folder / "queue.json"
-        stored = json.loads(self._state_file.read_text()) if self._state_file.exists() else {}
-        self.position = min(int(stored.get("position", 0)), len(self.items) - 1)
-        self._states: dict[str, str] = stored.get("states", {})
-        exported = set(cihp.read_id_list(self.root, self.split))
+        self.warnings: list[str] = []
+        self.position, self._states = self._load_state()
+        exported = set(cihp.list_samples(self.root, self.split)) \
+            if (self.root / self.split).is_dir() else set()
         for item in self.items:
             if item.sample_id in exported:
                 self._states[item.sample_id] = "exported"
+            elif self.state(item.sample_id) == "new" and self.draft_path(item.sample_id).exists():
+                self._states[item.sample_id] = "corrected"  # a draft whose state was never saved
+
+    def _load_state(self) -> tuple[int, dict[str, str]]:
+        """(position, states) from the state file; rebuilt when it is missing or damaged."""
+        if not self._state_file.exists():
+            return 0, {}
+        try:
+            return _parse_state(self._state_file.read_bytes(), len(self.items))
+        except ValueError as error:
+            aside = self._state_file.with_name(
+                f"{self._state_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self._state_file, aside)
+            self.warnings.append(
+                f"{self._state_file}: the review queue's state was damaged ({error}); moved to "
+                f"{aside.name} and rebuilt from the dataset and the drafts (drafts marked corrected)")
+            return self._rebuilt_state()
+
+    def _rebuilt_state(self) -> tuple[int, dict[str, str]]:
+        states = {item.sample_id: "corrected" for item in self.items
+                  if self.draft_path(item.sample_id).exists()}
+        return 0, states
 
     def state(self, sample_id: str) -> str:
         return self._states.get(sample_id, "new")
@@ -80,24 +112,38 @@ class ReviewQueue:
         return self.folder / f"{cihp.check_sample_id(sample_id)}.png"
 
     def load_draft(self, sample_id: str) -> np.ndarray | None:
-        """The saved draft (H x W uint8 class ids), or None."""
+        """The saved draft (H x W uint8 class ids), or None. A damaged draft is moved aside
+        (``<id>.png.corrupt-<time>``, named in :attr:`warnings`) and None returned."""
         path = self.draft_path(sample_id)
-        return np.array(Image.open(path)) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            with Image.open(path) as draft:
+                return np.array(draft)
+        except (OSError, ValueError, SyntaxError) as error:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            self.warnings.append(f"{path}: the draft cannot be read ({error}); moved to {aside.name}")
+            return None
 
     def save_draft(self, sample_id: str, labels: np.ndarray, corrected: bool) -> None:
-        """Keep a draft; ``corrected`` marks the annotator's (else the model's) work."""
-        path = self.draft_path(sample_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(np.asarray(labels, np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        """Keep a draft; ``corrected`` marks the annotator's (else the model's) work.
+
+        The draft and the state file are each replaced atomically; an annotator's draft is
+        marked ``corrected`` before it is written, so a crash in between protects it."""
+        labels = np.asarray(labels, np.uint8)
         if corrected:
             self._states[sample_id] = "corrected"
-        elif self.state(sample_id) == "new":
+            self._save()
+        cihp.write_file_atomically(self.draft_path(sample_id),
+                                   lambda tmp: Image.fromarray(labels).save(tmp, format="PNG"))
+        if not corrected and self.state(sample_id) == "new":
             self._states[sample_id] = "pre-labelled"
-        self._save()
+            self._save()
 
     def accept(self, sample_id: str, labels: np.ndarray, human_ids: np.ndarray | None = None) -> None:
-        """Export the sample into the dataset (its photo copied byte for byte)."""
+        """Export the sample into the dataset (its photo copied byte for byte; the dataset's
+        commit protocol, replacing an earlier export of it)."""
         item = self.item(sample_id)
         cihp.write_sample(self.root, sample_id, labels, split=self.split, image_path=item.photo,
                           human_ids=human_ids, overwrite=True)
@@ -125,7 +171,27 @@ class ReviewQueue:
         return self.position
 
     def _save(self) -> None:
-        tmp = self._state_file.with_name(".queue.json.tmp")
-        tmp.write_text(json.dumps({"source": str(self.source), "position": self.position,
-                                   "states": self._states}, indent=1))
-        os.replace(tmp, self._state_file)
+        text = json.dumps({"source": str(self.source), "position": self.position,
+                           "states": self._states}, indent=1)
+        cihp.write_file_atomically(self._state_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _parse_state(data: bytes, item_count: int) -> tuple[int, dict[str, str]]:
+    """Validate a state file's content; ``ValueError`` says what is wrong."""
+    try:
+        stored = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(stored, dict):
+        raise ValueError("not a JSON object")
+    position = stored.get("position", 0)
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise ValueError(f"position {position!r} is not a photo's place in the queue")
+    position = min(position, item_count - 1)  # photos may have been removed since
+    states = stored.get("states", {})
+    if not isinstance(states, dict):
+        raise ValueError("states is not a mapping of ids to states")
+    for sample_id, state in states.items():
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r} of {sample_id!r}")
+    return position, dict(states)

@@ -23,6 +23,10 @@ from .refine import swap_left_right
 HELD_OUT_FRACTION = 0.2
 """Share of the training samples held out for validation when there is no validation split."""
 
+IGNORE_CLASS = 255
+"""Mask value meaning "not labelled": left out of the loss and of the IoU (as the common
+human-parsing tools treat it). Any other value outside the model's classes is refused."""
+
 
 # --- data --------------------------------------------------------------------------------------
 
@@ -86,6 +90,74 @@ def training_and_validation(root, split: str, val_split: str | None) -> tuple[Da
     return Dataset(train.root, train.split, kept), Dataset(train.root, train.split, held or train.ids)
 
 
+class SampleProblems(cihp.DatasetError):
+    """Samples that cannot be trained on or scored; ``problems``: one line per bad sample."""
+
+    def __init__(self, problems: list[str], where: str):
+        self.problems = problems
+        self.summary = (f"{len(problems)} bad sample{'s' if len(problems) > 1 else ''} in {where}; "
+                        "fix or remove them (nothing was trained or scored)")
+        super().__init__("\n".join([*problems, self.summary]))
+
+
+def check_samples(dataset: Dataset, num_classes: int = cihp.NUM_CLASSES) -> list[str]:
+    """One line per sample of ``dataset`` that cannot be used, naming it and what is wrong
+    (bad id, missing photo or mask, photo over the pixel limit, mask of another size than its
+    photo, not one channel, class out of 0..``num_classes - 1`` other than 255 = ignore).
+    Reads the photos' headers and the masks, not the photos."""
+    problems = []
+    for sample_id in dataset.ids:
+        problem = _sample_problem(dataset, sample_id, num_classes)
+        if problem:
+            problems.append(f"sample {sample_id} ({cihp.split_folder(dataset.root, dataset.split)}): "
+                            f"{problem}")
+    return problems
+
+
+def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str | None:
+    try:
+        cihp.check_sample_id(sample_id)
+        photo = cihp.find_image(dataset.root, sample_id, dataset.split)
+    except (cihp.DatasetError, FileNotFoundError) as error:
+        return str(error)
+    mask_path = cihp.split_folder(dataset.root, dataset.split) / "Category_ids" / f"{sample_id}.png"
+    if not mask_path.exists():
+        return f"no mask {mask_path}"
+    try:
+        with cihp.open_image(photo) as image:
+            photo_size = image.size
+    except cihp.PhotoTooLargeError as error:
+        return str(error)
+    except OSError:
+        return f"cannot read the photo {photo}"
+    try:
+        with cihp.open_image(mask_path) as mask:
+            if mask.size != photo_size:
+                return (f"mask {mask.width} x {mask.height} differs from photo {photo_size[0]} x "
+                        f"{photo_size[1]} ({photo.name})")
+            labels = np.asarray(mask)
+    except (OSError, cihp.DatasetError):
+        return f"cannot read the mask {mask_path}"
+    if labels.ndim != 2 or labels.dtype.kind not in "ui":
+        return f"mask {mask_path.name} is not a single-channel image of class ids"
+    values = np.flatnonzero(np.bincount(labels.ravel(), minlength=num_classes)) \
+        if labels.dtype == np.uint8 else np.unique(labels)
+    bad = [int(v) for v in values if v >= num_classes and v != IGNORE_CLASS]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        return (f"class {shown} out of range 0..{num_classes - 1} in {mask_path.name} "
+                f"({IGNORE_CLASS} = ignore)")
+    return None
+
+
+def require_good_samples(*datasets: Dataset, num_classes: int = cihp.NUM_CLASSES) -> None:
+    """Raise :class:`SampleProblems` listing every bad sample of ``datasets``."""
+    problems = list(dict.fromkeys(p for d in datasets for p in check_samples(d, num_classes)))
+    if problems:
+        raise SampleProblems(problems, ", ".join(dict.fromkeys(
+            str(cihp.split_folder(d.root, d.split)) for d in datasets)))
+
+
 class AugmentedBatches(keras.utils.PyDataset):
     """Augmented training batches of a dataset for ``fit``, read from disk each epoch."""
 
@@ -112,8 +184,13 @@ class AugmentedBatches(keras.utils.PyDataset):
 # --- evaluation --------------------------------------------------------------------------------
 
 def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """num_classes x num_classes pixel counts, rows the truth, columns the prediction."""
-    return np.bincount(truth.astype(np.int64).ravel() * num_classes + predicted.ravel(),
+    """num_classes x num_classes pixel counts, rows the truth, columns the prediction; pixels
+    whose truth is :data:`IGNORE_CLASS` are not counted."""
+    truth, predicted = truth.ravel(), predicted.ravel()
+    labelled = truth != IGNORE_CLASS
+    if not labelled.all():
+        truth, predicted = truth[labelled], predicted[labelled]
+    return np.bincount(truth.astype(np.int64) * num_classes + predicted,
                        minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
@@ -129,10 +206,14 @@ def scores(matrix: np.ndarray, class_names) -> dict:
 
 
 def evaluate(model, dataset: Dataset) -> dict:
-    """Score ``model`` on every sample of ``dataset`` at full resolution (our inference path)."""
+    """Score ``model`` on every sample of ``dataset`` at full resolution (our inference path).
+
+    Every sample is checked first (:func:`check_samples`): :class:`SampleProblems` lists the
+    bad ones before any prediction. Pixels labelled 255 are ignored."""
     from .model import model_info
 
     names = model_info(model).class_names
+    require_good_samples(dataset, num_classes=len(names))
     matrix = np.zeros((len(names), len(names)), np.int64)
     for sample_id in dataset.ids:
         sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
@@ -162,26 +243,39 @@ def freeze_batch_norm(model) -> None:
 
 def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epochs: int = 10,
              batch_size: int = 4, image_size: int = 512, learning_rate: float = 1e-4,
-             seed: int = 0) -> Iterator[EpochReport]:
+             seed: int = 0, overwrite: bool = False) -> Iterator[EpochReport]:
     """Fine-tune ``model`` on ``train``; yield a report per epoch (epoch 0: the start model).
 
-    The model is saved to ``out`` (a ``.keras`` file, written atomically) whenever its mean
-    IoU on ``val`` is the best so far, starting with the unchanged model, so ``out`` always
-    holds the best model seen; closing the generator (Cancel, Ctrl+C) leaves it there.
+    Every sample of ``train`` and ``val`` is checked before any work (:class:`SampleProblems`).
+    ``out`` (a ``.keras`` file) is only ever replaced atomically (temporary file, fsync,
+    rename), so a kill at any moment leaves the previous file whole. A new ``out`` gets the
+    start model, then each model whose mean IoU on ``val`` is the best so far. An existing
+    ``out`` is refused (:class:`~napari_deeplab.cihp.DatasetError`) unless ``overwrite``, and
+    is then replaced only by a model better than the start model, never by the start model
+    itself. Closing the generator (Cancel, Ctrl+C) leaves the best model saved so far. Mask
+    pixels of 255 are left out of the loss.
     """
     from .model import model_info
 
     if image_size % 16:
         raise ValueError("image size must be a multiple of 16")
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise cihp.DatasetError(f"{out} exists; choose another output file, or overwrite it "
+                                "(--overwrite): it is then replaced only by a better model")
+    require_good_samples(train, val, num_classes=len(model_info(model).class_names))
+    cihp.remove_stale_temporaries(out.parent, out.name)  # of a run that was killed
     keras.utils.set_random_seed(seed)
     model_info(model).input_size = image_size  # inference resizes as training did
     freeze_batch_norm(model)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                  ignore_class=IGNORE_CLASS))
     best = evaluate(model, val)["miou"]
-    _save_atomically(model, out)
-    yield EpochReport(0, epochs, None, best, True)
+    saved = not out.exists()  # an existing file is kept until a better model is ready
+    if saved:
+        _save_atomically(model, out)
+    yield EpochReport(0, epochs, None, best, saved)
     batches = AugmentedBatches(train, image_size, min(batch_size, len(train.ids)), seed)
     for epoch in range(1, epochs + 1):
         history = model.fit(batches, epochs=1, verbose=0)
@@ -195,7 +289,5 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
 
 
 def _save_atomically(model, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial.keras")
-    model.save(partial)
-    os.replace(partial, out)
+    """Write the model to a temporary ``.keras`` sibling, fsync it, rename it over ``out``."""
+    cihp.write_file_atomically(out, model.save)

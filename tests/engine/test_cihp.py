@@ -71,9 +71,9 @@ def test_bad_ids_and_labels_are_rejected_before_writing(tmp_path, bad_id):
     with pytest.raises(cihp.DatasetError, match="0..19"):
         cihp.write_sample(tmp_path, "ok", np.full((3, 3), 20))
     with pytest.raises(cihp.DatasetError, match="differs"):
-        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3)), image=np.zeros((4, 3, 3), np.uint8))
+        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3), int), image=np.zeros((4, 3, 3), np.uint8))
     with pytest.raises(cihp.DatasetError, match="split"):
-        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3)), split="Train")
+        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3), int), split="Train")
     assert not any(tmp_path.iterdir())
 
 
@@ -110,7 +110,7 @@ def test_round_trip_on_the_official_samples(tmp_path, cihp_samples):
 def test_human_ids_are_checked_before_writing(tmp_path):
     labels = np.zeros((3, 3), np.uint8)
     with pytest.raises(cihp.DatasetError, match="human ids shape"):
-        cihp.write_sample(tmp_path, "x", labels, human_ids=np.zeros((2, 3)))
+        cihp.write_sample(tmp_path, "x", labels, human_ids=np.zeros((2, 3), int))
     with pytest.raises(cihp.DatasetError, match="0..255"):
         cihp.write_sample(tmp_path, "x", labels, human_ids=np.full((3, 3), 300))
     assert not any(tmp_path.iterdir())
