@@ -56,12 +56,13 @@ class EditTracker:
         if self._model_writing:
             return
         for atom in event.value:
-            if isinstance(atom, tuple):  # data_setitem: (indices, old values, new values)
-                self.mask[atom[0]] = True
-            elif atom.mask is None:  # a masked paint atom covering its whole box
-                self.mask[atom.slice_key] = True
-            else:
-                self.mask[atom.slice_key] |= atom.mask
+            if hasattr(atom, "slice_key"):  # paint/fill/polygon: a box and the pixels changed
+                if atom.mask is None:  # every pixel of the box changed
+                    self.mask[atom.slice_key] = True
+                else:
+                    self.mask[atom.slice_key] |= atom.mask
+            else:  # data_setitem: (indices, old values, new values); the masked atom is a
+                self.mask[atom[0]] = True  # NamedTuple too, hence tested first
 
     def forget(self, frames=slice(None)) -> None:
         """Treat the pixels of ``frames`` (all by default) as the model's again."""
