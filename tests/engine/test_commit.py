@@ -1,0 +1,306 @@
+"""The dataset's commit protocol under crashes and concurrent writers (real files, real
+processes): a sample is never lost, mixed or half-visible."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_deeplab import cihp
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = (6, 8)
+
+# A writer process: write one sample (mask and people filled with VALUE) with its photo copied.
+WRITER = """
+import sys
+import numpy as np
+from napari_deeplab import cihp
+root, sample_id, value, photo = sys.argv[1:5]
+value = int(value)
+cihp.write_sample(root, sample_id, np.full({shape}, value, np.uint8), image_path=photo,
+                  human_ids=np.full({shape}, value, np.uint8), overwrite=True)
+""".format(shape=SHAPE)
+
+# An annotator's correction (class 5 everywhere) of one photo, saved from another process.
+CORRECTION = """
+import sys
+import numpy as np
+from PIL import Image
+from napari_deeplab import cihp
+root, photo = sys.argv[1:3]
+shape = Image.open(photo).size[::-1]
+cihp.write_sample(root, photo.rsplit("/", 1)[1].rsplit(".", 1)[0], np.full(shape, 5, np.uint8),
+                  image_path=photo)
+"""
+
+# Many writes from one process: ids PREFIX-0..COUNT-1.
+MANY_WRITES = """
+import sys
+import numpy as np
+from napari_deeplab import cihp
+root, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+labels, image = np.ones((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint8)
+for i in range(count):
+    cihp.write_sample(root, f"{prefix}-{i}", labels, image=image)
+"""
+
+
+def _env(**extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+    env.pop(cihp.CRASH_ENV, None)
+    env.update(extra)
+    return env
+
+
+def _photo(path: Path, value: int) -> Path:
+    """A small photo whose pixels say which version of the sample it belongs to."""
+    Image.fromarray(np.full(SHAPE + (3,), value * 40, np.uint8)).save(path)
+    return path
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if ".tmp" in p.name]
+
+
+def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
+    """Every listed sample reads back wholly as one version: photo bytes, mask, picture and
+    people all of the same write. Returns the listed ids."""
+    listed = cihp.list_samples(root, "Training")  # completes an interrupted commit first
+    assert not (root / "Training" / cihp.JOURNAL_NAME).exists()
+    for sample_id in listed:
+        sample = cihp.read_sample(root, sample_id)
+        value = int(sample.category_ids[0, 0])
+        assert value in versions, f"{sample_id}: mask of no known version"
+        assert sample.image_path.read_bytes() == versions[value], f"{sample_id}: photo of another version"
+        assert len(cihp._photos_of(root / "Training" / "Images", sample_id)) == 1
+        np.testing.assert_array_equal(sample.category_ids, value)
+        np.testing.assert_array_equal(sample.human_ids, value)
+        picture = np.asarray(Image.open(root / "Training" / "Categories" / f"{sample_id}.png"))
+        np.testing.assert_array_equal(picture, np.broadcast_to(cihp.PALETTE[value], SHAPE + (3,)))
+    return set(listed)
+
+
+def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions) -> list[str]:
+    """Run the writer stopped at step 1, 2, ... until it completes; after each crash check the
+    dataset, re-run the write and check again. Returns the names of the steps crashed at."""
+    steps = []
+    for number in range(1, 100):
+        root = tmp_path / f"crash-{base.name}-{number}"
+        shutil.copytree(base, root)
+        run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", str(value), str(photo)],
+                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             text=True, timeout=60)
+        if run.returncode == 0:
+            return steps
+        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+
+        listed = _assert_consistent(root, versions)
+        assert "keep" in listed
+        if "s" not in listed:  # not committed: nothing of it may be visible
+            assert not [p for p in (root / "Training").rglob("s.*") if not p.name.startswith(".")]
+        assert not _temporaries(root), "stale temporaries of the dead writer were not removed"
+
+        cihp.write_sample(root, "s", np.full(SHAPE, value, np.uint8), image_path=photo,
+                          human_ids=np.full(SHAPE, value, np.uint8), overwrite=True)
+        assert _assert_consistent(root, versions) == listed | {"s"}
+        assert cihp.read_sample(root, "s").category_ids[0, 0] == value
+        assert not _temporaries(root)
+    raise AssertionError("the writer never completed")
+
+
+def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_path):
+    old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
+    keep_photo = _photo(tmp_path / "keep.png", 3)
+    versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes(), 3: keep_photo.read_bytes()}
+    empty = tmp_path / "base-new"
+    cihp.write_sample(empty, "keep", np.full(SHAPE, 3, np.uint8), image_path=keep_photo,
+                      human_ids=np.full(SHAPE, 3, np.uint8))
+    with_old = tmp_path / "base-old"
+    shutil.copytree(empty, with_old)
+    cihp.write_sample(with_old, "s", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
+                      human_ids=np.full(SHAPE, 1, np.uint8))
+
+    new_sample_steps = _crash_at_every_step(tmp_path, empty, new_photo, 2, versions)
+    # an overwrite that changes the photo's suffix (.jpg -> .png): the old photo must go too
+    overwrite_steps = _crash_at_every_step(tmp_path, with_old, new_photo, 2, versions)
+
+    expected = {"staged Images", "staged Category_ids", "staged Categories", "staged Human_ids",
+                "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
+                "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
+    assert expected <= set(new_sample_steps) and {"id list staged", "id list written"} <= set(new_sample_steps)
+    assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
+    print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
+          f"(overwrite with another suffix) = {len(new_sample_steps) + len(overwrite_steps)}, "
+          "all consistent and completed by a re-run")
+
+
+def test_two_processes_writing_one_split_lose_no_sample(tmp_path):
+    root, count = tmp_path / "dataset", 300
+    writers = [subprocess.Popen([sys.executable, "-c", MANY_WRITES, str(root), prefix, str(count)],
+                                env=_env(), stderr=subprocess.PIPE, text=True) for prefix in "ab"]
+    for writer in writers:
+        _, err = writer.communicate(timeout=240)
+        assert writer.returncode == 0, err
+    listed = cihp.list_samples(root, "Training")
+    assert len(listed) == 2 * count == len(set(listed))
+    for sample_id in listed:
+        assert cihp.read_sample(root, sample_id).category_ids.shape == (4, 4)
+    assert not _temporaries(root)
+    print(f"\nconcurrent writers: {len(listed)} listed of {2 * count} written")
+
+
+def test_predict_keeps_a_correction_committed_while_the_batch_runs(tmp_path, cihp_samples, model):
+    from napari_deeplab.prelabel import prelabel_files
+
+    photos = sorted((cihp_samples / "Images").glob("*.jpg"))
+    out = tmp_path / "out"
+    correction = np.full(np.asarray(Image.open(photos[2])).shape[:2], 5, np.uint8)
+    for overwrite in (False, True):
+        batch = prelabel_files(photos, model, out / str(overwrite), batch_size=1, overwrite=overwrite)
+        first = next(batch)
+        assert first.status == "written"
+        # an annotator saves a correction of the third photo from another process
+        subprocess.run([sys.executable, "-c", CORRECTION, str(out / str(overwrite)), str(photos[2])],
+                       env=_env(), check=True, timeout=60)
+        outcomes = {o.sample_id: o for o in batch}
+        mask = cihp.read_sample(out / str(overwrite), photos[2].stem).category_ids
+        if overwrite:
+            assert outcomes[photos[2].stem].status == "written" and not (mask == 5).all()
+        else:
+            assert outcomes[photos[2].stem].status == "skipped"
+            assert "another writer" in outcomes[photos[2].stem].message
+            np.testing.assert_array_equal(mask, correction)
+        assert outcomes[photos[1].stem].status == "written"
+        assert len(cihp.list_samples(out / str(overwrite), "Training")) == 3
+
+
+@pytest.mark.parametrize("bad_id", [
+    "", ".", "..", "../x", "a/b", "a\\b", ".hidden", " a", "a ", "a.", "a\tb", "a\nb", "a\rb",
+    "a\x0cb", "a\x85b", "a\u2028b", "a\u2029b", "a\x00b", "a:b", "a|b", "a?", "a*", 'a"b', "<a>",
+    "con", "CON", "nul.txt", "Com1", "lpt9.png", "aux.tar.gz", "x" * 121, "\u20ac" * 41])
+def test_the_one_id_rule_refuses(tmp_path, bad_id):
+    with pytest.raises(cihp.DatasetError, match="invalid sample id"):
+        cihp.check_sample_id(bad_id)
+    with pytest.raises(cihp.DatasetError, match="invalid sample id"):
+        cihp.write_sample(tmp_path, bad_id, np.zeros((3, 3), np.uint8))
+    assert not any(tmp_path.iterdir())
+
+
+def test_ids_at_the_limits_round_trip(tmp_path):
+    ids = ["x" * cihp.MAX_ID_BYTES, "\u20ac" * (cihp.MAX_ID_BYTES // 3), "a.b", "console", "com10",
+           "ünïcödé", "0005008"]
+    photo = _photo(tmp_path / "photo-with-a-long-suffix.jpeg", 1)
+    for sample_id in ids:
+        cihp.write_sample(tmp_path / "d", sample_id, np.ones(SHAPE, np.uint8), image_path=photo)
+        # a temporary name of the longest id stays under NAME_MAX
+        longest = cihp.temporary_path(tmp_path / f"{sample_id}.jpeg").name
+        assert len(longest.encode()) < 255
+    assert cihp.list_samples(tmp_path / "d", "Training") == sorted(ids)
+    for sample_id in ids:
+        assert cihp.read_sample(tmp_path / "d", sample_id).category_ids.max() == 1
+
+
+def test_masks_must_be_integer_arrays(tmp_path):
+    for mask in (np.zeros((3, 3)), np.full((3, 3), np.nan), np.zeros((3, 3), np.float32)):
+        with pytest.raises(cihp.DatasetError, match="integer array"):
+            cihp.write_sample(tmp_path, "x", mask)
+        with pytest.raises(cihp.DatasetError, match="integer array"):
+            cihp.write_sample(tmp_path, "x", np.zeros((3, 3), int), human_ids=mask)
+    assert not any(tmp_path.iterdir())
+
+
+def test_overwrite_with_another_suffix_keeps_one_photo(tmp_path):
+    old, new = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
+    cihp.write_sample(tmp_path / "d", "x", np.ones(SHAPE, np.uint8), image_path=old)
+    cihp.write_sample(tmp_path / "d", "x.y", np.ones(SHAPE, np.uint8), image_path=old)
+    cihp.write_sample(tmp_path / "d", "x", np.full(SHAPE, 2, np.uint8), image_path=new, overwrite=True)
+    images = sorted(p.name for p in (tmp_path / "d" / "Training" / "Images").iterdir()
+                    if not p.name.startswith("."))
+    assert images == ["x.png", "x.y.jpg"]  # x.y's photo is not x's
+    sample = cihp.read_sample(tmp_path / "d", "x")
+    assert sample.image_path.read_bytes() == new.read_bytes() and sample.category_ids.max() == 2
+    assert cihp.find_image(tmp_path / "d", "x.y").name == "x.y.jpg"
+
+
+def test_people_maps_of_another_size_do_not_survive_an_overwrite(tmp_path):
+    people = np.ones(SHAPE, np.uint8)
+    cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8), human_ids=people)
+    cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8), overwrite=True)  # same size: kept
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "Training" / "Human_ids" / "x.png")), people)
+    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8), overwrite=True)
+    assert not (tmp_path / "Training" / "Human_ids" / "x.png").exists()
+    assert not (tmp_path / "Training" / "Humans" / "x.png").exists()
+
+
+def test_a_sample_exists_when_listed_and_unlisted_leftovers_are_replaced(tmp_path):
+    cihp.write_sample(tmp_path, "a", np.ones(SHAPE, np.uint8))
+    leftover = tmp_path / "Training" / "Category_ids" / "b.png"
+    Image.fromarray(np.full(SHAPE, 7, np.uint8)).save(leftover)  # files without a listed id
+    assert not cihp.sample_exists(tmp_path, "b") and cihp.sample_exists(tmp_path, "a")
+    assert cihp.list_samples(tmp_path, "Training") == ["a"]
+    cihp.write_sample(tmp_path, "b", np.full(SHAPE, 2, np.uint8))  # no overwrite needed
+    assert np.asarray(Image.open(leftover)).max() == 2
+    with pytest.raises(cihp.SampleExistsError, match="overwrite"):
+        cihp.write_sample(tmp_path, "b", np.zeros(SHAPE, np.uint8))
+    assert not _temporaries(tmp_path)
+
+
+def test_a_folder_without_an_id_list_keeps_its_samples_when_written_into(tmp_path, cihp_samples):
+    split = tmp_path / "Training"
+    shutil.copytree(cihp_samples / "Images", split / "Images")
+    shutil.copytree(cihp_samples / "Category_ids", split / "Category_ids")
+    assert cihp.list_samples(tmp_path, "Training") == ["0002190", "0005008", "0026375"]
+    with pytest.raises(cihp.SampleExistsError):
+        cihp.write_sample(tmp_path, "0002190", np.zeros((200, 300), np.uint8))
+    cihp.write_sample(tmp_path, "new", np.zeros(SHAPE, np.uint8))
+    assert cihp.read_id_list(tmp_path, "Training") == ["0002190", "0005008", "0026375", "new"]
+
+
+def test_id_lists_are_read_by_lines_only(tmp_path):
+    split = tmp_path / "Training"
+    split.mkdir()
+    (split / "train_id.txt").write_bytes(b"a\r\nb\r\n\r\nc\n")
+    assert cihp.list_samples(tmp_path, "Training") == ["a", "b", "c"]
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    cihp.write_sample(tmp_path, "a", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
+    images = tmp_path / "Training" / "Images"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = cihp.temporary_path(images / "x.png").name.split(".tmp")[0].rsplit(".", 1)[1].split("-")[0]
+    stale = images / f".b.png.{host}-{dead_pid}-0123abcd.tmp.png"
+    live = images / f".c.png.{host}-{os.getpid()}-0123abcd.tmp.png"
+    foreign_old = images / ".d.png.otherhost-1-0123abcd.tmp.png"
+    foreign_new = images / ".e.png.otherhost-1-0123abcd.tmp.png"
+    for path in (stale, live, foreign_old, foreign_new):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * cihp.STALE_FOREIGN_S
+    os.utime(foreign_old, (hours_ago, hours_ago))
+    cihp.recover(tmp_path, "Training")
+    assert sorted(p.name for p in _temporaries(tmp_path)) == sorted([live.name, foreign_new.name])
+
+
+def test_a_damaged_journal_is_reported_with_its_path(tmp_path):
+    cihp.write_sample(tmp_path, "a", np.ones(SHAPE, np.uint8))
+    journal = tmp_path / "Training" / cihp.JOURNAL_NAME
+    journal.write_text('{"renames": [["../../etc/x", "Images/a.png"]]}')
+    with pytest.raises(cihp.DatasetError, match=str(journal)):
+        cihp.list_samples(tmp_path, "Training")
+
+
+def test_a_failing_write_under_the_lock_leaves_the_old_sample(tmp_path):
+    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(cihp.SampleExistsError):
+        cihp.write_sample(tmp_path, "x", np.zeros((3, 3), np.uint8))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
