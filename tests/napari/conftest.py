@@ -38,3 +38,56 @@ def other_model_file(tmp_path_factory) -> str:
 def _no_tensorflow_here():
     yield
     assert "tensorflow" not in sys.modules, "TensorFlow was loaded in napari's process"
+
+
+# --- the user's path: widgets from the Plugins menu, driven through buttons and real keys -------
+
+JOB_TIMEOUT_MS = 240_000
+"""How long a test waits for model work (2 shared cores, a cold model process)."""
+
+
+@pytest.fixture
+def dock_plugin():
+    """``dock_plugin(viewer, "Human parts")`` -> (dock, widget), as Plugins > napari-deeplab >
+    Human parts opens it (the widget gets napari's proxy viewer)."""
+
+    def dock(viewer, display_name: str):
+        return viewer.window.add_plugin_dock_widget("napari-deeplab", display_name)
+
+    return dock
+
+
+@pytest.fixture
+def run_job(qtbot):
+    """``run_job(runner)`` clicks the JobRunner's Run button and waits for the job to end;
+    returns its status line."""
+
+    def run(runner, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
+        runner.run_button.native.click()
+        qtbot.waitUntil(lambda: not runner.running, timeout=timeout_ms)
+        qtbot.wait(50)  # what the widget writes in a later turn of the event loop
+        return runner.status.value
+
+    return run
+
+
+@pytest.fixture
+def press_key(qtbot):
+    """``press_key(viewer, Qt.Key.Key_R, Qt.KeyboardModifier.ShiftModifier)``: a real key event
+    on the canvas, as the keyboard sends it."""
+    from qtpy.QtCore import Qt
+
+    def press(viewer, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+        canvas = viewer.window._qt_viewer.canvas.native
+        canvas.setFocus()
+        qtbot.keyClick(canvas, key, modifiers)
+
+    return press
+
+
+@pytest.fixture
+def child_processes():
+    """``child_processes()`` -> the pids of this test process's children (model processes)."""
+    import psutil
+
+    return lambda: {child.pid for child in psutil.Process().children(recursive=True)}

@@ -1,45 +1,39 @@
+"""The Human parts widget, opened and driven as a user does: Plugins menu (napari's proxy
+viewer), its buttons and fields, real mouse strokes and key presses."""
+
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+import weakref
 
 import numpy as np
 import pytest
 from napari.layers import Labels
-from qtpy.QtCore import Qt
 from napari.utils import DirectLabelColormap
-from napari.utils.key_bindings import coerce_keybinding
-from napari.utils.notifications import notification_manager
+from qtpy.QtCore import QPoint, Qt
 
+from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY
+from napari_deeplab._napari.model_process import shared_model_process
+from napari_deeplab._napari.prelabel_widget import ALL_FRAMES, CURRENT_FRAME, RUN_KEY
 from napari_deeplab.cihp import CLASS_NAMES, PALETTE
 from napari_deeplab.model_process import FrameResult, ModelProcess
-from napari_deeplab._napari.model_process import shared_model_process
-from napari_deeplab._napari.prelabel_widget import (NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, RUN_KEY,
-                                                    PrelabelWidget)
 
-TIMEOUT_MS = 240_000
+from .conftest import JOB_TIMEOUT_MS
+
+SHIFT, CONTROL = Qt.KeyboardModifier.ShiftModifier, Qt.KeyboardModifier.ControlModifier
+PHOTO = "CIHP 0005008"  # the sample's layer name
 
 
 @pytest.fixture
-def viewer_with_photo(make_napari_viewer, cihp_photo):
+def sample_viewer(make_napari_viewer):
+    """A viewer showing File > Open Sample > napari-deeplab > CIHP photo."""
     viewer = make_napari_viewer()
-    viewer.add_image(cihp_photo, name="photo")
+    viewer.open_sample("napari-deeplab", "cihp-photo")
     return viewer
-
-
-def _widget(viewer, model):
-    widget = PrelabelWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_combo.setCurrentText(model)
-    return widget
-
-
-def _run(qtbot, widget):
-    widget.run()
-    qtbot.waitUntil(lambda: not widget.is_running(), timeout=TIMEOUT_MS)
-    # the confidence layer is written in a later turn of the event loop
-    qtbot.waitUntil(lambda: not widget._pending_confidence, timeout=TIMEOUT_MS)
 
 
 def _predict_directly(photo, model):
@@ -50,13 +44,36 @@ def _predict_directly(photo, model):
         process.close()
 
 
-def test_run_gives_a_parts_layer_in_cihp_colours(qtbot, viewer_with_photo, model_file, cihp_photo):
-    widget = _widget(viewer_with_photo, model_file)
-    assert widget.image_combo.currentText() == "photo"
-    _run(qtbot, widget)
-    parts = viewer_with_photo.layers["photo parts"]
+def _canvas_point(viewer, row: float, col: float) -> QPoint:
+    """Where the data pixel (row, col) of an unscaled 2D layer is on the canvas."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    camera = viewer.scene.camera
+    center, zoom = camera.center, camera.zoom
+    return QPoint(round((col - center[-1]) * zoom + canvas.width() / 2),
+                  round((row - center[-2]) * zoom + canvas.height() / 2))
+
+
+def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
+    """A mouse drag with the left button, as a hand on the mouse makes it."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    points = [_canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
+              for i in range(steps + 1)]
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
+    for point in points[1:]:
+        qtbot.mouseMove(canvas, point)
+        qtbot.wait(5)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
+
+
+def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run_job, model_file):
+    _, widget = dock_plugin(sample_viewer, "Human parts")
+    assert widget.image.value.name == PHOTO
+    widget.model.source = model_file
+    assert run_job(widget.runner).startswith("Done")
+    photo = sample_viewer.layers[PHOTO].data
+    parts = sample_viewer.layers[f"{PHOTO} parts"]
     assert isinstance(parts, Labels)
-    assert parts.data.dtype == np.uint8 and parts.data.shape == cihp_photo.shape[:2]
+    assert parts.data.dtype == np.uint8 and parts.data.shape == photo.shape[:2]
     assert parts.data.max() < 20
     assert isinstance(parts.colormap, DirectLabelColormap)
     for value in (5, 13, 19):
@@ -65,111 +82,187 @@ def test_run_gives_a_parts_layer_in_cihp_colours(qtbot, viewer_with_photo, model
     assert list(parts.features["class"]) == list(CLASS_NAMES)
     value = int(parts.data[100, 200])
     assert CLASS_NAMES[value] in parts.get_status((100, 200))["coordinates"]
-    confidence = viewer_with_photo.layers["photo confidence"]
-    assert confidence.data.shape == cihp_photo.shape[:2]
-    assert 0 < confidence.data.min() and confidence.data.max() <= 1
-    np.testing.assert_array_equal(parts.data, _predict_directly(cihp_photo, model_file).labels)
-    assert "tensorflow" not in sys.modules
+    confidence = sample_viewer.layers[f"{PHOTO} confidence"]
+    assert not confidence.visible and confidence.data.shape == photo.shape[:2]
+    assert confidence.data.min() > 0 and confidence.data.max() <= 1
+    assert [w.name for w in widget.image.choices] == [PHOTO]  # no confidence layer offered
+    np.testing.assert_array_equal(parts.data, _predict_directly(photo, model_file).labels)
 
 
-def test_rerun_keeps_the_annotators_edits(qtbot, viewer_with_photo, model_file, other_model_file,
-                                          cihp_photo):
-    widget = _widget(viewer_with_photo, model_file)
-    _run(qtbot, widget)
-    parts = viewer_with_photo.layers["photo parts"]
-    parts.brush_size = 21
-    parts.paint((100, 100), 13)  # a brush stroke of "face"
-    parts.data_setitem((np.array([200, 201]), np.array([300, 300])), 2)  # what refine tools do
-    edited = np.zeros(parts.data.shape, bool)
-    edited[90:111, 90:111] = parts.data[90:111, 90:111] == 13
-    edited[200:202, 300] = True
-    kept = parts.data.copy()
+def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock_plugin, run_job,
+                                                       press_key, qtbot, model_file,
+                                                       other_model_file, capsys):
+    """Issue 9, item 1: the Plugins-menu path, a real mouse stroke, Run again, Ctrl+Z."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-deeplab", "cihp-photo")
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    run_job(widget.runner)
+    parts = viewer.layers[f"{PHOTO} parts"]
+    first_run = parts.data.copy()
 
-    widget.model_combo.setCurrentText(other_model_file)  # e.g. after fine-tuning
-    _run(qtbot, widget)
-    np.testing.assert_array_equal(parts.data[edited], kept[edited])
-    new_prediction = _predict_directly(cihp_photo, other_model_file).labels
-    untouched = np.ones(parts.data.shape, bool)
-    untouched[80:121, 80:121] = False
-    untouched[200:202, 300] = False
-    np.testing.assert_array_equal(parts.data[untouched], new_prediction[untouched])
-    assert (kept != new_prediction)[untouched].any()  # the second model did change pixels
+    parts.brush_size = 15
+    widget.legend.list.setCurrentRow(13)  # the user clicks "face" in the legend
+    parts.mode = "paint"  # the brush button of the layer controls
+    _drag(qtbot, viewer, (100, 60), (130, 200))
+    stroke = parts.data != first_run
+    assert stroke.sum() > 500, "the mouse stroke did not paint"
+    assert (parts.data[stroke] == 13).all()
+    painted = parts.data.copy()
 
-    parts.undo()  # the re-run was one undo step
-    np.testing.assert_array_equal(parts.data, kept)
-    parts.redo()
-    widget.discard_edits.setChecked(True)
-    _run(qtbot, widget)
+    widget.model.source = other_model_file  # e.g. after fine-tuning
+    run_job(widget.runner)
+    kept = (parts.data[stroke] == 13).mean()
+    new_prediction = _predict_directly(viewer.layers[PHOTO].data, other_model_file).labels
+    np.testing.assert_array_equal(parts.data[~stroke], new_prediction[~stroke])
+    assert (new_prediction != first_run)[~stroke].any()  # the second model changed pixels
+    second_run = parts.data.copy()
+
+    undo_steps = 0  # Ctrl+Z, as the keyboard sends it, until the first run's result is back
+    viewer.layers.selection.active = parts
+    while undo_steps < 5 and not np.array_equal(parts.data, first_run):
+        press_key(viewer, Qt.Key.Key_Z, CONTROL)
+        undo_steps += 1
+        if undo_steps == 1:
+            np.testing.assert_array_equal(parts.data, painted)  # the second run undone
+    with capsys.disabled():
+        print(f"\n[measured] stroke of {stroke.sum()} px: {kept:.1%} kept after the second Run; "
+              f"{undo_steps} Ctrl+Z back to the first run's result")
+    assert kept == 1.0
+    assert undo_steps == 2  # the second run, then the stroke
+    press_key(viewer, Qt.Key.Key_Z, CONTROL | SHIFT)
+    press_key(viewer, Qt.Key.Key_Z, CONTROL | SHIFT)
+    np.testing.assert_array_equal(parts.data, second_run)
+
+    widget.discard_edits.value = True
+    run_job(widget.runner)
     np.testing.assert_array_equal(parts.data, new_prediction)
 
 
-def test_cancel_mid_stack_keeps_finished_frames(qtbot, make_napari_viewer, model_file, cihp_photo):
+def test_cancel_mid_stack_keeps_finished_frames(make_napari_viewer, dock_plugin, run_job, qtbot,
+                                                model_file, cihp_photo):
     viewer = make_napari_viewer()
-    viewer.add_image(np.stack([cihp_photo] * 6), name="frames", rgb=True)
-    widget = _widget(viewer, model_file)
-    assert widget.all_frames.isEnabled()
-    widget.all_frames.setChecked(True)
-    widget.run()
+    photo = cihp_photo[::2, ::2]
+    viewer.add_image(np.stack([photo] * 6), name="frames", rgb=True)
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    assert widget.frames.enabled
+    widget.frames.value = ALL_FRAMES
+    widget.runner.run_button.native.click()
     qtbot.waitUntil(lambda: "frames parts" in viewer.layers
-                    and viewer.layers["frames parts"].data[0].any(), timeout=TIMEOUT_MS)
-    widget.cancel()
-    assert not widget.is_running() and widget.run_button.isEnabled()
+                    and viewer.layers["frames parts"].data[0].any(), timeout=JOB_TIMEOUT_MS)
+    widget.runner.cancel_button.native.click()
+    assert not widget.runner.running and widget.runner.run_button.enabled
+    assert widget.runner.status.value == "Cancelled"
     parts = viewer.layers["frames parts"]
-    assert parts.data.shape == (6,) + cihp_photo.shape[:2]
-    qtbot.wait(3000)  # results still in flight must not be written after Cancel
+    assert parts.data.shape == (6,) + photo.shape[:2]
+    qtbot.wait(2000)  # results still in flight must not be written after Cancel
     assert not parts.data[5].any()
     done = [i for i in range(6) if parts.data[i].any()]
     assert done and len(done) < 6
 
-    widget.current_frame.setChecked(True)
+    widget.frames.value = CURRENT_FRAME
     viewer.dims.set_current_step(0, 5)
-    _run(qtbot, widget)
+    assert run_job(widget.runner).startswith("Done")
     assert parts.data[5].any()
 
 
-def test_model_failures_are_reported_and_the_next_run_recovers(qtbot, viewer_with_photo, model_file,
-                                                                tmp_path, cihp_photo):
-    widget = _widget(viewer_with_photo, str(tmp_path / "missing.keras"))
-    before = len(notification_manager.records)
-    _run(qtbot, widget)
-    messages = [str(n.message) for n in notification_manager.records[before:]]
-    assert any("missing.keras: no such file" in m for m in messages)
-    assert "photo parts" not in viewer_with_photo.layers
+def test_a_missing_model_is_refused_at_once(sample_viewer, dock_plugin, child_processes, qtbot,
+                                            tmp_path):
+    """Issue 9, item 6: reported before any model process starts."""
+    _, widget = dock_plugin(sample_viewer, "Human parts")
+    widget.model.source = str(tmp_path / "missing.keras")
+    children = child_processes()
+    start = time.perf_counter()
+    widget.runner.run_button.native.click()
+    elapsed = time.perf_counter() - start
+    assert not widget.runner.running and elapsed < 1.0
+    assert widget.runner.status.value.startswith("Failed: ")
+    assert "missing.keras: no such file" in widget.runner.status.value
+    qtbot.wait(500)
+    assert child_processes() <= children  # no model process was started
+    assert f"{PHOTO} parts" not in sample_viewer.layers
 
-    # a crash (here: the model process killed, as the OOM killer would) mid-stack
-    viewer_with_photo.add_image(np.stack([cihp_photo] * 20), name="many", rgb=True)
-    widget.image_combo.setCurrentText("many")
-    widget.all_frames.setChecked(True)
-    widget.model_combo.setCurrentText(model_file)
-    widget.run()
-    qtbot.waitUntil(lambda: "many parts" in viewer_with_photo.layers, timeout=TIMEOUT_MS)
+
+def test_a_failed_run_ends_as_a_failure_and_the_next_run_recovers(
+        make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo):
+    """Issue 9, item 6: the model process killed mid-stack (as the OOM killer would)."""
+    viewer = make_napari_viewer()
+    photo = cihp_photo[::2, ::2]
+    viewer.add_image(photo, name="photo")
+    viewer.add_image(np.stack([photo] * 30), name="many", rgb=True)
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    widget.image.value = viewer.layers["many"]
+    widget.frames.value = ALL_FRAMES
+    widget.runner.run_button.native.click()
+    qtbot.waitUntil(lambda: "many parts" in viewer.layers, timeout=JOB_TIMEOUT_MS)
     os.kill(shared_model_process().pid, signal.SIGKILL)
-    qtbot.waitUntil(lambda: not widget.is_running(), timeout=TIMEOUT_MS)
-    messages = [str(n.message) for n in notification_manager.records[before:]]
-    assert any("model process stopped: it was killed" in m for m in messages)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
+    assert widget.runner.status.value.startswith("Failed: "), widget.runner.status.value
+    assert "Done" not in widget.runner.status.value
 
-    widget.image_combo.setCurrentText("photo")
-    _run(qtbot, widget)
-    assert viewer_with_photo.layers["photo parts"].data.any()
+    widget.image.value = viewer.layers["photo"]
+    assert run_job(widget.runner).startswith("Done")
+    assert viewer.layers["photo parts"].data.any()
 
 
-def test_legend_shortcuts_and_tooltips(qtbot, viewer_with_photo, model_file):
-    widget = _widget(viewer_with_photo, model_file)
-    assert RUN_KEY in widget.run_button.toolTip()
-    assert NEXT_CLASS_KEY in widget.legend.toolTip() and PREVIOUS_CLASS_KEY in widget.legend.toolTip()
-    viewer_with_photo.keymap[coerce_keybinding(RUN_KEY)](viewer_with_photo)  # the shortcut starts a run
-    assert widget.is_running()
-    qtbot.waitUntil(lambda: not widget.is_running(), timeout=TIMEOUT_MS)
-    parts = viewer_with_photo.layers["photo parts"]
+def test_shortcuts_legend_and_tooltips(sample_viewer, dock_plugin, press_key, qtbot, model_file):
+    dock, widget = dock_plugin(sample_viewer, "Human parts")
+    widget.model.source = model_file
+    assert RUN_KEY in widget.runner.run_button.tooltip
+    assert NEXT_CLASS_KEY in widget.legend.list.toolTip()
+    assert PREVIOUS_CLASS_KEY in widget.legend.list.toolTip()
+    assert any(RUN_KEY in w.value for w in widget if hasattr(w, "value")
+               and isinstance(w.value, str))  # the help line
+    press_key(sample_viewer, Qt.Key.Key_R, SHIFT)
+    assert widget.runner.running
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
+    parts = sample_viewer.layers[f"{PHOTO} parts"]
 
-    widget.legend.setCurrentRow(13)
+    widget.legend.list.setCurrentRow(13)
     assert parts.selected_label == 13
-    viewer_with_photo.keymap[coerce_keybinding(NEXT_CLASS_KEY)](viewer_with_photo)
+    press_key(sample_viewer, Qt.Key.Key_Down, SHIFT)
     assert parts.selected_label == 14
-    widget.cycle_class(-15)
-    assert parts.selected_label == 19
-    widget.legend.item(13).setCheckState(Qt.CheckState.Unchecked)  # hide "face"
+    press_key(sample_viewer, Qt.Key.Key_Up, SHIFT)
+    press_key(sample_viewer, Qt.Key.Key_Up, SHIFT)
+    assert parts.selected_label == 12
+    widget.legend.list.item(13).setCheckState(Qt.CheckState.Unchecked)  # hide "face"
     assert parts.colormap.map(13)[3] == 0 and parts.colormap.map(2)[3] == 1
+
+
+def test_a_removed_widget_leaves_no_key_bindings_and_is_freed(sample_viewer, dock_plugin,
+                                                              press_key, qtbot, model_file):
+    """Issue 9, item 10."""
+    dock, widget = dock_plugin(sample_viewer, "Human parts")
+    widget.model.source = model_file
+    removed = weakref.ref(widget)
+    sample_viewer.window.remove_dock_widget(dock)
+    del dock, widget
+    press_key(sample_viewer, Qt.Key.Key_R, SHIFT)
+    qtbot.wait(200)
+    assert f"{PHOTO} parts" not in sample_viewer.layers
+    gc.collect()
+    assert removed() is None, gc.get_referrers(removed())
+
+
+def test_layout_legend_rows_and_long_model_path(make_napari_viewer, dock_plugin, qtbot):
+    """Issue 9, item 9: the legend stays readable beside Refine parts; a long model path does
+    not widen the dock over the canvas."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 800)
+    viewer.open_sample("napari-deeplab", "cihp-photo")
+    dock, widget = dock_plugin(viewer, "Human parts")
+    dock_plugin(viewer, "Refine parts")
+    qtbot.wait(100)
+    legend = widget.legend.list
+    visible_rows = legend.viewport().height() / legend.sizeHintForRow(0)
+    assert visible_rows >= 10, visible_rows
+
+    widget.model.source = "/home/annotator/" + "a-very-long-folder-name/" * 12 + "model.keras"
+    assert len(widget.model.source) > 300
+    qtbot.wait(100)
+    assert dock.width() < 450, dock.width()
 
 
 def test_sample_data_is_a_real_cihp_photo(make_napari_viewer):
@@ -181,22 +274,21 @@ def test_sample_data_is_a_real_cihp_photo(make_napari_viewer):
 
 
 def test_tensorflow_stays_out_of_napari_and_the_viewer_renders(model_file, tmp_path):
-    """A whole session in a fresh process: shown viewer, run, screenshot, clean exit."""
+    """A whole session in a fresh process: shown viewer, Plugins menu, Run, screenshot, exit."""
     script = textwrap.dedent(f"""
         import sys, time
-        import numpy as np
         import napari
         from qtpy.QtWidgets import QApplication
         viewer = napari.Viewer(show=True)
         viewer.open_sample("napari-deeplab", "cihp-photo")
         _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Human parts")
-        widget.model_combo.setCurrentText({model_file!r})
-        widget.run()
+        widget.model.source = {model_file!r}
+        widget.runner.run_button.native.click()
         start = time.time()
-        while widget.is_running() and time.time() - start < 200:
+        while widget.runner.running and time.time() - start < 200:
             QApplication.processEvents()
             time.sleep(0.01)
-        assert "CIHP 0005008 parts" in viewer.layers, widget.status.text()
+        assert "{PHOTO} parts" in viewer.layers, widget.runner.status.value
         assert "tensorflow" not in sys.modules
         shot = viewer.screenshot({str(tmp_path / 'shot.png')!r}, canvas_only=True)
         assert shot.std() > 5, "blank screenshot"
@@ -218,5 +310,6 @@ def test_manifest_is_valid():
 
     manifest = PluginManifest.from_distribution("napari-deeplab")
     manifest.validate_imports()
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Human parts", "Refine parts", "Review queue", "Fine-tune"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Human parts", "Refine parts", "Review queue", "Fine-tune"}
     assert len(manifest.contributions.sample_data) == 2
