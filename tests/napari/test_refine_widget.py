@@ -1,108 +1,312 @@
-"""The Refine parts widget on a real CIHP photo and a corrupted copy of its ground truth."""
+"""The Refine parts widget, opened as a user opens it (Plugins > napari-deeplab > Refine parts),
+on a crop of a real CIHP photo and a corrupted copy of its ground truth, driven through its
+buttons, fields, real key presses and real mouse clicks on the canvas."""
 
+import gc
+import threading
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-from skimage.segmentation import flood
+from napari.components import ViewerModel
+from napari.layers import Image, Labels, Points, Shapes
+from napari.settings import get_settings
 from napari.utils.key_bindings import coerce_keybinding
+from PIL import Image as PILImage
+from qtpy.QtCore import QPoint, Qt
+from skimage.segmentation import flood
 
 from napari_deeplab import refine
 from napari_deeplab._napari.parts_layer import edit_tracker, parts_colormap, parts_features
-from napari_deeplab._napari.refine_widget import SHORTCUTS, RefineWidget
+from napari_deeplab._napari.refine_widget import OPERATIONS, SHORTCUTS, key_text
+
+CROP = (slice(40, 200), slice(120, 320))  # 160 x 200 of 0005008: coats, upper clothes, arms
+COAT, UPPER_CLOTHES = 7, 5
+
+
+def open_refine(viewer):
+    """Plugins > napari-deeplab > Refine parts: the widget gets napari's proxy viewer."""
+    return viewer.window.add_plugin_dock_widget("napari-deeplab", "Refine parts")
+
+
+def press(widget, qtbot, name):
+    """Click an operation's button and wait for it to land."""
+    widget.buttons[name].native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+
+
+def send_key(viewer, qtbot, key):
+    """A real Qt key event on the canvas, e.g. "Shift-H" as Shift + the H key."""
+    letter = key.split("-")[1]
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, getattr(Qt.Key, f"Key_{letter}"),
+                   Qt.KeyboardModifier.ShiftModifier)
+
+
+def click_canvas(viewer, qtbot, row, col):
+    """A real left click on the canvas at world position (row, col) of a 2-D view."""
+    camera = viewer.scene.camera
+    height, width = viewer.canvas.size
+    y = (row - camera.center[-2]) * camera.zoom + height / 2
+    x = (col - camera.center[-1]) * camera.zoom + width / 2
+    qtbot.mouseClick(viewer.window._qt_viewer.canvas.native, Qt.MouseButton.LeftButton,
+                     Qt.KeyboardModifier.NoModifier, QPoint(round(x), round(y)))
+
+
+def speckle(labels, seed=0):
+    out = labels.copy()
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        y, x = rng.integers(0, labels.shape[0] - 3), rng.integers(0, labels.shape[1] - 3)
+        out[y:y + 3, x:x + 3] = rng.integers(1, 20)
+    return out
+
+
+def add_parts(viewer, data, name="photo parts"):
+    return viewer.add_labels(data, name=name, colormap=parts_colormap(),
+                             features=parts_features())
 
 
 @pytest.fixture
-def session(make_napari_viewer, cihp_samples, qtbot):
+def crop(cihp_samples):
+    photo = np.asarray(PILImage.open(cihp_samples / "Images" / "0005008.jpg"))[CROP]
+    truth = np.asarray(PILImage.open(cihp_samples / "Category_ids" / "0005008.png"))[CROP]
+    return photo, truth
+
+
+@pytest.fixture
+def session(make_napari_viewer, crop, qtbot):
     viewer = make_napari_viewer()
-    photo = np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg"))
-    truth = np.asarray(Image.open(cihp_samples / "Category_ids" / "0005008.png"))
-    rng = np.random.default_rng(0)
-    speckled = truth.copy()
-    for _ in range(60):
-        y, x = rng.integers(0, truth.shape[0] - 4), rng.integers(0, truth.shape[1] - 4)
-        speckled[y:y + 3, x:x + 3] = rng.integers(1, 20)
+    photo, truth = crop
+    speckled = speckle(truth)
+    viewer.add_labels(np.zeros(truth.shape, np.uint8), name="scratch")
     viewer.add_image(photo, name="photo")
-    parts = viewer.add_labels(speckled.copy(), name="photo parts", colormap=parts_colormap(),
-                              features=parts_features())
-    widget = RefineWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-
-    def run(name):
-        widget.apply(name)
-        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-
-    return SimpleNamespace(viewer=viewer, widget=widget, parts=parts, photo=photo, truth=truth,
-                           speckled=speckled, run=run)
+    parts = add_parts(viewer, speckled.copy())
+    dock, widget = open_refine(viewer)
+    return SimpleNamespace(viewer=viewer, dock=dock, widget=widget, parts=parts, photo=photo,
+                           truth=truth, speckled=speckled)
 
 
-def test_whole_layer_operation_is_one_undo_step_and_counts_as_edits(session):
-    tracker = edit_tracker(session.parts)
-    assert session.widget.parts_combo.currentText() == "photo parts"
-    session.run("remove_small_regions")
+def test_whole_layer_operation_is_one_undo_step_and_counts_as_edits(session, qtbot):
+    widget, parts = session.widget, session.parts
+    session.viewer.add_labels(np.zeros_like(session.truth), name="photo parts scribbles")
+    assert widget.parts.value.name == "photo parts"  # preferred over 'scratch'
+    assert "photo parts scribbles" not in [layer.name for layer in widget.parts.choices if layer]
+    tracker = edit_tracker(parts)
+    press(widget, qtbot, "remove_small_regions")
     expected = refine.remove_small_regions(session.speckled, 40)
-    np.testing.assert_array_equal(session.parts.data, expected)
+    np.testing.assert_array_equal(parts.data, expected)
     changed = expected != session.speckled
-    assert changed.any()
+    assert widget.runner.status.value == (f"Remove small regions: {changed.sum():,} pixels "
+                                          "changed (Ctrl+Z undoes)")
     np.testing.assert_array_equal(tracker.mask, changed)  # a re-run of the model keeps these
-    session.parts.undo()
-    np.testing.assert_array_equal(session.parts.data, session.speckled)
+    parts.undo()
+    np.testing.assert_array_equal(parts.data, session.speckled)
 
 
-def test_shapes_selection_limits_the_change(session):
-    shapes = session.widget.selection_layer()
-    shapes.add_rectangles(np.array([[0, 0], [150, 300]]))
-    session.run("swap_left_right")
-    outside = np.ones(session.truth.shape, bool)
-    outside[:151, :301] = False
-    np.testing.assert_array_equal(session.parts.data[outside], session.speckled[outside])
-    inside = ~outside
-    np.testing.assert_array_equal(session.parts.data[inside],
-                                  refine.swap_left_right(session.speckled)[inside])
+def test_shapes_selection_limits_the_change(session, qtbot):
+    widget = session.widget
+    widget.draw_selection.native.click()
+    shapes = session.viewer.layers["photo parts selection"]
+    assert isinstance(shapes, Shapes) and shapes.mode == "add_rectangle"
+    assert widget.scope.value == "Selection"
+    shapes.add_rectangles(np.array([[0, 0], [80, 100]]))
+    press(widget, qtbot, "swap_left_right")
+    inside = np.zeros(session.truth.shape, bool)
+    inside[:81, :101] = True
+    swapped = refine.swap_left_right(session.speckled)
+    assert (swapped[inside] != session.speckled[inside]).any()
+    np.testing.assert_array_equal(session.parts.data[inside], swapped[inside])
+    np.testing.assert_array_equal(session.parts.data[~inside], session.speckled[~inside])
 
 
-def test_clicked_region_and_relabel(session):
-    row, col = np.argwhere(session.truth == 7)[0]  # a coat pixel
-    session.widget._remember_click(session.parts, SimpleNamespace(position=(row, col)))
-    session.widget.region.setChecked(True)
-    session.widget.source_class.setCurrentIndex(7)
-    session.widget.target_class.setCurrentIndex(6)
-    session.run("relabel")
-    region = flood(session.speckled, (row, col), connectivity=1)
-    assert (session.parts.data[region] == 6).all()
-    np.testing.assert_array_equal(session.parts.data[~region], session.speckled[~region])
+def test_clicked_region_is_taken_in_the_frame_it_was_clicked_in(make_napari_viewer, crop, qtbot):
+    viewer = make_napari_viewer()
+    photo, truth = crop
+    frames = np.stack([truth, np.full_like(truth, UPPER_CLOTHES)])  # frame 1: all upper clothes
+    viewer.add_image(np.stack([photo, photo]), name="clip")
+    parts = add_parts(viewer, frames.copy(), name="clip parts")
+    _, widget = open_refine(viewer)
+    parts.mode = "pan_zoom"
+    viewer.layers.selection.active = parts
+    row, col = np.argwhere(truth == COAT)[len(np.argwhere(truth == COAT)) // 2]
+    click_canvas(viewer, qtbot, row, col)  # in frame 0, on a coat
+    widget.scope.value = "Clicked region"
+    widget.source_class.value, widget.target_class.value = COAT, 6
+    viewer.dims.set_current_step(0, 1)
+    press(widget, qtbot, "relabel")
+    assert widget.runner.status.value == ("Failed: You clicked the region in frame 0 and are "
+                                          "now on frame 1: click it again")
+    np.testing.assert_array_equal(parts.data, frames)
+    viewer.dims.set_current_step(0, 0)
+    press(widget, qtbot, "relabel")
+    region = flood(truth, (row, col), connectivity=1)
+    assert (parts.data[0][region] == 6).all()
+    np.testing.assert_array_equal(parts.data[0][~region], truth[~region])
+    np.testing.assert_array_equal(parts.data[1], frames[1])
 
 
-def test_scribbles_fix_a_wrong_region(session):
-    coat = session.truth == 7
-    session.parts.data_setitem(np.nonzero(coat), 5)  # the model called the coat upper-clothes
+def test_scribbles_painted_on_the_canvas_fix_a_wrong_region(session, qtbot):
+    coat = session.truth == COAT
+    session.parts.data_setitem(np.nonzero(coat), UPPER_CLOTHES)  # the model's mistake
     wrong = session.parts.data.copy()
-    scribbles = session.widget.scribbles_layer()
+    session.widget.scribbles.native.click()
+    scribbles = session.viewer.layers["photo parts scribbles"]
+    assert session.viewer.layers.selection.active is scribbles and scribbles.mode == "paint"
+    scribbles.selected_label = COAT
     row, col = np.argwhere(coat)[len(np.argwhere(coat)) // 2]
-    scribbles.data_setitem((np.array([row]), np.array([col])), 7)
-    session.run("refine_with_scribbles")
-    fixed = session.parts.data
-    assert (fixed[coat] == 7).mean() > (wrong[coat] == 7).mean() + 0.3
+    click_canvas(session.viewer, qtbot, row, col)  # one dab of the brush
+    assert scribbles.data[row, col] == COAT
+    press(session.widget, qtbot, "refine_with_scribbles")
+    assert (session.parts.data[coat] == COAT).mean() > (wrong[coat] == COAT).mean() + 0.5
     assert not scribbles.data.any()  # the strokes were used up
 
 
-def test_next_low_confidence_region_moves_the_camera(session):
+def test_every_shortcut_runs_its_operation_from_a_real_key_press_on_the_parts_layer(session,
+                                                                                  qtbot):
+    """Each Shift+letter press on the canvas, with the parts layer active and painting, runs its
+    operation; the layer stays in paint mode (napari's Labels keys are plain letters/digits)."""
+    viewer, widget, parts = session.viewer, session.widget, session.parts
     confidence = np.ones(session.truth.shape, np.float32)
-    confidence[200:260, 400:500] = 0.2  # the largest doubtful region
-    confidence[10:20, 10:20] = 0.3
-    session.viewer.add_image(confidence, name="photo confidence")
-    camera = getattr(session.viewer, "scene", session.viewer).camera
-    session.run("next_low_confidence")
-    np.testing.assert_allclose(camera.center[-2:], (230, 450), atol=1)
-    session.run("next_low_confidence")
-    np.testing.assert_allclose(camera.center[-2:], (15, 15), atol=1)
+    confidence[10:30, 20:60] = 0.2
+    viewer.add_image(confidence, name="photo confidence", visible=False)
+    widget.scribbles.native.click()
+    viewer.layers["photo parts scribbles"].data_setitem((np.array([80]), np.array([100])), COAT)
+    for operation in OPERATIONS:
+        viewer.layers.selection.active = parts
+        parts.mode = "paint"
+        send_key(viewer, qtbot, operation.key)
+        qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+        expected = "Region 1 of 1:" if operation.name == "next_low_confidence" \
+            else f"{operation.text}:"
+        assert widget.runner.status.value.startswith(expected), operation
+        assert parts.mode == "paint", operation
+        assert viewer.layers.selection.active is parts
+    assert not np.array_equal(parts.data, session.speckled)
 
 
-def test_every_tool_has_a_shortcut_in_its_tooltip(session):
-    for name, key in SHORTCUTS.items():
-        assert key in session.widget.buttons[name].toolTip()
-        assert coerce_keybinding(key) in session.viewer.keymap
-    session.viewer.keymap[coerce_keybinding(SHORTCUTS["fill_holes"])](session.viewer)
-    session.run("fill_holes")  # waits for the one started by the key
-    assert (session.parts.data != session.speckled).any()
+def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_viewer, qtbot):
+    """Layout-independent keys (Shift + a letter) that napari binds for nothing: not the viewer,
+    not Labels, Shapes, Image or Points layers, not its menus, not the other widgets docked."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-deeplab", "Human parts")
+    taken = set(ViewerModel.class_keymap) | set(viewer.keymap)
+    for layer_type in (Labels, Shapes, Image, Points):
+        taken |= set(layer_type.class_keymap)
+    for keys in get_settings().shortcuts.shortcuts.values():  # napari's action manager's keys
+        taken |= {coerce_keybinding(key) for key in keys}
+    taken |= {coerce_keybinding(str(binding.keybinding))
+              for binding in get_app_model().keybindings}  # menus
+    _, widget = open_refine(viewer)
+    for operation in OPERATIONS:
+        modifier, letter = operation.key.split("-")
+        assert modifier == "Shift" and letter.isalpha() and len(letter) == 1, operation
+        assert coerce_keybinding(operation.key) not in taken, operation
+        assert coerce_keybinding(operation.key) in viewer.keymap
+        assert f"({key_text(operation.key)})" in widget.buttons[operation.name].tooltip
+        assert f" {letter} {operation.short}" in f" {widget.help.value.removeprefix('Shift+')}"
+    assert len(set(SHORTCUTS.values())) == len(OPERATIONS)
+
+
+def test_without_a_parts_layer_every_action_says_what_to_do(make_napari_viewer, crop, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[0], name="photo")
+    _, widget = open_refine(viewer)
+    assert widget.parts.value is None
+    for button in (widget.draw_selection, widget.scribbles,
+                   widget.buttons["next_low_confidence"], widget.buttons["fill_holes"]):
+        button.native.click()
+        assert "No parts layer: run Human parts on a photo first" in widget.runner.status.value
+        assert "\n" not in widget.runner.status.value
+    assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_low_confidence_review_outlines_zooms_and_follows_frame_threshold_and_data(
+        make_napari_viewer, crop, qtbot, recwarn):
+    viewer = make_napari_viewer()
+    photo, truth = crop
+    viewer.add_image(np.stack([photo, photo]), name="clip")
+    parts = add_parts(viewer, np.stack([truth, truth]), name="clip parts")
+    confidence = np.ones((2, *truth.shape), np.float32)
+    confidence[0, 20:50, 30:90] = 0.2  # frame 0: 1,800 pixels
+    confidence[0, 100:110, 150:170] = 0.3  # and 200
+    confidence[1, 60:70, 10:20] = 0.1  # frame 1: 100
+    confidence_layer = viewer.add_image(confidence, name="clip confidence", visible=False)
+    _, widget = open_refine(viewer)
+    viewer.layers.selection.active = parts
+
+    def next_region():
+        send_key(viewer, qtbot, SHORTCUTS["next_low_confidence"])
+        return widget.runner.status.value
+
+    assert next_region() == "Region 1 of 2: 1,800 pixels, mean confidence 0.20"
+    review = viewer.layers["clip parts review"]
+    np.testing.assert_allclose(review.data[0][[0, 2]], [[19.5, 29.5], [49.5, 89.5]])
+    camera = viewer.scene.camera
+    np.testing.assert_allclose(camera.center[-2:], (34.5, 59.5))
+    fill = camera.zoom * np.array([30, 60]) / np.array(viewer.canvas.size)
+    assert fill.max() == pytest.approx(0.4)  # zoomed to the region, with room around it
+    assert viewer.layers.selection.active is parts
+    assert widget.scope.value == "Whole layer"
+    assert next_region() == "Region 2 of 2: 200 pixels, mean confidence 0.30"
+    assert len(review.data) == 1  # the outline moved
+    widget.threshold.value = 0.25
+    assert next_region() == "Region 1 of 1: 1,800 pixels, mean confidence 0.20"
+    viewer.dims.set_current_step(0, 1)
+    assert next_region() == "Region 1 of 1: 100 pixels, mean confidence 0.10"
+    changed = confidence.copy()
+    changed[1, 0:5, 0:5] = 0.0
+    confidence_layer.data = changed
+    assert next_region() == "Region 1 of 2: 100 pixels, mean confidence 0.10"
+    assert not [w for w in recwarn if "Private attribute" in str(w.message)]
+
+
+def test_operations_run_off_the_gui_thread_one_at_a_time(session, qtbot, monkeypatch):
+    widget, parts = session.widget, session.parts
+    started, release = threading.Event(), threading.Event()
+    threads = []
+    real_smooth = refine.smooth
+
+    def slow_smooth(labels, radius, mask=None):
+        threads.append(threading.current_thread())
+        started.set()
+        release.wait(60)
+        return real_smooth(labels, radius, mask)
+
+    monkeypatch.setattr(refine, "smooth", slow_smooth)
+    widget.buttons["smooth"].native.click()
+    qtbot.waitUntil(started.is_set)
+    assert threads[0] is not threading.main_thread()
+    widget.buttons["fill_holes"].native.click()
+    assert widget.runner.status.value == "Wait: an operation is still running (or Cancel it)"
+    widget.runner.cancel_button.native.click()
+    assert widget.runner.status.value == "Cancelled"
+    release.set()
+    qtbot.wait(200)
+    np.testing.assert_array_equal(parts.data, session.speckled)  # the cancelled result dropped
+    started.clear()
+    press(widget, qtbot, "smooth")
+    np.testing.assert_array_equal(parts.data, real_smooth(session.speckled, 1))
+
+
+def test_removed_widget_leaves_no_keys_no_click_callbacks_and_is_collected(session, qtbot):
+    viewer, parts = session.viewer, session.parts
+    watches = lambda layer: [c for c in layer.mouse_drag_callbacks  # noqa: E731
+                             if getattr(c, "__name__", "") == "remember_click"]
+    for _ in range(3):  # layer events refresh the picker: still one callback per layer
+        viewer.layers.remove(viewer.add_labels(np.zeros((4, 4), np.uint8), name="tmp"))
+    assert len(watches(parts)) == 1 and len(watches(viewer.layers["scratch"])) == 1
+    keys = [coerce_keybinding(key) for key in SHORTCUTS.values()]
+    assert all(key in viewer.keymap for key in keys)
+    widget = weakref.ref(session.widget)
+    viewer.window.remove_dock_widget(session.dock)
+    del session.widget, session.dock
+    assert not any(key in viewer.keymap for key in keys)
+    assert not watches(parts) and not watches(viewer.layers["scratch"])
+    viewer.layers.selection.active = parts
+    send_key(viewer, qtbot, SHORTCUTS["fill_holes"])  # nothing happens, nothing breaks
+    np.testing.assert_array_equal(parts.data, session.speckled)
+    gc.collect()
+    assert widget() is None

@@ -113,7 +113,8 @@ class RefineWidget(Container):
         self._resetting = False
         self._summary = ""  # the status line of the operation that just ran
         self._click_watch = _click_watch(self)
-        self._watched: dict[object, list] = {}  # layer unique_id -> its mouse_drag_callbacks
+        # layer unique_id -> its mouse_drag_callbacks, holding our click watch; None once removed
+        self._watched: dict[object, list] | None = {}
 
         _, napari_options = get_widget_class(annotation=Labels)
         labels_layers = napari_options["choices"]  # napari's picker: follows the layer list
@@ -211,6 +212,8 @@ class RefineWidget(Container):
                     self.parts.value = preferred[-1]
         finally:
             self._resetting = False
+        if self._watched is None:
+            return  # removed from the viewer (un-parenting it resets the choices once more)
         for layer in layers:
             callbacks = layer.mouse_drag_callbacks
             if self._click_watch not in callbacks:
@@ -225,7 +228,7 @@ class RefineWidget(Container):
         for callbacks in self._watched.values():
             if self._click_watch in callbacks:
                 callbacks.remove(self._click_watch)
-        self._watched.clear()
+        self._watched = None
 
     def parts_layer(self) -> Labels:
         """The parts layer to work on; :class:`JobRefused` with what to do if there is none."""
