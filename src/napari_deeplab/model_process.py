@@ -281,7 +281,10 @@ class _Child:
         authkey = secrets.token_bytes(32)
         listener = Listener(authkey=authkey)  # default family: AF_UNIX, or a named pipe on Windows
         try:
-            process = _spawn_child(log_path)
+            try:
+                process = _spawn_child(log_path)
+            except OSError as error:  # e.g. a link planted at the log's name (never followed)
+                raise ModelProcessError(f"cannot start the {name}: {error}") from None
             handshake = json.dumps({"address": listener.address, "authkey": authkey.hex()})
             try:
                 process.stdin.write(handshake.encode())
@@ -591,6 +594,10 @@ def _failure_message(error: Exception, kind: str) -> str:
         expected += (model_module.ModelError,)
     if isinstance(error, expected):
         message = str(error)
+        lines = message.strip().splitlines()
+        if len(lines) > 1:  # e.g. one line per bad sample, then what to do
+            print(message, file=sys.stderr, flush=True)  # all of it into the log
+            message = f"{lines[0]}; ...; {lines[-1]}"
     elif isinstance(error, MemoryError):
         hint = "try a smaller batch or image size" if kind == "finetune" else \
             "try fewer frames at once or a smaller photo"
