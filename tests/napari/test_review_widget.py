@@ -1,71 +1,209 @@
-"""The review queue on a folder of real CIHP photos, exported into a dataset, and resumed."""
+"""The Review queue, opened and driven as a user does: Plugins menu (napari's proxy viewer), its
+fields and buttons, real key presses and clicks; real CIHP photos, a real (random) model."""
 
+import gc
 import shutil
+import weakref
 
 import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from qtpy.QtCore import Qt
 
 from napari_deeplab import cihp
-from napari_deeplab._napari.review_widget import ReviewWidget
+from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY
+from napari_deeplab._napari.parts_layer import edit_tracker
+from napari_deeplab._napari.recent_datasets import recent_datasets
+from napari_deeplab._napari.review_widget import ACCEPT_KEY, NEXT_KEY, PREVIOUS_KEY
 
-TIMEOUT_MS = 240_000
-
-
-def _open(viewer, photos, root, model):
-    widget = ReviewWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.source.setText(str(photos))
-    widget.root.setText(str(root))
-    widget.model_combo.setCurrentText(model)
-    widget.open_queue()
-    return widget
+TIMEOUT_MS = 240_000  # model work on 2 shared cores, with a cold model process
+ALT, SHIFT, CONTROL = (Qt.KeyboardModifier.AltModifier, Qt.KeyboardModifier.ShiftModifier,
+                       Qt.KeyboardModifier.ControlModifier)
+UNREADABLE = "0000001"  # sorts before the CIHP photos: the first photo of the queue
+IDS = [UNREADABLE, "0002190", "0005008", "0026375"]
 
 
-def test_review_pre_labels_ahead_exports_and_resumes(make_napari_viewer, qtbot, cihp_samples,
-                                                     model_file, tmp_path):
+def _dock(viewer):
+    return viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
+
+
+def _press(qtbot, viewer, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    """A real key press on the canvas, as the keyboard sends it."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, key, modifiers)
+
+
+def _click_row(qtbot, list_widget, row: int, double: bool = False) -> None:
+    list_widget.scrollToItem(list_widget.item(row))
+    point = list_widget.visualItemRect(list_widget.item(row)).center()
+    qtbot.mouseClick(list_widget.viewport(), Qt.MouseButton.LeftButton, pos=point)
+    if double:
+        qtbot.mouseDClick(list_widget.viewport(), Qt.MouseButton.LeftButton, pos=point)
+
+
+def _errors() -> list[str]:
+    return [n.message for n in notification_manager.records
+            if n.severity == NotificationSeverity.ERROR]
+
+
+def _open(widget, photos, root, model) -> None:
+    widget.photos.value = photos
+    widget.dataset.value = root
+    widget.model.source = str(model)
+    widget.open_button.native.click()
+
+
+def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samples, model_file,
+                                            tmp_path):
     photos = tmp_path / "photos"
     shutil.copytree(cihp_samples / "Images", photos)
+    (photos / f"{UNREADABLE}.jpg").write_bytes(b"not a jpeg")
+    broken_model = tmp_path / "broken.keras"
+    broken_model.write_bytes(b"not a model")
     root = tmp_path / "dataset"
-    viewer = make_napari_viewer()
-    widget = _open(viewer, photos, root, model_file)
+    viewer = make_napari_viewer(show=True)
+    dock, widget = _dock(viewer)
+    errors_before = len(_errors())
+
+    # the unreadable photo is shown as an error; pre-labelling starts at once, and says so
+    _open(widget, photos, root, broken_model)
     queue = widget.queue
-    ids = [item.sample_id for item in queue.items]
-    assert ids == ["0002190", "0005008", "0026375"]
-    # the photo shown and the one after it are pre-labelled in the background
-    qtbot.waitUntil(lambda: queue.load_draft(ids[1]) is not None, timeout=TIMEOUT_MS)
-    assert f"{ids[0]} parts" in viewer.layers
-    assert [queue.state(i) for i in ids] == ["pre-labelled", "pre-labelled", "new"]
+    assert [item.sample_id for item in queue.items] == IDS
+    assert f"{UNREADABLE}.jpg: cannot read" in widget.status.value
+    assert widget.runner.status.value == f"Pre-labelling {IDS[1]} (loading the model…)"
+    assert recent_datasets()[0] == str(root.absolute())  # Fine-tune offers it
 
-    widget.step(1)  # instant: the draft is there
-    parts = viewer.layers[f"{ids[1]} parts"]
-    assert ids[0] not in viewer.layers
-    parts.data_setitem((np.array([5, 6]), np.array([5, 5])), 13)  # a correction
-    widget.step(1)
-    assert queue.state(ids[1]) == "corrected"
-    assert queue.load_draft(ids[1])[5, 5] == 13
+    # a model that fails is reported once, and not tried again until asked
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    qtbot.wait(1500)
+    assert widget.runner.status.value.startswith("Failed")
+    assert not widget.runner.running
+    assert len(_errors()) == errors_before + 2  # the unreadable photo, the model
+    widget.model.source = model_file
+    widget.runner.run_button.native.click()  # Pre-label: try again
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    assert widget.runner.status.value == f"Pre-labelled {IDS[1]}"
+    # the result went to its own photo, not to the unreadable one before it
+    assert queue.load_draft(UNREADABLE) is None
+    assert queue.load_draft(IDS[1]).shape == (200, 300)  # its photo's size
+    assert [queue.state(i) for i in IDS] == ["new", "pre-labelled", "new", "new"]
 
-    qtbot.waitUntil(lambda: f"{ids[2]} parts" in viewer.layers, timeout=TIMEOUT_MS)
-    widget.propose_people()
-    people = viewer.layers[f"{ids[2]} people"]
+    # Next (Alt+Right) shows the draft at once; the next photo is pre-labelled meanwhile
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    assert widget.shown_id == IDS[1]
+    photo, parts = viewer.layers[IDS[1]], viewer.layers[f"{IDS[1]} parts"]
+    assert isinstance(photo, Image) and isinstance(parts, Labels)
+    np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[1]))
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    assert queue.state(IDS[2]) == "pre-labelled"
+
+    # a painted stroke makes the photo "corrected" on Next
+    parts.paint((40, 50), 13)
+    layer_ids = [photo.unique_id, parts.unique_id]
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    assert queue.state(IDS[1]) == "corrected"
+    assert queue.load_draft(IDS[1])[40, 50] == 13
+    # the same two layers show the next photo (no removing and re-adding), and its parts
+    # cannot be undone back into the previous photo's mask
+    assert [layer.name for layer in viewer.layers] == [IDS[2], f"{IDS[2]} parts"]
+    assert [layer.unique_id for layer in viewer.layers] == layer_ids
+    parts = viewer.layers[f"{IDS[2]} parts"]
+    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)
+    np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[2]))
+
+    # back (Alt+Left): the corrected draft keeps its protection and its state
+    _press(qtbot, viewer, Qt.Key.Key_Left, ALT)
+    parts = viewer.layers[f"{IDS[1]} parts"]
+    assert parts.data[40, 50] == 13
+    assert edit_tracker(parts).mask.all()
+
+    # the class legend acts on the parts layer shown
+    _click_row(qtbot, widget.legend.list, 5)
+    assert parts.selected_label == 5
+    _press(qtbot, viewer, Qt.Key.Key_Down, SHIFT)
+    assert NEXT_CLASS_KEY == "Shift-Down" and parts.selected_label == 6
+
+    # double-click a photo in the list to go to it
+    _click_row(qtbot, widget.photo_list, 2, double=True)
+    assert widget.shown_id == IDS[2]
+    assert queue.state(IDS[1]) == "corrected"
+
+    # Propose people, then Accept (Alt+A) exports the photo, its parts and people
+    widget.people_button.native.click()
+    people = viewer.layers[f"{IDS[2]} people"]
     assert people.data.max() >= 1
-    expected_parts = viewer.layers[f"{ids[2]} parts"].data.copy()
-    widget.accept()
-    assert queue.state(ids[2]) == "exported"
-    sample = cihp.read_sample(root, ids[2])
+    expected_parts, expected_people = viewer.layers[f"{IDS[2]} parts"].data.copy(), people.data.copy()
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    assert queue.state(IDS[2]) == "exported"
+    sample = cihp.read_sample(root, IDS[2])
     np.testing.assert_array_equal(sample.category_ids, expected_parts)
-    np.testing.assert_array_equal(sample.human_ids, people.data)
-    assert (root / "Training" / "Images" / f"{ids[2]}.jpg").read_bytes() == \
-        (photos / f"{ids[2]}.jpg").read_bytes()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(sample.human_ids, expected_people)
+    assert (root / "Training" / "Images" / f"{IDS[2]}.jpg").read_bytes() == \
+        (photos / f"{IDS[2]}.jpg").read_bytes()
+    assert widget.shown_id == IDS[3] and f"{IDS[2]} people" not in viewer.layers
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    assert widget.photo_list.item(2).text() == f"{IDS[2]} — exported"
 
-    # close napari's widget and come back: the queue resumes from the dataset folder
-    widget.step(-1)
-    viewer.window.remove_dock_widget("all")
+    # close the widget and open the queue again: it resumes from the dataset folder
+    viewer.window.remove_dock_widget(dock)
     viewer.layers.clear()
-    again = _open(viewer, photos, root, model_file)
-    assert again.queue.position == 1
-    assert [again.queue.state(i) for i in ids] == ["pre-labelled", "corrected", "exported"]
-    assert viewer.layers[f"{ids[1]} parts"].data[5, 5] == 13
-    assert again.list.item(2).text().endswith("exported")
-    again.step(1)  # the exported photo is skipped: we stay at the last photo to review
-    assert again.queue.position == 1
-    qtbot.waitUntil(lambda: again._worker is None, timeout=TIMEOUT_MS)
+    _, again = _dock(viewer)
+    _open(again, photos, root, model_file)
+    assert again.queue.position == 3 and again.shown_id == IDS[3]
+    assert [again.queue.state(i) for i in IDS] == ["new", "corrected", "exported", "pre-labelled"]
+    _press(qtbot, viewer, Qt.Key.Key_Left, ALT)  # the exported photo is skipped
+    assert again.shown_id == IDS[1]
+    assert viewer.layers[f"{IDS[1]} parts"].data[40, 50] == 13
+    qtbot.waitUntil(lambda: not again.prelabelling, timeout=TIMEOUT_MS)
+
+
+def test_an_empty_dataset_field_is_refused_and_nothing_written(make_napari_viewer, cihp_samples,
+                                                                tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the state would have been written
+    viewer = make_napari_viewer()
+    _, widget = _dock(viewer)
+    widget.photos.value = cihp_samples / "Images"
+    widget.open_button.native.click()
+    assert widget.queue is None and not widget.prelabelling
+    assert "dataset folder" in widget.status.value and "\n" not in widget.status.value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, qtbot):
+    from napari._app_model import get_app_model
+    from napari.utils.action_manager import action_manager
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer(show=True)
+    keys = [NEXT_KEY, PREVIOUS_KEY, ACCEPT_KEY]
+    napari_keys = {str(coerce_keybinding(k)) for k in viewer.keymap}
+    napari_keys |= {str(binding) for bindings in action_manager._shortcuts.values()
+                    for binding in bindings}
+    napari_keys |= {str(k) for layer in (Image, Labels) for k in layer.class_keymap}
+    napari_keys |= {str(binding.keybinding) for binding in get_app_model().keybindings}
+    mnemonics = {text[text.index("&") + 1].upper()
+                 for text in (action.text() for action in
+                              viewer.window._qt_window.menuBar().actions()) if "&" in text}
+    for key in keys:
+        assert str(coerce_keybinding(key)) not in napari_keys
+        modifiers, _, name = key.rpartition("-")
+        assert not (name.isdigit() and "Shift" in modifiers)
+        assert not ("Alt" in modifiers and name.upper() in mnemonics)
+
+    dock, widget = _dock(viewer)
+    for button, key in ((widget.next_button, NEXT_KEY), (widget.previous_button, PREVIOUS_KEY),
+                        (widget.accept_button, ACCEPT_KEY)):
+        assert key in button.tooltip
+    assert "Alt-Left/Right" in widget.help_line.value and ACCEPT_KEY in widget.help_line.value
+    assert all(coerce_keybinding(key) in viewer.keymap for key in keys)
+
+    # a removed widget leaves no bindings behind, and nothing keeps it alive
+    gone = weakref.ref(widget)
+    viewer.window.remove_dock_widget(dock)
+    del widget, dock, button
+    assert not any(coerce_keybinding(key) in viewer.keymap for key in keys)
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)  # nothing happens, nothing fails
+    qtbot.wait(50)
+    gc.collect()
+    assert gone() is None

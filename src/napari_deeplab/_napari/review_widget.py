@@ -96,12 +96,14 @@ class ReviewWidget(Container):
                                             "pre-labelled by themselves; this tries again after an error)",
                                 cancel_tooltip="Stop pre-labelling; the drafts made are kept")
         self.legend = ClassLegend(self.parts_layer)
-        help_line = Label(value=shortcut_help({f"{PREVIOUS_KEY}/{NEXT_KEY.split('-')[1]}": "photo",
+        self.help_line = Label(value=shortcut_help({f"{PREVIOUS_KEY}/{NEXT_KEY.split('-')[1]}": "photo",
                                                ACCEPT_KEY: "accept",
                                                f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class"}))
-        super().__init__(widgets=[self.photos, self.dataset, self.split, self.model, self.open_button,
-                                  self.skip_exported, photo_list, button_row, self.status,
-                                  self.runner, help_line, Label(value="Classes"), self.legend])
+        review = Container(widgets=[self.open_button, self.skip_exported, photo_list, button_row,
+                                    self.status, self.runner, self.help_line, Label(value="Classes"),
+                                    self.legend], labels=False)
+        review.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[self.photos, self.dataset, self.split, self.model, review])
         self._process = model_process_for(self)
         self._ahead_timer = QTimer(self.native, singleShot=True, interval=0)
         self._ahead_timer.timeout.connect(self._prelabel_ahead)
@@ -319,16 +321,16 @@ class ReviewWidget(Container):
         return self.runner.running or bool(self._due())
 
     def _window(self) -> list:
-        """The queue items to pre-label ahead that have no draft yet."""
+        """The readable queue items to pre-label ahead that have no draft yet."""
         if self.queue is None:
             return []
         items = self.queue.items[self.queue.position:self.queue.position + AHEAD]
-        return [item for item in items if not self.queue.draft_path(item.sample_id).exists()]
+        return [item for item in items if item.sample_id not in self._unreadable
+                and not self.queue.draft_path(item.sample_id).exists()]
 
     def _due(self) -> list:
         """The items of the window to pre-label without being asked."""
-        return [item for item in self._window()
-                if item.sample_id not in self._failed | self._unreadable]
+        return [item for item in self._window() if item.sample_id not in self._failed]
 
     def _prelabel_ahead(self) -> None:
         """Start pre-labelling the photos due, unless a job for one of them runs already."""
@@ -356,7 +358,7 @@ class ReviewWidget(Container):
         except ValueError as error:
             raise JobRefused(str(error)) from None
         self._failed -= {item.sample_id for item in items}
-        queue, ids = self.queue, [item.sample_id for item in items]
+        queue, ids, made = self.queue, [item.sample_id for item in items], []
         self._job_ids = ids
 
         def work():
@@ -388,13 +390,15 @@ class ReviewWidget(Container):
                 self._loaded_model = source
                 remember_model(source)
             self._take_prelabel(queue, sample_id, labels)
+            made.append(sample_id)
             rest = ids[ids.index(sample_id) + 1:]
             if rest:
                 self.runner.status.value = f"Pre-labelled {sample_id}; pre-labelling {rest[0]}…"
 
         def done() -> str:
             self._ahead_timer.start()  # after the runner ends this job: the user may have moved on
-            return f"Pre-labelled {', '.join(ids)}"
+            return f"Pre-labelled {', '.join(made)}" if made else "Nothing pre-labelled: " \
+                "the photos cannot be read"
 
         loading = " (loading the model…)" if self._loaded_model != source else "…"
         return Job(work(), total=len(items), description="Pre-labelling ahead",
