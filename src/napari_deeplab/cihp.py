@@ -541,6 +541,7 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], objec
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = _stage(path, write)
+    _checkpoint(f"staged {path.name}")
     try:
         os.replace(staged, path)
     except BaseException:
