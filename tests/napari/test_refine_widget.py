@@ -206,7 +206,9 @@ def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_view
         assert coerce_keybinding(operation.key) not in taken, operation
         assert coerce_keybinding(operation.key) in viewer.keymap
         assert f"({key_text(operation.key)})" in widget.buttons[operation.name].tooltip
-        assert f" {letter} {operation.short}" in f" {widget.help.value.removeprefix('Shift+')}"
+        assert widget.buttons[operation.name].text.endswith(f"⇧{letter}")
+        assert f"{key_text(operation.key)}: {operation.text}" in widget.help.tooltip
+    assert widget.help.value == "⇧X on a button: Shift+X presses it (on the canvas)"
     assert len(set(SHORTCUTS.values())) == len(OPERATIONS)
 
 

@@ -19,7 +19,7 @@ from magicgui.type_map import get_widget_class
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QGridLayout
+from qtpy.QtWidgets import QBoxLayout, QGridLayout, QSizePolicy
 from skimage import measure
 from skimage.segmentation import flood
 
@@ -27,7 +27,7 @@ from .. import refine
 from ..cihp import CLASS_NAMES
 from .job_runner import Job, JobRefused, JobRunner
 from .parts_layer import CONFIDENCE_SUFFIX, PARTS_SUFFIX, parts_colormap, parts_features
-from .shortcuts import bind_keys, on_removed, shortcut_help
+from .shortcuts import bind_keys, on_removed
 
 SELECTION_SUFFIX = " selection"
 SCRIBBLES_SUFFIX = " scribbles"
@@ -39,34 +39,33 @@ REVIEW_FILL = 0.4  # the outlined region fills this fraction of the canvas
 @dataclass(frozen=True)
 class Operation:
     """One button: ``name`` is a function of :mod:`napari_deeplab.refine` (or
-    ``next_low_confidence``), ``key`` its napari key binding, ``short`` its help-line word."""
+    ``next_low_confidence``) and ``key`` its napari key binding."""
 
     name: str
     text: str
     key: str
-    short: str
     tooltip: str
 
 
 # Shift + a letter: the same key on every keyboard layout, and none of these is bound by napari
 # for the viewer, Labels or Shapes layers (tests/napari/test_refine_widget.py checks).
 OPERATIONS = (
-    Operation("remove_small_regions", "Remove small regions", "Shift-S", "small",
+    Operation("remove_small_regions", "Remove small regions", "Shift-S",
               "Pieces smaller than this many pixels take the class around them"),
-    Operation("fill_holes", "Fill holes", "Shift-H", "holes",
+    Operation("fill_holes", "Fill holes", "Shift-H",
               "Holes up to this many pixels inside a part or the person take the class "
               "around them"),
-    Operation("smooth", "Smooth", "Shift-M", "smooth",
+    Operation("smooth", "Smooth", "Shift-M",
               "Straighten jagged edges (majority filter of this radius), keeping thin parts"),
-    Operation("relabel", "Relabel", "Shift-C", "relabel", "One class becomes another"),
-    Operation("next_low_confidence", "Next low-confidence", "Shift-N", "next doubt",
+    Operation("relabel", "Relabel", "Shift-C", "One class becomes another"),
+    Operation("next_low_confidence", "Next low-confidence", "Shift-N",
               "Outline and zoom to the next largest region whose confidence is below this; "
               "it becomes the clicked region"),
-    Operation("snap_to_image", "Snap to image", "Shift-E", "snap",
+    Operation("snap_to_image", "Snap to image", "Shift-E",
               "Move boundaries onto the photo's edges"),
-    Operation("swap_left_right", "Swap left/right", "Shift-W", "swap",
+    Operation("swap_left_right", "Swap left/right", "Shift-W",
               "Left arm <-> right arm, legs, shoes"),
-    Operation("refine_with_scribbles", "Apply scribbles", "Shift-K", "scribbles",
+    Operation("refine_with_scribbles", "Apply scribbles", "Shift-K",
               "The regions your strokes in the scribbles layer touch take the strokes' class, "
               "fitted to the photo's edges"),
 )
@@ -76,6 +75,14 @@ SHORTCUTS = {operation.name: operation.key for operation in OPERATIONS}
 def key_text(key: str) -> str:
     """napari's "Shift-S" as people write it: "Shift+S"."""
     return key.replace("-", "+")
+
+
+HELP_LINE = "⇧X on a button: Shift+X presses it (on the canvas)"
+
+
+def key_letter(key: str) -> str:
+    """The letter of a "Shift-<letter>" key binding."""
+    return key.split("-")[1]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class OperationButton(PushButton):
     """The button of one :class:`Operation`; its shortcut presses it."""
 
     def __init__(self, operation: Operation):
-        super().__init__(text=operation.text,
+        super().__init__(text=f"{operation.text}  ⇧{key_letter(operation.key)}",
                          tooltip=f"{operation.tooltip} ({key_text(operation.key)})")
         self.operation = operation
 
@@ -144,11 +151,12 @@ class RefineWidget(Container):
         self.buttons = {operation.name: OperationButton(operation) for operation in OPERATIONS}
         self.runner = JobRunner(self._prepare, cancel_tooltip="Stop the running operation")
         self.runner.run_button.visible = False  # each operation has its own button
+        self.runner.native.layout().setDirection(QBoxLayout.Direction.LeftToRight)  # compact
         status = self.runner.status.native  # room for two lines: a longer one wraps
         status.setMinimumHeight(2 * status.fontMetrics().lineSpacing() + 4)
-        self.help = Label(value="Shift+ " + shortcut_help({o.key[-1]: o.short for o in OPERATIONS}).replace(": ", " "),
-                          tooltip="\n".join(f"{key_text(o.key)}: {o.text}" for o in OPERATIONS))
-        self.help.native.setWordWrap(True)
+        status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.help = Label(value=HELP_LINE, tooltip="\n".join(
+            f"{key_text(o.key)}: {o.text}" for o in OPERATIONS))
 
         scope_row = Container(widgets=[self.scope, self.draw_selection], layout="horizontal",
                               labels=False, label="Apply to")
