@@ -312,3 +312,22 @@ def test_removed_widget_leaves_no_keys_no_click_callbacks_and_is_collected(sessi
     np.testing.assert_array_equal(parts.data, session.speckled)
     gc.collect()
     assert widget() is None
+
+
+def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
+        make_napari_viewer, crop, qtbot):
+    """Refine's form is compact: docked under Human parts in a 1280 x 900 window, both fit
+    without growing the window, and Human parts' class legend shows at least 10 classes."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 900)
+    viewer.add_image(crop[0], name="photo")
+    _, human_parts = viewer.window.add_plugin_dock_widget("napari-deeplab", "Human parts")
+    _, widget = open_refine(viewer)
+    qtbot.waitUntil(lambda: widget.native.isVisible())
+    qtbot.wait(200)
+    legend = human_parts.legend.list
+    assert legend.viewport().height() >= 10 * legend.sizeHintForRow(0)
+    assert window.height() <= 900
+    assert widget.native.height() >= widget.native.minimumSizeHint().height()  # not clipped
+    assert widget.native.width() <= 420  # the canvas keeps its room
