@@ -17,6 +17,7 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QSizePolicy
 
 from ..model_process import ModelProcessError, Waiting
 from .shortcuts import on_removed
@@ -56,6 +57,8 @@ class JobRunner(Container):
         self.cancel_button = PushButton(text="Cancel", tooltip=cancel_tooltip, enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        # magicgui makes labels Fixed: a wrapped status would be clipped to its first words
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)

@@ -16,7 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QListWidget
+from qtpy.QtWidgets import QListWidget, QSizePolicy
 
 from ..cihp import SPLIT_ID_FILES, DatasetError
 from ..model_process import FrameResult
@@ -91,6 +91,7 @@ class ReviewWidget(Container):
         button_row.margins = (0, 0, 0, 0)
         self.status = Label(value="Give the photos and the dataset folder, then Open queue")
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.runner = JobRunner(self._prepare_prelabel, run_text="Pre-label",
                                 run_tooltip="Pre-label the photo shown and the next one (they are "
                                             "pre-labelled by themselves; this tries again after an error)",
