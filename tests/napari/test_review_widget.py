@@ -207,3 +207,24 @@ def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, 
     qtbot.wait(50)
     gc.collect()
     assert gone() is None
+
+
+def test_a_damaged_queue_state_is_shown_as_a_warning(make_napari_viewer, cihp_samples, tmp_path):
+    from napari_deeplab.review import ReviewQueue
+
+    photos, root = tmp_path / "photos", tmp_path / "dataset"
+    photos.mkdir()
+    shutil.copy(cihp_samples / "Images" / f"{IDS[1]}.jpg", photos)
+    engine_queue = ReviewQueue(photos, root)
+    engine_queue.save_draft(IDS[1], np.full((200, 300), 5, np.uint8), corrected=True)
+    (engine_queue.folder / "queue.json").write_text("{ truncated")
+    viewer = make_napari_viewer()
+    _, widget = _dock(viewer)
+    widget.photos.value, widget.dataset.value = photos, root
+    widget.open_button.native.click()
+    warnings = [n.message for n in notification_manager.records
+                if n.severity == NotificationSeverity.WARNING]
+    assert any("queue.json" in message and "damaged" in message for message in warnings)
+    # the draft found is shown, protected as the annotator's, and nothing is pre-labelled
+    assert widget.queue.state(IDS[1]) == "corrected" and not widget.prelabelling
+    assert edit_tracker(viewer.layers[f"{IDS[1]} parts"]).mask.all()
