@@ -80,23 +80,29 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert widget.runner.status.value.startswith("Failed")
     assert not widget.runner.running
     assert len(_errors()) == errors_before + 2  # the unreadable photo, the model
-    widget.model.source = model_file
-    widget.runner.run_button.native.click()  # Pre-label: try again
-    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
-    assert widget.runner.status.value == f"Pre-labelled {IDS[1]}"
-    # the result went to its own photo, not to the unreadable one before it
-    assert queue.load_draft(UNREADABLE) is None
-    assert queue.load_draft(IDS[1]).shape == (200, 300)  # its photo's size
-    assert [queue.state(i) for i in IDS] == ["new", "pre-labelled", "new", "new"]
 
-    # Next (Alt+Right) shows the draft at once; the next photo is pre-labelled meanwhile
+    # moving on asks again (one more error); an empty parts layer cannot be accepted
     _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
     assert widget.shown_id == IDS[1]
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    assert len(_errors()) == errors_before + 3
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    assert len(_errors()) == errors_before + 4 and "No parts to export" in widget.status.value
+    assert queue.state(IDS[1]) == "new"
+    assert not (root / "Training" / "Images" / f"{IDS[1]}.jpg").exists()
+
+    # Pre-label tries again, with a model that works: each result goes to its own photo (not
+    # to the unreadable one before it), the shown one at once
+    widget.model.source = model_file
+    widget.runner.run_button.native.click()
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    assert widget.runner.status.value == f"Pre-labelled {IDS[1]}, {IDS[2]}"
+    assert queue.load_draft(UNREADABLE) is None
+    assert queue.load_draft(IDS[1]).shape == (200, 300)  # its photo's size
+    assert [queue.state(i) for i in IDS] == ["new", "pre-labelled", "pre-labelled", "new"]
     photo, parts = viewer.layers[IDS[1]], viewer.layers[f"{IDS[1]} parts"]
     assert isinstance(photo, Image) and isinstance(parts, Labels)
     np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[1]))
-    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
-    assert queue.state(IDS[2]) == "pre-labelled"
 
     # a painted stroke makes the photo "corrected" on Next
     parts.paint((40, 50), 13)

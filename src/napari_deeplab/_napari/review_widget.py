@@ -139,7 +139,8 @@ class ReviewWidget(Container):
     def accept(self) -> None:
         """Export the photo in hand with its parts (and people) layer, then show the next."""
         parts, people = self.parts_layer(), self._layer("people")
-        if parts is None:
+        if parts is None or not (edit_tracker(parts).mask.any()
+                                 or self.queue.draft_path(self.shown_id).exists()):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
         try:
             self.queue.accept(self.shown_id, parts.data,
@@ -227,6 +228,7 @@ class ReviewWidget(Container):
         if layer is None:
             layer = self.viewer.add_image(photo, name=self.shown_id, rgb=True)
             self._layer_ids["photo"] = layer.unique_id
+            self.viewer.layers.move(self.viewer.layers.index(layer.name), 0)  # under the parts
             return
         resized = layer.data.shape[:2] != photo.shape[:2]
         layer.data, layer.name = photo, self.shown_id
