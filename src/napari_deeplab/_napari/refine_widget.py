@@ -18,7 +18,7 @@ from magicgui.type_map import get_widget_class
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QBoxLayout, QGridLayout, QSizePolicy
+from qtpy.QtWidgets import QBoxLayout, QGridLayout, QLabel, QSizePolicy
 from skimage import measure
 from skimage.segmentation import flood
 
@@ -30,12 +30,10 @@ from .shortcuts import bind_keys, on_removed
 
 SELECTION_SUFFIX, SCRIBBLES_SUFFIX, REVIEW_SUFFIX = " selection", " scribbles", " review"
 WHOLE, SELECTION, REGION = "Whole layer", "Selection", "Clicked region"
-REVIEW_FILL = 0.4  # the outlined region fills this fraction of the canvas
 
 
 class Operation(NamedTuple):
-    """``name``: a function of :mod:`napari_deeplab.refine` or "next_low_confidence";
-    ``key``: its napari key binding; ``parameters``: the widget's fields it takes."""
+    """A function of :mod:`napari_deeplab.refine` (or the review step) and its button."""
 
     name: str
     text: str
@@ -82,13 +80,10 @@ class RefineWidget(Container):
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self._requested: Operation | None = None  # the operation the runner's job runs
-        self._summary = ""  # its status line
+        self._requested, self._summary = None, ""  # the Operation the job runs, its status line
         self._clicked: tuple | None = None  # (layer unique_id, frame, row, col) of the last click
-        self._review_for: tuple | None = None  # what the review list was computed for
-        self._review_regions: list = []
+        self._review_for, self._review_regions = None, []  # the list, and what it was made for
         self._click_watch = partial(_remember_click, weakref.ref(self))
-        self._watched: dict | None = {}  # unique_id -> mouse_drag_callbacks; None once removed
         labels_layers = get_widget_class(annotation=Labels)[1]["choices"]  # napari's picker's
         self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True, choices=(
             lambda widget: [layer for layer in labels_layers(widget)
@@ -119,7 +114,8 @@ class RefineWidget(Container):
         scope = Container(widgets=[self.scope, self.draw_selection], layout="horizontal",
                           labels=False, label="Apply to")
         choose = Container(widgets=[self.parts, scope])
-        super().__init__(widgets=[choose, self._grid(), self.help, self.runner], labels=False)
+        super().__init__(widgets=[choose, self.help, self.runner], labels=False)
+        self.native.layout().insertLayout(1, self._grid())
         for container in (scope, choose):
             container.margins = (0, 0, 0, 0)
         for button, suffix in ((self.draw_selection, SELECTION_SUFFIX),
@@ -130,7 +126,7 @@ class RefineWidget(Container):
         bind_keys(napari_viewer, self, {b.operation.key: b.press for b in self.buttons.values()})
         on_removed(self, self._stop_watching_clicks)
 
-    def _grid(self) -> Container:
+    def _grid(self) -> QGridLayout:
         """Each button beside its parameter, in a grid (which magicgui has not)."""
         b = self.buttons
         rows = [(b["remove_small_regions"], "under", self.min_size),
@@ -139,41 +135,33 @@ class RefineWidget(Container):
                 (b["next_low_confidence"], "below", self.threshold),
                 (b["snap_to_image"], b["swap_left_right"]),
                 (self.scribbles, b["refine_with_scribbles"])]
-        grid, self._grid_widgets = QGridLayout(), []
-        grid.setContentsMargins(0, 0, 0, 0)
+        grid = QGridLayout()
         grid.setVerticalSpacing(2)
         grid.setColumnStretch(2, 1)
         for row, widgets in enumerate(rows):
             for column, widget in enumerate(widgets):
                 if widget is not None:
-                    widget = Label(value=widget) if isinstance(widget, str) else widget
                     span = 3 - column if column == len(widgets) - 1 else 1  # the last: to the end
-                    grid.addWidget(widget.native, row, column, 1, span)
-                    self._grid_widgets.append(widget)
-        operations = Container(labels=False)
-        operations.margins = (0, 0, 0, 0)
-        operations.native.layout().addLayout(grid)
-        return operations
+                    native = QLabel(widget) if isinstance(widget, str) else widget.native
+                    grid.addWidget(native, row, column, 1, span)
+        return grid
 
     def reset_choices(self, *_) -> None:
-        """napari calls this when layers change: refresh the picker (the newest '<photo> parts'
-        layer when the one picked is gone) and watch clicks on the Labels layers, once each."""
+        """On layer changes: refresh the picker (prefer '<photo> parts'), watch clicks on Labels."""
         previous = self.parts.value
         super().reset_choices()
         layers = [layer for layer in self.parts.choices if layer is not None]
         preferred = [layer for layer in layers if layer.name.endswith(PARTS_SUFFIX)]
         if previous not in layers and preferred:
             self.parts.value = preferred[-1]
-        for layer in layers if self._watched is not None else ():  # None: removed
+        for layer in layers if self.native.parent() is not None else ():  # once per layer
             if self._click_watch not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._click_watch)
-            self._watched[layer.unique_id] = layer.mouse_drag_callbacks
 
     def _stop_watching_clicks(self) -> None:
-        for callbacks in self._watched.values():
-            if self._click_watch in callbacks:
-                callbacks.remove(self._click_watch)
-        self._watched = None  # un-parenting the widget resets its choices once more
+        for layer in self.viewer.layers:
+            if self._click_watch in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.remove(self._click_watch)
 
     def parts_layer(self) -> Labels:
         """The parts layer to work on; :class:`JobRefused` with what to do if there is none."""
@@ -185,8 +173,7 @@ class RefineWidget(Container):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def companion_layer(self, suffix: str) -> None:
-        """Add (or pick) '<parts> selection' (Shapes, to draw rectangles) or '<parts> scribbles'
-        (Labels, to paint), and make it the active layer."""
+        """Add (or pick) the selection (Shapes) or scribbles (Labels) layer, ready to draw."""
         parts = self.parts_layer()
         place = dict(name=parts.name + suffix, scale=parts.scale[-2:],
                      translate=parts.translate[-2:])
@@ -208,10 +195,6 @@ class RefineWidget(Container):
         except JobRefused as refusal:
             self.runner.status.value = str(refusal)
             show_info(str(refusal))
-
-    def _remember_click(self, layer: Labels, event) -> None:
-        *frame, row, col = (int(i) for i in np.round(layer.world_to_data(event.position)))
-        self._clicked = (layer.unique_id, tuple(frame), row, col)
 
     def current_frame(self, layer) -> tuple:
         """The index of the frame shown of a stack layer (() for a single photo)."""
@@ -236,7 +219,7 @@ class RefineWidget(Container):
         arguments = [getattr(self, field).value for field in operation.parameters]
         if operation.name in ("snap_to_image", "refine_with_scribbles"):  # the photo too
             photo = self._layer(name := parts.name.removesuffix(PARTS_SUFFIX))
-            if not isinstance(photo, Image) or name == parts.name:
+            if not isinstance(photo, Image):
                 raise JobRefused(f"{operation.text} needs the photo: an image layer '{name}'")
             arguments.append(np.asarray(photo.data[frame]))
         if operation.name == "refine_with_scribbles":
@@ -244,14 +227,11 @@ class RefineWidget(Container):
             if strokes is None or not np.any(strokes.data):
                 raise JobRefused("Paint strokes in the scribbles layer first (Scribbles layer)")
             arguments.append(np.array(strokes.data))
-        function = getattr(refine, operation.name)
 
         def work():  # in the worker thread
-            yield function(before, *arguments, mask)
+            yield getattr(refine, operation.name)(before, *arguments, mask)
 
         def land(after: np.ndarray) -> None:  # one data_setitem, leaving new paint alone
-            if parts not in self.viewer.layers:
-                raise ValueError(f"'{parts.name}' was closed before {operation.text} finished")
             changed = np.nonzero((after != before) & (np.asarray(parts.data[frame]) == before))
             positions = tuple(np.full(changed[0].shape, i, np.intp) for i in frame) + changed
             if changed[0].size:
@@ -259,8 +239,7 @@ class RefineWidget(Container):
             if changed[0].size and operation.name == "refine_with_scribbles":
                 strokes = self._layer(parts.name + SCRIBBLES_SUFFIX)
                 strokes.data = np.zeros_like(strokes.data)  # used up: the parts hold the result
-            self._summary = (f"{operation.text}: {changed[0].size:,} pixels changed "
-                             "(Ctrl+Z undoes)")
+            self._summary = f"{operation.text}: {changed[0].size:,} pixels changed (Ctrl+Z undoes)"
 
         return Job(work(), total=1, description=operation.text, on_result=land,
                    on_done=lambda: self._summary, message=f"{operation.text}…")
@@ -274,13 +253,12 @@ class RefineWidget(Container):
                 raise JobRefused("Draw a rectangle in the selection layer first (Draw selection)")
             return shapes.to_masks(labels.shape).any(axis=0)
         layer_id, clicked_frame, row, col = self._clicked or (None, (), 0, 0)
-        if layer_id != parts.unique_id:
+        if layer_id != parts.unique_id or not (0 <= row < labels.shape[0]
+                                               and 0 <= col < labels.shape[1]):
             raise JobRefused(f"Click a region of '{parts.name}' first")
         if clicked_frame != frame:
             raise JobRefused(f"You clicked the region in frame {clicked_frame[0]} and are now "
                              f"on frame {frame[0]}: click it again")
-        if not (0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]):
-            raise JobRefused("The last click was outside the layer: click a region")
         return flood(labels, (row, col), connectivity=1)
 
     def next_low_confidence(self) -> None:
@@ -300,8 +278,7 @@ class RefineWidget(Container):
             self._review_regions = sorted(regions, key=lambda r: r.area, reverse=True)
             self._review_for, self._review_total = computed_for, len(regions)
             if not regions:
-                self.runner.status.value = f"No region below confidence {threshold:.2f}"
-                return
+                raise JobRefused(f"No region below confidence {threshold:.2f}")
         region = self._review_regions.pop(0)
         rectangle = np.array([region.bbox[:2], region.bbox[2:]], float) - 0.5
         review = self._layer(parts.name + REVIEW_SUFFIX) or self.viewer.add_shapes(
@@ -315,7 +292,7 @@ class RefineWidget(Container):
         camera.center = tuple(corners.mean(axis=0))
         if (canvas := getattr(getattr(self.viewer, "canvas", None), "size", None)) is not None:
             extent = np.maximum(np.abs(corners[1] - corners[0]), 1)  # napari >= 0.9
-            camera.zoom = REVIEW_FILL * float(np.min(np.asarray(canvas) / extent))
+            camera.zoom = 0.4 * float(np.min(np.asarray(canvas) / extent))  # 40% of the view
         row, col = region.coords[len(region.coords) // 2]  # a pixel inside the region
         self._clicked = (parts.unique_id, frame, int(row), int(col))
         self.runner.status.value = (
@@ -323,8 +300,9 @@ class RefineWidget(Container):
             f"{int(region.area):,} pixels, mean confidence {region.intensity_mean:.2f}")
 
 
-def _remember_click(widget: weakref.ref, layer, event) -> None:
-    """The click watch on Labels layers (``partial`` of a weak reference: it keeps no widget
-    alive)."""
+def _remember_click(widget: weakref.ref, layer: Labels, event) -> None:
+    """The click watch on Labels layers (a ``partial`` of a weak reference to the widget, so
+    that it keeps no widget alive): remember the layer, frame and pixel clicked."""
     if (alive := widget()) is not None:
-        alive._remember_click(layer, event)
+        *frame, row, col = (int(i) for i in np.round(layer.world_to_data(event.position)))
+        alive._clicked = (layer.unique_id, tuple(frame), row, col)
