@@ -161,6 +161,11 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     _press(qtbot, viewer, Qt.Key.Key_Left, ALT)  # the exported photo is skipped
     assert again.shown_id == IDS[1]
     assert viewer.layers[f"{IDS[1]} parts"].data[40, 50] == 13
+    again.skip_exported.value = False  # an exported photo only looked at stays exported
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    assert again.shown_id == IDS[2]
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    assert [again.queue.state(i) for i in IDS] == ["new", "corrected", "exported", "pre-labelled"]
     qtbot.waitUntil(lambda: not again.prelabelling, timeout=TIMEOUT_MS)
 
 

@@ -47,6 +47,7 @@ class ReviewWidget(Container):
         self._unreadable: set[str] = set()
         self._model_loaded: str | None = None
         self._warned = 0  # the queue's warnings shown so far
+        self._draft_shown: np.ndarray | None = None  # the parts as last shown or saved
 
         self.photos = FileEdit(mode="d", nullable=True, label="Photos",
                                tooltip="The folder of photos to review, or a CIHP split")
@@ -139,8 +140,7 @@ class ReviewWidget(Container):
     def accept(self) -> None:
         """Export the photo in hand with its parts (and people) layer, then show the next."""
         parts, people = self.parts_layer(), self._layer("people")
-        if parts is None or not (edit_tracker(parts).mask.any()
-                                 or self.queue.draft_path(self.shown_id).exists()):
+        if parts is None or not (self._edited() or self.queue.draft_path(self.shown_id).exists()):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
         try:
             self.queue.accept(self.shown_id, parts.data,
@@ -177,12 +177,17 @@ class ReviewWidget(Container):
         else:
             self.status.value = "End of the queue" if step > 0 else "Start of the queue"
 
-    def _save_current(self) -> None:
-        """Keep the annotator's edits of the photo in hand as its (corrected) draft; an unedited
-        layer holds the draft already on disk."""
+    def _edited(self) -> bool:
+        """Whether the parts shown differ from the draft they were shown with (or from empty)."""
         parts = self.parts_layer()
-        if self.queue is not None and parts is not None and edit_tracker(parts).mask.any():
-            self.queue.save_draft(self.shown_id, parts.data, corrected=True)
+        return parts is not None and not np.array_equal(parts.data, self._draft_shown)
+
+    def _save_current(self) -> None:
+        """Keep the annotator's edits of the photo in hand as its (corrected) draft; a photo
+        only looked at keeps its draft and state (an exported one stays exported)."""
+        if self.queue is not None and self._edited():
+            self._draft_shown = np.array(self.parts_layer().data)
+            self.queue.save_draft(self.shown_id, self._draft_shown, corrected=True)
             self._update_row(self.shown_id)
 
     def _show_warnings(self) -> None:
@@ -247,6 +252,7 @@ class ReviewWidget(Container):
         parts.data, parts.name = labels, self.shown_id + PARTS_SUFFIX
         forget_undo_history(parts)  # no undoing into the previous photo's mask
         tracker.mask = np.full(labels.shape, corrected)
+        self._draft_shown = labels.copy()  # the layer may paint into the array it was given
         self.viewer.layers.selection.active = parts
 
     def _layer(self, role: str):
@@ -333,8 +339,9 @@ class ReviewWidget(Container):
             if queue is self.queue:
                 self._update_row(sample_id)
             if queue is self.queue and sample_id == self.shown_id and parts is not None:
-                if edit_tracker(parts).mask.any():
+                if self._edited():
                     apply_prediction(parts, labels, keep_edits=True)  # one undoable step
+                    self._draft_shown = labels
                 else:  # nothing to merge or to undo
                     self._show_parts(labels, corrected=False)
                 self._show_state()
