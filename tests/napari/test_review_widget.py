@@ -92,9 +92,10 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert not (root / "Training" / "Images" / f"{IDS[1]}.jpg").exists()
 
     # Pre-label tries again, with a model that works: each result goes to its own photo (not
-    # to the unreadable one before it), the shown one at once
+    # to the unreadable one before it), the shown one at once, keeping what was painted meanwhile
     widget.model.source = model_file
     widget.runner.run_button.native.click()
+    viewer.layers[f"{IDS[1]} parts"].paint((10, 10), 13)
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     assert widget.runner.status.value == f"Pre-labelled {IDS[1]}, {IDS[2]}"
     assert queue.load_draft(UNREADABLE) is None
@@ -102,14 +103,15 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert [queue.state(i) for i in IDS] == ["new", "pre-labelled", "pre-labelled", "new"]
     photo, parts = viewer.layers[IDS[1]], viewer.layers[f"{IDS[1]} parts"]
     assert isinstance(photo, Image) and isinstance(parts, Labels)
-    np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[1]))
+    painted = parts.data != queue.load_draft(IDS[1])
+    assert parts.data[10, 10] == 13 and (parts.data[painted] == 13).all()
 
     # a painted stroke makes the photo "corrected" on Next
     parts.paint((40, 50), 13)
     layer_ids = [photo.unique_id, parts.unique_id]
     _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
     assert queue.state(IDS[1]) == "corrected"
-    assert queue.load_draft(IDS[1])[40, 50] == 13
+    assert queue.load_draft(IDS[1])[40, 50] == queue.load_draft(IDS[1])[10, 10] == 13
     # the same two layers show the next photo (no removing and re-adding), and its parts
     # cannot be undone back into the previous photo's mask
     assert [layer.name for layer in viewer.layers] == [IDS[2], f"{IDS[2]} parts"]
