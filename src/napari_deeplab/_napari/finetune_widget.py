@@ -44,14 +44,38 @@ class CurvePlot(QWidget):
         self.miou.clear()
         self.update()
 
+    def plot_area(self) -> QRectF:
+        """Where the curves go: room for the legend above, ticks on three sides."""
+        line = self.fontMetrics().height()
+        return QRectF(self.rect()).adjusted(6 + 4 * line, 1.6 * line, -(6 + 2.5 * line),
+                                            -2.2 * line)
+
+    def _top_loss(self) -> float:
+        return max([v for _, v in self.loss] + [1e-6]) * 1.1
+
+    def _epochs(self) -> range:
+        last = max([e for e, _ in self.miou] + [1])
+        return range(0, last + 1, max(1, round(last / 8)))
+
+    def tick_labels(self) -> dict[str, list[str]]:
+        """The labels of the loss (left), mean IoU (right) and epoch (bottom) ticks."""
+        fractions = [step / 4 for step in range(5)]
+        return {"loss": [f"{self._top_loss() * f:.3g}" for f in fractions] if self.loss else [],
+                "mean IoU": [f"{f:g}" for f in fractions],
+                "epoch": [str(e) for e in self._epochs()]}
+
+    def legend(self) -> list[str]:
+        return [name for name, _ in self.CURVES]
+
+    CURVES = (("loss (left)", LOSS_COLOUR), ("validation mean IoU (right)", IOU_COLOUR))
+
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        text = self.palette().windowText().color()
+        ink = QPen(self.palette().windowText().color(), 1)
         line = painter.fontMetrics().height()
-        area = QRectF(self.rect()).adjusted(6 + 4 * line, line * 1.6, -(6 + 2.5 * line), -2.2 * line)
-        last_epoch = max([e for e, _ in self.miou] + [1])
-        top_loss = max([v for _, v in self.loss] + [1e-6]) * 1.1
+        area = self.plot_area()
+        last_epoch, top_loss, labels = max(self._epochs()), self._top_loss(), self.tick_labels()
 
         def x(epoch):
             return area.left() + area.width() * epoch / last_epoch
@@ -59,38 +83,35 @@ class CurvePlot(QWidget):
         def y(value, top):
             return area.bottom() - area.height() * min(value / top, 1.0)
 
-        painter.setPen(QPen(text, 1))
+        painter.setPen(ink)
         painter.drawRect(area)
-        left = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-        right = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
-        for step in range(5):  # horizontal ticks: loss on the left, mean IoU on the right
-            fraction = step / 4
-            tick_y = area.bottom() - area.height() * fraction
+        for step, iou_label in enumerate(labels["mean IoU"]):
+            tick_y = y(step / 4, 1.0)
             painter.drawLine(QPointF(area.left() - 3, tick_y), QPointF(area.left(), tick_y))
             painter.drawLine(QPointF(area.right(), tick_y), QPointF(area.right() + 3, tick_y))
-            painter.drawText(QRectF(0, tick_y - line, area.left() - 5, 2 * line), left,
-                             f"{top_loss * fraction:.3g}" if self.loss else "")
-            painter.drawText(QRectF(area.right() + 5, tick_y - line, 3 * line, 2 * line), right,
-                             f"{fraction:g}")
-        epochs = range(0, last_epoch + 1, max(1, round(last_epoch / 8)))
-        for epoch in epochs:
+            if labels["loss"]:
+                painter.drawText(QRectF(0, tick_y - line, area.left() - 5, 2 * line),
+                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                                 labels["loss"][step])
+            painter.drawText(QRectF(area.right() + 5, tick_y - line, 3 * line, 2 * line),
+                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, iou_label)
+        for epoch in self._epochs():
             painter.drawLine(QPointF(x(epoch), area.bottom()), QPointF(x(epoch), area.bottom() + 3))
             painter.drawText(QRectF(x(epoch) - 2 * line, area.bottom() + 3, 4 * line, line),
                              Qt.AlignmentFlag.AlignHCenter, str(epoch))
-        painter.drawText(QRectF(area.left(), area.bottom() + line, area.width(), line * 1.2),
+        painter.drawText(QRectF(area.left(), area.bottom() + line, area.width(), 1.2 * line),
                          Qt.AlignmentFlag.AlignHCenter, "epoch")
         legend_x = area.left()
-        for name, colour in (("loss (left)", LOSS_COLOUR), ("validation mean IoU (right)",
-                                                            IOU_COLOUR)):
+        for name, colour in self.CURVES:
             painter.setPen(QPen(colour, 2))
-            painter.drawLine(QPointF(legend_x, line * 0.7), QPointF(legend_x + 16, line * 0.7))
-            painter.setPen(QPen(text, 1))
+            painter.drawLine(QPointF(legend_x, 0.7 * line), QPointF(legend_x + 16, 0.7 * line))
+            painter.setPen(ink)
             painter.drawText(QPointF(legend_x + 20, line), name)
             legend_x += 30 + painter.fontMetrics().horizontalAdvance(name)
         for values, top, colour in ((self.loss, top_loss, LOSS_COLOUR), (self.miou, 1.0, IOU_COLOUR)):
             painter.setPen(QPen(colour, 2))
             points = [QPointF(x(e), y(v, top)) for e, v in values]
-            for start, end in zip(points, points[1:]):
+            for start, end in zip(points, points[1:], strict=False):
                 painter.drawLine(start, end)
             for point in points:
                 painter.drawEllipse(point, 2, 2)
@@ -147,6 +168,9 @@ class FinetuneWidget(Container):
         out = self.output_path()
         if not out.endswith(".keras"):
             raise JobRefused("The output file must end in .keras")
+        if Path(out).exists():
+            raise JobRefused(f"{out} exists; choose another file to save to, or clear the "
+                             "field for a new one")
         try:
             source = self.model.checked_source()
         except ValueError as error:

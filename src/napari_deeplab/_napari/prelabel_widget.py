@@ -18,8 +18,13 @@ from ..model_process import FrameResult
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
-from .parts_layer import (CONFIDENCE_SUFFIX, PARTS_SUFFIX, apply_prediction, edit_tracker,
-                          parts_features)
+from .parts_layer import (
+    CONFIDENCE_SUFFIX,
+    PARTS_SUFFIX,
+    apply_prediction,
+    edit_tracker,
+    parts_features,
+)
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"

@@ -70,7 +70,7 @@ def remember_dataset(path: str | os.PathLike) -> None:
 class DatasetChooser(Container):
     """An editable list of the recent dataset folders (type a path) with a Folder… button.
 
-    :attr:`folder` is the text as chosen ("" when empty).
+    :attr:`folder` is the text as chosen ("" when empty); the most recent one at first.
     """
 
     def __init__(self, label: str = "Dataset",
@@ -82,13 +82,14 @@ class DatasetChooser(Container):
         self.combo.native.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.native.setMinimumContentsLength(12)
-        self.combo.native.setCurrentText("")
         browse = PushButton(text="Folder…", tooltip="Choose the dataset folder")
         browse.changed.connect(self._choose_folder)
         super().__init__(widgets=[self.combo, browse], layout="horizontal", labels=False,
                          label=label)
         self.margins = (0, 0, 0, 0)
-        recent_dataset_events.changed.connect(self.reset_choices)
+        refresh = self.reset_choices
+        recent_dataset_events.changed.connect(refresh)
+        self.native.destroyed.connect(lambda *_: recent_dataset_events.changed.disconnect(refresh))
 
     @property
     def folder(self) -> str:
