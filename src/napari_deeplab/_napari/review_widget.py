@@ -84,11 +84,11 @@ class ReviewWidget(Container):
         self.help_line = Label(value=shortcut_help({"Alt-Left/Right": "photo", ACCEPT_KEY: "accept",
                                                     "Shift-Up/Down": "class"}))
         button_row = Container(widgets=buttons[1:], layout="horizontal", labels=False)
-        photo_list.margins = button_row.margins = (0, 0, 0, 0)
-        rows = [self.open_button, self.skip_exported, photo_list, button_row, self.status,
-                self.runner, self.help_line, Label(value="Classes"), self.legend]
-        super().__init__(widgets=[self.photos, self.dataset, self.split, self.model,
-                                  Container(widgets=rows, labels=False)])
+        review = Container(widgets=[self.open_button, self.skip_exported, photo_list, button_row,
+                                    self.status, self.runner, self.help_line,
+                                    Label(value="Classes"), self.legend], labels=False)
+        photo_list.margins = button_row.margins = review.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[self.photos, self.dataset, self.split, self.model, review])
         self._process = model_process_for(self)
         self._ahead_timer = QTimer(self.native, singleShot=True, interval=0)
         self._ahead_timer.timeout.connect(self._prelabel_ahead)
