@@ -12,6 +12,7 @@ import pytest
 from napari.components import ViewerModel
 from napari.layers import Image, Labels, Points, Shapes
 from napari.settings import get_settings
+from napari.utils.action_manager import action_manager
 from napari.utils.key_bindings import coerce_keybinding
 from PIL import Image as PILImage
 from qtpy.QtCore import QPoint, Qt
@@ -195,10 +196,11 @@ def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_view
     taken = set(ViewerModel.class_keymap) | set(viewer.keymap)
     for layer_type in (Labels, Shapes, Image, Points):
         taken |= set(layer_type.class_keymap)
-    for keys in get_settings().shortcuts.shortcuts.values():  # napari's action manager's keys
-        taken |= {coerce_keybinding(key) for key in keys}
+    for keys in [*get_settings().shortcuts.shortcuts.values(), *action_manager._shortcuts.values()]:
+        taken |= {coerce_keybinding(str(key)) for key in keys}  # the action manager's keys
     taken |= {coerce_keybinding(str(binding.keybinding))
               for binding in get_app_model().keybindings}  # menus
+    assert {coerce_keybinding(key) for key in ("1", "Shift-L", "Shift-V", "Ctrl-O")} <= taken
     _, widget = open_refine(viewer)
     for operation in OPERATIONS:
         modifier, letter = operation.key.split("-")
