@@ -68,10 +68,11 @@ class PrelabelWidget(Container):
         self.runner = JobRunner(self._prepare, run_tooltip=f"Pre-label the image ({RUN_KEY})",
                                 cancel_tooltip="Stop at once; finished frames are kept")
         self.legend = ClassLegend(self.parts_layer)
+        self.legend.label = "Classes"
         keys = {RUN_KEY: "run", f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class"}
         super().__init__(widgets=[self.image, self.model, self.frames, self.discard_edits,
-                                  self.runner, Label(value=shortcut_help(keys)),
-                                  Label(value="Classes"), self.legend])
+                                  self.runner, Label(value=shortcut_help(keys), label="Keys"),
+                                  self.legend])
         self.image.changed.connect(self._offer_frames)
         self._offer_frames()
         self._process = model_process_for(self)
