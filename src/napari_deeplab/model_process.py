@@ -37,6 +37,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -448,9 +449,12 @@ def log_folder() -> Path:
     import platformdirs
 
     folder = Path(platformdirs.user_log_dir("napari-deeplab"))
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.name == "posix":
-        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask, and skipped if it existed
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.name == "posix":
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask, skipped if it existed
+    except OSError:  # e.g. a read-only home: a new private folder, at an unpredictable name
+        return Path(tempfile.mkdtemp(prefix="napari-deeplab-log-"))
     _remove_old_logs(folder)
     return folder
 

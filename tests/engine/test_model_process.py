@@ -235,6 +235,19 @@ def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
     assert process.pid not in (None, killed_pid)
 
 
+def test_a_killed_training_process_names_the_log(process, dataset, models, tmp_path):
+    reports = process.finetune(root=str(dataset), source=models[0], out=str(tmp_path / "k.keras"),
+                               epochs=1, **TRAINING)
+    assert isinstance(next(reports), Waiting)  # the training process has started
+    (trainer,) = process._trainers
+    os.kill(trainer.process.pid, signal.SIGKILL)
+    with pytest.raises(ModelProcessError, match="the training process stopped: it was killed") \
+            as error:
+        list(reports)
+    assert str(process.log_path) in str(error.value)
+    assert not process._trainers
+
+
 def test_a_source_that_cannot_exist_is_refused_at_once(tmp_path, photos):
     process = ModelProcess()
     missing = tmp_path / "missing.keras"

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import atexit
+import threading
 
 from ..model_process import ModelProcess
 
 _PROCESS: ModelProcess | None = None
+_PROCESS_LOCK = threading.Lock()
 
 
 def shared_model_process() -> ModelProcess:
-    """The session's :class:`ModelProcess`; its child starts on the first job."""
-    global _PROCESS
-    if _PROCESS is None:
-        _PROCESS = ModelProcess()
-        atexit.register(_PROCESS.close)
-        from qtpy.QtWidgets import QApplication
+    """The session's :class:`ModelProcess`; its child starts on the first job.
 
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(_PROCESS.close)
-    return _PROCESS
+    Every widget may run jobs on it at the same time, from any thread: each gets its own
+    results, and fine-tuning runs in a process of its own.
+    """
+    global _PROCESS
+    with _PROCESS_LOCK:
+        if _PROCESS is None:
+            _PROCESS = ModelProcess()
+            atexit.register(_PROCESS.close)
+            from qtpy.QtWidgets import QApplication
+
+            app = QApplication.instance()
+            if app is not None:
+                app.aboutToQuit.connect(_PROCESS.close)
+        return _PROCESS
