@@ -117,7 +117,10 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert [layer.name for layer in viewer.layers] == [IDS[2], f"{IDS[2]} parts"]
     assert [layer.unique_id for layer in viewer.layers] == layer_ids
     parts = viewer.layers[f"{IDS[2]} parts"]
-    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)
+    parts.paint((30, 30), 7)
+    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)  # undoes the stroke
+    np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[2]))
+    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)  # nothing left to undo
     np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[2]))
 
     # back (Alt+Left): the corrected draft keeps its protection and its state
