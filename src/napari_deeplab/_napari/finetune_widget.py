@@ -8,6 +8,7 @@ queue …); re-running it there keeps the annotator's edits.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class CurvePlot(QWidget):
 
     def __init__(self):
         super().__init__()
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(200)
         self.loss: list[tuple[int, float]] = []
         self.miou: list[tuple[int, float]] = []
 
@@ -51,7 +52,10 @@ class CurvePlot(QWidget):
                                             -2.2 * line)
 
     def _top_loss(self) -> float:
-        return max([v for _, v in self.loss] + [1e-6]) * 1.1
+        """The loss axis' top: a round number above the highest loss, so ticks are round."""
+        highest = max([v for _, v in self.loss] + [1e-6]) * 1.05
+        magnitude = 10 ** math.floor(math.log10(highest))
+        return next(m * magnitude for m in (1, 2, 4, 6, 8, 10) if m * magnitude >= highest)
 
     def _epochs(self) -> range:
         last = max([e for e, _ in self.miou] + [1])
