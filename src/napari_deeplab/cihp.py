@@ -238,7 +238,7 @@ DEFAULT_MAX_PIXELS = 178_956_970
 """Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485), about
 13,377 x 13,377 pixels."""
 
-_PILLOW_LIMIT = threading.Lock()
+_PILLOW_LIMIT = threading.RLock()  # open_image runs inside pillow_limit_lifted
 
 
 def max_pixels() -> int:

@@ -1,16 +1,24 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
-from napari_deeplab.cihp import CLASS_NAMES, read_id_list
+from napari_deeplab.cihp import CLASS_NAMES, DatasetError, read_id_list
 from napari_deeplab.cli import main
 from napari_deeplab.inference import forget_inference_model
 from napari_deeplab.model import build_model, load_model, model_info
-from napari_deeplab.training import (augment, evaluate, finetune, flip_left_right, locate_dataset,
-                                     resize_labels, training_and_validation)
+from napari_deeplab.training import (augment, confusion, evaluate, finetune, flip_left_right,
+                                     locate_dataset, resize_labels, training_and_validation)
 from tests.conftest import SAMPLE_IDS
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flip_matches_the_official_flipped_masks(cihp_samples):
@@ -72,3 +80,92 @@ def test_evaluate_command_prints_json(cihp_samples, tmp_path, capsys):
     assert set(result) == {"miou", "pixel_accuracy", "per_class"}
     assert set(result["per_class"]) == set(CLASS_NAMES)
     assert 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
+
+
+def _dataset_with_bad_samples(tmp_path, cihp_samples):
+    """A Training split: 0002190 fine, 0005008's mask of another size, 0026375 with class 37
+    (and 255, which is allowed), 'nomask' without a mask, 'nophoto' without a photo."""
+    split = tmp_path / "bad" / "Training"
+    shutil.copytree(cihp_samples / "Images", split / "Images")
+    shutil.copytree(cihp_samples / "Category_ids", split / "Category_ids")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(split / "Category_ids" / "0005008.png")
+    mask = np.array(Image.open(split / "Category_ids" / "0026375.png"))
+    mask[:5], mask[5:10] = 37, 255
+    Image.fromarray(mask).save(split / "Category_ids" / "0026375.png")
+    shutil.copy(split / "Images" / "0002190.jpg", split / "Images" / "nomask.jpg")
+    shutil.copy(split / "Category_ids" / "0002190.png", split / "Category_ids" / "nophoto.png")
+    (split / "train_id.txt").write_text("0002190\n0005008\n0026375\nnomask\nnophoto\n")
+    return split.parent
+
+
+def test_bad_samples_are_each_named_on_one_line_before_any_work(cihp_samples, tmp_path, capsys):
+    root = _dataset_with_bad_samples(tmp_path, cihp_samples)
+    never_loaded = str(tmp_path / "no-such-model.keras")  # the checks come before the model
+    for args in (["evaluate", str(root), "--split", "Training", "--model", never_loaded],
+                 ["finetune", str(root), "--model", never_loaded, "--out", str(tmp_path / "t.keras")]):
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "".join(lines) and len(lines) == 5
+        problems = dict(line.split(" (", 1)[0].rsplit(" ", 1)[::-1] for line in lines[:4])
+        assert set(problems) == {"0005008", "0026375", "nomask", "nophoto"}
+        assert "differs from photo" in lines[0] and "class 37 out of range 0..19" in lines[1]
+        assert "255 = ignore" in lines[1] and "no mask" in lines[2] and "no photo" in lines[3]
+        assert lines[4].startswith("napari-deeplab: error: 4 bad samples")
+    assert not (tmp_path / "t.keras").exists()
+
+
+def test_255_is_left_out_of_the_score(cihp_samples, tmp_path):
+    matrix = confusion(np.array([[1, 255], [2, 2]]), np.array([[1, 7], [2, 3]]), 20)
+    assert matrix.sum() == 3 and matrix[1, 1] == matrix[2, 2] == matrix[2, 3] == 1
+
+
+def test_an_existing_out_is_refused_or_kept_until_a_better_model(cihp_samples, tmp_path, capsys):
+    out = tmp_path / "tuned.keras"
+    out.write_bytes(b"the previous good model")
+    assert main(["finetune", str(cihp_samples), "--model", "unused", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--overwrite" in err[0]
+    train, val = training_and_validation(cihp_samples, "Training", None)
+    model = build_model()
+    with pytest.raises(DatasetError, match="exists"):
+        next(finetune(model, train, val, out, epochs=1, image_size=64))
+    reports = finetune(model, train, val, out, epochs=1, image_size=64, overwrite=True)
+    start = next(reports)  # the start model is scored, never written over the existing file
+    reports.close()
+    assert not start.saved and out.read_bytes() == b"the previous good model"
+
+
+KILLED_WHILE_SAVING = """
+import sys
+from napari_deeplab.model import build_model
+from napari_deeplab.training import finetune, training_and_validation
+train, val = training_and_validation(sys.argv[1], "Training", None)
+for report in finetune(build_model(), train, val, sys.argv[2], epochs=3, batch_size=2,
+                       image_size=64, learning_rate=1e-3):
+    print(report.epoch, report.saved, report.loss, flush=True)
+"""
+
+
+def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(cihp_samples, tmp_path):
+    from napari_deeplab import cihp
+
+    split = tmp_path / "d" / "Training"  # masks with a third of their rows unlabelled (255)
+    shutil.copytree(cihp_samples / "Images", split / "Images")
+    shutil.copytree(cihp_samples / "Category_ids", split / "Category_ids")
+    for path in (split / "Category_ids").iterdir():
+        mask = np.array(Image.open(path))
+        mask[: mask.shape[0] // 3] = 255
+        Image.fromarray(mask).save(path)
+    out = tmp_path / "tuned.keras"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           cihp.CRASH_ENV: "2"}  # the second save: after its file is written, before the rename
+    run = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(split.parent), str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == cihp.CRASH_EXIT_CODE, run.stdout + run.stderr[-2000:]
+    assert f"staged {out.name}" in run.stderr
+    epochs = [line.split() for line in run.stdout.splitlines()]
+    assert epochs[0][:2] == ["0", "True"] and all(np.isfinite(float(e[2])) for e in epochs[1:])
+    assert model_info(load_model(out)).input_size == 64  # the first save, whole
+    staged = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert len(staged) == 1
+    assert cihp.remove_stale_temporaries(tmp_path, out.name) == staged  # its writer is dead
