@@ -185,11 +185,16 @@ def test_a_missing_model_is_refused_at_once(sample_viewer, dock_plugin, child_pr
 
 
 def test_a_failed_run_ends_as_a_failure_and_the_next_run_recovers(
-        make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo):
-    """Issue 9, item 6: the model process killed mid-stack (as the OOM killer would)."""
+        make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo, monkeypatch):
+    """Issue 9, items 6 and 10: the model process killed mid-stack (as the OOM killer would);
+    the model is remembered once per job that succeeded, not once per frame."""
+    from napari_deeplab._napari import prelabel_widget
+
+    remembered = []
+    monkeypatch.setattr(prelabel_widget, "remember_model", remembered.append)
     viewer = make_napari_viewer()
     photo = cihp_photo[::2, ::2]
-    viewer.add_image(photo, name="photo")
+    viewer.add_image(np.stack([photo] * 3), name="three", rgb=True)
     viewer.add_image(np.stack([photo] * 30), name="many", rgb=True)
     _, widget = dock_plugin(viewer, "Human parts")
     widget.model.source = model_file
@@ -201,10 +206,12 @@ def test_a_failed_run_ends_as_a_failure_and_the_next_run_recovers(
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
     assert widget.runner.status.value.startswith("Failed: "), widget.runner.status.value
     assert "Done" not in widget.runner.status.value
+    assert remembered == []
 
-    widget.image.value = viewer.layers["photo"]
+    widget.image.value = viewer.layers["three"]
     assert run_job(widget.runner).startswith("Done")
-    assert viewer.layers["photo parts"].data.any()
+    assert all(frame.any() for frame in viewer.layers["three parts"].data)
+    assert remembered == [model_file]
 
 
 def test_shortcuts_legend_and_tooltips(sample_viewer, dock_plugin, press_key, qtbot, model_file):
