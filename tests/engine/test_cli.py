@@ -14,7 +14,8 @@ from tests.conftest import SAMPLE_IDS
 
 @pytest.fixture
 def photos(tmp_path, cihp_samples):
-    """The real CIHP photos plus a corrupt file, a grayscale PNG, a 16-bit TIFF, RGBA and a 1x1."""
+    """The real CIHP photos plus a corrupt file, a grayscale PNG, a 16-bit TIFF, RGBA, a 1x1 and
+    a decompression bomb."""
     folder = tmp_path / "photos"
     shutil.copytree(cihp_samples / "Images", folder)
     (folder / "corrupt.jpg").write_bytes((folder / "0002190.jpg").read_bytes()[:200])
@@ -25,6 +26,9 @@ def photos(tmp_path, cihp_samples):
 
     tifffile.imwrite(folder / "deep.tif", rgb[..., 0].astype(np.uint16) * 257)
     Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(folder / "tiny.png")
+    from tests.engine.test_photos import _png_header_only
+
+    _png_header_only(folder / "bomb.png", 40_000, 40_000)  # 1.6 gigapixels in a few bytes
     return folder
 
 
@@ -35,6 +39,9 @@ def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_check
     assert code == 1  # the corrupt file
     err = capsys.readouterr().err
     assert "corrupt.jpg: failed: cannot read this file as an image" in err
+    bomb = [line for line in err.splitlines() if "bomb.png: failed" in line]
+    assert len(bomb) == 1 and "40000 x 40000 pixels is over the limit of 178,956,970" in bomb[0]
+    assert "NAPARI_DEEPLAB_MAX_PIXELS" in bomb[0]
     assert "Traceback" not in err
     written = sorted(SAMPLE_IDS + ("deep", "gray", "rgba", "tiny"))
     assert read_id_list(out, "Training") == written
