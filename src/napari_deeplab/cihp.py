@@ -605,7 +605,9 @@ def _split_of(id_list_name: str) -> str:
 def _commit_record(split_dir: Path, id_list_name: str, sample_id: str,
                    staged: dict[Path, Path], shape) -> dict:
     written = set(staged)
-    removals = [p for p in _photos_of(split_dir / "Images", sample_id) if p not in written]
+    new_photo = any(dest.parent.name == "Images" for dest in written)
+    removals = [p for p in _photos_of(split_dir / "Images", sample_id)
+                if new_photo and p not in written]  # a photo of another suffix
     for folder in ("Human_ids", "Humans"):
         old = split_dir / folder / f"{sample_id}.png"
         if old not in written and old.exists() and _size_differs(old, shape):

@@ -228,6 +228,8 @@ def test_overwrite_with_another_suffix_keeps_one_photo(tmp_path):
     sample = cihp.read_sample(tmp_path / "d", "x")
     assert sample.image_path.read_bytes() == new.read_bytes() and sample.category_ids.max() == 2
     assert cihp.find_image(tmp_path / "d", "x.y").name == "x.y.jpg"
+    cihp.write_sample(tmp_path / "d", "x", np.ones(SHAPE, np.uint8), overwrite=True)  # mask only
+    assert cihp.read_sample(tmp_path / "d", "x").image_path.read_bytes() == new.read_bytes()
 
 
 def test_people_maps_of_another_size_do_not_survive_an_overwrite(tmp_path):
