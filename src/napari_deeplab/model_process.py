@@ -29,6 +29,8 @@ it between any two yields by closing it; the caller is free at once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -121,7 +123,7 @@ class ModelProcess:
         return child is not None and child.is_alive()
 
     def start(self) -> None:
-        """Start the persistent child now rather than on the first job (it takes a second or two)."""
+        """Start the persistent child now, not on the first job (it takes a second or two)."""
         self._persistent_child()
 
     def segment(self, images: Sequence[np.ndarray], source: str | None,
@@ -168,7 +170,8 @@ class ModelProcess:
         child = self._persistent_child()
         job = self._new_job_id()
         request = ("segment", job, source, images, batch_size)
-        for item in _job_answers(child, request, len(images), cancel=lambda: child.send("cancel", job)):
+        cancel = functools.partial(child.send, "cancel", job)
+        for item in _job_answers(child, request, len(images), cancel):
             yield item if isinstance(item, Waiting) else FrameResult(*item)
 
     def _finetune_reports(self, options: dict):
@@ -301,7 +304,7 @@ class _Child:
         return not self._gone and self.process.poll() is None
 
     def open_job(self, job: int) -> queue.Queue:
-        """The queue that will receive job ``job``'s messages (at once ``_GONE`` if the child is)."""
+        """The queue that receives job ``job``'s messages (``_GONE`` at once if the child is)."""
         answers: queue.Queue = queue.Queue()
         with self._jobs_lock:
             if self._gone:
@@ -326,20 +329,16 @@ class _Child:
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the child to exit, kill it if it has not within ``timeout``, and reap it."""
         if self.process.poll() is None and self.send("shutdown", -1):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def kill(self) -> None:
         """End the child at once (if it still runs) and reap it; its jobs end with an error."""
         if self.process.poll() is None:
             self.process.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # unkillable: leave it
             self.process.wait(5)
-        except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel): leave it
-            pass
         self._reader.join(5)
 
     def stopped_message(self) -> str:

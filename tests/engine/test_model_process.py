@@ -60,7 +60,8 @@ def photos(cihp_samples) -> list[np.ndarray]:
     crops = []
     for path in sorted((cihp_samples / "Images").glob("*.jpg")):
         image = np.asarray(Image.open(path))
-        crops += [image[top:top + 64, left:left + 96] for top, left in ((0, 0), (64, 96), (120, 40))]
+        corners = ((0, 0), (64, 96), (120, 40))
+        crops += [image[top:top + 64, left:left + 96] for top, left in corners]
     return crops
 
 
@@ -72,7 +73,8 @@ def dataset(tmp_path_factory, cihp_samples) -> Path:
     root = tmp_path_factory.mktemp("dataset")
     for path in sorted((cihp_samples / "Images").glob("*.jpg")):
         image = np.asarray(Image.open(path))[:128, :128]
-        labels = np.asarray(Image.open(cihp_samples / "Category_ids" / f"{path.stem}.png"))[:128, :128]
+        mask = cihp_samples / "Category_ids" / f"{path.stem}.png"
+        labels = np.asarray(Image.open(mask))[:128, :128]
         write_sample(root, path.stem, labels, image=image)
     return root
 
@@ -89,11 +91,17 @@ def _frames(results) -> list[tuple[int, np.ndarray, np.ndarray]]:
     return [(r.index, r.labels, r.confidence) for r in results if isinstance(r, FrameResult)]
 
 
+def _frames_after(start: threading.Barrier, process: ModelProcess, job: tuple) -> list:
+    start.wait()  # all threads send their jobs at the same moment
+    return _frames(process.segment(*job))
+
+
 def _assert_same_frames(actual, expected):
     assert [index for index, *_ in actual] == [index for index, *_ in expected]
-    for (_, labels, confidence), (_, want_labels, want_confidence) in zip(actual, expected):
-        np.testing.assert_array_equal(labels, want_labels)
-        np.testing.assert_array_equal(confidence, want_confidence)
+    for (_, labels, confidence), (_, labels_wanted, confidence_wanted) in zip(
+            actual, expected, strict=True):
+        np.testing.assert_array_equal(labels, labels_wanted)
+        np.testing.assert_array_equal(confidence, confidence_wanted)
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +121,9 @@ def test_concurrent_segment_jobs_get_exactly_their_own_results(process, jobs, se
     with ThreadPoolExecutor(len(jobs)) as pool:
         for _ in range(ROUNDS):
             start = threading.Barrier(len(jobs))
-
-            def run(job):
-                start.wait()
-                return _frames(process.segment(*job))
-
-            results = list(pool.map(run, jobs))
-            for actual, expected in zip(results, serial_results):
+            results = list(pool.map(lambda job, start=start: _frames_after(start, process, job),
+                                    jobs))
+            for actual, expected in zip(results, serial_results, strict=True):
                 _assert_same_frames(actual, expected)
             identical_rounds += 1
     assert identical_rounds == ROUNDS
@@ -207,7 +211,7 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
         training = pool.submit(second_run)
         segment_rounds = 0
         while not training.done() or segment_rounds == 0:
-            for job, expected in zip(jobs, serial_results):
+            for job, expected in zip(jobs, serial_results, strict=True):
                 _assert_same_frames(_frames(process.segment(*job)), expected)
             segment_rounds += 1
             time.sleep(0.5)  # leave the training some of this machine's two cores
