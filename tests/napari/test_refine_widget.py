@@ -16,6 +16,7 @@ from napari.utils.action_manager import action_manager
 from napari.utils.key_bindings import coerce_keybinding
 from PIL import Image as PILImage
 from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import QListWidget
 from skimage.segmentation import flood
 
 from napari_deeplab import refine
@@ -328,7 +329,7 @@ def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
     _, widget = open_refine(viewer)
     qtbot.waitUntil(lambda: widget.native.isVisible())
     qtbot.wait(200)
-    legend = human_parts.legend.list
+    legend = human_parts.native.findChild(QListWidget)  # the class legend
     assert legend.viewport().height() >= 10 * legend.sizeHintForRow(0)
     assert window.height() <= 900
     assert widget.native.height() >= widget.native.minimumSizeHint().height()  # not clipped
