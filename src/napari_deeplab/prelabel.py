@@ -46,8 +46,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
         entry = os.fspath(entry)
         path = Path(entry).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()  # hidden: e.g. a writer's temporaries
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith("."))
             if not found:
                 problems.append(f"{entry}: no photos in this folder ({', '.join(IMAGE_SUFFIXES)})")
             paths += found

@@ -306,3 +306,33 @@ def test_a_failing_write_under_the_lock_leaves_the_old_sample(tmp_path):
     with pytest.raises(cihp.SampleExistsError):
         cihp.write_sample(tmp_path, "x", np.zeros((3, 3), np.uint8))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# A writer whose files may not grow past 4 KiB: the sample's small files fit, the long id list
+# does not (as on a full disk, the rewrite of the id list fails half-way).
+FULL_DISK = """
+import resource, signal, sys
+import numpy as np
+from napari_deeplab import cihp
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    cihp.write_sample(sys.argv[1], "late", np.ones((4, 4), np.uint8), image=np.zeros((4, 4, 3), np.uint8))
+except OSError as error:
+    print(error.errno)
+"""
+
+
+def test_a_full_disk_while_listing_is_completed_by_the_next_run(tmp_path):
+    import errno
+
+    root = tmp_path / "d"
+    cihp.write_sample(root, "first", np.ones((4, 4), np.uint8), image=np.zeros((4, 4, 3), np.uint8))
+    cihp.add_to_id_list(root, "Training", [f"listed-{i:05d}" for i in range(600)])  # > 4 KiB
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, str(root)], env=_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == [str(errno.EFBIG)], run.stderr
+    assert (root / "Training" / cihp.JOURNAL_NAME).exists()  # the commit is recorded, not lost
+    assert "late" in cihp.list_samples(root, "Training")  # completed by the next reader
+    assert cihp.read_sample(root, "late").category_ids.max() == 1
+    assert not (root / "Training" / cihp.JOURNAL_NAME).exists() and not _temporaries(root)
