@@ -132,14 +132,23 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
     # an overwrite that changes the photo's suffix (.jpg -> .png): the old photo must go too
     overwrite_steps = _crash_at_every_step(tmp_path, with_old, new_photo, 2, versions)
 
+    # a crash while completing another writer's crashed commit (the roll-forward is idempotent)
+    interrupted = tmp_path / "base-interrupted"
+    shutil.copytree(with_old, interrupted)
+    subprocess.run([sys.executable, "-c", WRITER, str(interrupted), "s", "2", str(new_photo)],
+                   env=_env(**{cihp.CRASH_ENV: "journal written"}), capture_output=True, timeout=60)
+    assert (interrupted / "Training" / cihp.JOURNAL_NAME).exists()
+    recovery_steps = _crash_at_every_step(tmp_path, interrupted, new_photo, 2, versions)
+
     expected = {"staged Images", "staged Category_ids", "staged Categories", "staged Human_ids",
                 "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
                 "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
     assert expected <= set(new_sample_steps) and {"id list staged", "id list written"} <= set(new_sample_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
+    assert recovery_steps.count("renamed Images/s.png") == 2  # the recovery's and its own
     print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
-          f"(overwrite with another suffix) = {len(new_sample_steps) + len(overwrite_steps)}, "
-          "all consistent and completed by a re-run")
+          f"(overwrite with another suffix) + {len(recovery_steps)} (a writer that first completes "
+          "a crashed commit), all consistent and completed by a re-run")
 
 
 def test_two_processes_writing_one_split_lose_no_sample(tmp_path):
