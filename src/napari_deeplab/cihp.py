@@ -780,7 +780,7 @@ def _reading(split_dir: Path):
     not write (read-only media) is read without the lock: nobody can be writing it."""
     with contextlib.ExitStack() as stack:
         if (split_dir / LOCK_NAME).exists():
-            with contextlib.suppress(PermissionError):
+            with contextlib.suppress(OSError):  # read-only: EACCES, EROFS
                 stack.enter_context(_split_locked(split_dir))
         yield
 
