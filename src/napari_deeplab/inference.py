@@ -140,7 +140,7 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
     return labels, top_probability
 
 
-_INFERENCE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def inference_model(model):

@@ -202,7 +202,8 @@ def scores(matrix: np.ndarray, class_names) -> dict:
     iou = np.where(present, intersection / np.maximum(union, 1), np.nan)
     return {"miou": float(np.nanmean(iou)) if present.any() else 0.0,
             "pixel_accuracy": float(intersection.sum() / max(matrix.sum(), 1)),
-            "per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)}}
+            "per_class": {name: (None if np.isnan(v) else float(v))
+                          for name, v in zip(class_names, iou, strict=True)}}
 
 
 def evaluate(model, dataset: Dataset) -> dict:

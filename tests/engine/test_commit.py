@@ -18,15 +18,15 @@ REPO = Path(__file__).resolve().parents[2]
 SHAPE = (6, 8)
 
 # A writer process: write one sample (mask and people filled with VALUE) with its photo copied.
-WRITER = """
+WRITER = f"""
 import sys
 import numpy as np
 from napari_deeplab import cihp
 root, sample_id, value, photo = sys.argv[1:5]
 value = int(value)
-cihp.write_sample(root, sample_id, np.full({shape}, value, np.uint8), image_path=photo,
-                  human_ids=np.full({shape}, value, np.uint8), overwrite=True)
-""".format(shape=SHAPE)
+cihp.write_sample(root, sample_id, np.full({SHAPE}, value, np.uint8), image_path=photo,
+                  human_ids=np.full({SHAPE}, value, np.uint8), overwrite=True)
+"""
 
 # An annotator's correction (class 5 everywhere) of one photo, saved from another process.
 CORRECTION = """
@@ -143,7 +143,7 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
     expected = {"staged Images", "staged Category_ids", "staged Categories", "staged Human_ids",
                 "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
                 "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
-    assert expected <= set(new_sample_steps) and {"id list staged", "id list written"} <= set(new_sample_steps)
+    assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
     assert recovery_steps.count("renamed Images/s.png") == 2  # the recovery's and its own
     print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
@@ -245,7 +245,8 @@ def test_people_maps_of_another_size_do_not_survive_an_overwrite(tmp_path):
     people = np.ones(SHAPE, np.uint8)
     cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8), human_ids=people)
     cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8), overwrite=True)  # same size: kept
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "Training" / "Human_ids" / "x.png")), people)
+    kept = tmp_path / "Training" / "Human_ids" / "x.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(kept)), people)
     cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8), overwrite=True)
     assert not (tmp_path / "Training" / "Human_ids" / "x.png").exists()
     assert not (tmp_path / "Training" / "Humans" / "x.png").exists()

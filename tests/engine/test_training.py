@@ -14,8 +14,16 @@ from napari_deeplab.cihp import CLASS_NAMES, DatasetError, read_id_list
 from napari_deeplab.cli import main
 from napari_deeplab.inference import forget_inference_model
 from napari_deeplab.model import build_model, load_model, model_info
-from napari_deeplab.training import (augment, confusion, evaluate, finetune, flip_left_right,
-                                     locate_dataset, resize_labels, training_and_validation)
+from napari_deeplab.training import (
+    augment,
+    confusion,
+    evaluate,
+    finetune,
+    flip_left_right,
+    locate_dataset,
+    resize_labels,
+    training_and_validation,
+)
 from tests.conftest import SAMPLE_IDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +45,7 @@ def test_masks_are_resized_without_blending_class_ids(cihp_samples):
     assert small.shape == (64, 64) and set(np.unique(small)) <= set(np.unique(labels))
     x, y = augment(np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg")), labels, 96,
                    np.random.default_rng(0))
-    assert x.shape == (96, 96, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+    assert x.shape == (96, 96, 3) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 255
     assert y.shape == (96, 96) and set(np.unique(y)) <= set(np.unique(labels)) | {14, 15, 16, 17, 18, 19}
 
 
