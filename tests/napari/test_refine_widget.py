@@ -296,6 +296,36 @@ def test_operations_run_off_the_gui_thread_one_at_a_time(session, qtbot, monkeyp
     np.testing.assert_array_equal(parts.data, real_smooth(session.speckled, 1))
 
 
+def test_parts_layer_removed_while_an_operation_runs_is_reported(session, qtbot, monkeypatch):
+    widget = session.widget
+    started, release = threading.Event(), threading.Event()
+    real_smooth = refine.smooth
+
+    def slow_smooth(labels, radius, mask=None):
+        started.set()
+        release.wait(60)
+        return real_smooth(labels, radius, mask)
+
+    monkeypatch.setattr(refine, "smooth", slow_smooth)
+    widget.buttons["smooth"].native.click()
+    qtbot.waitUntil(started.is_set)
+    session.viewer.layers.remove("photo parts")
+    release.set()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=10_000)
+    assert widget.runner.status.value == ("Failed: 'photo parts' was removed while Smooth ran: "
+                                          "nothing changed")
+
+
+def test_a_confidence_layer_of_another_shape_is_refused_in_one_line(session, qtbot):
+    """E.g. a confidence layer left from a photo of another size: no traceback."""
+    session.viewer.add_image(np.ones((10, 10), np.float32), name="photo confidence")
+    session.widget.buttons["next_low_confidence"].native.click()
+    assert session.widget.runner.status.value == (
+        f"'photo confidence' has shape (10, 10), not that of 'photo parts' "
+        f"{session.truth.shape}: run Human parts on the photo again, or remove it")
+    assert "photo parts review" not in session.viewer.layers
+
+
 def test_removed_widget_leaves_no_keys_no_click_callbacks_and_is_collected(session, qtbot):
     viewer, parts = session.viewer, session.parts
     watches = lambda layer: [c for c in layer.mouse_drag_callbacks  # noqa: E731

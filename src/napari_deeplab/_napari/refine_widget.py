@@ -125,6 +125,7 @@ class RefineWidget(Container):
             button.changed.connect(lambda _=None, name=button.operation.name: self.apply(name))
         bind_keys(napari_viewer, self, {b.operation.key: b.press for b in self.buttons.values()})
         on_removed(self, self._stop_watching_clicks)
+        on_removed(self, self.runner.cancel)
 
     def _grid(self) -> QGridLayout:
         """Each button beside its parameter, in a grid (which magicgui has not)."""
@@ -232,6 +233,9 @@ class RefineWidget(Container):
             yield getattr(refine, operation.name)(before, *arguments, mask)
 
         def land(after: np.ndarray) -> None:  # one data_setitem, leaving new paint alone
+            if parts not in self.viewer.layers:
+                raise ValueError(f"'{parts.name}' was removed while {operation.text} ran: "
+                                 "nothing changed")
             changed = np.nonzero((after != before) & (np.asarray(parts.data[frame]) == before))
             positions = tuple(np.full(changed[0].shape, i, np.intp) for i in frame) + changed
             if changed[0].size:
@@ -268,6 +272,10 @@ class RefineWidget(Container):
         name = parts.name.removesuffix(PARTS_SUFFIX) + CONFIDENCE_SUFFIX
         if (confidence_layer := self._layer(name)) is None:
             raise JobRefused(f"No '{name}' layer: run Human parts on the photo first")
+        if confidence_layer.data.shape != parts.data.shape:
+            raise JobRefused(f"'{name}' has shape {confidence_layer.data.shape}, not that of "
+                             f"'{parts.name}' {parts.data.shape}: run Human parts on the photo "
+                             "again, or remove it")
         frame, threshold = self.current_frame(parts), round(self.threshold.value, 4)
         confidence = np.ascontiguousarray(confidence_layer.data[frame])
         computed_for = (parts.unique_id, confidence_layer.unique_id, frame, threshold,
