@@ -91,6 +91,27 @@ def test_cancel_stops_training_at_once_and_the_next_run_plots_alone(
     assert [epoch for epoch, _ in widget.plot.loss] == [1]
 
 
+def test_closing_the_viewer_while_training_stops_it_without_a_word(
+        make_napari_viewer, dock_plugin, qtbot, cihp_samples, model_file, tmp_path, monkeypatch,
+        child_processes):
+    """No traceback from a job ending after its widget is gone, no "Failed" notification, and
+    the training process stops."""
+    from napari_deeplab._napari import job_runner
+
+    errors = []
+    monkeypatch.setattr(job_runner, "show_error", errors.append)
+    children = child_processes()
+    viewer = make_napari_viewer()
+    _, widget = dock_plugin(viewer, "Fine-tune")
+    _fill(widget, cihp_samples, model_file, tmp_path / "x.keras", epochs=50)
+    widget.runner.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(child_processes() - children), timeout=30_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not child_processes() - children, timeout=10_000)
+    qtbot.wait(1000)  # the worker's end arrives after the widget is gone
+    assert errors == []
+
+
 def test_a_folder_without_samples_fails(make_napari_viewer, dock_plugin, run_job, model_file,
                                         tmp_path):
     viewer = make_napari_viewer()
@@ -105,7 +126,8 @@ def test_wrong_fields_are_refused_at_once(make_napari_viewer, dock_plugin, child
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
     children = child_processes()
-    for field, value, message in (("dataset", tmp_path / "nowhere", "dataset folder"),
+    for field, value, message in (("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose the "
+                                                          "dataset folder"),
                                   ("model", str(tmp_path / "no.keras"), "no such file"),
                                   ("out", str(tmp_path / "model.h5"), "must end in .keras")):
         _fill(widget, cihp_samples, model_file, tmp_path / "x.keras", epochs=1)

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QWidget
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .recent_datasets import DatasetChooser, remember_dataset
+from .shortcuts import on_removed
 
 LOSS_COLOUR, IOU_COLOUR = QColor(255, 140, 0), QColor(51, 170, 221)
 
@@ -154,6 +155,7 @@ class FinetuneWidget(Container):
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self._process = model_process_for(self)
+        on_removed(self, self.runner.cancel)  # a closed viewer hears nothing more of the job
 
     def output_path(self) -> str:
         """The file to write: as typed, else a new one in the dataset's ``models`` folder."""
@@ -165,8 +167,10 @@ class FinetuneWidget(Container):
 
     def _prepare(self) -> Job:
         root = Path(self.dataset.folder).expanduser()
-        if not self.dataset.folder or not root.is_dir():
+        if not self.dataset.folder:
             raise JobRefused("Choose the dataset folder to train on")
+        if not root.is_dir():
+            raise JobRefused(f"{root}: no such folder; choose the dataset folder to train on")
         if self.image_size.value % 16:
             raise JobRefused("The image size must be a multiple of 16")
         out = self.output_path()
