@@ -8,6 +8,7 @@ import weakref
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import NotificationSeverity, notification_manager
+from PIL import Image as PILImage
 from qtpy.QtCore import Qt
 
 from napari_deeplab import cihp
@@ -244,3 +245,54 @@ def test_a_damaged_queue_state_is_shown_as_a_warning(make_napari_viewer, cihp_sa
     # the draft found is shown, protected as the annotator's, and nothing is pre-labelled
     assert widget.queue.state(IDS[1]) == "corrected" and not widget.prelabelling
     assert edit_tracker(viewer.layers[f"{IDS[1]} parts"]).mask.all()
+
+
+def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_removed(
+        make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    from napari_deeplab._napari.review_widget import OPEN_FIRST
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / "small.jpg")
+    viewer = make_napari_viewer(show=True)
+    _, widget = _dock(viewer)
+    for press in (lambda: _press(qtbot, viewer, Qt.Key.Key_A, ALT),
+                  lambda: _press(qtbot, viewer, Qt.Key.Key_Right, ALT),
+                  widget.accept_button.native.click, widget.people_button.native.click):
+        widget.status.value = ""
+        press()
+        assert widget.status.value == OPEN_FIRST
+    assert len(viewer.layers) == 0
+
+    _open(widget, photos, tmp_path / "dataset", model_file)
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    viewer.layers.remove("small parts")
+    widget.accept_button.native.click()
+    assert widget.status.value == ("The parts layer of small was removed: double-click the photo "
+                                   "in the list to show it again")
+    _click_row(qtbot, widget.photo_list, 0, double=True)
+    assert isinstance(viewer.layers["small parts"], Labels)
+    assert viewer.layers["small parts"].data.any()  # its pre-label, back
+    widget.accept_button.native.click()
+    assert widget.queue.state("small") == "exported"
+
+
+def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer, qtbot,
+                                                              cihp_samples, model_file, tmp_path):
+    """A double press of Alt+A must not export the next photo, which nobody has looked at."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / f"{name}.jpg")
+    viewer = make_napari_viewer(show=True)
+    _, widget = _dock(viewer)
+    _open(widget, photos, tmp_path / "dataset", model_file)
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    assert widget.shown_id == "b"
+    assert [widget.queue.state(i) for i in "ab"] == ["exported", "pre-labelled"]
+    assert widget.status.value == "Accept pressed twice: b was not exported; look at it, then Accept"
+    qtbot.wait(600)
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    assert widget.queue.state("b") == "exported"

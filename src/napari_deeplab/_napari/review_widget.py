@@ -10,6 +10,8 @@ and adding layers froze the viewer for a second on each Next.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Labels
@@ -34,6 +36,8 @@ from .shortcuts import bind_keys, on_removed, shortcut_help
 # Layers, Plugins, Window, Help) nor an app shortcut (Alt+C, Alt+S, Alt+T)
 NEXT_KEY, PREVIOUS_KEY, ACCEPT_KEY = "Alt-Right", "Alt-Left", "Alt-A"
 AHEAD = 2  # photos pre-labelled ahead: the one shown and the next
+ACCEPT_AGAIN_S = 0.5  # an Accept this soon after the last one is a double press, not a review
+OPEN_FIRST = "Open a queue first: give the photos and the dataset folder, then Open queue"
 
 
 class ReviewWidget(Container):
@@ -48,6 +52,7 @@ class ReviewWidget(Container):
         self._model_loaded: str | None = None
         self._warned = 0  # the queue's warnings shown so far
         self._draft_shown: np.ndarray | None = None  # the parts as last shown or saved
+        self._accepted_at = -ACCEPT_AGAIN_S  # time.monotonic() of the last Accept
 
         self.photos = FileEdit(mode="d", nullable=True, label="Photos",
                                tooltip="The folder of photos to review, or a CIHP split")
@@ -139,22 +144,28 @@ class ReviewWidget(Container):
 
     def accept(self) -> None:
         """Export the photo in hand with its parts (and people) layer, then show the next."""
-        parts, people = self.parts_layer(), self._layer("people")
-        if parts is None or not (self._edited() or self.queue.draft_path(self.shown_id).exists()):
+        parts, people = self._parts_or_refuse(), self._layer("people")
+        if parts is None:
+            return
+        if not (self._edited() or self.queue.draft_path(self.shown_id).exists()):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
+        if time.monotonic() - self._accepted_at < ACCEPT_AGAIN_S:
+            return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; look "
+                                "at it, then Accept")
         try:
             self.queue.accept(self.shown_id, parts.data,
                               None if people is None else np.asarray(people.data))
         except (OSError, ValueError) as error:
             return self._refuse(f"{self.shown_id}: {error}")
         self._update_row(self.shown_id)
+        self._accepted_at = time.monotonic()
         self._move(1)
 
     def propose_people(self) -> None:
         """Add (or replace) the people layer of the photo in hand, proposed from its parts."""
-        parts, people = self.parts_layer(), self._layer("people")
+        parts, people = self._parts_or_refuse(), self._layer("people")
         if parts is None:
-            return self._refuse("No parts yet: wait for the pre-label, or paint them")
+            return
         proposal = people_from_parts(parts.data)
         if people is None:
             people = self.viewer.add_labels(proposal, name=self.shown_id + PEOPLE_SUFFIX,
@@ -168,9 +179,24 @@ class ReviewWidget(Container):
         """The parts layer of the photo shown, if there is one."""
         return self._layer("parts")
 
+    def _parts_or_refuse(self) -> Labels | None:
+        """The parts layer of the photo in hand, or None after saying what to do."""
+        if self.queue is None:
+            self._refuse(OPEN_FIRST)
+        elif (parts := self.parts_layer()) is not None:
+            return parts
+        elif self.shown_id in self._unreadable:
+            self._refuse(f"{self.shown_id} cannot be read: nothing to export; go to another photo")
+        elif "parts" in self._layer_ids:  # the annotator removed it
+            self._refuse(f"The parts layer of {self.shown_id} was removed: double-click the "
+                         "photo in the list to show it again")
+        else:
+            self._refuse("No parts yet: wait for the pre-label, or paint them")
+        return None
+
     def _move(self, step: int) -> None:
         if self.queue is None:
-            return
+            return self._refuse(OPEN_FIRST)
         before = self.queue.position
         if self.queue.move(step, skip_exported=self.skip_exported.value) != before:
             self._show(self.queue.position)
