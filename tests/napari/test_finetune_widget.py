@@ -126,8 +126,7 @@ def test_wrong_fields_are_refused_at_once(make_napari_viewer, dock_plugin, child
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
     children = child_processes()
-    for field, value, message in (("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose the "
-                                                          "dataset folder"),
+    for field, value, message in (("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose"),
                                   ("model", str(tmp_path / "no.keras"), "no such file"),
                                   ("out", str(tmp_path / "model.h5"), "must end in .keras")):
         _fill(widget, cihp_samples, model_file, tmp_path / "x.keras", epochs=1)
