@@ -184,6 +184,59 @@ def test_a_missing_model_is_refused_at_once(sample_viewer, dock_plugin, child_pr
     assert f"{PHOTO} parts" not in sample_viewer.layers
 
 
+def test_a_layer_in_the_way_of_the_parts_layer_is_refused_before_the_model_runs(
+        make_napari_viewer, dock_plugin, model_file, cihp_photo, child_processes, qtbot):
+    """An image called '<photo> parts', or a parts layer of another size: one line, no run,
+    and never a second parts layer ('photo parts [1]') whose next run would lose the edits."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cihp_photo[::8, ::8], name="photo")
+    viewer.add_image(cihp_photo[::8, ::8], name="photo parts")
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    widget.image.value = viewer.layers["photo"]
+    children = child_processes()
+    widget.runner.run_button.native.click()
+    assert not widget.runner.running
+    assert widget.runner.status.value == ("Failed: 'photo parts' is not a Labels layer; rename "
+                                          "or remove it and run again")
+    viewer.layers.remove("photo parts")
+    viewer.add_labels(np.zeros((5, 5), np.uint8), name="photo parts")
+    widget.runner.run_button.native.click()
+    assert widget.runner.status.value == (
+        f"Failed: 'photo parts' has shape (5, 5), not the image's {cihp_photo[::8, ::8].shape[:2]}; "
+        "rename or remove it and run again")
+    qtbot.wait(200)
+    assert child_processes() <= children  # the model never ran
+    assert [layer.name for layer in viewer.layers] == ["photo", "photo parts"]
+
+
+def test_a_multiscale_photo_is_pre_labelled_at_full_resolution(make_napari_viewer, dock_plugin,
+                                                                run_job, model_file, cihp_photo):
+    """napari hands a pyramid's smallest level to np.asarray: the parts would not cover it."""
+    viewer = make_napari_viewer()
+    photo = cihp_photo[::4, ::4]
+    viewer.add_image([photo, photo[::2, ::2]], name="pyramid", rgb=True, multiscale=True)
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    assert run_job(widget.runner).startswith("Done")
+    assert viewer.layers["pyramid parts"].data.shape == photo.shape[:2]
+    assert viewer.layers["pyramid confidence"].data.shape == photo.shape[:2]
+
+
+def test_the_photo_removed_while_the_model_runs_is_said(make_napari_viewer, dock_plugin, qtbot,
+                                                       model_file, cihp_photo):
+    viewer = make_napari_viewer()
+    viewer.add_image(cihp_photo[::8, ::8], name="photo")
+    _, widget = dock_plugin(viewer, "Human parts")
+    widget.model.source = model_file
+    widget.runner.run_button.native.click()
+    viewer.layers.remove("photo")
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
+    assert widget.runner.status.value == ("'photo' was removed while the model ran: nothing "
+                                          "was written")
+    assert len(viewer.layers) == 0
+
+
 def test_a_failed_run_ends_as_a_failure_and_the_next_run_recovers(
         make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo, monkeypatch):
     """Issue 9, items 6 and 10: the model process killed mid-stack (as the OOM killer would);

@@ -42,6 +42,11 @@ def frame_count(layer: Image) -> int | None:
                      f"{layer.data.ndim}-D data")
 
 
+def photo_shape(layer: Image) -> tuple:
+    """The shape of the parts of ``layer``: its data's without the colour axis."""
+    return layer.data.shape[: layer.data.ndim - (1 if layer.rgb else 0)]
+
+
 def photo_picker(**options) -> ComboBox:
     """napari's image-layer picker (it follows the layer list), without confidence layers."""
     _, napari_options = get_widget_class(annotation=Image)
@@ -99,8 +104,21 @@ class PrelabelWidget(Container):
             is_stack = False
         self.frames.enabled = is_stack
 
+    def _writable_parts(self, image: Image) -> Labels | None:
+        """The parts layer to write ``image``'s prediction into (None: one is made), or
+        :class:`JobRefused` if a layer of its name cannot take it."""
+        name, shape = image.name + PARTS_SUFFIX, photo_shape(image)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and not isinstance(layer, Labels):
+            raise JobRefused(f"'{name}' is not a Labels layer; rename or remove it and run again")
+        if layer is not None and layer.data.shape != shape:
+            raise JobRefused(f"'{name}' has shape {layer.data.shape}, not the image's {shape}; "
+                             "rename or remove it and run again")
+        return layer
+
     def _forget_viewer(self) -> None:
         self._removed = True  # results or confidence still on their way are dropped
+        self.runner.cancel()
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -114,12 +132,14 @@ class PrelabelWidget(Container):
         except ValueError as error:
             raise JobRefused(str(error)) from None
         frames = frame_count(image)
+        self._writable_parts(image)  # refused now rather than after the model ran
+        data = image.data[0] if image.multiscale else image.data  # at full resolution
         if frames is None:
-            indices, photos = [None], [np.asarray(image.data)]
+            indices, photos = [None], [np.asarray(data)]
         else:
             indices = list(range(frames)) if self.frames.value == ALL_FRAMES \
                 else [self.viewer.dims.current_step[0]]
-            photos = [np.asarray(image.data[i]) for i in indices]
+            photos = [np.asarray(data[i]) for i in indices]
         keep_edits = not self.discard_edits.value
 
         def write(result: FrameResult) -> None:
@@ -127,6 +147,8 @@ class PrelabelWidget(Container):
 
         def done() -> str:
             remember_model(source)
+            if image.name not in self.viewer.layers:
+                return f"'{image.name}' was removed while the model ran: nothing was written"
             return "Done: correct the parts layer; every step undoes with Ctrl+Z"
 
         return Job(self._process.segment(photos, source), total=len(photos),
@@ -137,11 +159,7 @@ class PrelabelWidget(Container):
                       keep_edits: bool) -> None:
         if self._removed or image.name not in self.viewer.layers:
             return
-        parts = self.parts_layer(image)
-        shape = image.data.shape[: image.data.ndim - (1 if image.rgb else 0)]
-        if parts is not None and parts.data.shape != shape:
-            raise ValueError(f"{parts.name} has shape {parts.data.shape}, not the image's "
-                             f"{shape}; rename or remove it and run again")
+        parts, shape = self._writable_parts(image), photo_shape(image)
         created = parts is None
         if created:
             # a new layer takes the prediction as its data: nothing to undo or merge, and a
