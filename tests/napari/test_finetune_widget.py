@@ -125,10 +125,13 @@ def test_wrong_fields_are_refused_at_once(make_napari_viewer, dock_plugin, child
                                           cihp_samples, model_file, tmp_path):
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
+    (tmp_path / "a file").write_text("")
     children = child_processes()
     for field, value, message in (("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose"),
                                   ("model", str(tmp_path / "no.keras"), "no such file"),
-                                  ("out", str(tmp_path / "model.h5"), "must end in .keras")):
+                                  ("out", str(tmp_path / "model.h5"), "must end in .keras"),
+                                  ("out", str(tmp_path / "a file" / "x.keras"),
+                                   "a file is a file); choose a file in a folder you can write")):
         _fill(widget, cihp_samples, model_file, tmp_path / "x.keras", epochs=1)
         if field == "dataset":
             widget.dataset.folder = str(value)

@@ -9,6 +9,7 @@ queue …); re-running it there keeps the annotator's edits.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,6 +180,14 @@ class FinetuneWidget(Container):
         if Path(out).exists():
             raise JobRefused(f"{out} exists; choose another file to save to, or clear the "
                              "field for a new one")
+        folder = Path(out).parent
+        try:  # refused now, not after the training
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            reason = f"{folder} is a file" if folder.is_file() else error.strerror
+            raise JobRefused(f"Cannot save to {out} ({reason}); choose a file in a folder you "
+                             "can write to") from None
         try:
             source = self.model.checked_source()
         except ValueError as error:
