@@ -2,27 +2,45 @@
 
     .venv/bin/python benchmarks/refine.py
 
-For every CIHP sample in ../shared/data/cihp_samples: corrupt the ground-truth mask the way a
-model errs, apply the matching operation, and report the mean IoU against the ground truth
-before and after (mean over the samples), and what the operation does to the uncorrupted mask.
-Then time each operation on a 12-megapixel mask (a sample scaled up; "speckled": with the
+For every CIHP sample in tests/data/cihp_samples, at four scales: the mask as it is, scaled down
+to 1/2 and 1/3 with nearest neighbour (people two or three times smaller: thin parts 1 to 3
+pixels wide, as in crowd photos) and flipped left/right with the classes swapped
+(``Category_ids_flipped``): corrupt the ground-truth mask the way a model errs, apply the
+matching operation, and report the mean IoU against the ground truth before and after (mean over
+the samples), and what the operation does to the uncorrupted mask (mean, and the worst sample).
+
+The corruptions are the model's mistakes at the person's scale: their pixel sizes (speckle,
+holes, how far a boundary frays or is off) scale with the mask, as do the sizes a user would
+pick (``min_size`` and ``max_size`` with its area, ``radius`` with its width, at least 1). The
+widget's defaults (40, 200, 1 pixels) are applied to the clean masks at every scale too.
+
+Then each operation is timed on a 12-megapixel mask (a sample scaled up; "speckled": with the
 speckle corruption everywhere, the worst case), and the two image-driven ones (snap,
 scribbles) on a 1-megapixel selection.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
+from skimage import measure
 
 from napari_deeplab import refine
 from napari_deeplab.cihp import LEFT_RIGHT_PAIRS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "cihp_samples"
+SCALES = {"full": 1.0, "1/2": 1 / 2, "1/3": 1 / 3, "flipped": 1.0}
+WIDGET_DEFAULTS = {"min_size": 40, "max_size": 200, "radius": 1}
+"""The refine widget's spin boxes as they open (pixels)."""
+RELATIVE_DEFAULTS = {"min_fraction": 0.0005, "max_fraction": 0.002, "radius": 1}
+"""The defaults proposed for the widget: sizes as fractions of the person's area."""
+USER_SIZES = {"min_size": 40, "max_size": 60, "radius": 1}
+"""What a user picks for a whole person at the samples' full size; scaled with the mask."""
 
 
 def mean_iou(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -32,119 +50,219 @@ def mean_iou(labels: np.ndarray, truth: np.ndarray) -> float:
                           for c in classes]))
 
 
-def speckle(truth, rng):
-    """Islands of 3x3 to 5x5 pixels of a random other class, as a noisy model leaves."""
+def variants(samples: Path = SAMPLES, names=tuple(SCALES)):
+    """Yield (scale name, scale, sample id, H x W uint8 truth, H x W x 3 uint8 photo)."""
+    for path in sorted((samples / "Category_ids").glob("*.png")):
+        truth = np.asarray(Image.open(path))
+        photo = np.asarray(Image.open(samples / "Images" / f"{path.stem}.jpg").convert("RGB"))
+        for name in names:
+            scale = SCALES[name]
+            if name == "flipped":
+                yield name, scale, path.stem, np.asarray(Image.open(
+                    samples / "Category_ids_flipped" / path.name)), np.ascontiguousarray(photo[:, ::-1])
+            else:
+                size = (round(truth.shape[1] * scale), round(truth.shape[0] * scale))
+                yield (name, scale, path.stem,
+                       np.asarray(Image.fromarray(truth).resize(size, Image.NEAREST)),
+                       np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR)))
+
+
+def sizes(scale: float, base=USER_SIZES) -> dict:
+    """The sizes a user would pick for a person ``scale`` times the samples' size."""
+    return {"min_size": max(1, math.ceil(base["min_size"] * scale ** 2)),
+            "max_size": max(1, math.ceil(base["max_size"] * scale ** 2)),
+            "radius": max(1, round(base["radius"] * scale))}
+
+
+def _px(value: float, scale: float) -> int:
+    return max(1, round(value * scale))
+
+
+def speckle(truth, rng, scale=1.0):
+    """Islands of 3x3 to 5x5 pixels (at full scale) of a random other class, as a noisy model
+    leaves; as many per area at every scale."""
     out = truth.copy()
-    for _ in range(truth.size // 2000):
-        y, x = rng.integers(0, truth.shape[0] - 5), rng.integers(0, truth.shape[1] - 5)
-        size = rng.integers(3, 6)
+    low, high = _px(3, scale), _px(5, scale)
+    for _ in range(truth.size // round(2000 * scale ** 2)):
+        y, x = rng.integers(0, truth.shape[0] - high), rng.integers(0, truth.shape[1] - high)
+        size = rng.integers(low, high + 1)
         out[y:y + size, x:x + size] = rng.integers(0, 20)
     return out
 
 
-def holes(truth, rng):
-    """Background-coloured holes of 3x3 to 6x6 pixels inside the person."""
+def holes(truth, rng, scale=1.0):
+    """Background holes of 3x3 to 6x6 pixels (at full scale) inside the person."""
     out = truth.copy()
-    ys, xs = np.nonzero(ndi.binary_erosion(truth > 0, iterations=4))
-    for i in rng.choice(len(ys), size=min(len(ys), truth.size // 3000), replace=False):
-        size = rng.integers(3, 7)
+    ys, xs = np.nonzero(ndi.binary_erosion(truth > 0, iterations=_px(4, scale)))
+    low, high = _px(3, scale), _px(6, scale)
+    for i in rng.choice(len(ys), size=min(len(ys), truth.size // round(3000 * scale ** 2)),
+                        replace=False):
+        size = rng.integers(low, high + 1)
         out[ys[i]:ys[i] + size, xs[i]:xs[i] + size] = 0
     return out
 
 
-def jagged(truth, rng):
-    """Boundaries frayed: each boundary pixel takes a random neighbour's class."""
+def jagged(truth, rng, scale=1.0):
+    """Boundaries frayed: half the boundary pixels take the class of a pixel up to 2 pixels
+    (at full scale) away."""
     out = truth.copy()
     edge = np.nonzero(ndi.morphological_gradient(truth, size=3) > 0)
     pick = rng.random(len(edge[0])) < 0.5
-    dy, dx = rng.integers(-2, 3, pick.sum()), rng.integers(-2, 3, pick.sum())
+    reach = _px(2, scale)
+    dy, dx = rng.integers(-reach, reach + 1, pick.sum()), rng.integers(-reach, reach + 1, pick.sum())
     y = np.clip(edge[0][pick] + dy, 0, truth.shape[0] - 1)
     x = np.clip(edge[1][pick] + dx, 0, truth.shape[1] - 1)
     out[edge[0][pick], edge[1][pick]] = truth[y, x]
     return out
 
 
-def shifted(truth, rng):
-    """The whole mask 3 pixels off the photo (boundaries beside the image's edges)."""
-    return np.roll(truth, (3, 3), axis=(0, 1))
+def shifted(truth, rng, scale=1.0):
+    """The whole mask 3 pixels (at full scale) off the photo (boundaries beside its edges)."""
+    return np.roll(truth, (_px(3, scale), _px(3, scale)), axis=(0, 1))
 
 
-def limb_swapped(truth, rng):
+def limb_swapped(truth, rng, scale=1.0):
     """One limb's left and right swapped; returns the mask and the limb's region."""
     out = truth.copy()
     for left, right in LEFT_RIGHT_PAIRS:
-        if (truth == left).any():
-            pieces, count = ndi.label(truth == left)
-            region = pieces == 1
-            out[region] = right
-            return out, ndi.binary_dilation(region, iterations=2)
+        for source, target in ((left, right), (right, left)):
+            if (truth == source).any():
+                pieces, count = ndi.label(truth == source)
+                region = pieces == 1
+                out[region] = target
+                return out, ndi.binary_dilation(region, iterations=2)
     return out, np.zeros(truth.shape, bool)
 
 
-def wrong_region(truth, rng):
-    """The largest part region (one class, connected) given another class; a stroke of the
-    right class drawn on it. Returns the mask and the scribbles."""
-    from skimage import measure
-
+def _largest_region(truth):
     regions = measure.label(truth, background=0, connectivity=1)
     values, counts = np.unique(regions[regions > 0], return_counts=True)
     region = regions == values[np.argmax(counts)]
-    true_class = int(truth[region][0])
     around = set(np.unique(truth[ndi.binary_dilation(region, iterations=2)]).tolist())
     wrong = next(c for c in (5, 7, 6, 12, 9, 11) if c not in around)  # not merging with a neighbour
     out = truth.copy()
     out[region] = wrong
+    return region, int(truth[region][0]), out
+
+
+def wrong_region(truth, rng, scale=1.0):
+    """The largest part region (one class, connected) given another class; a short horizontal
+    stroke of the right class drawn in it. Returns the mask and the scribbles."""
+    region, true_class, out = _largest_region(truth)
     scribble = np.zeros(truth.shape, np.uint8)
-    core = ndi.binary_erosion(region, iterations=3)
-    ys, xs = np.nonzero(core)
+    core = ndi.binary_erosion(region, iterations=_px(3, scale))
+    ys, xs = np.nonzero(core if core.any() else region)
     row = ys[len(ys) // 2]
     on_row = xs[ys == row]
-    scribble[row, on_row[: max(1, len(on_row) // 2)]] = true_class  # a short horizontal stroke
+    scribble[row, on_row[: max(1, len(on_row) // 2)]] = true_class
     return out, scribble
 
 
-def main() -> None:
-    paths = sorted((SAMPLES / "Category_ids").glob("*.png"))
-    if not paths:
+def wrong_region_stroke(truth, rng, scale=1.0):
+    """The largest part region given another class; one straight vertical stroke of the right
+    class through it: along the column through its centre, the longest run inside it, from
+    edge to edge (what an annotator draws). Returns the mask and the scribbles."""
+    region, true_class, out = _largest_region(truth)
+    scribble = np.zeros(truth.shape, np.uint8)
+    column = int(round(np.nonzero(region)[1].mean()))
+    runs = measure.label(region[:, column])
+    if runs.max() == 0:
+        column = int(np.nonzero(region)[1][0])
+        runs = measure.label(region[:, column])
+    longest = np.argmax(np.bincount(runs)[1:]) + 1
+    scribble[runs == longest, column] = true_class
+    return out, scribble
+
+
+def clean_up(name, labels, params):
+    """Apply one clean-up operation with ``params`` (min_size, max_size, radius)."""
+    if name == "remove_small_regions":
+        if "min_fraction" in params:
+            return refine.remove_small_regions(labels, min_fraction=params["min_fraction"])
+        return refine.remove_small_regions(labels, params["min_size"])
+    if name == "fill_holes":
+        if "max_fraction" in params:
+            return refine.fill_holes(labels, max_fraction=params["max_fraction"])
+        return refine.fill_holes(labels, params["max_size"])
+    return refine.smooth(labels, params["radius"])
+
+
+CASES = (
+    ("remove_small_regions", "speckle", speckle),
+    ("fill_holes", "holes", holes),
+    ("smooth", "jagged edges", jagged),
+    ("snap_to_image", "boundaries 3 px off", shifted),
+    ("swap_left_right(mask=limb)", "one limb swapped", limb_swapped),
+    ("refine_with_scribbles", "a region of the wrong class, short stroke", wrong_region),
+    ("refine_with_scribbles", "a region of the wrong class, one straight stroke", wrong_region_stroke),
+)
+
+
+def evaluate(case, truth, photo, scale, rng):
+    """(corrupted, after, clean with the user's sizes, clean with the widget's defaults)."""
+    operation, _, corrupt = case
+    params = sizes(scale)
+    clean = widget = relative = None
+    if operation in ("remove_small_regions", "fill_holes", "smooth"):
+        bad = corrupt(truth, rng, scale)
+        fixed = clean_up(operation, bad, params)
+        clean = mean_iou(clean_up(operation, truth, params), truth)
+        widget = mean_iou(clean_up(operation, truth, WIDGET_DEFAULTS), truth)
+        relative = mean_iou(clean_up(operation, truth, RELATIVE_DEFAULTS), truth)
+    elif operation == "snap_to_image":
+        bad = corrupt(truth, rng, scale)
+        fixed = refine.snap_to_image(bad, photo)
+        clean = mean_iou(refine.snap_to_image(truth, photo), truth)
+    elif operation.startswith("swap_left_right"):
+        bad, limb = corrupt(truth, rng, scale)
+        fixed = refine.swap_left_right(bad, mask=limb)
+    else:
+        bad, scribble = corrupt(truth, rng, scale)
+        fixed = refine.refine_with_scribbles(bad, photo, scribble)
+    return mean_iou(bad, truth), mean_iou(fixed, truth), clean, widget, relative
+
+
+def table() -> list[tuple]:
+    """Rows (operation vs corruption, scale, corrupted, after, won back, clean mean, clean
+    worst, worst clean with the widget's pixel defaults, worst clean with the relative
+    defaults, worst won back of a sample)."""
+    rows = []
+    data = list(variants())
+    if not data:
         raise SystemExit(f"no CIHP samples in {SAMPLES}")
+    for case in CASES:
+        for scale_name, scale in SCALES.items():
+            rng = np.random.default_rng(0)
+            values = [evaluate(case, truth, photo, scale, rng)
+                      for name, s, _, truth, photo in data if name == scale_name]
+            corrupted, fixed = (float(np.mean([v[i] for v in values])) for i in (0, 1))
+            won = (fixed - corrupted) / (1 - corrupted) if corrupted < 1 else 1.0
+            clean = [v[2] for v in values if v[2] is not None]
+            widget = [v[3] for v in values if v[3] is not None]
+            relative = [v[4] for v in values if v[4] is not None]
+            worst_won = min((v[1] - v[0]) / (1 - v[0]) if v[0] < 1 else 1.0 for v in values)
+            rows.append((f"{case[0]} vs {case[1]}", scale_name, corrupted, fixed, won,
+                         float(np.mean(clean)) if clean else None,
+                         min(clean) if clean else None, min(widget) if widget else None,
+                         min(relative) if relative else None, worst_won))
+    return rows
+
+
+def main() -> None:
+    rows = table()
+    print("mean IoU against the ground truth, mean over the 3 CIHP samples; clean: the operation "
+          "on the uncorrupted mask (mean / worst sample; px: the widget's pixel defaults 40, 200, "
+          "1; rel: the relative defaults 1/2000, 1/500 of the person, radius 1; worst sample)")
+    print(f"{'operation vs corruption':<72} | scale   | corrupted | after  | won back | "
+          "clean  | worst  | px     | rel")
+    for name, scale, corrupted, fixed, won, clean, worst, widget, relative, _ in rows:
+        text = [f"{value:.4f}" if value is not None else "  -   "
+                for value in (clean, worst, widget, relative)]
+        print(f"{name:<72} | {scale:<7} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%}  | "
+              + " | ".join(text))
+
     rng = np.random.default_rng(0)
-    rows = {}
-
-    def record(name, truth, corrupted, fixed, clean):
-        rows.setdefault(name, []).append((mean_iou(corrupted, truth), mean_iou(fixed, truth),
-                                          None if clean is None else mean_iou(clean, truth)))
-
-    for path in paths:
-        truth = np.asarray(Image.open(path))
-        photo = np.asarray(Image.open(SAMPLES / "Images" / f"{path.stem}.jpg"))
-        bad = speckle(truth, rng)
-        record("remove_small_regions(min_size=40) vs speckle", truth, bad,
-               refine.remove_small_regions(bad, 40), refine.remove_small_regions(truth, 40))
-        bad = holes(truth, rng)
-        record("fill_holes(max_size=60) vs holes", truth, bad, refine.fill_holes(bad, 60),
-               refine.fill_holes(truth, 60))
-        bad = jagged(truth, rng)
-        record("smooth(radius=1) vs jagged edges", truth, bad, refine.smooth(bad, 1),
-               refine.smooth(truth, 1))
-        bad = shifted(truth, rng)
-        record("snap_to_image vs boundaries 3 px off", truth, bad, refine.snap_to_image(bad, photo),
-               refine.snap_to_image(truth, photo))
-        bad, limb = limb_swapped(truth, rng)
-        record("swap_left_right(mask=limb) vs one limb swapped", truth, bad,
-               refine.swap_left_right(bad, mask=limb), None)
-        bad, scribble = wrong_region(truth, rng)
-        record("refine_with_scribbles vs a region of the wrong class", truth, bad,
-               refine.refine_with_scribbles(bad, photo, scribble), None)
-
-    print(f"mean IoU against the ground truth, mean over {len(paths)} CIHP samples")
-    print(f"{'operation vs corruption':<55} | corrupted | after | won back | on a clean mask")
-    for name, values in rows.items():
-        corrupted, fixed, clean = (np.mean([v[i] for v in values]) if values[0][i] is not None
-                                   else None for i in range(3))
-        won = (fixed - corrupted) / (1 - corrupted) if corrupted < 1 else 1.0
-        clean_text = "-" if clean is None else f"{clean:.4f}"
-        print(f"{name:<55} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%} | {clean_text}")
-
+    paths = sorted((SAMPLES / "Category_ids").glob("*.png"))
     truth = np.asarray(Image.open(paths[1]))
     photo = np.asarray(Image.open(SAMPLES / "Images" / f"{paths[1].stem}.jpg"))
     big = np.asarray(Image.fromarray(truth).resize((4000, 3000), Image.NEAREST))
@@ -156,8 +274,8 @@ def main() -> None:
     timings = [
         ("remove_small_regions, 12 MP", lambda: refine.remove_small_regions(big, 40)),
         ("remove_small_regions, 12 MP speckled", lambda: refine.remove_small_regions(noisy, 40)),
-        ("fill_holes, 12 MP", lambda: refine.fill_holes(big, 60)),
-        ("fill_holes, 12 MP speckled", lambda: refine.fill_holes(noisy, 60)),
+        ("fill_holes, 12 MP", lambda: refine.fill_holes(big, 200)),
+        ("fill_holes, 12 MP speckled", lambda: refine.fill_holes(noisy, 200)),
         ("smooth, 12 MP", lambda: refine.smooth(big, 1)),
         ("smooth, 12 MP speckled", lambda: refine.smooth(noisy, 1)),
         ("swap_left_right, 12 MP", lambda: refine.swap_left_right(big)),

@@ -64,81 +64,223 @@ def _fill_from_surroundings(labels: np.ndarray, regions: np.ndarray, to_fill: np
     return out
 
 
-def remove_small_regions(labels: np.ndarray, min_size: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Connected pieces of one class smaller than ``min_size`` pixels take the class that
-    surrounds them most (4-connectivity). Returns an array like ``labels``."""
-    labels = _check(labels, mask)
-    regions = measure.label(labels, background=-1, connectivity=1) - 1  # every pixel in a region
-    sizes = np.bincount(regions.ravel())
-    return _limit(labels, _fill_from_surroundings(labels, regions, sizes < min_size), mask)
+def person_area(labels: np.ndarray) -> int:
+    """The number of non-background pixels of ``labels`` (H x W ints): the size of the people in
+    the photo, which sizes relative to the person are fractions of (at least 1)."""
+    return max(int(np.count_nonzero(np.asarray(labels))), 1)
 
 
-def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-    """Holes up to ``max_size`` pixels (any size when None) take the class around them.
+def _size(labels: np.ndarray, pixels, fraction, name: str):
+    """A size in pixels: ``fraction`` of the person's area when given, else ``pixels``."""
+    if fraction is not None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"{name} is a fraction of the person's area (0..1), got {fraction}")
+        return fraction * person_area(labels)
+    return pixels
 
-    A hole is a connected piece enclosed by one class (a speck of face inside a coat), or a
-    piece of background enclosed by the person (a gap between body parts that does not reach
-    the image border).
+
+def _regions(labels: np.ndarray):
+    """(H x W region ids 0..R-1: connected pieces of one class, 4-connectivity; R sizes; R
+    classes; R bools: the largest piece of its class)."""
+    regions = measure.label(labels, background=-1, connectivity=1) - 1
+    num_regions = int(regions.max()) + 1
+    sizes = np.bincount(regions.ravel(), minlength=num_regions)
+    region_class = np.zeros(num_regions, np.int64)
+    region_class[regions.ravel()] = labels.ravel()
+    order = np.lexsort((-sizes, region_class))  # by class, the largest first
+    first = np.ones(num_regions, bool)
+    first[1:] = region_class[order][1:] != region_class[order][:-1]
+    largest = np.zeros(num_regions, bool)
+    largest[order[first]] = True
+    return regions, sizes, region_class, largest
+
+
+def _smallest_neighbour(regions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """R sizes: the size of the smallest region each region touches (4-connectivity)."""
+    smallest = np.full(len(sizes), np.iinfo(np.int64).max, np.int64)
+    for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]), (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3])):
+        a, b = regions[near], regions[far]
+        differ = a != b
+        a, b = a[differ], b[differ]
+        np.minimum.at(smallest, a, sizes[b])
+        np.minimum.at(smallest, b, sizes[a])
+    return smallest
+
+
+def _protected_parts(labels, regions, sizes, region_class, largest, part_fraction):
+    """Regions that are a person class's largest piece and at least ``part_fraction`` of the
+    person or 1/20 of the smallest region they touch (sunglasses in a small face)."""
+    parts = largest & (region_class > 0)
+    if part_fraction is None or not parts.any():
+        return parts
+    return parts & ((sizes >= part_fraction * person_area(labels))
+                    | (20 * sizes >= _smallest_neighbour(regions, sizes)))
+
+
+def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np.ndarray | None = None,
+                         *, min_fraction: float | None = None,
+                         part_fraction: float | None = 0.001) -> np.ndarray:
+    """Connected pieces of one class (4-connectivity) smaller than the size take the class that
+    surrounds them most.
+
+    ``labels``: H x W integer class ids; ``mask``: H x W bool, the pixels that may change.
+    The size is ``min_size`` pixels, or, when ``min_fraction`` is given, that fraction of the
+    person's area (:func:`person_area`: the non-background pixels), so the same setting fits a
+    person close up and one three times smaller. Returns an array like ``labels``.
+
+    Never removed: the largest piece of each person class (the only piece of a class is its
+    largest), so a small true part (a shoe, sunglasses, an arm of a small person) survives any
+    size. The exception is a largest piece under ``part_fraction`` of the person's area (1/1000)
+    and under 1/20 of the smallest region it touches: no body part is that small beside its
+    neighbours (sunglasses are a tenth of a face), but a speck of a class that the model put
+    where there is none is (None: no exception).
     """
     labels = _check(labels, mask)
-    regions = measure.label(labels, background=-1, connectivity=1) - 1
-    num_regions = regions.max() + 1
-    sizes = np.bincount(regions.ravel(), minlength=num_regions)
-    region_class = np.zeros(num_regions, labels.dtype)
-    region_class[regions.ravel()] = labels.ravel()
+    size = _size(labels, min_size, min_fraction, "min_fraction")
+    if size is None:
+        raise ValueError("give min_size or min_fraction")
+    regions, sizes, region_class, largest = _regions(labels)
+    small = (sizes < size) & ~_protected_parts(labels, regions, sizes, region_class, largest, part_fraction)
+    return _limit(labels, _fill_from_surroundings(labels, regions, small), mask)
+
+
+def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray | None = None,
+               *, max_fraction: float | None = None, part_fraction: float | None = 0.001,
+               gap_fraction: float = 0.002) -> np.ndarray:
+    """Holes up to the size take the class around them.
+
+    ``labels``: H x W integer class ids; ``mask``: H x W bool, the pixels that may change.
+    The size is ``max_size`` pixels (any size when None), or, when ``max_fraction`` is given,
+    that fraction of the person's area (:func:`person_area`). Returns an array like ``labels``.
+
+    The rule: a hole is a connected piece (4-connectivity) that does not reach the image border
+    and is one of
+
+    - a piece of a person class that one other class encloses (a speck of face inside a coat),
+      unless it is the largest piece of its class and at least ``part_fraction`` of the person
+      or 1/20 of the smallest region it touches (sunglasses inside a face, a glove inside a sleeve: a true part is where its class is;
+      a speck is a stray copy of a class that is elsewhere, or of none);
+    - background that one class encloses (a hole in a coat);
+    - background enclosed by several classes and smaller than ``gap_fraction`` of the person
+      (a hole on the boundary between two parts; 1/500 of the person).
+
+    Not holes: background seen between an arm and the body, between the legs (it reaches the
+    border or is bounded by several parts and larger than a hole), and a piece that touches
+    several other classes (a glove at the end of an arm touches the arm and the background).
+    The reason: a model leaves holes as small blobs inside one part; the true small parts and
+    gaps that one or several classes enclose are either the one place of their class or
+    bounded by several parts, and removing them costs more than leaving a hole.
+    """
+    labels = _check(labels, mask)
+    max_size = _size(labels, max_size, max_fraction, "max_fraction")
+    regions, sizes, region_class, largest = _regions(labels)
+    num_regions = len(sizes)
     border = np.zeros(num_regions, bool)
     border[np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])] = True
-    # how many distinct classes touch each region from outside
-    neighbours = set()
+    touching = np.zeros((num_regions, max(NUM_CLASSES, int(labels.max()) + 1)), bool)
     for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]), (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3])):
-        a, b = regions[near].ravel(), regions[far].ravel()
+        a, b = regions[near], regions[far]
         differ = a != b
-        neighbours.update(zip(a[differ].tolist(), labels[far].ravel()[differ].tolist()))
-        neighbours.update(zip(b[differ].tolist(), labels[near].ravel()[differ].tolist()))
-    touching = np.zeros((num_regions, NUM_CLASSES), bool)
-    if neighbours:
-        pairs = np.array(list(neighbours))
-        touching[pairs[:, 0], pairs[:, 1]] = True
+        touching[a[differ], labels[far][differ]] = True
+        touching[b[differ], labels[near][differ]] = True
     enclosed_by_one = touching.sum(axis=1) == 1
-    background_gap = (region_class == 0) & ~touching[:, 0]
-    holes = ~border & (enclosed_by_one | background_gap)
+    person = region_class > 0
+    part = _protected_parts(labels, regions, sizes, region_class, largest, part_fraction)
+    holes = ~border & np.where(
+        person, enclosed_by_one & ~part,
+        ~touching[:, 0] & (enclosed_by_one | (sizes < gap_fraction * person_area(labels))))
     if max_size is not None:
         holes &= sizes <= max_size
     return _limit(labels, _fill_from_surroundings(labels, regions, holes), mask)
 
 
+_THICK_EXTRA = 2
+"""A piece may be smoothed if it holds a (2 (radius + this) + 1)-square of its class."""
+_SPECK = 0.5
+"""... or if it is smaller than this share of the window (a speck)."""
+_MAJORITY = 0.55
+"""A pixel takes the window's majority class only if that class fills this share of it."""
+
+
+def _window_offsets(radius: int):
+    span = range(-radius, radius + 1)
+    offsets = [(dy, dx) for dy in span for dx in span]
+    index = {offset: i for i, offset in enumerate(offsets)}
+    shapes = []  # the shapes a part keeps: (radius+1)-squares and centred lines holding the pixel
+    for y0 in range(-radius, 1):
+        for x0 in range(-radius, 1):
+            shapes.append([index[(y0 + dy, x0 + dx)] for dy in range(radius + 1) for dx in range(radius + 1)])
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        shapes.append([index[(k * dy, k * dx)] for k in span])
+    return offsets, shapes
+
+
 def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
            keep_fraction: float = 0.5) -> np.ndarray:
-    """Majority filter over a (2 ``radius`` + 1)-pixel square that removes jagged edges and speckle.
+    """Majority filter over a (2 ``radius`` + 1)-pixel square that removes jagged edges and speckle,
+    keeping thin parts, corners and the parts of small people.
 
-    A pixel changes to the window's majority class only if its own class fills less than
-    ``keep_fraction`` of the window, so parts thicker than about that fraction of the window
-    (a thin arm, a strap) are kept instead of eroded.
+    ``labels``: H x W integer class ids; ``mask``: H x W bool, the pixels that may change.
+    Returns an array like ``labels``. A pixel takes the window's majority class only if
+
+    - its own class fills less than ``keep_fraction`` of the window and the majority class
+      more than half of it;
+    - it lies neither in a (``radius`` + 1)-square of its class (a corner, a part that wide)
+      nor in the middle of a straight line of its class across the window (horizontal,
+      vertical or diagonal: an arm or a strap one pixel wide);
+    - its piece (connected, one class) is a speck (under half the window) or is thick enough
+      to have a jagged edge: it holds a (2 ``radius`` + 5)-square of its class. The thin parts
+      of a small person (1 to 5 pixels wide) are never eroded.
+
+    What changes are stray pixels, spurs and notches on the edges of large parts.
     """
     labels = _check(labels, mask)
-    size = 2 * int(radius) + 1
-    best_class = np.zeros_like(labels)
-    best_score = np.zeros(labels.shape, np.float32)
-    own_score = np.zeros(labels.shape, np.float32)
-    others = np.zeros(labels.shape, np.float32)  # the background's share is what is left
-    # each class is filtered within its bounding box grown by the radius, not the whole image
-    for value, box in enumerate(ndi.find_objects(labels.astype(np.intp) + 1)):
-        if box is None or value == 0:
+    radius = max(int(radius), 1)
+    size = 2 * radius + 1
+    # the pixels whose window holds more than one class: the only ones that can change
+    values = labels if labels.dtype.itemsize <= 2 else labels.astype(np.int32)
+    mixed = ndi.maximum_filter(values, size=size, mode="nearest") != ndi.minimum_filter(
+        values, size=size, mode="nearest")
+    if mask is not None:
+        mixed &= np.asarray(mask, bool)
+    # the pieces that may change: specks, and pieces thick enough to have a jagged edge
+    wide = 2 * (radius + _THICK_EXTRA) + 1
+    interior = ndi.maximum_filter(values, size=wide, mode="nearest") == ndi.minimum_filter(
+        values, size=wide, mode="nearest")
+    regions = measure.label(labels, background=-1, connectivity=1)
+    may = np.bincount(regions[interior], minlength=regions.max() + 1) > 0
+    may |= np.bincount(regions.ravel()) < _SPECK * size * size
+    mixed &= may[regions]
+    rows, cols = np.nonzero(mixed)
+    changed = labels.copy()
+    if len(rows) == 0:
+        return changed
+    padded = np.pad(labels, radius, mode="edge").astype(np.int32, copy=False)
+    offsets, shapes = _window_offsets(radius)
+    num_classes = max(NUM_CLASSES, int(labels.max()) + 1)
+    chunk = max(1, 4_000_000 // len(offsets))
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start:start + chunk] + radius, cols[start:start + chunk] + radius
+        window = np.stack([padded[r + dy, c + dx] for dy, dx in offsets], axis=1)
+        own = window[:, len(offsets) // 2]
+        same = window == own[:, None]
+        weak = same.sum(axis=1) < keep_fraction * len(offsets)
+        if not weak.any():
             continue
-        grown = tuple(slice(max(b.start - size, 0), b.stop + size) for b in box)
-        is_class = labels[grown] == value
-        score = ndi.uniform_filter(is_class.astype(np.float32), size=size, mode="nearest")
-        better = score > best_score[grown]
-        best_class[grown][better] = value
-        best_score[grown][better] = score[better]
-        own_score[grown][is_class] = score[is_class]
-        others[grown] += score
-    background = 1.0 - others
-    is_background = labels == 0
-    own_score[is_background] = background[is_background]
-    best_class[background > best_score] = 0
-    changed = np.where(own_score < keep_fraction, best_class, labels)
-    return _limit(labels, changed, mask)
+        same, window, own = same[weak], window[weak], own[weak]
+        kept = np.zeros(len(own), bool)
+        for shape in shapes:
+            kept |= same[:, shape].all(axis=1)
+        change = ~kept
+        if not change.any():
+            continue
+        window, own = window[change], own[change]
+        counts = np.bincount((np.arange(len(own))[:, None] * num_classes + window).ravel(),
+                             minlength=len(own) * num_classes).reshape(len(own), num_classes)
+        clear = counts.max(axis=1) >= _MAJORITY * len(offsets)
+        where = np.flatnonzero(weak)[change][clear]
+        changed[rows[start:start + chunk][where], cols[start:start + chunk][where]] = counts.argmax(axis=1)[clear]
+    return changed
 
 
 def swap_left_right(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -209,49 +351,138 @@ def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None
     return _limit(labels, changed, mask)
 
 
-def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.ndarray,
-                          mask: np.ndarray | None = None, *, margin: int = 6,
-                          beta: float = 3000.0) -> np.ndarray:
-    """Relabel the regions the annotator's strokes lie in, then fit their edges to the image.
+def _crossed_regions(regions: np.ndarray, region_class: np.ndarray, scribbles: np.ndarray,
+                     crossing: float) -> np.ndarray:
+    """(R x classes bools: the regions each stroke class crosses, see refine_with_scribbles;
+    the strokes drawn on the background instead)."""
+    from skimage.morphology import skeletonize
 
-    ``scribbles``: H x W, 0 where nothing is drawn, else the class id of the stroke. Each
-    connected region of the current labels that strokes of one class touch takes that class
-    (one stroke fixes a whole wrongly labelled region); a region touched by strokes of
-    several classes is split between them. Pixels within ``margin`` of the changed regions'
-    edges are then labelled again by a random walker on the image seeded by the strokes and
-    the labels around, so the new boundaries follow the image.
+    num_regions = len(region_class)
+    crossed = np.zeros((num_regions, max(NUM_CLASSES, int(scribbles.max()) + 1)), bool)
+    grow = []  # (background region, class, stroke box, stroke) of strokes drawn on background
+    strokes, count = ndi.label(scribbles > 0, structure=np.ones((3, 3)))
+    boxes = ndi.find_objects(strokes)
+    diameters = {}
+    for number, box in enumerate(boxes, start=1):
+        stroke = strokes[box] == number
+        values = scribbles[box][stroke]
+        for value in np.unique(values):  # each class of a stroke on its own
+            drawn = stroke & (scribbles[box] == value)
+            under = regions[box][drawn]
+            pixels = np.bincount(under, minlength=num_regions)
+            line = skeletonize(drawn)
+            length = np.bincount(regions[box][line], minlength=num_regions)
+            touched = np.flatnonzero(pixels)
+            main = touched[np.argmax(pixels[touched])]
+            through = []
+            for region in touched:
+                if region_class[region] in (value, 0):  # the background is never taken whole
+                    continue
+                if region not in diameters:
+                    diameters[region] = _diameter(regions, region)
+                if length[region] > crossing * diameters[region]:
+                    through.append(region)
+            if not through and region_class[main] not in (value, 0):
+                through = [main]  # a short stroke inside one region
+            crossed[through, value] = True
+            if not through and region_class[main] == 0:
+                grow.append((main, value, box, drawn))
+    return crossed, grow
+
+
+def _diameter(regions: np.ndarray, region: int) -> float:
+    """The diameter of the largest disc inside one region (the image border bounds it)."""
+    rows, cols = np.nonzero(regions == region)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    inside = np.pad(regions[box] == region, 1)
+    return 2.0 * float(ndi.distance_transform_edt(inside).max())
+
+
+def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.ndarray,
+                          mask: np.ndarray | None = None, *, crossing: float = 0.5,
+                          beta: float = 3000.0, margin: int = 6) -> np.ndarray:
+    """The regions the annotator's strokes cross take the strokes' class, whole.
+
+    ``labels``: H x W integer class ids; ``image``: H x W x 3 (or H x W) photo, any dtype;
+    ``scribbles``: H x W ints, 0 where nothing is drawn, else the class id of the stroke;
+    ``mask``: H x W bool, the pixels that may change (the selection, the clicked region).
+    Returns an array like ``labels``.
+
+    A region is a connected piece of one class (4-connectivity). A stroke (8-connected pixels
+    of one class) crosses a region of another class when the stroke runs inside it for more
+    than ``crossing`` times its thickness (the diameter of the largest disc inside it: through
+    it, or deep into it), or, for a stroke that crosses none, when it is the region that holds
+    most of the stroke (a short stroke inside a large region). A stroke's
+    end that spills over onto a neighbour does not count, nor a short stretch across a wide
+    region (the background between two pieces), so a stroke through several pieces of the
+    wrong class fixes each piece it crosses and nothing between them.
+
+    - A region crossed by strokes of one class takes that class entirely: its outline stays
+      where it was, the boundary with the classes around it (which follows the photo as the
+      model saw it); where a neighbour already has that class the two merge.
+    - A region crossed by strokes of several classes is split between them inside its
+      outline by a random walker on the photo (scikit-image), seeded by the strokes, so the
+      new boundary follows the image.
+    - The background is never taken whole: a stroke drawn on it (a part the model missed)
+      gives its class to the background within ``margin`` pixels of it, as far as the photo's
+      edges let a random walker take it.
+    - Nothing else changes: not the regions a stroke only touches, not the pixels outside the
+      crossed regions (and the band around a stroke on the background), not those outside
+      ``mask``. Strokes of different classes on different regions all take effect.
     """
     labels = _check(labels, mask)
     scribbles = np.asarray(scribbles)
     if scribbles.shape != labels.shape:
         raise ValueError(f"scribbles shape {scribbles.shape} differs from labels shape {labels.shape}")
-    drawn = scribbles > 0
-    if not drawn.any():
+    if not (scribbles > 0).any():
         return labels.copy()
-    regions = measure.label(labels, background=-1, connectivity=1)
-    stroke_classes = np.zeros((regions.max() + 1, NUM_CLASSES), bool)
-    stroke_classes[regions[drawn], scribbles[drawn]] = True
-    count = stroke_classes.sum(axis=1)
+    regions, _, region_class, _ = _regions(labels)
+    crossed, grow = _crossed_regions(regions, region_class, scribbles, crossing)
+    count = crossed.sum(axis=1)
     out = labels.copy()
     single = count == 1
-    out[single[regions]] = stroke_classes.argmax(axis=1)[regions][single[regions]]
-    split = (count > 1)[regions]
-    out[drawn] = scribbles[drawn]
-    changed = (out != labels) | split
-    if mask is not None:
-        changed &= np.asarray(mask, bool)
-    unknown = split | (ndi.binary_dilation(segmentation.find_boundaries(np.where(changed, out, -1),
-                                                                        mode="thick") & changed,
-                                           iterations=margin))
-    unknown &= ~drawn
-    if mask is not None:
-        unknown &= np.asarray(mask, bool)
-    if unknown.any():
-        rows, cols = np.nonzero(unknown)
-        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
-        seeds = np.where(unknown[box], 0, out[box].astype(np.int32) + 1)
-        out[box] = np.where(unknown[box], _random_walk(np.asarray(image)[box], seeds, beta), out[box])
+    take = single[regions]
+    out[take] = crossed.argmax(axis=1)[regions[take]]
+    for region in np.flatnonzero(count > 1):
+        inside = regions == region
+        rows, cols = np.nonzero(inside)
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        here = inside[box]
+        allowed = crossed[region][scribbles[box]] & (scribbles[box] > 0) & here
+        seeds = np.where(allowed, scribbles[box].astype(np.int32) + 1, 0)
+        seeds[~here] = -1  # outside the region: not part of the walk
+        walked = _random_walk_inside(np.asarray(image)[box], seeds, beta)
+        out[box][here] = walked[here]
+    margin = int(margin)
+    for region, value, box, drawn in grow:  # a part the model missed: grown from the stroke
+        grown = tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box)
+        stroke = np.zeros(labels[grown].shape, bool)
+        stroke[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))] = drawn
+        here = regions[grown] == region
+        near = ndi.binary_dilation(stroke, iterations=margin) & here & ~stroke
+        seeds = np.where(stroke, value + 1, np.where(near, 0, labels[grown].astype(np.int32) + 1))
+        walked = _random_walk(np.asarray(image)[grown], seeds, beta)
+        out[grown][near | (stroke & here)] = walked[near | (stroke & here)]
     return _limit(labels, out, mask)
+
+
+def _random_walk_inside(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarray:
+    """Random walker where ``seeds`` is -1 outside the region, 0 to decide, class + 1 seeded."""
+    from skimage.segmentation import random_walker
+
+    classes = np.unique(seeds[seeds > 0])
+    if len(classes) == 1:
+        return np.full(seeds.shape, classes[0] - 1, np.int32)
+    markers = np.where(seeds > 0, np.searchsorted(classes, seeds) + 1, np.minimum(seeds, 0))
+    photo = np.asarray(photo, np.float32)
+    if photo.ndim == 3:
+        photo = photo[..., :3]
+    photo = photo / max(float(photo.max()), 1e-6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The probability range is outside", UserWarning)
+        walked = random_walker(photo, markers, beta=beta, mode="cg_j", tol=1e-3,
+                               channel_axis=-1 if photo.ndim == 3 else None)
+    return np.where(walked > 0, classes[np.maximum(walked, 1) - 1] - 1, 0)
 
 
 def people_from_parts(labels: np.ndarray, min_size: int = 200) -> np.ndarray:
