@@ -96,7 +96,8 @@ def _regions(labels: np.ndarray):
 
 
 def _smallest_neighbour(regions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """R sizes: the size of the smallest region each region touches (4-connectivity)."""
+    """R values: the smallest of ``sizes`` (R values) over the regions each region touches
+    (4-connectivity)."""
     smallest = np.full(len(sizes), np.iinfo(np.int64).max, np.int64)
     for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]), (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3])):
         a, b = regions[near], regions[far]
@@ -109,12 +110,14 @@ def _smallest_neighbour(regions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def _protected_parts(labels, regions, sizes, region_class, largest, part_fraction):
     """Regions that are a person class's largest piece and at least ``part_fraction`` of the
-    person or 1/20 of the smallest region they touch (sunglasses in a small face)."""
+    person or 1/20 of the smallest region they touch that is not under that fraction
+    (sunglasses in a small face; not a speck beside another speck)."""
     parts = largest & (region_class > 0)
     if part_fraction is None or not parts.any():
         return parts
-    return parts & ((sizes >= part_fraction * person_area(labels))
-                    | (20 * sizes >= _smallest_neighbour(regions, sizes)))
+    floor = part_fraction * person_area(labels)
+    big = np.where(sizes >= floor, sizes, np.iinfo(np.int64).max)  # specks are no neighbours
+    return parts & ((sizes >= floor) | (20 * sizes >= _smallest_neighbour(regions, big)))
 
 
 def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np.ndarray | None = None,
@@ -131,7 +134,7 @@ def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np
     Never removed: the largest piece of each person class (the only piece of a class is its
     largest), so a small true part (a shoe, sunglasses, an arm of a small person) survives any
     size. The exception is a largest piece under ``part_fraction`` of the person's area (1/1000)
-    and under 1/20 of the smallest region it touches: no body part is that small beside its
+    and under 1/20 of the smallest region it touches (of those over 1/1000): no body part is that small beside its
     neighbours (sunglasses are a tenth of a face), but a speck of a class that the model put
     where there is none is (None: no exception).
     """
@@ -158,7 +161,7 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
 
     - a piece of a person class that one other class encloses (a speck of face inside a coat),
       unless it is the largest piece of its class and at least ``part_fraction`` of the person
-      or 1/20 of the smallest region it touches (sunglasses inside a face, a glove inside a sleeve: a true part is where its class is;
+      or 1/20 of the smallest region over that it touches (sunglasses inside a face, a glove inside a sleeve: a true part is where its class is;
       a speck is a stray copy of a class that is elsewhere, or of none);
     - background that one class encloses (a hole in a coat);
     - background enclosed by several classes and smaller than ``gap_fraction`` of the person

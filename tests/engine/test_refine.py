@@ -268,6 +268,34 @@ def test_a_stroke_through_some_pieces_of_the_wrong_class_fixes_those(variants):
         np.testing.assert_array_equal(out[untouched & ~crossed], bad[untouched & ~crossed])
 
 
+def test_scribbles_change_nothing_beyond_the_clicked_region_or_the_selection(variants):
+    for name, scale, sample, truth, photo in variants:
+        bad, scribble = bench.wrong_region_stroke(truth, np.random.default_rng(0), scale)
+        wrong = bad != truth
+        np.testing.assert_array_equal(refine.refine_with_scribbles(bad, photo, scribble, wrong), truth)
+        elsewhere = np.zeros(truth.shape, bool)  # the selection: the left half, or the right
+        elsewhere[:, : truth.shape[1] // 2] = True
+        out = refine.refine_with_scribbles(bad, photo, scribble, elsewhere)
+        np.testing.assert_array_equal(out[~elsewhere], bad[~elsewhere])
+        np.testing.assert_array_equal(out[elsewhere], truth[elsewhere])
+
+
+def test_a_stroke_on_the_background_grows_a_missed_part_near_it_only(samples):
+    truth, photo = samples[2]
+    arms, sizes = _pieces(truth, 15)
+    arm = arms == np.argmax(sizes) + 1
+    bad = np.where(arm, 0, truth).astype(truth.dtype)  # the model missed an arm
+    scribble = np.zeros(truth.shape, np.uint8)
+    scribble[ndi.binary_erosion(arm, iterations=3) & (ndi.distance_transform_edt(arm) >= np.percentile(
+        ndi.distance_transform_edt(arm)[arm], 90))] = 15
+    out = refine.refine_with_scribbles(bad, photo, scribble, margin=6)
+    near = ndi.binary_dilation(scribble > 0, iterations=6)
+    changed = out != bad
+    assert (out[scribble > 0] == 15).all()
+    assert not (changed & ~near).any() and (bad[changed] == 0).all()
+    assert (out == 15).sum() > (scribble > 0).sum()
+
+
 def test_strokes_of_two_classes_in_one_region_split_it_inside_its_outline(samples):
     truth, photo = samples[2]
     regions = measure.label(truth, connectivity=1)
