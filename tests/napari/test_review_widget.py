@@ -72,6 +72,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     queue = widget.queue
     assert [item.sample_id for item in queue.items] == IDS
     assert f"{UNREADABLE}.jpg: cannot read" in widget.status.value
+    assert widget.photo_list.item(0).text() == f"{UNREADABLE} — cannot be read"
     assert widget.runner.status.value == f"Pre-labelling {IDS[1]} (loading the model…)"
     assert recent_datasets()[0] == str(root.absolute())  # Fine-tune offers it
 
@@ -296,3 +297,35 @@ def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer
     qtbot.wait(600)
     _press(qtbot, viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.state("b") == "exported"
+
+
+def test_a_dataset_that_cannot_be_written_keeps_the_photo_and_its_edits(
+        make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    """Next with the drafts folder unwritable (a file in its place: root ignores permissions)
+    says so on one line and stays on the photo, edits and all; no traceback."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / f"{name}.jpg")
+    viewer = make_napari_viewer(show=True)
+    _, widget = _dock(viewer)
+    _open(widget, photos, tmp_path / "dataset", model_file)
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    drafts = widget.queue.folder
+    shutil.rmtree(drafts)
+    drafts.write_text("in the way")
+    parts = viewer.layers["a parts"]
+    parts.data_setitem((np.array([1, 2]), np.array([1, 2])), np.array([3, 3]))
+    edited = np.array(parts.data)
+    for _ in range(2):  # a second Next must not take the edits as saved
+        _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+        assert widget.shown_id == "a"
+        assert widget.status.value.startswith("a: your edits are not saved (")
+        assert widget.status.value.endswith("make the dataset folder writable, then try again")
+        np.testing.assert_array_equal(viewer.layers["a parts"].data, edited)
+    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    assert widget.shown_id == "a" and widget.status.value.startswith("a: Accept did not complete (")
+    drafts.unlink()
+    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    assert widget.shown_id == "b"
+    np.testing.assert_array_equal(widget.queue.load_draft("a"), edited)

@@ -113,9 +113,13 @@ class ReviewWidget(Container):
         try:
             queue = ReviewQueue(self.photos.value.expanduser(), self.dataset.value.expanduser(),
                                 self.split.value)
-        except (OSError, ValueError) as error:  # DatasetError is a ValueError
+        except OSError as error:
+            return self._refuse(f"{os_error_line(error)}; choose a photos folder you can read "
+                                "and a dataset folder you can write to")
+        except ValueError as error:  # DatasetError is a ValueError
             return self._refuse(str(error))
-        self._save_current()
+        if not self._save_current():
+            return
         self.runner.cancel()
         self.queue, self._warned = queue, 0
         self._unreadable.clear()
@@ -127,20 +131,19 @@ class ReviewWidget(Container):
 
     def go_to(self, position: int) -> None:
         """Save the photo in hand and show the photo at ``position`` of the queue."""
-        if self.queue is not None:
-            self._save_current()
+        if self.queue is not None and self._save_current():
             self.queue.go_to(position)
             self._show(self.queue.position)
 
     def next_photo(self) -> None:
         """Save the photo in hand and show the next one (exported ones skipped if asked)."""
-        self._save_current()
-        self._move(1)
+        if self._save_current():
+            self._move(1)
 
     def previous_photo(self) -> None:
         """Save the photo in hand and show the previous one."""
-        self._save_current()
-        self._move(-1)
+        if self._save_current():
+            self._move(-1)
 
     def accept(self) -> None:
         """Export the photo in hand with its parts (and people) layer, then show the next."""
@@ -155,7 +158,10 @@ class ReviewWidget(Container):
         try:
             self.queue.accept(self.shown_id, parts.data,
                               None if people is None else np.asarray(people.data))
-        except (OSError, ValueError) as error:
+        except OSError as error:
+            return self._refuse(f"{self.shown_id}: Accept did not complete ({os_error_line(error)}); "
+                                "make the dataset folder writable, then Accept again")
+        except ValueError as error:
             return self._refuse(f"{self.shown_id}: {error}")
         self._update_row(self.shown_id)
         self._accepted_at = time.monotonic()
@@ -208,13 +214,22 @@ class ReviewWidget(Container):
         parts = self.parts_layer()
         return parts is not None and not np.array_equal(parts.data, self._draft_shown)
 
-    def _save_current(self) -> None:
+    def _save_current(self) -> bool:
         """Keep the annotator's edits of the photo in hand as its (corrected) draft; a photo
-        only looked at keeps its draft and state (an exported one stays exported)."""
-        if self.queue is not None and self._edited():
-            self._draft_shown = np.array(self.parts_layer().data)
-            self.queue.save_draft(self.shown_id, self._draft_shown, corrected=True)
-            self._update_row(self.shown_id)
+        only looked at keeps its draft and state (an exported one stays exported). False, after
+        saying why, if the draft could not be written: then the photo stays in hand."""
+        if self.queue is None or not self._edited():
+            return True
+        labels = np.array(self.parts_layer().data)
+        try:
+            self.queue.save_draft(self.shown_id, labels, corrected=True)
+        except OSError as error:
+            self._refuse(f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
+                         "make the dataset folder writable, then try again")
+            return False
+        self._draft_shown = labels
+        self._update_row(self.shown_id)
+        return True
 
     def _show_warnings(self) -> None:
         """Show once each problem the queue met (a damaged state file or draft set aside)."""
@@ -234,9 +249,12 @@ class ReviewWidget(Container):
         self.photo_list.setCurrentRow(position)
         try:
             photo = read_photo(item.photo)
-            self._unreadable.discard(item.sample_id)
+            if item.sample_id in self._unreadable:  # readable again
+                self._unreadable.discard(item.sample_id)
+                self._update_row(item.sample_id)
         except ValueError as error:
             self._unreadable.add(item.sample_id)
+            self._update_row(item.sample_id)
             for role in ("people", "parts", "photo"):
                 self._remove_layer(role)
             self._refuse(f"{item.photo.name}: {error}")
@@ -297,7 +315,8 @@ class ReviewWidget(Container):
         self.status.value = f"{self.shown_id}: {self.queue.state(self.shown_id)} ({place})"
 
     def _row_text(self, sample_id: str) -> str:
-        return f"{sample_id} — {self.queue.state(sample_id)}"
+        state = "cannot be read" if sample_id in self._unreadable else self.queue.state(sample_id)
+        return f"{sample_id} — {state}"
 
     def _update_row(self, sample_id: str) -> None:
         row = next(i for i, item in enumerate(self.queue.items) if item.sample_id == sample_id)
@@ -383,6 +402,12 @@ class ReviewWidget(Container):
         return Job(work(), total=len(items), description="Pre-labelling ahead", on_result=take,
                    on_done=done, message=f"Pre-labelling {', '.join(i.sample_id for i in items)}"
                                          f"{loading}")
+
+
+def os_error_line(error: OSError) -> str:
+    """``<file>: <reason>`` of an OSError, without its errno."""
+    return f"{error.filename}: {error.strerror}" if error.filename and error.strerror \
+        else str(error)
 
 
 def forget_undo_history(layer: Labels) -> None:
