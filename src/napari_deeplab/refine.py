@@ -198,7 +198,7 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
 
 
 _THICK_EXTRA = 2
-"""A piece may be smoothed if it holds a (2 (radius + this) + 1)-square of its class."""
+"""A piece may be smoothed if it holds a (4 radius + 2 this - 1)-square of its class."""
 _SPECK = 0.5
 """... or if it is smaller than this share of the window (a speck)."""
 _MAJORITY = 0.55
@@ -232,8 +232,8 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
       nor in the middle of a straight line of its class across the window (horizontal,
       vertical or diagonal: an arm or a strap one pixel wide);
     - its piece (connected, one class) is a speck (under half the window) or is thick enough
-      to have a jagged edge: it holds a (2 ``radius`` + 5)-square of its class. The thin parts
-      of a small person (1 to 5 pixels wide) are never eroded.
+      to have a jagged edge: it holds a (4 ``radius`` + 3)-square of its class. The thin parts
+      of a small person (under 7 pixels wide at radius 1) are never eroded.
 
     What changes are stray pixels, spurs and notches on the edges of large parts.
     """
@@ -247,7 +247,7 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
     if mask is not None:
         mixed &= np.asarray(mask, bool)
     # the pieces that may change: specks, and pieces thick enough to have a jagged edge
-    wide = 2 * (radius + _THICK_EXTRA) + 1
+    wide = 4 * radius + 2 * _THICK_EXTRA - 1
     interior = ndi.maximum_filter(values, size=wide, mode="nearest") == ndi.minimum_filter(
         values, size=wide, mode="nearest")
     regions = measure.label(labels, background=-1, connectivity=1)

@@ -168,6 +168,11 @@ def test_fill_holes_keeps_the_background_between_an_arm_and_the_body(variants):
         assert (refine.fill_holes(hole, 200)[y - 1:y + 1, x - 1:x + 1] == 5).all()
 
 
+def test_smooth_with_radius_2_keeps_a_clean_mask_at_every_scale(variants):
+    for name, scale, sample, truth, _ in variants:
+        assert 1 - mean_iou(refine.smooth(truth, 2), truth) <= 0.01, (sample, name)
+
+
 def test_smooth_keeps_thin_parts_and_corners():
     arm = np.zeros((40, 40), np.uint8)
     arm[:, 19:20] = 14  # a 1-pixel-wide arm
