@@ -133,10 +133,10 @@ def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np
 
     Never removed: the largest piece of each person class (the only piece of a class is its
     largest), so a small true part (a shoe, sunglasses, an arm of a small person) survives any
-    size. The exception is a largest piece under ``part_fraction`` of the person's area (1/1000)
-    and under 1/20 of the smallest region it touches (of those over 1/1000): no body part is that small beside its
-    neighbours (sunglasses are a tenth of a face), but a speck of a class that the model put
-    where there is none is (None: no exception).
+    size. The exception is a largest piece under ``part_fraction`` of the person's area
+    (1/1000) and under 1/20 of the smallest region it touches (of those over 1/1000): no body
+    part is that small beside its neighbours (sunglasses are a tenth of a face), but a speck
+    of a class that the model put where there is none is (None: no exception).
     """
     labels = _check(labels, mask)
     size = _size(labels, min_size, min_fraction, "min_fraction")
@@ -161,8 +161,9 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
 
     - a piece of a person class that one other class encloses (a speck of face inside a coat),
       unless it is the largest piece of its class and at least ``part_fraction`` of the person
-      or 1/20 of the smallest region over that it touches (sunglasses inside a face, a glove inside a sleeve: a true part is where its class is;
-      a speck is a stray copy of a class that is elsewhere, or of none);
+      or 1/20 of the smallest region over that it touches (sunglasses inside a face, a glove
+      inside a sleeve: a true part is where its class is; a speck is a stray copy of a class
+      that is elsewhere, or of none);
     - background that one class encloses (a hole in a coat);
     - background enclosed by several classes and smaller than ``gap_fraction`` of the person
       (a hole on the boundary between two parts; 1/500 of the person).
@@ -170,6 +171,8 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
     Not holes: background seen between an arm and the body, between the legs (it reaches the
     border or is bounded by several parts and larger than a hole), and a piece that touches
     several other classes (a glove at the end of an arm touches the arm and the background).
+    A gap that one class alone encloses (a coat's sleeve held against the coat) looks like a
+    hole and is filled up to the size: ``max_fraction`` keeps that size in step with the person.
     The reason: a model leaves holes as small blobs inside one part; the true small parts and
     gaps that one or several classes enclose are either the one place of their class or
     bounded by several parts, and removing them costs more than leaving a hole.
@@ -282,7 +285,8 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
                              minlength=len(own) * num_classes).reshape(len(own), num_classes)
         clear = counts.max(axis=1) >= _MAJORITY * len(offsets)
         where = np.flatnonzero(weak)[change][clear]
-        changed[rows[start:start + chunk][where], cols[start:start + chunk][where]] = counts.argmax(axis=1)[clear]
+        at = (rows[start:start + chunk][where], cols[start:start + chunk][where])
+        changed[at] = counts.argmax(axis=1)[clear]
     return changed
 
 
@@ -355,7 +359,7 @@ def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None
 
 
 def _crossed_regions(regions: np.ndarray, region_class: np.ndarray, scribbles: np.ndarray,
-                     crossing: float) -> np.ndarray:
+                     crossing: float) -> tuple[np.ndarray, list]:
     """(R x classes bools: the regions each stroke class crosses, see refine_with_scribbles;
     the strokes drawn on the background instead)."""
     from skimage.morphology import skeletonize
@@ -460,7 +464,8 @@ def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.n
     for region, value, box, drawn in grow:  # a part the model missed: grown from the stroke
         grown = tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box)
         stroke = np.zeros(labels[grown].shape, bool)
-        stroke[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))] = drawn
+        inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown, strict=True))
+        stroke[inner] = drawn
         here = regions[grown] == region
         near = ndi.binary_dilation(stroke, iterations=margin) & here & ~stroke
         seeds = np.where(stroke, value + 1, np.where(near, 0, labels[grown].astype(np.int32) + 1))

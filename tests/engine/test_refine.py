@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage as ndi
 from skimage import measure
 
@@ -65,7 +64,7 @@ def test_clean_up_never_harms_a_clean_mask_and_helps_a_corrupted_one(variants, o
 
 
 def test_sizes_relative_to_the_person_follow_its_scale(variants):
-    for name, scale, _, truth, _ in variants:
+    for _name, _scale, _, truth, _ in variants:
         assert refine.person_area(truth) == (truth > 0).sum()
         np.testing.assert_array_equal(
             refine.remove_small_regions(truth, min_fraction=0.01),
@@ -75,7 +74,7 @@ def test_sizes_relative_to_the_person_follow_its_scale(variants):
 
 
 def test_remove_small_regions_never_removes_the_only_or_largest_piece_of_a_class(variants):
-    for name, scale, sample, truth, _ in variants:
+    for name, _scale, sample, truth, _ in variants:
         for out in (refine.remove_small_regions(truth, 10**9),
                     refine.remove_small_regions(truth, min_fraction=1.0)):
             for value in np.unique(truth)[1:]:
@@ -96,7 +95,7 @@ def _interior(region, depth):
 
 
 def test_fill_holes_keeps_sunglasses_in_a_face_and_fills_a_hole_beside_them(variants):
-    for name, scale, sample, truth, _ in variants:
+    for _name, _scale, _sample, truth, _ in variants:
         if not (truth == 13).any():
             continue
         faces, sizes = _pieces(truth, 13)
@@ -130,7 +129,7 @@ def _with(labels, where, value):
 
 
 def test_fill_holes_keeps_a_glove_at_the_end_of_an_arm(variants):
-    for name, scale, sample, truth, _ in variants:
+    for name, _scale, sample, truth, _ in variants:
         for arm_class in (14, 15):
             arms, sizes = _pieces(truth, arm_class)
             if len(sizes) == 0:
@@ -148,7 +147,7 @@ def test_fill_holes_keeps_a_glove_at_the_end_of_an_arm(variants):
 def test_fill_holes_keeps_the_background_between_an_arm_and_the_body(variants):
     """0002190: the background seen between the right arm and the body (87 pixels, enclosed by
     the arm, the clothes and the torso's skin) at every scale."""
-    for name, scale, sample, truth, _ in variants:
+    for name, _scale, sample, truth, _ in variants:
         if sample != "0002190":
             continue
         background = measure.label(truth == 0, connectivity=1)
@@ -169,7 +168,7 @@ def test_fill_holes_keeps_the_background_between_an_arm_and_the_body(variants):
 
 
 def test_smooth_with_radius_2_keeps_a_clean_mask_at_every_scale(variants):
-    for name, scale, sample, truth, _ in variants:
+    for name, _scale, sample, truth, _ in variants:
         assert 1 - mean_iou(refine.smooth(truth, 2), truth) <= 0.01, (sample, name)
 
 
@@ -213,7 +212,7 @@ def test_one_stroke_fixes_a_wrongly_labelled_region_whole_and_nothing_else(varia
     """The largest region given the wrong class: a short stroke in it, a straight stroke
     through it, and the straight stroke spilling a few pixels over onto the neighbours at
     both ends: the region takes the class entirely, every other pixel stays."""
-    for name, scale, sample, truth, photo in variants:
+    for _name, scale, _sample, truth, photo in variants:
         rng = np.random.default_rng(0)
         for corrupt in (bench.wrong_region, bench.wrong_region_stroke):
             bad, scribble = corrupt(truth, rng, scale)
@@ -227,7 +226,7 @@ def test_one_stroke_fixes_a_wrongly_labelled_region_whole_and_nothing_else(varia
 
 
 def test_strokes_of_two_classes_on_two_regions_both_take_effect(variants):
-    for name, scale, sample, truth, photo in variants:
+    for _name, _scale, sample, truth, photo in variants:
         if sample != "0026375":
             continue
         bad = truth.copy()
@@ -248,7 +247,7 @@ def test_a_stroke_through_some_pieces_of_the_wrong_class_fixes_those(variants):
     """0026375 has three faces; all three called pants: one straight stroke through two of
     them (and the background and hair between) fixes those two, the third stays, and
     nothing else changes."""
-    for name, scale, sample, truth, photo in variants:
+    for name, _scale, sample, truth, photo in variants:
         if sample != "0026375":
             continue
         faces, sizes = _pieces(truth, 13)
@@ -274,7 +273,7 @@ def test_a_stroke_through_some_pieces_of_the_wrong_class_fixes_those(variants):
 
 
 def test_scribbles_change_nothing_beyond_the_clicked_region_or_the_selection(variants):
-    for name, scale, sample, truth, photo in variants:
+    for _name, scale, _sample, truth, photo in variants:
         bad, scribble = bench.wrong_region_stroke(truth, np.random.default_rng(0), scale)
         wrong = bad != truth
         np.testing.assert_array_equal(refine.refine_with_scribbles(bad, photo, scribble, wrong), truth)
