@@ -96,7 +96,6 @@ def test_review_queue_human_parts_and_fine_tune_at_once(make_napari_viewer, dock
     review.dataset.value = tmp_path / "dataset"
     review.model.source = model_file
     for round_ in range(ROUNDS):
-        keep_training()
         name = f"round {round_}"
         viewer.add_image(photos[f"p{round_:02d}"], name=name)
         parts.image.value = viewer.layers[name]
@@ -105,6 +104,7 @@ def test_review_queue_human_parts_and_fine_tune_at_once(make_napari_viewer, dock
         else:
             review.next_button.native.click()  # ... then each next photo
         parts.runner.run_button.native.click()
+        keep_training()  # a run that ended meanwhile is checked and the next one starts
         assert parts.runner.running and finetune.runner.running
         qtbot.waitUntil(lambda: not parts.runner.running and not review.prelabelling,
                         timeout=JOB_TIMEOUT_MS)
