@@ -96,11 +96,12 @@ def test_whole_layer_operation_is_one_undo_step_and_counts_as_edits(session, qtb
     assert "photo parts scribbles" not in [layer.name for layer in widget.parts.choices if layer]
     tracker = edit_tracker(parts)
     press(widget, qtbot, "remove_small_regions")
-    expected = refine.remove_small_regions(session.speckled, 40)
+    size = round(0.05 / 100 * refine.person_area(session.speckled))  # the default: 0.05 %
+    expected = refine.remove_small_regions(session.speckled, size)
     np.testing.assert_array_equal(parts.data, expected)
     changed = expected != session.speckled
-    assert widget.runner.status.value == (f"Remove small regions: {changed.sum():,} pixels "
-                                          "changed (Ctrl+Z undoes)")
+    assert widget.runner.status.value == (f"Remove small regions (size {size:,} px): "
+                                          f"{changed.sum():,} pixels changed (Ctrl+Z undoes)")
     np.testing.assert_array_equal(tracker.mask, changed)  # a re-run of the model keeps these
     parts.undo()
     np.testing.assert_array_equal(parts.data, session.speckled)
@@ -180,8 +181,9 @@ def test_every_shortcut_runs_its_operation_from_a_real_key_press_on_the_parts_la
         send_key(viewer, qtbot, operation.key)
         qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
         expected = "Region 1 of 1:" if operation.name == "next_low_confidence" \
-            else f"{operation.text}:"
+            else operation.text
         assert widget.runner.status.value.startswith(expected), operation
+        assert "pixels changed" in widget.runner.status.value or expected.startswith("Region")
         assert parts.mode == "paint", operation
         assert viewer.layers.selection.active is parts
     assert not np.array_equal(parts.data, session.speckled)
@@ -364,3 +366,28 @@ def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
     assert window.height() <= 900
     assert widget.native.height() >= widget.native.minimumSizeHint().height()  # not clipped
     assert widget.native.width() <= 420  # the canvas keeps its room
+
+
+def mean_iou(labels, truth):
+    classes = np.union1d(np.unique(labels), np.unique(truth))
+    return np.mean([((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+                    for c in classes])
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_clean_up_defaults_follow_the_people_and_keep_a_correct_mask(make_napari_viewer, qtbot,
+                                                                    cihp_samples, scale):
+    """The default sizes are shares of the people's area: on a correct mask of people three
+    times smaller, Remove small regions and Fill holes still change next to nothing."""
+    truth = np.asarray(PILImage.open(cihp_samples / "Category_ids" / "0005008.png"))
+    truth = np.ascontiguousarray(truth[::scale, ::scale])
+    viewer = make_napari_viewer()
+    parts = add_parts(viewer, truth.copy())
+    _, widget = open_refine(viewer)
+    assert widget.min_size.native.suffix() == " %" and widget.max_hole.native.suffix() == " %"
+    press(widget, qtbot, "remove_small_regions")
+    assert mean_iou(parts.data, truth) >= 1 - 0.02, widget.runner.status.value
+    press(widget, qtbot, "fill_holes")
+    assert mean_iou(parts.data, truth) >= 1 - 0.02 - 0.01, widget.runner.status.value
+    expected_size = round(0.2 / 100 * refine.person_area(truth))
+    assert f"(size {expected_size:,} px)" in widget.runner.status.value

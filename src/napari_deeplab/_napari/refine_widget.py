@@ -46,9 +46,11 @@ class Operation(NamedTuple):
 # (not the viewer, Labels or Shapes layers, nor its menus: the tests check).
 OPERATIONS = (
     Operation("remove_small_regions", "Remove small regions", "Shift-S",
-              "Pieces under this many pixels take the class around them", ("min_size",)),
+              "Pieces under this share of the people's area take the class around them",
+              ("min_size",)),
     Operation("fill_holes", "Fill holes", "Shift-H",
-              "Holes up to this many pixels take the class around them", ("max_hole",)),
+              "Holes up to this share of the people's area take the class around them",
+              ("max_hole",)),
     Operation("smooth", "Smooth", "Shift-M", "Straighten jagged edges", ("radius",)),
     Operation("relabel", "Relabel", "Shift-C", "One class becomes another",
               ("source_class", "target_class")),
@@ -61,6 +63,9 @@ OPERATIONS = (
 )
 SHORTCUTS = {operation.name: operation.key for operation in OPERATIONS}
 HELP_LINE = "⇧X on a button: Shift+X presses it (on the canvas)"
+RELATIVE_SIZES = ("min_size", "max_hole")
+"""Sizes in % of the people's area (``refine.person_area``: the labelled pixels of the frame), so
+one setting fits a person close up and one three times smaller (docs/benchmarks.md)."""
 
 
 class OperationButton(PushButton):
@@ -94,8 +99,13 @@ class RefineWidget(Container):
                                          tooltip="Add (or pick) '<parts> selection' and draw")
         self.scribbles = PushButton(text="Scribbles layer", tooltip="Add (or pick) '<parts> "
                                     "scribbles': paint the right class on wrong regions")
-        self.min_size = SpinBox(value=40, min=1, max=10**6, tooltip="Minimum size (pixels)")
-        self.max_hole = SpinBox(value=200, min=1, max=10**7, tooltip="Largest hole (pixels)")
+        self.min_size = FloatSpinBox(value=0.05, min=0.001, max=100, step=0.01, tooltip=(
+            "Minimum size, in % of the people's area (the labelled pixels of the frame)"))
+        self.max_hole = FloatSpinBox(value=0.2, min=0.001, max=100, step=0.05, tooltip=(
+            "Largest hole, in % of the people's area (the labelled pixels of the frame)"))
+        for size in (self.min_size, self.max_hole):
+            size.native.setDecimals(3)
+            size.native.setSuffix(" %")
         self.radius = SpinBox(value=1, min=1, max=10, tooltip="Smoothing radius (pixels)")
         classes = [(f"{value} {name}", value) for value, name in enumerate(CLASS_NAMES)]
         self.source_class = ComboBox(choices=classes, value=5, tooltip="Relabel this class…")
@@ -218,6 +228,10 @@ class RefineWidget(Container):
         before = np.array(parts.data[frame])
         mask = self._scope_mask(parts, before, frame)
         arguments = [getattr(self, field).value for field in operation.parameters]
+        size_note = ""
+        if operation.parameters and operation.parameters[0] in RELATIVE_SIZES:
+            arguments[0] = max(1, round(arguments[0] / 100 * refine.person_area(before)))
+            size_note = f" (size {arguments[0]:,} px)"
         if operation.name in ("snap_to_image", "refine_with_scribbles"):  # the photo too
             photo = self._layer(name := parts.name.removesuffix(PARTS_SUFFIX))
             if not isinstance(photo, Image):
@@ -243,7 +257,8 @@ class RefineWidget(Container):
             if changed[0].size and operation.name == "refine_with_scribbles":
                 strokes = self._layer(parts.name + SCRIBBLES_SUFFIX)
                 strokes.data = np.zeros_like(strokes.data)  # used up: the parts hold the result
-            self._summary = f"{operation.text}: {changed[0].size:,} pixels changed (Ctrl+Z undoes)"
+            self._summary = (f"{operation.text}{size_note}: {changed[0].size:,} pixels changed "
+                             "(Ctrl+Z undoes)")
 
         return Job(work(), total=1, description=operation.text, on_result=land,
                    on_done=lambda: self._summary, message=f"{operation.text}…")
