@@ -60,9 +60,9 @@ def main() -> None:
         model = args.model
         if model is None:
             model = str(Path(scratch) / "random.keras")
-            subprocess.run([sys.executable, "-c", "import sys; from napari_deeplab.model import "
-                            "build_model; build_model().save(sys.argv[1])", model], check=True,
-                           capture_output=True)
+            make = ("import sys; from napari_deeplab.model import build_model; "
+                    "build_model().save(sys.argv[1])")
+            subprocess.run([sys.executable, "-c", make, model], check=True, capture_output=True)
         photo = cihp_photo()[0][0]
         height = int((args.megapixels * 1e6 * 3 / 4) ** 0.5)
         width = int(height * 4 / 3)

@@ -26,7 +26,7 @@ def test_labels_are_the_argmax_of_bilinearly_upsampled_logits(shape):
     # confidence is interpolated from the model's grid: close to, not equal to, the exact value
     probabilities = tf.nn.softmax(full).numpy().max(-1)
     assert np.abs(confidence - probabilities).mean() < 0.03
-    assert 0 < confidence.min() and confidence.max() <= 1
+    assert confidence.min() > 0 and confidence.max() <= 1
 
 
 def test_upsampling_a_large_photo_stays_in_bounded_memory():
@@ -96,7 +96,7 @@ def test_stack_goes_through_in_batches_like_single_photos(model, cihp_photo):
     frames = np.stack([cihp_photo, cihp_photo[::-1], cihp_photo[:, ::-1]])
     results = list(segment_stack(frames, model, batch_size=2))
     assert [r.index for r in results] == [0, 1, 2]
-    for frame, result in zip(frames, results):
+    for frame, result in zip(frames, results, strict=True):
         labels, _ = segment(frame, model)
         assert (result.labels == labels).mean() > 0.999
     sizes = [np.zeros((20, 30, 3), np.uint8), np.zeros((50, 10), np.uint8)]

@@ -7,8 +7,15 @@ import pytest
 
 from napari_deeplab import DEFAULT_MODEL
 from napari_deeplab.cihp import CLASS_NAMES
-from napari_deeplab.model import (ModelError, build_model, cache_dir, convert_seed_checkpoint,
-                                  fold_batch_norm, load_model, model_info)
+from napari_deeplab.model import (
+    ModelError,
+    build_model,
+    cache_dir,
+    convert_seed_checkpoint,
+    fold_batch_norm,
+    load_model,
+    model_info,
+)
 
 
 def test_architecture_has_the_seeds_parameter_count():
@@ -51,7 +58,7 @@ def test_conversion_is_cached_by_content(seed_checkpoint, model, tmp_path):
     start = time.perf_counter()
     again = load_model(seed_checkpoint)
     assert time.perf_counter() - start < 30
-    for a, b in zip(again.get_weights(), model.get_weights()):
+    for a, b in zip(again.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     # a copy of the same checkpoint elsewhere hits the same cache entry
     copy = shutil.copytree(seed_checkpoint, tmp_path / "copy")
