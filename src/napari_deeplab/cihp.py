@@ -795,13 +795,8 @@ def _fsync_file(path: Path) -> None:
 
 def _fsync_folder(path: Path) -> None:
     """Make renames in ``path`` durable (POSIX; Windows has no folder fsync)."""
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if os.name != "nt":
+        _fsync_file(path)
 
 
 def _unlink_quietly(path: Path) -> None:
