@@ -270,19 +270,26 @@ def test_low_confidence_review_outlines_zooms_and_follows_frame_threshold_and_da
     assert not [w for w in recwarn if "Private attribute" in str(w.message)]
 
 
-def test_operations_run_off_the_gui_thread_one_at_a_time(session, qtbot, monkeypatch):
-    widget, parts = session.widget, session.parts
-    started, release = threading.Event(), threading.Event()
-    threads = []
-    real_smooth = refine.smooth
+@pytest.fixture
+def held_smooth(monkeypatch):
+    """refine.smooth that waits for ``release`` once ``started``, noting the threads it ran in."""
+    held = SimpleNamespace(started=threading.Event(), release=threading.Event(), threads=[],
+                           real=refine.smooth)
 
     def slow_smooth(labels, radius, mask=None):
-        threads.append(threading.current_thread())
-        started.set()
-        release.wait(60)
-        return real_smooth(labels, radius, mask)
+        held.threads.append(threading.current_thread())
+        held.started.set()
+        held.release.wait(60)
+        return held.real(labels, radius, mask)
 
     monkeypatch.setattr(refine, "smooth", slow_smooth)
+    return held
+
+
+def test_operations_run_off_the_gui_thread_one_at_a_time(session, qtbot, held_smooth):
+    widget, parts = session.widget, session.parts
+    started, release, threads = held_smooth.started, held_smooth.release, held_smooth.threads
+    real_smooth = held_smooth.real
     widget.buttons["smooth"].native.click()
     qtbot.waitUntil(started.is_set)
     assert threads[0] is not threading.main_thread()
@@ -298,17 +305,9 @@ def test_operations_run_off_the_gui_thread_one_at_a_time(session, qtbot, monkeyp
     np.testing.assert_array_equal(parts.data, real_smooth(session.speckled, 1))
 
 
-def test_parts_layer_removed_while_an_operation_runs_is_reported(session, qtbot, monkeypatch):
+def test_parts_layer_removed_while_an_operation_runs_is_reported(session, qtbot, held_smooth):
     widget = session.widget
-    started, release = threading.Event(), threading.Event()
-    real_smooth = refine.smooth
-
-    def slow_smooth(labels, radius, mask=None):
-        started.set()
-        release.wait(60)
-        return real_smooth(labels, radius, mask)
-
-    monkeypatch.setattr(refine, "smooth", slow_smooth)
+    started, release = held_smooth.started, held_smooth.release
     widget.buttons["smooth"].native.click()
     qtbot.waitUntil(started.is_set)
     session.viewer.layers.remove("photo parts")
