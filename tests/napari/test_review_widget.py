@@ -278,9 +278,8 @@ def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_rem
     assert widget.queue.state("small") == "exported"
 
 
-def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer, qtbot,
-                                                              cihp_samples, model_file, tmp_path):
-    """A double press of Alt+A must not export the next photo, which nobody has looked at."""
+def _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    """A shown viewer with a Review queue open on photos 'a' and 'b', both pre-labelled."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("a", "b"):
@@ -289,6 +288,14 @@ def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer
     _, widget = _dock(viewer)
     _open(widget, photos, tmp_path / "dataset", model_file)
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    return viewer, widget
+
+
+def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer, qtbot,
+                                                              cihp_samples, model_file, tmp_path):
+    """A double press of Alt+A must not export the next photo, which nobody has looked at."""
+    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file,
+                                      tmp_path)
     _press(qtbot, viewer, Qt.Key.Key_A, ALT)
     _press(qtbot, viewer, Qt.Key.Key_A, ALT)
     assert widget.shown_id == "b"
@@ -303,14 +310,8 @@ def test_a_dataset_that_cannot_be_written_keeps_the_photo_and_its_edits(
         make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
     """Next with the drafts folder unwritable (a file in its place: root ignores permissions)
     says so on one line and stays on the photo, edits and all; no traceback."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("a", "b"):
-        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / f"{name}.jpg")
-    viewer = make_napari_viewer(show=True)
-    _, widget = _dock(viewer)
-    _open(widget, photos, tmp_path / "dataset", model_file)
-    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file,
+                                      tmp_path)
     drafts = widget.queue.folder
     shutil.rmtree(drafts)
     drafts.write_text("in the way")
