@@ -6,13 +6,22 @@ import pytest
 from napari_deeplab.review import ReviewQueue, queue_items
 
 
-def test_queue_state_lives_in_the_dataset_folder(tmp_path, cihp_samples):
+def _queue_with_work(tmp_path, cihp_samples):
+    """A queue with a model draft (first), a correction (second) and an export (third)."""
     photos = shutil.copytree(cihp_samples / "Images", tmp_path / "photos")
     queue = ReviewQueue(photos, tmp_path / "dataset")
     first, second, third = (item.sample_id for item in queue.items)
     queue.save_draft(first, np.zeros((200, 300), np.uint8), corrected=False)
     queue.save_draft(second, np.ones((313, 576), np.uint8), corrected=True)
     queue.accept(third, np.full((498, 500), 2, np.uint8))
+    queue.go_to(1)
+    return photos, queue
+
+
+def test_queue_state_lives_in_the_dataset_folder(tmp_path, cihp_samples):
+    photos, queue = _queue_with_work(tmp_path, cihp_samples)
+    second = queue.items[1].sample_id
+    queue.go_to(0)
     assert queue.move(1, skip_exported=True) == 1
     assert queue.move(1, skip_exported=True) == 1  # nothing left but the exported one
 
@@ -30,18 +39,6 @@ def test_queue_of_a_cihp_split_and_bad_folders(tmp_path, cihp_samples):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="share a file stem"):
         queue_items(tmp_path)
-
-
-def _queue_with_work(tmp_path, cihp_samples):
-    """A queue with a model draft (first), a correction (second) and an export (third)."""
-    photos = shutil.copytree(cihp_samples / "Images", tmp_path / "photos")
-    queue = ReviewQueue(photos, tmp_path / "dataset")
-    first, second, third = (item.sample_id for item in queue.items)
-    queue.save_draft(first, np.zeros((200, 300), np.uint8), corrected=False)
-    queue.save_draft(second, np.ones((313, 576), np.uint8), corrected=True)
-    queue.accept(third, np.full((498, 500), 2, np.uint8))
-    queue.go_to(1)
-    return photos, queue
 
 
 @pytest.mark.parametrize("damage", [
