@@ -52,11 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", metavar="PATH", default=None, help=model_help)
     predict.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                          help="photos per model call (default 4)")
+    predict.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                         help="float32 (default) or bfloat16 (faster where the hardware has it)")
     predict.add_argument("--split", default="Training",
                          choices=("Training", "Validation", "Testing"),
                          help="split folder to write (default Training)")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace samples that already exist (default: keep them)")
+    predict.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                         help="parallel workers reading, preparing and writing photos (default: "
+                              "the machine's cores; with --engine ray, the number of model actors)")
+    predict.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="local (default): this process; ray: a Ray cluster (pip install "
+                              "'napari-deeplab[ray]'), see docs/scale.md")
+    predict.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                         help="with --engine ray: the cluster to join (default: start a local one)")
+    predict.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                         help="with --engine ray: GPUs per model actor (default 0: CPU)")
 
     finetune = commands.add_parser(
         "finetune", help="fine-tune a model on a CIHP-format folder",
@@ -81,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--overwrite", action="store_true",
                           help="replace an existing OUT.keras, but only with a model better than "
                                "the starting one (default: refuse an existing file)")
+    finetune.add_argument("--eval-every", type=int, default=0, metavar="N",
+                          help="also score the validation split at full resolution every N epochs "
+                               "(default 0: once, at the end; every epoch is scored at the "
+                               "model's resolution to pick the best model)")
+    finetune.add_argument("--devices", default=None, metavar="all|N",
+                          help="train data-parallel on all or N local devices (JAX backend, "
+                               "keras.distribution; across machines when its environment is set)")
+    finetune.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                          help="float32 (default) or bfloat16 mixed precision (weights stay float32)")
 
     evaluate = commands.add_parser(
         "evaluate", help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
@@ -89,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     evaluate.add_argument("--model", metavar="SRC", default=None, help=model_help)
     evaluate.add_argument("--split", default="Validation", help="split (default Validation)")
+    evaluate.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                          help="float32 (default) or bfloat16")
     evaluate.add_argument("--json", action="store_true",
                           help="print JSON with keys miou, pixel_accuracy, per_class")
 
@@ -146,11 +169,20 @@ def _predict(args) -> int:
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
-    model = load_model(args.model)
+    if args.engine == "ray":
+        from .ray_engine import prelabel_with_ray
+
+        outcomes = prelabel_with_ray(
+            [str(path) for path in paths], args.model, args.out, split=args.split,
+            batch_size=args.batch_size, overwrite=args.overwrite, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, address=args.address, precision=args.precision)
+    else:
+        outcomes = prelabel_files(paths, load_model(args.model, precision=args.precision), args.out,
+                                  split=args.split, batch_size=args.batch_size,
+                                  overwrite=args.overwrite, workers=args.workers)
     counts = {"written": 0, "skipped": 0, "failed": 0}
     with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
-        for outcome in prelabel_files(paths, model, args.out, split=args.split,
-                                      batch_size=args.batch_size, overwrite=args.overwrite):
+        for outcome in outcomes:
             counts[outcome.status] += 1
             if outcome.status != "written":
                 bar.write(f"{outcome.path}: {outcome.status}: {outcome.message}", file=sys.stderr)
@@ -177,12 +209,13 @@ def _finetune(args) -> int:
     train, val = training_and_validation(args.root, args.split, args.val_split)
     require_good_samples(train, val)  # before loading the model: fail fast, naming each sample
     print(f"training on {len(train.ids)} samples, validating on {len(val.ids)}")
-    model = load_model(args.model)
+    model = load_model(args.model, precision=args.precision)
     best = None
     try:
         for report in finetune(model, train, val, args.out, epochs=args.epochs,
                                batch_size=args.batch_size, image_size=args.image_size,
-                               learning_rate=args.learning_rate, overwrite=args.overwrite):
+                               learning_rate=args.learning_rate, overwrite=args.overwrite,
+                               eval_every=args.eval_every, devices=args.devices):
             loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
             mark = "  saved" if report.saved else ""
             print(f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
@@ -213,7 +246,7 @@ def _evaluate(args) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
-    result = evaluate(load_model(args.model), dataset)
+    result = evaluate(load_model(args.model, precision=args.precision), dataset)
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK

@@ -183,11 +183,11 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
         yield from failures
         failures.clear()
         path = readable[result.index]
-        yield _write(out, path, result.labels, split, overwrite)
+        yield write_outcome(out, path, result.labels, split, overwrite)
     yield from failures
 
 
-def _write(out, path: Path, labels: np.ndarray, split: str, overwrite: bool) -> FileOutcome:
+def write_outcome(out, path: Path, labels: np.ndarray, split: str, overwrite: bool) -> FileOutcome:
     """Commit one pre-labelled photo; the skip-or-write decision is taken here, under the lock."""
     try:
         cihp.write_sample(out, path.stem, labels, split=split, image_path=path, overwrite=overwrite)
