@@ -145,10 +145,17 @@ def test_an_existing_out_is_refused_or_kept_until_a_better_model(cihp_samples, t
 
 KILLED_WHILE_SAVING = """
 import sys
+import numpy as np
 from napari_deeplab.model import build_model
 from napari_deeplab.training import finetune, training_and_validation
 train, val = training_and_validation(sys.argv[1], "Training", None)
-for report in finetune(build_model(), train, val, sys.argv[2], epochs=3, batch_size=2,
+# The start model predicts glove (3), in no mask, everywhere: its mean IoU is 0, so the first
+# epoch that gets any pixel right is saved, whatever the backend's training does.
+start = build_model()
+logits = start.get_layer("logits")
+kernel, bias = logits.get_weights()
+logits.set_weights([np.zeros_like(kernel), np.eye(len(bias), dtype=bias.dtype)[3] * 1e-3])
+for report in finetune(start, train, val, sys.argv[2], epochs=3, batch_size=2,
                        image_size=64, learning_rate=1e-3):
     print(report.epoch, report.saved, report.loss, flush=True)
 """
