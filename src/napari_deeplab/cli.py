@@ -13,7 +13,9 @@ def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (oneDNN, CUDA probing) kept off the terminal.
 
     TensorFlow >= 2.20 prints it through absl before logging is configured, so no environment
-    variable silences it; stderr is pointed at /dev/null for the import alone.
+    variable silences it; stderr is pointed at /dev/null for the import alone. Under another
+    Keras backend (``KERAS_BACKEND=jax``) TensorFlow is not imported. Without TensorFlow under
+    the default backend: one line saying what to install, and exit.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
@@ -26,9 +28,18 @@ def _import_tensorflow_quietly() -> None:
             import tensorflow as tf
 
             tf.config.list_physical_devices()
+    except ImportError:
+        missing = True
+    else:
+        missing = False
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+    if missing:
+        print("napari-deeplab: error: TensorFlow is not installed (Keras's default backend): "
+              "pip install tensorflow, or set KERAS_BACKEND=jax with JAX installed "
+              "(pip install 'napari-deeplab[jax]') to run .keras models", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,15 +269,14 @@ def _evaluate(args) -> int:
 
 
 def _convert(args) -> int:
-    from .model import load_model
+    from .cihp import write_file_atomically
+    from .model import load_model, save_model
 
     if not args.out.endswith(".keras"):
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
         return EXIT_ERROR
-    from .cihp import write_file_atomically
-
     model = load_model(args.source)
-    write_file_atomically(args.out, model.save)
+    write_file_atomically(args.out, lambda path: save_model(model, path))
     print(f"saved {args.out}")
     return EXIT_OK
 

@@ -5,6 +5,10 @@ DeepLabV3+"), written so that pooling and upsampling follow the input: the same 
 at any input size whose sides are multiples of 16. Our models take RGB in 0..255 (the
 scaling to [-1, 1] the seed was trained with is the model's first layer) and return one
 logit per class and pixel; they carry their class names and training input size.
+
+Any Keras backend runs them (``KERAS_BACKEND``: TensorFlow by default, JAX, PyTorch); only
+converting the seed's SavedModel needs TensorFlow. :func:`load_model` gives them in float32
+or in bfloat16 mixed precision (:data:`PRECISIONS`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ SEED_INPUT_SIZE = 512
 """Side of the square the seed was trained on; inputs are resized to it without keeping aspect."""
 
 _SEED_FILES = ("saved_model.pb", "keras_metadata.pb", "variables/variables.index")
+
+PRECISIONS = ("float32", "bfloat16")
+"""What :func:`load_model` and :func:`with_precision` take. ``bfloat16`` is Keras's
+``mixed_bfloat16``: variables stay float32, layers compute in bfloat16, and the logits are
+cast to float32 before the last upsampling, so the loss, the argmax and the softmax work
+in float32."""
+
+_FLOAT32_OUTPUT_LAYERS = ("output_upsample", "model_info")
+"""Layers that keep float32 in a bfloat16 model (the logits' upsampling and the output)."""
 
 
 class ModelError(Exception):
@@ -64,7 +77,8 @@ class BilinearUpsampling(layers.Layer):
             # keras.ops.image.resize validates the size in Python, which a symbolic size fails
             import tensorflow as tf
 
-            return tf.image.resize(inputs, tf.shape(inputs)[1:3] * self.factor, method="bilinear")
+            resized = tf.image.resize(inputs, tf.shape(inputs)[1:3] * self.factor, method="bilinear")
+            return ops.cast(resized, inputs.dtype)  # tf.image.resize returns float32
         shape = ops.shape(inputs)  # static under JAX and PyTorch
         return ops.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor),
                                 interpolation="bilinear", antialias=False)
@@ -184,7 +198,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 
     def clone(layer):
         if layer.name in folded_into:
-            return _Identity(name=layer.name)
+            return _Identity(name=layer.name, dtype=layer.dtype_policy)
         config = layer.get_config()
         if layer.name in folded_convs:
             config["use_bias"] = True
@@ -204,6 +218,44 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     return inference
 
 
+# --- precision ---------------------------------------------------------------------------------
+
+def model_precision(model: keras.Model) -> str:
+    """``"bfloat16"`` if ``model``'s convolutions compute in bfloat16, else ``"float32"``."""
+    return "bfloat16" if model.get_layer("logits").compute_dtype == "bfloat16" else "float32"
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """``model`` itself if it already computes in ``precision`` (one of :data:`PRECISIONS`),
+    else a copy of it that does, with the same weights (float32 variables in both).
+
+    A bfloat16 copy has the ``mixed_bfloat16`` dtype policy on every layer except the
+    logits' upsampling and the output (float32), so it still returns float32 logits.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if model_precision(model) == precision:
+        return model
+    policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name in _FLOAT32_OUTPUT_LAYERS else policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Save ``model`` as a ``.keras`` file in float32, whatever it computes in, so that the
+    file never forces bfloat16 on whoever loads it (Keras stores each layer's dtype policy)."""
+    with_precision(model, "float32").save(path)
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
@@ -216,23 +268,30 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("napari-deeplab"))
 
 
-def load_model(source: str | os.PathLike | None = None) -> keras.Model:
+def load_model(source: str | os.PathLike | None = None, *, precision: str = "float32"
+               ) -> keras.Model:
     """Load a model from a hub id, a seed-format SavedModel folder or a ``.keras`` file of ours.
 
     ``source`` defaults to :data:`DEFAULT_MODEL`. A seed-format checkpoint is converted once
     into the native Keras 3 model and cached, keyed by its content, so later loads are fast
-    and work offline. Raises :class:`ModelError` with a one-line message on any failure.
+    and work offline (without TensorFlow too). ``precision``: ``"float32"`` or
+    ``"bfloat16"`` (mixed precision, see :func:`with_precision`), whatever the file holds.
+    Raises :class:`ModelError` with a one-line message on any failure.
     """
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     try:
         source = check_model_source(source)
     except ValueError as error:
         raise ModelError(str(error)) from None
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_folder(path)
-    if path.is_file():
-        return _load_keras_file(path)
-    return _load_folder(_download(source))  # check_model_source let only a hub id through
+        model = _load_folder(path, source)
+    elif path.is_file():
+        model = _load_keras_file(path)
+    else:  # check_model_source let only a hub id through
+        model = _load_folder(_download(source), source)
+    return with_precision(model, precision)
 
 
 def _download(repo_id: str) -> Path:
@@ -260,9 +319,9 @@ def _download(repo_id: str) -> Path:
                 "(a SavedModel folder or a .keras file)") from None
 
 
-def _load_folder(folder: Path) -> keras.Model:
+def _load_folder(folder: Path, source: str) -> keras.Model:
     if (folder / "saved_model.pb").exists():
-        return load_seed_checkpoint(folder)
+        return load_seed_checkpoint(folder, source)
     keras_files = sorted(folder.glob("*.keras"))
     if len(keras_files) == 1:
         return _load_keras_file(keras_files[0])
@@ -299,10 +358,11 @@ def _checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def load_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
+def load_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -> keras.Model:
     """Load a Keras-2 SavedModel in the seed's format, converting it once and caching the result.
 
-    The cache entry is ``<cache_dir>/converted/<content digest>.keras``.
+    The cache entry is ``<cache_dir>/converted/<content digest>.keras``; a cached model loads
+    without TensorFlow. ``source``: how the user named the model (a hub id), for messages.
     """
     folder = Path(folder)
     missing = [name for name in _SEED_FILES if not (folder / name).exists()]
@@ -315,7 +375,7 @@ def load_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
             return keras.saving.load_model(cached, compile=False)
         except Exception:
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt below
-    model = convert_seed_checkpoint(folder)
+    model = convert_seed_checkpoint(folder, source)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent) as scratch:
         partial = Path(scratch) / cached.name
@@ -324,15 +384,16 @@ def load_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
     return model
 
 
-def convert_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
+def convert_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -> keras.Model:
     """Convert a seed-format SavedModel into :func:`build_model`'s model, weight by weight.
 
     Reads the layer graph from ``keras_metadata.pb`` and the weights from the variables
-    checkpoint; needs TensorFlow (not ``tf_keras``). No caching: see :func:`load_seed_checkpoint`.
+    checkpoint; needs TensorFlow (not ``tf_keras``), under any Keras backend: without it,
+    :class:`ModelError` says how to convert elsewhere. No caching: see
+    :func:`load_seed_checkpoint`. ``source``: how the user named the model, for messages.
     """
-    import tensorflow as tf
-
     folder = Path(folder)
+    tf = _tensorflow_for_conversion(source or str(folder))
     seed_layers = _read_seed_layer_config(folder)
     try:
         reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
@@ -363,6 +424,18 @@ def convert_seed_checkpoint(folder: str | os.PathLike) -> keras.Model:
                              "weights of other shapes); give a DeepLabV3+ ResNet50 checkpoint")
         layer.set_weights(values)
     return model
+
+
+def _tensorflow_for_conversion(source: str):
+    """The ``tensorflow`` module, or :class:`ModelError` saying that converting ``source`` needs it."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ModelError(f"{source}: converting the seed SavedModel needs TensorFlow: pip install "
+                         f"tensorflow, or convert once with `napari-deeplab convert {source} --out "
+                         "model.keras` where TensorFlow is installed and use the .keras file") \
+            from None
+    return tf
 
 
 def _read_seed_layer_config(folder: Path) -> list[dict]:
