@@ -581,5 +581,8 @@ class _distributed:
 
 
 def _save_atomically(model, out: Path) -> None:
-    """Write the model to a temporary ``.keras`` sibling, fsync it, rename it over ``out``."""
-    cihp.write_file_atomically(out, model.save)
+    """Write the model to a temporary ``.keras`` sibling, fsync it, rename it over ``out``
+    (in float32 whatever precision it trains in: :func:`~napari_deeplab.model.save_model`)."""
+    from .model import save_model
+
+    cihp.write_file_atomically(out, lambda path: save_model(model, path))
