@@ -144,7 +144,8 @@ def _pixel_count(path) -> int | None:
 
 
 def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
-                   batch_size: int = 4, overwrite: bool = False) -> Iterator[FileOutcome]:
+                   batch_size: int = 4, overwrite: bool = False, workers: int = 1,
+                   clock=None, max_in_flight: int | None = None) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
     Photos already in the split are skipped unless ``overwrite``: those listed when the batch
@@ -152,9 +153,19 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     committed (under the split's lock), so a sample that another writer (the review queue,
     napari, a second ``predict``) commits meanwhile is kept and reported as skipped.
     Unreadable photos and failed writes are yielded as ``"failed"`` with the reason, and the
-    batch goes on.
+    batch goes on. Outcomes come in input order.
+
+    ``workers`` > 1 reads, resizes, upsamples, encodes and stages the files in that many
+    threads while the model runs in the calling thread, and commits in input order, in groups,
+    in one more thread (:mod:`napari_deeplab.pipeline`; at most ``max_in_flight`` photos
+    between reading and reporting). The files and the id list are the same, byte for byte,
+    as with ``workers=1``, which does everything in the calling thread. ``clock``: a
+    :class:`~napari_deeplab.pipeline.StageClock` summing the CPU time of the stages ``read``,
+    ``resize``, ``model``, ``upsample``, ``encode`` (and staging the files) and ``commit``.
     """
-    from .inference import segment_stack
+    from .inference import batch_outputs, model_input, upsample_logits
+    from .model import model_info
+    from .pipeline import Failed, Prepared, run_pipeline, timed
 
     cihp.check_split(split)
     check_unique_ids(paths)
@@ -166,34 +177,80 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
         else:
             yield FileOutcome(path, path.stem, "skipped",
                               f"already in {Path(out) / split}; --overwrite replaces it")
-    readable: list[Path] = []  # the photos handed to the model, in order
-    failures: list[FileOutcome] = []
+    size = model_info(model).input_size
 
-    def photos():
-        for path in todo:
+    def prepare(index, path):
+        try:
+            with timed(clock, "read"):
+                photo = read_photo(path)
+        except ValueError as error:
+            return Failed(FileOutcome(path, path.stem, "failed", str(error)))
+        with timed(clock, "resize"):
+            return Prepared(model_input(photo, size), (path, photo.shape[:2]))
+
+    def finish(context, output):
+        path, shape = context
+        logits, grid_labels, _ = output
+        with timed(clock, "upsample"):
+            labels, _ = upsample_logits(logits, shape, grid_labels, confidence=False)
+        with timed(clock, "encode"):
             try:
-                photo = [read_photo(path)]
-            except ValueError as error:
-                failures.append(FileOutcome(path, path.stem, "failed", str(error)))
-                continue
-            readable.append(path)
-            yield photo.pop()  # not kept in this frame while the model works
+                return path, cihp.stage_sample(out, path.stem, labels, split=split,
+                                               image_path=path, overwrite=overwrite)
+            except (OSError, cihp.DatasetError) as error:
+                return path, _write_failure(path, error)
 
-    for result in segment_stack(photos(), model, batch_size=batch_size, confidence=False):
-        yield from failures
-        failures.clear()
-        path = readable[result.index]
-        yield write_outcome(out, path, result.labels, split, overwrite)
-    yield from failures
+    def commit(results):
+        with timed(clock, "commit", len(results)):
+            return commit_outcomes(out, split, results)
+
+    yield from run_pipeline(todo, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
+                            finish=finish, commit=commit, discard=_discard, batch_size=batch_size,
+                            workers=workers, max_in_flight=max_in_flight, clock=clock)
+
+
+def commit_outcomes(out, split: str, results: list[tuple[Path, object]]) -> list[FileOutcome]:
+    """Commit ``(photo path, staged sample)`` pairs (:func:`~napari_deeplab.cihp.stage_sample`)
+    of one split as one group, in order; a :class:`FileOutcome` in place of a staged sample
+    (one that failed earlier) is passed through. Returns one outcome per pair."""
+    staged = [sample for _, sample in results if isinstance(sample, cihp.StagedSample)]
+    try:
+        errors = iter(cihp.commit_samples(staged))
+    except (OSError, cihp.DatasetError) as error:
+        errors = iter([error] * len(staged))
+    outcomes = []
+    for path, sample in results:
+        if isinstance(sample, FileOutcome):
+            outcomes.append(sample)
+        else:
+            outcomes.append(_commit_outcome(out, path, split, next(errors)))
+    return outcomes
+
+
+def _discard(result: tuple[Path, object]) -> None:
+    if isinstance(result[1], cihp.StagedSample):
+        result[1].discard()
 
 
 def write_outcome(out, path: Path, labels: np.ndarray, split: str, overwrite: bool) -> FileOutcome:
     """Commit one pre-labelled photo; the skip-or-write decision is taken here, under the lock."""
     try:
         cihp.write_sample(out, path.stem, labels, split=split, image_path=path, overwrite=overwrite)
-    except cihp.SampleExistsError:
+    except (OSError, cihp.DatasetError) as error:
+        return _commit_outcome(out, path, split, error)
+    return FileOutcome(path, path.stem, "written")
+
+
+def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> FileOutcome:
+    """The outcome of committing ``path``'s sample: written (no ``error``), skipped (another
+    writer committed it first) or failed."""
+    if error is None:
+        return FileOutcome(path, path.stem, "written")
+    if isinstance(error, cihp.SampleExistsError):
         return FileOutcome(path, path.stem, "skipped", f"committed to {Path(out) / split} by "
                            "another writer while this batch ran; kept (--overwrite replaces it)")
-    except (OSError, cihp.DatasetError) as error:
-        return FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
-    return FileOutcome(path, path.stem, "written")
+    return _write_failure(path, error)
+
+
+def _write_failure(path: Path, error: Exception) -> FileOutcome:
+    return FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
