@@ -173,37 +173,50 @@ def _predict(args) -> int:
     from .model import load_model
     from .prelabel import check_unique_ids, expand_inputs, prelabel_files
 
-    paths, problems = expand_inputs(args.inputs)
+    if args.engine == "ray":
+        from .ray_engine import RayEngineError, expand_ray_inputs, prelabel_with_ray
+
+        paths, problems = expand_ray_inputs(args.inputs)  # URIs too: s3://, gs://, ...
+        engine_errors: tuple[type[Exception], ...] = (RayEngineError,)
+    else:
+        paths, problems = expand_inputs(args.inputs)
+        engine_errors = ()
     for problem in problems:
         print(f"napari-deeplab: {problem}", file=sys.stderr)
-    check_unique_ids(paths)
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
     if args.engine == "ray":
-        from .ray_engine import prelabel_with_ray
-
         outcomes = prelabel_with_ray(
-            [str(path) for path in paths], args.model, args.out, split=args.split,
-            batch_size=args.batch_size, overwrite=args.overwrite, workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker, address=args.address, precision=args.precision)
+            paths, args.model, args.out, split=args.split, batch_size=args.batch_size,
+            overwrite=args.overwrite, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+            address=args.address, precision=args.precision)
     else:
+        check_unique_ids(paths)
         outcomes = prelabel_files(paths, load_model(args.model, precision=args.precision), args.out,
                                   split=args.split, batch_size=args.batch_size,
                                   overwrite=args.overwrite, workers=args.workers)
     counts = {"written": 0, "skipped": 0, "failed": 0}
-    with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
-        for outcome in outcomes:
-            counts[outcome.status] += 1
-            if outcome.status != "written":
-                bar.write(f"{outcome.path}: {outcome.status}: {outcome.message}", file=sys.stderr)
-            bar.update()
+    try:
+        with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
+            for outcome in outcomes:
+                counts[outcome.status] += 1
+                if outcome.status != "written":
+                    bar.write(f"{outcome.path}: {outcome.status}: {outcome.message}",
+                              file=sys.stderr)
+                bar.update()
+    except engine_errors as error:
+        print(f"napari-deeplab: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
           f"-> {os.path.join(args.out, args.split)}")
     return EXIT_SOME_FAILED if counts["failed"] or problems else EXIT_OK
 
 
 def _finetune(args) -> int:
+    from contextlib import nullcontext
+
+    from .distributed import DevicesError, data_parallel
     from .model import load_model
     from .training import finetune, require_good_samples, training_and_validation
 
@@ -220,19 +233,26 @@ def _finetune(args) -> int:
     train, val = training_and_validation(args.root, args.split, args.val_split)
     require_good_samples(train, val)  # before loading the model: fail fast, naming each sample
     print(f"training on {len(train.ids)} samples, validating on {len(val.ids)}")
-    model = load_model(args.model, precision=args.precision)
     best = None
     try:
+        distribution = data_parallel(args.devices)  # the model's variables are made under it
+        with distribution.scope() if distribution is not None else nullcontext():
+            model = load_model(args.model, precision=args.precision)
         for report in finetune(model, train, val, args.out, epochs=args.epochs,
                                batch_size=args.batch_size, image_size=args.image_size,
                                learning_rate=args.learning_rate, overwrite=args.overwrite,
                                eval_every=args.eval_every, devices=args.devices):
             loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
+            full = "" if report.full_resolution_miou is None else \
+                f", at full resolution {report.full_resolution_miou:.4f}"
             mark = "  saved" if report.saved else ""
             print(f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
-                  f"{report.val_miou:.4f}{mark}", flush=True)
+                  f"{report.val_miou:.4f} at {report.val_size} px{full}{mark}", flush=True)
             if report.saved:
                 best = report.val_miou
+    except DevicesError as error:
+        print(f"napari-deeplab: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"interrupted; {args.out} holds the best model so far (validation mean IoU "
               f"{best:.4f})" if best is not None else
@@ -241,7 +261,7 @@ def _finetune(args) -> int:
     if best is None:
         print(f"no epoch improved on the starting model; {args.out} kept as it was")
     else:
-        print(f"saved {args.out} (validation mean IoU {best:.4f})")
+        print(f"saved {args.out} (validation mean IoU {best:.4f} at {args.image_size} px)")
     return EXIT_OK
 
 
