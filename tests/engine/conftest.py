@@ -1,8 +1,34 @@
-"""Fixtures of the engine tests, which load TensorFlow in the test process."""
+"""Fixtures of the engine tests, which load TensorFlow in the test process; the ``keras`` marker.
 
+Every test that runs a Keras model is marked ``keras`` at collection, without anyone writing
+the mark, so that CI can run those again under another backend::
+
+    KERAS_BACKEND=jax pytest tests/engine -m keras
+
+A test runs a model when it (or a fixture it uses, or a helper of its module it calls) refers
+to ``keras``, to a module of ours that runs models (:data:`MODEL_MODULES`), to the ``model``
+or ``seed_checkpoint`` fixtures, or holds a script for a subprocess that imports one of them.
+A test may also be marked by hand (``@pytest.mark.keras``); one marked ``backends`` compares
+the backends itself and is left out.
+"""
+
+import inspect
+import re
+import types
 from pathlib import Path
 
 import pytest
+
+MODEL_MODULES = ("keras", "napari_deeplab.model", "napari_deeplab.inference",
+                 "napari_deeplab.training", "napari_deeplab.prelabel", "napari_deeplab.cli",
+                 "napari_deeplab.model_process", "napari_deeplab.ray_engine")
+"""Modules whose use makes a test a Keras test (a module below one of them counts too)."""
+
+MODEL_FIXTURES = {"model", "seed_checkpoint"}
+
+_SCRIPT_USES_A_MODEL = re.compile(
+    r"\b(import keras|from keras|" + "|".join(re.escape(m) for m in MODEL_MODULES[1:]) + r")\b"
+    r"(?![\w.])|\bKERAS_BACKEND\b|\bnapari-deeplab\b")
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +44,62 @@ def model(seed_checkpoint):
     from napari_deeplab.model import load_model
 
     return load_model(seed_checkpoint)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "keras: runs a Keras model (selected automatically; "
+                                       "CI runs these under KERAS_BACKEND=jax too)")
+    config.addinivalue_line("markers", "backends: runs TensorFlow here and JAX in a subprocess "
+                                       "(under the default backend only; never marked keras)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("keras") \
+                or item.get_closest_marker("backends"):
+            continue
+        fixtures = item._fixtureinfo.name2fixturedefs
+        functions = [item.obj] + [definition.func for name in item.fixturenames
+                                  for definition in fixtures.get(name, ())]
+        if MODEL_FIXTURES & set(item.fixturenames) or any(_uses_a_model(f, set()) for f in functions):
+            item.add_marker(pytest.mark.keras)
+
+
+def _is_model_module(name: str) -> bool:
+    return any(name == module or name.startswith(module + ".") for module in MODEL_MODULES)
+
+
+def _uses_a_model(function, seen: set) -> bool:
+    """Whether ``function``'s code, or a function or script of the tests it refers to, uses a
+    model module (see the module docstring)."""
+    function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names, texts = set(), []
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        names.update(current.co_names)
+        for constant in current.co_consts:
+            if isinstance(constant, types.CodeType):
+                stack.append(constant)
+            elif isinstance(constant, str):
+                texts.append(constant)
+    if any(_is_model_module(name) for name in names):  # imported in the function
+        return True
+    scope = function.__globals__
+    for name in names & scope.keys():
+        value = scope[name]
+        if isinstance(value, types.ModuleType):
+            if _is_model_module(value.__name__):
+                return True
+        elif isinstance(value, str):
+            texts.append(value)
+        else:
+            module = getattr(value, "__module__", None) or ""
+            if _is_model_module(module) or module.startswith("tests.") and callable(value) \
+                    and _uses_a_model(value, seen):
+                return True
+    return any(_SCRIPT_USES_A_MODEL.search(text) for text in texts)
