@@ -1,0 +1,480 @@
+"""Pre-label photos on a Ray cluster with Ray Data: ``napari-deeplab predict --engine ray``.
+
+The same job as :func:`~napari_deeplab.prelabel.prelabel_files`, spread over a cluster, with the
+same output byte for byte. Three stages stream into each other with Ray Data's backpressure:
+
+1. **read** (tasks on every node): the photo's bytes from a path every node sees or a URI
+   Ray Data reads (``s3://``, ``gs://``, ...), decoded with the rules of
+   :func:`~napari_deeplab.prelabel.read_photo` (pixel limit, multi-page files, ...); a photo
+   that cannot be read or decoded becomes a ``failed`` outcome here, never an exception, so a
+   corrupt file is not retried and stops nothing.
+2. **segment** (a pool of ``workers`` actors, ``gpus_per_worker`` GPUs each): the model is
+   loaded once per actor and runs :func:`~napari_deeplab.inference.segment_stack` on each
+   batch; the labels leave the actor at the photo's size as uint8 (its 512 x 512 x 20 float32
+   logits would be 20 MB per photo). An actor that dies is restarted and its batches redone.
+3. **write** (tasks): each sample is committed by the task that encodes it, with the dataset's
+   commit protocol (:func:`~napari_deeplab.prelabel.write_outcome`), so a retried task cannot
+   leave half a sample and a re-run skips what is committed.
+
+Ray is imported only here, and only when this engine is used (``pip install
+'napari-deeplab[ray]'``). The dataset root must be a folder every node sees (a shared
+filesystem): see docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import cihp
+from .prelabel import IMAGE_SUFFIXES, FileOutcome, InputError, expand_inputs
+
+RAY_MISSING = "the Ray engine needs Ray: pip install 'napari-deeplab[ray]'"
+
+KILL_AT_ENV = "NAPARI_DEEPLAB_RAY_KILL_AT"
+"""Test hook: ``N`` or ``N:MARKER`` makes the first model actor that reaches its N-th batch
+exit abruptly (``os._exit``), as a crashed worker would, once: it first creates the file
+``MARKER`` (default: a temporary file of the job), and an actor finding it there goes on.
+Unset, nothing happens."""
+
+NO_PROGRESS_TIMEOUT_S = 600.0
+"""A job in which no stage takes or delivers anything for this long fails (a cluster without
+the CPUs or GPUs asked for, a stuck filesystem) instead of waiting for ever."""
+
+ACTOR_CPUS = 0.5
+"""Logical CPUs reserved per model actor: fractional, so that on a small node the actors
+cannot take every CPU and starve the read and write tasks that feed them (the job would hang)."""
+
+FORWARDED_ENV = ("KERAS_BACKEND", cihp.MAX_PIXELS_ENV, "NAPARI_DEEPLAB_CACHE", "HF_HUB_OFFLINE",
+                 "HF_HOME", "HF_TOKEN")
+"""Environment variables that the workers of a cluster this engine starts or joins take from
+the caller (the backend, the pixel limit, where models are cached)."""
+
+
+class RayEngineError(RuntimeError):
+    """The Ray job cannot run or stopped as a whole (no Ray, no progress, a model that does
+    not load); the message is one line that says what to do."""
+
+
+def is_uri(location: str) -> bool:
+    """Whether ``location`` is a URI with a scheme (``s3://bucket/key``) rather than a path."""
+    scheme, separator, _ = location.partition("://")
+    return bool(separator) and scheme.isidentifier() and len(scheme) > 1
+
+
+def sample_id_of(location: str) -> str:
+    """The sample id of a photo: its file stem (``s3://b/photos/0005008.jpg`` -> ``0005008``)."""
+    name = posixpath.basename(location.partition("://")[2]) if is_uri(location) else Path(location).name
+    return Path(name).stem
+
+
+def expand_ray_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Like :func:`~napari_deeplab.prelabel.expand_inputs`, for URIs as well as paths.
+
+    Local entries go through ``expand_inputs`` (absolute paths: every node resolves them the
+    same way on a shared filesystem); a URI of a file stays as it is, and a URI of a folder
+    (prefix) lists its photos, sorted. Returns (photo locations, one-line problems).
+    """
+    locations, problems = [], []
+    for entry in inputs:
+        entry = os.fspath(entry)
+        if not is_uri(entry):
+            paths, local_problems = expand_inputs([entry])
+            locations += [str(path) for path in paths]
+            problems += local_problems
+            continue
+        try:
+            found = _list_uri(entry)
+        except (OSError, ValueError) as error:
+            problems.append(f"{entry}: cannot list it ({_first_line(error)})")
+            continue
+        if not found:
+            problems.append(f"{entry}: no such file, or no photos under this prefix "
+                            f"({', '.join(IMAGE_SUFFIXES)})")
+        locations += found
+    return list(dict.fromkeys(locations)), problems
+
+
+def _list_uri(uri: str) -> list[str]:
+    """The URI itself if it names a file, else the photos directly under it (sorted)."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == fs.FileType.File:
+        return [uri]
+    if info.type != fs.FileType.Directory:
+        return []
+    scheme = uri.partition("://")[0]
+    return sorted(f"{scheme}://{entry.path}" for entry in
+                  filesystem.get_file_info(fs.FileSelector(path, recursive=False))
+                  if entry.type == fs.FileType.File and not entry.base_name.startswith(".")
+                  and posixpath.splitext(entry.base_name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def check_unique_sample_ids(locations: Sequence[str]) -> list[str]:
+    """The sample id of each location; raises :class:`~napari_deeplab.prelabel.InputError` if
+    two share one, :class:`~napari_deeplab.cihp.DatasetError` if a stem cannot be an id."""
+    seen: dict[str, str] = {}
+    for location in locations:
+        sample_id = cihp.check_sample_id(sample_id_of(location))
+        if sample_id in seen:
+            raise InputError(f"two inputs have the id {sample_id!r}: {seen[sample_id]} and "
+                             f"{location}; rename one (ids are file stems)")
+        seen[sample_id] = location
+    return list(seen)
+
+
+def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLike, *,
+                      split: str = "Training", batch_size: int = 4, overwrite: bool = False,
+                      workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,
+                      precision: str = "float32", cpus_per_worker: float = ACTOR_CPUS,
+                      no_progress_timeout_s: float = NO_PROGRESS_TIMEOUT_S
+                      ) -> Iterator[FileOutcome]:
+    """Pre-label photo files or URIs into the CIHP dataset ``out`` on a Ray cluster; yield one
+    :class:`~napari_deeplab.prelabel.FileOutcome` per photo, as each is committed.
+
+    ``inputs``: photo paths (every node must see them) or URIs; folders are expanded by
+    :func:`expand_ray_inputs` beforehand. ``model_source``: anything
+    :func:`~napari_deeplab.model.load_model` accepts that every node can resolve (a path on the
+    shared filesystem, a hub id). ``workers`` model actors with ``gpus_per_worker`` GPUs and
+    ``cpus_per_worker`` CPUs each. ``address``: None starts a local cluster for this job (shut
+    down at the end), ``"auto"`` or ``"HOST:PORT"`` joins one; a Ray already initialised in
+    this process is used as it is. Photos already listed in the split are skipped before
+    anything is read (unless ``overwrite``); outcomes stream back in completion order.
+    Raises :class:`RayEngineError` if Ray is missing or the job fails as a whole (e.g. no
+    progress for ``no_progress_timeout_s`` seconds). Closing the generator stops the job;
+    what is committed stays complete.
+    """
+    from .model_source import check_model_source
+
+    ray = _import_ray()
+    cihp.check_split(split)
+    if workers < 1 or batch_size < 1:
+        raise ValueError("workers and batch_size must be at least 1")
+    locations = [location if is_uri(location) else os.path.abspath(location)
+                 for location in map(os.fspath, inputs)]
+    sample_ids = check_unique_sample_ids(locations)
+    try:
+        model_source = check_model_source(model_source)
+    except ValueError as error:
+        raise RayEngineError(str(error)) from None
+    if Path(model_source).expanduser().exists():
+        model_source = os.path.abspath(Path(model_source).expanduser())
+    out = os.path.abspath(out)
+    listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
+    todo = []
+    for index, (location, sample_id) in enumerate(zip(locations, sample_ids, strict=True)):
+        if overwrite or sample_id not in listed:
+            todo.append({"index": index, "location": location, "sample_id": sample_id})
+        else:
+            yield FileOutcome(_outcome_path(location), sample_id, "skipped",
+                              f"already in {Path(out) / split}; --overwrite replaces it")
+    if not todo:
+        return
+    kill_at, kill_marker, own_marker = _kill_hook()
+    started_here = _connect(ray, address)
+    try:
+        dataset = _pipeline(ray, todo, model_source, out, split=split, batch_size=batch_size,
+                            overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker,
+                            cpus_per_worker=cpus_per_worker, precision=precision,
+                            kill_at=kill_at, kill_marker=kill_marker)
+        dataset.context.execution_no_progress_timeout_s = no_progress_timeout_s
+        dataset.context.enable_progress_bars = False
+        dataset.context.print_on_execution_start = False
+        try:
+            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for location, sample_id, status, message in zip(
+                        block["location"], block["sample_id"], block["status"], block["message"],
+                        strict=True):
+                    yield FileOutcome(_outcome_path(str(location)), str(sample_id), str(status),
+                                      str(message))
+        except Exception as error:  # Ray wraps what happened on the cluster in its own types
+            raise RayEngineError(_job_failure(error, no_progress_timeout_s)) from error
+    finally:
+        if own_marker:
+            Path(kill_marker).unlink(missing_ok=True)
+        if started_here:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra is ray[data], not bare ray)
+    except ImportError:
+        raise RayEngineError(RAY_MISSING) from None
+    # Ray 2.60 logs the DataContext at DEBUG with a malformed format string, which prints a
+    # "Logging error" traceback at every job (and fails it under pytest's log capture)
+    executor_logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    if executor_logger.level == logging.NOTSET:
+        executor_logger.setLevel(logging.INFO)
+    return ray
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Start (``address`` None) or join the cluster unless Ray is initialised already; whether
+    this call started Ray (and so shuts it down at the end)."""
+    if ray.is_initialized():
+        return False
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    options = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+               "configure_logging": True, "logging_level": "WARNING"}
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, **options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayEngineError(f"cannot {'start' if address is None else 'join'} a Ray cluster"
+                             f"{'' if address is None else f' at {address}'} "
+                             f"({_first_line(error)}); see docs/scale.md") from None
+    return True
+
+
+def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batch_size, overwrite,
+              workers, gpus_per_worker, cpus_per_worker, precision, kill_at, kill_marker):
+    """The Ray Data plan: read -> segment (actor pool) -> write; rows of outcomes."""
+    read_batch = 2  # photos per read task call: small blocks stream to the actors early
+    photos = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // read_batch)))
+    decoded = photos.map_batches(read_photos, batch_size=read_batch, batch_format="numpy")
+    actor_options = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
+    # the settings travel in the class itself: constructor arguments would sit in the object
+    # store, from which a restarted actor cannot always get them back (ray#53727)
+    segmenter = type("Segmenter", (Segmenter,), {"settings": {
+        "model_source": model_source, "precision": precision, "batch_size": batch_size,
+        "kill_at": kill_at, "kill_marker": kill_marker}})
+    labelled = decoded.map_batches(
+        segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers), **actor_options)
+    return labelled.map_batches(write_samples, batch_size=1, batch_format="numpy",
+                                fn_kwargs={"out": out, "split": split, "overwrite": overwrite})
+
+
+# --- the stages (run on the cluster's workers) ---------------------------------------------------
+#
+# Rows carry pixels as raw bytes plus their shape and dtype: photos of one batch differ in size,
+# channels and dtype, which Arrow's tensor columns cannot hold together.
+
+def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Read and decode each photo of ``batch`` (columns ``index``, ``location``, ``sample_id``).
+
+    Adds ``pixels`` (bytes of the decoded H x W [x C] array, C-ordered), ``shape`` (its shape
+    as text, e.g. ``"600x400x3"``), ``dtype`` and ``message`` (why the photo cannot be read,
+    else empty). A read or decode error is the photo's outcome, not an exception.
+    """
+    from .prelabel import read_photo
+
+    pixels, shapes, dtypes, messages = [], [], [], []
+    for location in batch["location"]:
+        try:
+            photo = read_photo(_NamedBytes(_read_bytes(str(location)), str(location)))
+            message = ""
+        except (OSError, ValueError) as error:  # cihp.PhotoTooLargeError is a ValueError
+            photo, message = np.zeros(0, np.uint8), _photo_problem(error)
+        pixels.append(np.ascontiguousarray(photo).tobytes())
+        shapes.append("x".join(map(str, photo.shape)))
+        dtypes.append(photo.dtype.str)
+        messages.append(message)
+    return {**batch, "pixels": _objects(pixels), "shape": np.array(shapes),
+            "dtype": np.array(dtypes), "message": np.array(messages)}
+
+
+def _read_bytes(location: str) -> bytes:
+    if not is_uri(location):
+        with open(location, "rb") as file:
+            return file.read()
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(location)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+class _NamedBytes(io.BytesIO):
+    """A photo's bytes that read like its file: messages that name the photo (the pixel
+    limit's) name its location, not a buffer."""
+
+    def __init__(self, data: bytes, location: str):
+        super().__init__(data)
+        self.location = location
+
+    def __str__(self) -> str:
+        return self.location
+
+    __repr__ = __str__
+
+
+def _photo_problem(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return f"cannot read the file ({error.strerror or _first_line(error)})"
+    return str(error)
+
+
+def _pixels(row_pixels, shape: str, dtype: str) -> np.ndarray:
+    """The array a row carries (inverse of what :func:`read_photos` stores)."""
+    return np.frombuffer(row_pixels, np.dtype(dtype)).reshape(tuple(int(n) for n in shape.split("x")))
+
+
+def _objects(items: list) -> np.ndarray:
+    """A 1-D object array of ``items`` (np.array would try to stack equal-length bytes)."""
+    array = np.empty(len(items), object)
+    array[:] = items
+    return array
+
+
+class Segmenter:
+    """The model actor: loads the model once, then labels batches of decoded photos.
+
+    Rows with a ``message`` (unreadable photos) pass through untouched. ``pixels`` is replaced
+    by the labels (H x W uint8 bytes; ``shape`` becomes ``"HxW"``). If a batch fails as a whole
+    (e.g. out of memory), each photo is tried alone and those that still fail are reported
+    with the reason, so one photo cannot fail the job.
+    """
+
+    settings: dict = {}
+    """``model_source``, ``precision``, ``batch_size``, ``kill_at``, ``kill_marker``: set on a
+    subclass made for each job."""
+
+    def __init__(self):
+        from .model import load_model
+
+        settings = self.settings
+        precision = settings["precision"]
+        self.model = load_model(settings["model_source"],
+                                **({} if precision == "float32" else {"precision": precision}))
+        self.batch_size = settings["batch_size"]
+        self.kill_at, self.kill_marker = settings["kill_at"], settings["kill_marker"]
+        self.batches = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches += 1
+        self._die_if_asked()
+        messages = [str(message) for message in batch["message"]]
+        readable = [row for row, message in enumerate(messages) if not message]
+        photos = [_pixels(batch["pixels"][row], str(batch["shape"][row]), str(batch["dtype"][row]))
+                  for row in readable]
+        try:
+            labels = self._segment(photos)
+        except Exception:  # noqa: BLE001  (retried photo by photo just below)
+            labels = []
+            for row, photo in zip(readable, photos, strict=True):
+                try:
+                    labels += self._segment([photo])
+                except Exception as error:  # noqa: BLE001
+                    labels.append(None)
+                    messages[row] = f"the model failed on this photo ({_first_line(error)})"
+        pixels, shapes = list(batch["pixels"]), [str(shape) for shape in batch["shape"]]
+        for row, label in zip(readable, labels, strict=True):
+            pixels[row] = b"" if label is None else label.tobytes()
+            shapes[row] = "0" if label is None else "x".join(map(str, label.shape))
+        return {"index": batch["index"], "location": batch["location"],
+                "sample_id": batch["sample_id"], "pixels": _objects(pixels),
+                "shape": np.array(shapes), "message": np.array(messages)}
+
+    def _segment(self, photos: list[np.ndarray]) -> list[np.ndarray]:
+        from .inference import segment_stack
+
+        return [result.labels for result in
+                segment_stack(photos, self.model, batch_size=self.batch_size, confidence=False)]
+
+    def _die_if_asked(self) -> None:
+        """The test hook of :data:`KILL_AT_ENV`: exit like a crashed worker, once per job."""
+        if self.kill_at is None or self.batches != self.kill_at or not self.kill_marker:
+            return
+        try:
+            with open(self.kill_marker, "x"):
+                pass
+        except FileExistsError:  # a replacement actor: the job died once already
+            return
+        os._exit(1)
+
+
+def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
+                  overwrite: bool) -> dict[str, np.ndarray]:
+    """Commit each labelled photo of ``batch`` as a sample of ``out``; one outcome row each
+    (columns ``location``, ``sample_id``, ``status``, ``message``)."""
+    from .prelabel import write_outcome
+
+    statuses, messages = [], []
+    for location, sample_id, labels, shape, message in zip(
+            batch["location"], batch["sample_id"], batch["pixels"], batch["shape"],
+            batch["message"], strict=True):
+        if message:
+            statuses.append("failed")
+            messages.append(str(message))
+            continue
+        with _local_copy(str(location), str(sample_id)) as path:
+            outcome = write_outcome(out, path, _pixels(labels, str(shape), "|u1"), split, overwrite)
+        statuses.append(outcome.status)
+        messages.append(outcome.message)
+    return {"location": batch["location"], "sample_id": batch["sample_id"],
+            "status": np.array(statuses), "message": np.array(messages)}
+
+
+@contextlib.contextmanager
+def _local_copy(location: str, sample_id: str):
+    """The photo as a local file named like it: the path itself, or a URI downloaded into a
+    temporary folder (the dataset keeps the photo's bytes as they are)."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    folder = tempfile.mkdtemp(prefix="napari-deeplab-ray-")
+    try:
+        suffix = posixpath.splitext(location)[1]
+        path = Path(folder) / f"{sample_id}{suffix}"
+        path.write_bytes(_read_bytes(location))
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- helpers of the driver -----------------------------------------------------------------------
+
+def _outcome_path(location: str):
+    """What an outcome names: a Path for a file, the URI as it is for a URI."""
+    return location if is_uri(location) else Path(location)
+
+
+def _kill_hook() -> tuple[int | None, str | None, bool]:
+    """:data:`KILL_AT_ENV` read: (the batch to die at, the marker file, whether the marker is
+    this job's own temporary file); (None, None, False) when it is unset."""
+    value = os.environ.get(KILL_AT_ENV, "").strip()
+    if not value:
+        return None, None, False
+    count, _, marker = value.partition(":")
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{KILL_AT_ENV}={value!r}: expected N or N:MARKER_FILE (N >= 1)")
+    if marker:
+        return int(count), os.path.abspath(marker), False
+    return int(count), os.path.join(tempfile.gettempdir(),
+                                    f"napari-deeplab-ray-killed-{uuid.uuid4().hex}"), True
+
+
+def _job_failure(error: BaseException, timeout_s: float) -> str:
+    """One line for a failed Ray job: what happened and what to do."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    if isinstance(error, ExecutionTimeoutError):
+        return (f"the Ray job made no progress for {timeout_s:.0f} s and was stopped: check that "
+                "the cluster has the CPUs and GPUs asked for (--workers x --gpus-per-worker; "
+                "`ray status`) and that every node can read the photos and the model")
+    cause = error
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
+        cause = cause.cause
+    return f"the Ray job failed: {_first_line(cause)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
