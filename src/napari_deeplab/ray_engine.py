@@ -55,6 +55,13 @@ ACTOR_CPUS = 0.5
 """Logical CPUs reserved per model actor: fractional, so that on a small node the actors
 cannot take every CPU and starve the read and write tasks that feed them (the job would hang)."""
 
+GPU_ACTOR_CPUS = 4.0
+"""Logical CPUs reserved per model actor with GPUs: its threads that resize the photos to the
+model's input and upsample the labels (a GPU labels photos faster than one core prepares them)."""
+
+COMMIT_GROUP = 16
+"""Samples committed together by one write task: one lock, journal and id-list rewrite each."""
+
 FORWARDED_ENV = ("KERAS_BACKEND", cihp.MAX_PIXELS_ENV, "NAPARI_DEEPLAB_CACHE", "HF_HUB_OFFLINE",
                  "HF_HOME", "HF_TOKEN")
 """Environment variables that the workers of a cluster this engine starts or joins take from
@@ -138,7 +145,8 @@ def check_unique_sample_ids(locations: Sequence[str]) -> list[str]:
 def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLike, *,
                       split: str = "Training", batch_size: int = 4, overwrite: bool = False,
                       workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,
-                      precision: str = "float32", cpus_per_worker: float = ACTOR_CPUS,
+                      precision: str = "float32", cpus_per_worker: float | None = None,
+                      commit_group: int = COMMIT_GROUP,
                       no_progress_timeout_s: float = NO_PROGRESS_TIMEOUT_S
                       ) -> Iterator[FileOutcome]:
     """Pre-label photo files or URIs into the CIHP dataset ``out`` on a Ray cluster; yield one
@@ -160,8 +168,10 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
 
     ray = _import_ray()
     cihp.check_split(split)
-    if workers < 1 or batch_size < 1:
-        raise ValueError("workers and batch_size must be at least 1")
+    if min(workers, batch_size, commit_group) < 1:
+        raise ValueError("workers, batch_size and commit_group must be at least 1")
+    if cpus_per_worker is None:
+        cpus_per_worker = GPU_ACTOR_CPUS if gpus_per_worker else ACTOR_CPUS
     locations = [location if is_uri(location) else os.path.abspath(location)
                  for location in map(os.fspath, inputs)]
     sample_ids = check_unique_sample_ids(locations)
@@ -188,7 +198,7 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         dataset = _pipeline(ray, todo, model_source, out, split=split, batch_size=batch_size,
                             overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker,
                             cpus_per_worker=cpus_per_worker, precision=precision,
-                            kill_at=kill_at, kill_marker=kill_marker)
+                            commit_group=commit_group, kill_at=kill_at, kill_marker=kill_marker)
         dataset.context.execution_no_progress_timeout_s = no_progress_timeout_s
         dataset.context.enable_progress_bars = False
         dataset.context.print_on_execution_start = False
@@ -243,7 +253,8 @@ def _connect(ray, address: str | None) -> bool:
 
 
 def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batch_size, overwrite,
-              workers, gpus_per_worker, cpus_per_worker, precision, kill_at, kill_marker):
+              workers, gpus_per_worker, cpus_per_worker, precision, commit_group, kill_at,
+              kill_marker):
     """The Ray Data plan: read -> segment (actor pool) -> write; rows of outcomes."""
     read_batch = 2  # photos per read task call: small blocks stream to the actors early
     photos = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // read_batch)))
@@ -253,11 +264,11 @@ def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batc
     # store, from which a restarted actor cannot always get them back (ray#53727)
     segmenter = type("Segmenter", (Segmenter,), {"settings": {
         "model_source": model_source, "precision": precision, "batch_size": batch_size,
-        "kill_at": kill_at, "kill_marker": kill_marker}})
+        "threads": max(1, int(cpus_per_worker)), "kill_at": kill_at, "kill_marker": kill_marker}})
     labelled = decoded.map_batches(
         segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers), **actor_options)
-    return labelled.map_batches(write_samples, batch_size=1, batch_format="numpy",
+    return labelled.map_batches(write_samples, batch_size=commit_group, batch_format="numpy",
                                 fn_kwargs={"out": out, "split": split, "overwrite": overwrite})
 
 
@@ -343,8 +354,8 @@ class Segmenter:
     """
 
     settings: dict = {}
-    """``model_source``, ``precision``, ``batch_size``, ``kill_at``, ``kill_marker``: set on a
-    subclass made for each job."""
+    """``model_source``, ``precision``, ``batch_size``, ``threads``, ``kill_at``,
+    ``kill_marker``: set on a subclass made for each job."""
 
     def __init__(self):
         from .model import load_model
@@ -353,7 +364,7 @@ class Segmenter:
         precision = settings["precision"]
         self.model = load_model(settings["model_source"],
                                 **({} if precision == "float32" else {"precision": precision}))
-        self.batch_size = settings["batch_size"]
+        self.batch_size, self.threads = settings["batch_size"], settings["threads"]
         self.kill_at, self.kill_marker = settings["kill_at"], settings["kill_marker"]
         self.batches = 0
 
@@ -386,7 +397,8 @@ class Segmenter:
         from .inference import segment_stack
 
         return [result.labels for result in
-                segment_stack(photos, self.model, batch_size=self.batch_size, confidence=False)]
+                segment_stack(photos, self.model, batch_size=self.batch_size, confidence=False,
+                              workers=self.threads)]
 
     def _die_if_asked(self) -> None:
         """The test hook of :data:`KILL_AT_ENV`: exit like a crashed worker, once per job."""
@@ -402,24 +414,31 @@ class Segmenter:
 
 def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
                   overwrite: bool) -> dict[str, np.ndarray]:
-    """Commit each labelled photo of ``batch`` as a sample of ``out``; one outcome row each
-    (columns ``location``, ``sample_id``, ``status``, ``message``)."""
-    from .prelabel import write_outcome
+    """Encode and stage each labelled photo of ``batch`` as a sample of ``out``, then commit
+    them as one group (:func:`~napari_deeplab.prelabel.commit_outcomes`: one lock, journal and
+    id-list rewrite for the batch); one outcome row each (columns ``location``,
+    ``sample_id``, ``status``, ``message``)."""
+    from .prelabel import _write_failure, commit_outcomes
 
-    statuses, messages = [], []
+    results = []
     for location, sample_id, labels, shape, message in zip(
             batch["location"], batch["sample_id"], batch["pixels"], batch["shape"],
             batch["message"], strict=True):
+        location, sample_id = str(location), str(sample_id)
         if message:
-            statuses.append("failed")
-            messages.append(str(message))
+            results.append((Path(location), FileOutcome(location, sample_id, "failed", str(message))))
             continue
-        with _local_copy(str(location), str(sample_id)) as path:
-            outcome = write_outcome(out, path, _pixels(labels, str(shape), "|u1"), split, overwrite)
-        statuses.append(outcome.status)
-        messages.append(outcome.message)
+        with _local_copy(location, sample_id) as photo:  # staging copies it: the copy may go
+            try:
+                staged = cihp.stage_sample(out, sample_id, _pixels(labels, str(shape), "|u1"),
+                                           split=split, image_path=photo, overwrite=overwrite)
+            except (OSError, cihp.DatasetError) as error:
+                staged = _write_failure(photo, error)
+        results.append((photo, staged))
+    outcomes = commit_outcomes(out, split, results)
     return {"location": batch["location"], "sample_id": batch["sample_id"],
-            "status": np.array(statuses), "message": np.array(messages)}
+            "status": np.array([outcome.status for outcome in outcomes]),
+            "message": np.array([outcome.message for outcome in outcomes])}
 
 
 @contextlib.contextmanager

@@ -134,7 +134,7 @@ def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_
                                                       local_dataset, tmp_path):
     out = tmp_path / "dataset"
     first = prelabel_with_ray([str(path) for path in photos], model_file, out, batch_size=4,
-                              workers=1)
+                              workers=1, commit_group=2)
     committed_before = [next(first).sample_id for _ in range(3)]
     first.close()  # as Ctrl+C does: the job stops; what is committed is complete
     listed = set(cihp.read_id_list(out, "Training"))
