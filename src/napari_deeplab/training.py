@@ -265,14 +265,13 @@ class SampleCache:
 
     def _decode(self, index: int) -> np.ndarray:
         sample = cihp.read_sample(self.dataset.root, self.dataset.ids[index], self.dataset.split)
-        photo, labels = sample.image, sample.category_ids
+        photo, labels = to_rgb(sample.image), sample.category_ids
+        if photo.dtype != np.uint8:  # 16 bits
+            photo = np.round(photo).astype(np.uint8)
         shape = self.shapes[index]
         if photo.shape[:2] != shape:
-            photo = resize_photo(photo, shape)
+            photo = np.round(resize_photo(photo, shape)).astype(np.uint8)
             labels = resize_labels(labels, shape)
-        photo = to_rgb(photo)
-        if photo.dtype != np.uint8:
-            photo = np.round(photo).astype(np.uint8)
         return np.concatenate([photo, labels.astype(np.uint8)[..., None]], axis=-1)
 
     def _from_disk(self, index: int) -> np.ndarray:

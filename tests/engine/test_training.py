@@ -3,6 +3,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -12,9 +14,12 @@ from PIL import Image
 
 from napari_deeplab.cihp import CLASS_NAMES, DatasetError, read_id_list
 from napari_deeplab.cli import main
-from napari_deeplab.inference import forget_inference_model
+from napari_deeplab.inference import forget_inference_model, model_input
 from napari_deeplab.model import build_model, load_model, model_info
 from napari_deeplab.training import (
+    AugmentedBatches,
+    ResizedValidation,
+    SampleCache,
     augment,
     confusion,
     evaluate,
@@ -22,6 +27,7 @@ from napari_deeplab.training import (
     flip_left_right,
     locate_dataset,
     resize_labels,
+    resize_photo,
     training_and_validation,
 )
 from tests.conftest import SAMPLE_IDS
@@ -49,6 +55,64 @@ def test_masks_are_resized_without_blending_class_ids(cihp_samples):
     assert y.shape == (96, 96) and set(np.unique(y)) <= set(np.unique(labels)) | {14, 15, 16, 17, 18, 19}
 
 
+def test_the_opencv_resize_is_the_model_input(cihp_photo):
+    for size in (96, 256, 700):  # down and up
+        np.testing.assert_allclose(resize_photo(cihp_photo, size), model_input(cihp_photo, size),
+                                   atol=1e-4)
+
+
+def _batches(cache, pool, epochs=2, **options):
+    augmented = AugmentedBatches(cache, 64, 2, pool, seed=7, **options)
+    stream = augmented.batches()
+    batches = [next(stream) for _ in range(epochs * augmented.steps_per_epoch)]
+    stream.close()
+    return batches
+
+
+def test_augmented_batches_are_the_same_for_any_number_of_threads_and_processes(cihp_samples):
+    cache = SampleCache(locate_dataset(cihp_samples, "Training"), 86)
+    with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(3) as three:
+        serial, parallel = _batches(cache, one, epochs=3), _batches(cache, three, epochs=3)
+        halves = [_batches(cache, three, epochs=3, shard=(p, 2)) for p in (0, 1)]
+    assert len(serial) == 3 and serial[0][0].shape == (2, 64, 64, 3) and serial[0][1].dtype == np.uint8
+    for (x, y), (px, py), first, second in zip(serial, parallel, *halves, strict=True):
+        np.testing.assert_array_equal(x, px)
+        np.testing.assert_array_equal(y, py)
+        np.testing.assert_array_equal(x, np.concatenate([first[0], second[0]]))
+        np.testing.assert_array_equal(y, np.concatenate([first[1], second[1]]))
+    assert not np.array_equal(serial[0][0], serial[1][0])  # each epoch augments anew
+    assert serial[0][0].min() >= 0 and serial[0][0].max() <= 255
+
+
+def test_samples_are_decoded_once_and_shrunk_in_memory_or_on_disk(cihp_samples, tmp_path):
+    split = tmp_path / "d" / "Training"
+    shutil.copytree(cihp_samples / "Images", split / "Images")
+    shutil.copytree(cihp_samples / "Category_ids", split / "Category_ids")
+    dataset = locate_dataset(split.parent, "Training")
+    in_memory = SampleCache(dataset, 200)
+    on_disk = SampleCache(dataset, 200, memory_budget=0, folder=tmp_path / "cache")
+    assert in_memory.in_memory and not on_disk.in_memory
+    for index, sample_id in enumerate(dataset.ids):
+        photo = np.asarray(Image.open(split / "Images" / f"{sample_id}.jpg"))
+        mask = np.asarray(Image.open(split / "Category_ids" / f"{sample_id}.png"))
+        shape = tuple(min(side, 200) for side in mask.shape)
+        cached = in_memory[index]
+        assert cached.dtype == np.uint8 and cached.shape == (*shape, 4)
+        assert np.abs(cached[..., :3] - resize_photo(photo, shape)).max() <= 0.5
+        np.testing.assert_array_equal(cached[..., 3], resize_labels(mask, shape))
+        np.testing.assert_array_equal(on_disk[index], cached)
+        assert in_memory[index] is cached  # decoded once
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 3
+    edited = split / "Category_ids" / f"{dataset.ids[0]}.png"
+    mask = np.array(Image.open(edited))
+    mask[:] = 3
+    time.sleep(0.01)
+    Image.fromarray(mask).save(edited)
+    assert (on_disk[0][..., 3] == 3).all()  # the edited mask is read again...
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3  # ...its old file removed
+
+
 def test_validation_is_held_out_when_there_is_no_split(cihp_samples):
     train, val = training_and_validation(cihp_samples, "Training", "Validation")
     assert len(val.ids) == 1 and len(train.ids) == 2 and not set(val.ids) & set(train.ids)
@@ -63,17 +127,24 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     train, val = training_and_validation(cihp_samples, "Training", None)
     out = tmp_path / "tuned.keras"
     reports = list(finetune(model, train, val, out, epochs=10, batch_size=2, image_size=128,
-                            learning_rate=1e-3))
+                            learning_rate=1e-3, eval_every=4))
     losses = [r.loss for r in reports[1:]]
     assert np.mean(losses[-3:]) < losses[0]
     forget_inference_model(model)
-    assert evaluate(model, everything)["miou"] > before
     assert reports[0].saved and out.exists()
+    # full resolution after epochs 4, 8 and the last; the last model's score
+    assert [r.epoch for r in reports if r.full_resolution_miou is not None] == [4, 8, 10]
+    assert abs(reports[-1].full_resolution_miou - evaluate(model, val)["miou"]) < 1e-6
+    assert {r.val_size for r in reports} == {128}
 
-    tuned = load_model(out)  # the best model by validation mean IoU
+    tuned = load_model(out)  # the best model by validation mean IoU at 128 px
     assert model_info(tuned).class_names == CLASS_NAMES and model_info(tuned).input_size == 128
     best = max(r.val_miou for r in reports)
-    assert abs(evaluate(tuned, val)["miou"] - best) < 1e-6
+    assert [r.epoch for r in reports if r.saved][-1] == [r.val_miou for r in reports].index(best)
+    with ThreadPoolExecutor(2) as pool:
+        rescored = ResizedValidation(tuned, SampleCache(val, 128), 128, 2, pool).miou()
+    assert abs(rescored - best) < 1e-6 and best > reports[0].val_miou
+    assert evaluate(tuned, everything)["miou"] > before
     predicted = tmp_path / "predicted"
     assert main(["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(out),
                  "--out", str(predicted)]) == 0
