@@ -35,7 +35,7 @@ def photos(tmp_path, cihp_samples):
 def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_checkpoint, tmp_path, capsys):
     out = tmp_path / "prelabels"
     code = main(["predict", str(photos), "--model", str(seed_checkpoint), "--out", str(out),
-                 "--batch-size", "3"])
+                 "--batch-size", "3", "--workers", "3"])
     assert code == 1  # the corrupt file
     err = capsys.readouterr().err
     assert "corrupt.jpg: failed: cannot read this file as an image" in err

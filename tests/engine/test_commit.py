@@ -52,6 +52,20 @@ for i in range(count):
 """
 
 
+# A group commit from one process: samples g0..g2 (mask and people filled with VALUE) in one
+# lock, journal and id-list rewrite.
+GROUP_WRITER = f"""
+import sys
+import numpy as np
+from napari_deeplab import cihp
+root, value, photo = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+staged = [cihp.stage_sample(root, f"g{{i}}", np.full({SHAPE}, value, np.uint8), image_path=photo,
+                            human_ids=np.full({SHAPE}, value, np.uint8), overwrite=True)
+          for i in range(3)]
+assert cihp.commit_samples(staged) == [None, None, None]
+"""
+
+
 def _env(**extra):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
     env.pop(cihp.CRASH_ENV, None)
@@ -149,6 +163,58 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
     print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
           f"(overwrite with another suffix) + {len(recovery_steps)} (a writer that first completes "
           "a crashed commit), all consistent and completed by a re-run")
+
+
+def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp_path):
+    old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
+    versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes()}
+    base = tmp_path / "base"
+    staged = [cihp.stage_sample(base, f"g{i}", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
+                                human_ids=np.full(SHAPE, 1, np.uint8)) for i in (0, 1)]
+    assert cihp.commit_samples(staged) == [None, None]  # g0, g1 old; g2 new to the split
+    steps = []
+    for number in range(1, 200):
+        root = tmp_path / f"crash-{number}"
+        shutil.copytree(base, root)
+        run = subprocess.run([sys.executable, "-c", GROUP_WRITER, str(root), "2", str(new_photo)],
+                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             text=True, timeout=60)
+        if run.returncode == 0:
+            break
+        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+        listed = _assert_consistent(root, versions)
+        values = {cihp.read_sample(root, i).category_ids[0, 0] for i in listed}
+        # all three new (recovered), or g0 and g1 old and g2 absent
+        assert (listed, values) in ((set(), set()), ({"g0", "g1"}, {1}), ({"g0", "g1", "g2"}, {2}))
+        assert not _temporaries(root)
+        assert subprocess.run([sys.executable, "-c", GROUP_WRITER, str(root), "2", str(new_photo)],
+                              env=_env(), timeout=60).returncode == 0
+        assert _assert_consistent(root, versions) == {"g0", "g1", "g2"}
+        assert {cihp.read_sample(root, i).category_ids[0, 0] for i in ("g0", "g1", "g2")} == {2}
+    else:
+        raise AssertionError("the group writer never completed")
+    assert {"locked", "journal written", "renamed Images/g0.png", "renamed Humans/g2.png",
+            "removed Images/g1.jpg", "id list written", "journal removed"} <= set(steps)
+    assert steps.count("locked") == 1 and steps.count("id list written") == 1
+
+
+def test_a_group_commit_decides_each_sample_under_the_lock(tmp_path):
+    cihp.write_sample(tmp_path, "taken", np.full(SHAPE, 3, np.uint8))
+    staged = [cihp.stage_sample(tmp_path, sample_id, np.full(SHAPE, 4, np.uint8))
+              for sample_id in ("b", "taken", "a")]
+    vanished = cihp.stage_sample(tmp_path, "c", np.full(SHAPE, 4, np.uint8))
+    for tmp in vanished.staged.values():
+        tmp.unlink()
+    results = cihp.commit_samples(staged + [vanished])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], cihp.SampleExistsError)
+    assert isinstance(results[3], cihp.DatasetError) and "vanished" in str(results[3])
+    masks = tmp_path / "Training" / "Category_ids"
+    assert np.asarray(Image.open(masks / "taken.png"))[0, 0] == 3
+    assert np.asarray(Image.open(masks / "a.png"))[0, 0] == 4 and not (masks / "c.png").exists()
+    assert (tmp_path / "Training" / "train_id.txt").read_text() == "a\nb\ntaken\n"  # sorted
+    assert not _temporaries(tmp_path)
 
 
 def test_two_processes_writing_one_split_lose_no_sample(tmp_path):
