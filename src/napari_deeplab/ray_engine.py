@@ -224,12 +224,20 @@ def _import_ray():
         import ray.data  # noqa: F401  (the extra is ray[data], not bare ray)
     except ImportError:
         raise RayEngineError(RAY_MISSING) from None
-    # Ray 2.60 logs the DataContext at DEBUG with a malformed format string, which prints a
-    # "Logging error" traceback at every job (and fails it under pytest's log capture)
-    executor_logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
-    if executor_logger.level == logging.NOTSET:
-        executor_logger.setLevel(logging.INFO)
+    _quiet_ray_data_logs()
     return ray
+
+
+def _quiet_ray_data_logs() -> None:
+    """Keep Ray Data's chatter about each job off the terminal (our progress bar reports it),
+    unless the user configured those loggers. The executor's level also works around Ray
+    2.60 logging the DataContext at DEBUG with a malformed format string, which prints a
+    "Logging error" traceback at every job (and fails it under pytest's log capture)."""
+    for name, level in (("ray.data._internal.execution.streaming_executor", logging.WARNING),
+                        ("ray.data._internal.progress", logging.ERROR)):  # "bars disabled"
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -260,14 +268,13 @@ def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batc
     photos = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // read_batch)))
     decoded = photos.map_batches(read_photos, batch_size=read_batch, batch_format="numpy")
     actor_options = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
-    # the settings travel in the class itself: constructor arguments would sit in the object
-    # store, from which a restarted actor cannot always get them back (ray#53727)
-    segmenter = type("Segmenter", (Segmenter,), {"settings": {
-        "model_source": model_source, "precision": precision, "batch_size": batch_size,
-        "threads": max(1, int(cpus_per_worker)), "kill_at": kill_at, "kill_marker": kill_marker}})
     labelled = decoded.map_batches(
-        segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
-        compute=ray.data.ActorPoolStrategy(size=workers), **actor_options)
+        Segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers), fn_constructor_kwargs={
+            "model_source": model_source, "precision": precision, "batch_size": batch_size,
+            "threads": max(1, int(cpus_per_worker)), "kill_at": kill_at,
+            "kill_marker": kill_marker},
+        **actor_options)
     return labelled.map_batches(write_samples, batch_size=commit_group, batch_format="numpy",
                                 fn_kwargs={"out": out, "split": split, "overwrite": overwrite})
 
@@ -353,19 +360,13 @@ class Segmenter:
     with the reason, so one photo cannot fail the job.
     """
 
-    settings: dict = {}
-    """``model_source``, ``precision``, ``batch_size``, ``threads``, ``kill_at``,
-    ``kill_marker``: set on a subclass made for each job."""
-
-    def __init__(self):
+    def __init__(self, model_source: str, precision: str, batch_size: int, threads: int,
+                 kill_at: int | None = None, kill_marker: str | None = None):
         from .model import load_model
 
-        settings = self.settings
-        precision = settings["precision"]
-        self.model = load_model(settings["model_source"],
-                                **({} if precision == "float32" else {"precision": precision}))
-        self.batch_size, self.threads = settings["batch_size"], settings["threads"]
-        self.kill_at, self.kill_marker = settings["kill_at"], settings["kill_marker"]
+        self.model = load_model(model_source, precision=precision)
+        self.batch_size, self.threads = batch_size, threads
+        self.kill_at, self.kill_marker = kill_at, kill_marker
         self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
