@@ -46,6 +46,16 @@ def model(seed_checkpoint):
     return load_model(seed_checkpoint)
 
 
+@pytest.fixture(scope="session")
+def model_file(model, tmp_path_factory) -> Path:
+    """The ``model`` fixture as a ``.keras`` file (float32)."""
+    from napari_deeplab.model import save_model
+
+    path = tmp_path_factory.mktemp("model_file") / "seed.keras"
+    save_model(model, path)
+    return path
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "keras: runs a Keras model (selected automatically; "
                                        "CI runs these under KERAS_BACKEND=jax too)")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from napari_deeplab.cihp import read_id_list
 from napari_deeplab.inference import segment
-from napari_deeplab.model import load_model, model_precision, save_model
+from napari_deeplab.model import load_model, model_precision
 from tests.conftest import SAMPLE_IDS
 
 pytestmark = pytest.mark.backends
@@ -41,13 +41,6 @@ import keras
 loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
 print(json.dumps({"codes": codes, "backend": keras.backend.backend(), "tensorflow": loaded}))
 """
-
-
-@pytest.fixture(scope="module")
-def model_file(model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("backends") / "seed.keras"
-    save_model(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
