@@ -15,6 +15,8 @@ from napari_deeplab.model import (
     fold_batch_norm,
     load_model,
     model_info,
+    model_precision,
+    with_precision,
 )
 
 
@@ -130,3 +132,14 @@ def test_truncated_keras_file(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ModelError, match="truncated"):
         load_model(path)
+
+
+def test_precision_is_chosen_at_load_whatever_the_file_holds(tmp_path):
+    path = tmp_path / "mixed.keras"
+    with_precision(build_model(3), "bfloat16").save(path)  # plain Keras keeps the dtype policies
+    assert keras.saving.load_model(path).get_layer("conv1_conv").dtype_policy.name == "mixed_bfloat16"
+    assert model_precision(load_model(path)) == "float32"
+    assert model_precision(load_model(path, precision="bfloat16")) == "bfloat16"
+    with pytest.raises(ModelError, match="precision must be one of float32, bfloat16") as error:
+        load_model(path, precision="float16")
+    assert "\n" not in str(error.value)
