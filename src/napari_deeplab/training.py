@@ -30,7 +30,7 @@ import numpy as np
 
 from . import cihp, distributed
 from .inference import forget_inference_model, segment, to_rgb
-from .refine import swap_left_right
+from .refine import LEFT_RIGHT_PAIRS, swap_left_right
 
 HELD_OUT_FRACTION = 0.2
 """Share of the training samples held out for validation when there is no validation split."""
@@ -72,10 +72,16 @@ CROP_SCALE = (0.75, 1.0)
 """Side of the random crop, as a share of the photo's side (drawn once for both sides)."""
 
 
+_LEFT_RIGHT_SWAPPED = np.arange(256, dtype=np.uint8)
+for _left, _right in LEFT_RIGHT_PAIRS:
+    _LEFT_RIGHT_SWAPPED[_left], _LEFT_RIGHT_SWAPPED[_right] = _right, _left
+
+
 def augment(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator):
     """A random crop (scale 0.75..1), horizontal flip with left/right swap and colour jitter,
     resized to ``size`` x ``size``. ``image``: H x W photo (any form ``to_rgb`` takes),
-    ``labels``: H x W class ids. Returns (size x size x 3 float32 0..255, size x size uint8)."""
+    ``labels``: H x W class ids (0..255). Returns (size x size x 3 float32 0..255,
+    size x size uint8). OpenCV and in-place numpy: a few ms a photo at 512 px on one core."""
     height, width = labels.shape
     scale = rng.uniform(*CROP_SCALE)
     crop_h, crop_w = max(1, int(height * scale)), max(1, int(width * scale))
@@ -83,11 +89,12 @@ def augment(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Gen
     flip = rng.random() < 0.5
     contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
     x = resize_photo(image[top:top + crop_h, left:left + crop_w], size)
-    y = resize_labels(labels[top:top + crop_h, left:left + crop_w], size).astype(np.uint8)
+    y = cv2.resize(np.ascontiguousarray(labels[top:top + crop_h, left:left + crop_w], np.uint8),
+                   (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
     if flip:  # resizing with half-pixel centres is mirror-symmetric: flip the small result
-        x, y = flip_left_right(x, y)
-    x = x * np.float32(contrast)
-    x += np.float32(127.5 * (1 - contrast) + brightness)
+        x, y = cv2.flip(x, 1), cv2.LUT(cv2.flip(y, 1), _LEFT_RIGHT_SWAPPED)
+    np.multiply(x, np.float32(contrast), out=x)
+    np.add(x, np.float32(127.5 * (1 - contrast) + brightness), out=x)
     return np.clip(x, 0, 255, out=x), y
 
 
