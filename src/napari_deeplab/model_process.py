@@ -566,10 +566,14 @@ def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, imag
     from .inference import segment_stack
 
     model = models.get(source)
-    for result in segment_stack(images, model, batch_size=batch_size):
-        if job in inbox.cancelled:
-            return
-        inbox.send("result", job, result.index, result.labels, result.confidence)
+    # resizing and upsampling in a thread per core while the model runs; closed on Cancel,
+    # which stops those threads before the next job
+    with contextlib.closing(segment_stack(images, model, batch_size=batch_size,
+                                          workers=os.cpu_count() or 1)) as results:
+        for result in results:
+            if job in inbox.cancelled:
+                return
+            inbox.send("result", job, result.index, result.labels, result.confidence)
 
 
 def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
