@@ -181,7 +181,8 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
                              **TRAINING)
     report = next(item for item in first if not isinstance(item, Waiting))
     assert report["epoch"] == 0 and report["saved"]
-    assert set(report) == {"epoch", "epochs", "loss", "val_miou", "saved"}
+    assert set(report) == {"epoch", "epochs", "loss", "val_miou", "saved", "val_size",
+                           "full_resolution_miou"}
     saved_at_epoch_0 = hashlib.sha256(out.read_bytes()).hexdigest()
     (trainer,) = process._trainers
     time.sleep(1.0)  # in the middle of epoch 1's training
