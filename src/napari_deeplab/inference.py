@@ -102,127 +102,54 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels and confidence at ``shape`` = (H, W) from ``logits`` (h x w x C float).
 
-    ``labels`` (H x W uint8) is the argmax of the logits upsampled bilinearly with half-pixel
-    centres (as ``tf.image.resize``), without making the H x W x C blend: within a grid cell
-    (four neighbouring logit vectors) the blend is a convex combination, so a class whose
-    largest corner value is below some class's smallest can never win there. Most cells
-    leave one candidate (all pixels take it) or two, ``a`` < ``b``: the pixel is ``a`` where
-    the bilinear blend of the scalar ``logit_a - logit_b`` is >= 0 (argmax's tie rule). Only
-    the pixels of cells with three or more candidates blend all C classes. ``confidence``
-    (H x W float32 in [0, 1]) is the top-class softmax probability on the model's grid,
-    upsampled bilinearly (OpenCV). Works in bands of rows. ``grid_labels`` and
-    ``grid_confidence`` (h x w), when the caller has them already, are the argmax and top
-    probability of ``logits``. ``confidence=False`` returns None for it and saves its 4 bytes
-    per pixel. Thread-safe; most of the work releases the GIL.
+    ``labels`` (H x W uint8) is exactly the argmax of the logits upsampled bilinearly with
+    half-pixel centres (as ``tf.image.resize``). A convex blend of four logit vectors that
+    share their argmax keeps it, so the full C-class blend is computed only where the four
+    source pixels disagree (along class boundaries). ``confidence`` (H x W float32 in [0, 1])
+    is the top-class softmax probability on the model's grid, upsampled bilinearly (OpenCV). Works in
+    bands of rows: no H x W x C array is ever made. ``grid_labels`` and ``grid_confidence``
+    (h x w), when the caller has them already, are the argmax and top probability of ``logits``.
+    ``confidence=False`` returns None for it and saves its 4 bytes per pixel. Thread-safe;
+    most of its work releases the GIL. (Tried: first narrowing each cell to the classes that
+    can win in it, which pays only where many pixels share a cell; with the model's 512 x 512
+    logits a CIHP-sized photo has about one pixel per cell, and it was 3 times slower.)
     """
     height, width = shape
     logits = np.asarray(logits, np.float32)
     if grid_labels is None:
         grid_labels = logits.argmax(axis=-1)
         grid_confidence = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
-    cells = _cell_candidates(logits, np.asarray(grid_labels, np.uint8))
+    grid_labels = np.asarray(grid_labels, np.uint8)
+    # a grid cell is mixed when the four pixels at its corners do not all share one class
+    padded = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
+    mixed = ((padded[:-1, :-1] != padded[1:, :-1]) | (padded[:-1, :-1] != padded[:-1, 1:])
+             | (padded[:-1, :-1] != padded[1:, 1:]))
     y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
-    x_low, _, x_weight = _bilinear_taps(width, logits.shape[1])
+    x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
     labels = np.empty((height, width), np.uint8)
     band = max(1, BAND_PIXELS // width)
+
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    grid_width = logits.shape[1]
     for first in range(0, height, band):
         rows = slice(first, min(first + band, height))
-        top_cell = int(y_low[rows][0])
-        cells_of_band = slice(top_cell, int(y_low[rows][-1]) + 1)
-        cell_rows = y_low[rows] - top_cell
-        # the band's cells' values at each output column (cell rows x W), then at each row
-        along = [difference[cells_of_band][:, x_low] for difference in cells.difference]
-        difference = _lerp(_lerp(along[0], along[1], x_weight)[cell_rows],
-                           _lerp(along[2], along[3], x_weight)[cell_rows], y_weight[rows, None])
-        band_labels = np.where(difference >= 0, cells.first[cells_of_band][cell_rows][:, x_low],
-                               cells.second[cells_of_band][cell_rows][:, x_low])
-        if cells.crowded_classes.size:
-            crowded = cells.crowded_index[cells_of_band][cell_rows][:, x_low]
-            band_y, band_x = np.nonzero(crowded >= 0)
-            if band_y.size:
-                band_labels[band_y, band_x] = _crowded_argmax(
-                    cells, crowded[band_y, band_x], y_weight[band_y + first], x_weight[band_x])
+        band_labels = np.take(grid_labels[y_low[rows]], x_low, axis=1)
+        band_y, band_x = np.nonzero(np.take(mixed[y_low[rows]], x_low, axis=1))
+        if band_y.size:
+            y = band_y + first
+            wy, wx = y_weight[y, None], x_weight[band_x, None]
+            top, bottom = y_low[y] * grid_width, y_high[y] * grid_width
+            left, right = x_low[band_x], x_high[band_x]
+            blend = np.take(flat_logits, top + left, axis=0) * ((1 - wy) * (1 - wx))
+            blend += np.take(flat_logits, top + right, axis=0) * ((1 - wy) * wx)
+            blend += np.take(flat_logits, bottom + left, axis=0) * (wy * (1 - wx))
+            blend += np.take(flat_logits, bottom + right, axis=0) * (wy * wx)
+            band_labels[band_y, band_x] = blend.argmax(axis=-1)
         labels[rows] = band_labels
     if not confidence:
         return labels, None
     top_probability = _resize_float(np.asarray(grid_confidence, np.float32)[..., None], width, height)
     return labels, top_probability.reshape(height, width)
-
-
-@dataclass
-class _Cells:
-    """Per grid cell (h x w; a cell's corners are grid pixels (i, j), (i, j+1), (i+1, j),
-    (i+1, j+1), edge-padded): the winning ``first`` class (uint8) where ``difference``
-    (4 x h x w float32, ``logit_first - logit_second`` at the 4 corners) is >= 0, else
-    ``second``. Cells of three or more candidates: ``crowded_index`` (h x w int, -1 for
-    the others) points into ``crowded_classes`` (k x K uint8, each cell's candidates in
-    increasing order, padded with the last) and ``crowded_corners`` (4 x k x K float32,
-    their logits, -inf for padding)."""
-
-    first: np.ndarray
-    second: np.ndarray
-    difference: np.ndarray
-    crowded_index: np.ndarray
-    crowded_classes: np.ndarray
-    crowded_corners: np.ndarray
-
-
-def _cell_candidates(logits: np.ndarray, grid_labels: np.ndarray) -> _Cells:
-    """The candidate classes of each cell of ``logits`` (h x w x C float32) whose argmax is
-    ``grid_labels`` (h x w uint8): see :class:`_Cells`."""
-    height, width, classes = logits.shape
-    padded_labels = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
-    mixed = ((padded_labels[:-1, :-1] != padded_labels[1:, :-1])
-             | (padded_labels[:-1, :-1] != padded_labels[:-1, 1:])
-             | (padded_labels[:-1, :-1] != padded_labels[1:, 1:]))
-    first, second = grid_labels.copy(), grid_labels.copy()
-    difference = np.zeros((4, height, width), np.float32)
-    crowded_index = np.full((height, width), -1, np.int32)
-    cell_y, cell_x = np.nonzero(mixed)
-    below, right = np.minimum(cell_y + 1, height - 1), np.minimum(cell_x + 1, width - 1)
-    corners = np.stack([logits[cell_y, cell_x], logits[cell_y, right],
-                        logits[below, cell_x], logits[below, right]])  # 4 x m x C
-    surely = corners.min(axis=0).max(axis=-1, initial=-np.inf)  # every blend has a class this high
-    candidate = corners.max(axis=0, initial=-np.inf) >= surely[:, None]
-    count = candidate.sum(axis=-1)
-    a = candidate.argmax(axis=-1)
-    b = classes - 1 - candidate[:, ::-1].argmax(axis=-1)
-    two = count == 2
-    pick = np.arange(cell_y.size)
-    difference[:, cell_y[two], cell_x[two]] = (corners[:, pick[two], a[two]]
-                                               - corners[:, pick[two], b[two]])
-    first[cell_y, cell_x] = a
-    second[cell_y, cell_x] = np.where(two, b, a)
-    many = count > 2
-    crowded_index[cell_y[many], cell_x[many]] = np.arange(many.sum())
-    # each crowded cell's candidates in increasing class order, padded with its last one
-    order = np.sort(np.where(candidate[many], np.arange(classes), classes), axis=-1)
-    order = order[:, :max(int(count.max(initial=0)), 1)]
-    order = np.where(order == classes, b[many, None], order)
-    chosen = np.take_along_axis(corners[:, many], order[None], axis=-1)
-    padding = np.concatenate([np.zeros((len(order), 1), bool), order[:, 1:] == order[:, :-1]], -1)
-    chosen[:, padding] = -1e30  # never wins, and blends without inf - inf
-    return _Cells(first, second, difference, crowded_index, order.astype(np.uint8), chosen)
-
-
-def _crowded_argmax(cells: _Cells, cell: np.ndarray, y_weight: np.ndarray,
-                    x_weight: np.ndarray) -> np.ndarray:
-    """The argmax (n uint8) of the bilinear blends of the candidates of crowded cells
-    ``cell`` (n indices into ``cells.crowded_*``) at pixels of weights ``y_weight``,
-    ``x_weight`` (n float32)."""
-    corners = cells.crowded_corners[:, cell]  # 4 x n x K
-    top = _lerp(corners[0], corners[1], x_weight[:, None])
-    bottom = _lerp(corners[2], corners[3], x_weight[:, None])
-    winner = _lerp(top, bottom, y_weight[:, None]).argmax(axis=-1)
-    return np.take_along_axis(cells.crowded_classes[cell], winner[:, None], axis=-1)[:, 0]
-
-
-def _lerp(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``start + (end - start) * weight`` (float32), as ``tf.image.resize`` blends."""
-    result = end - start
-    result *= weight
-    result += start
-    return result
 
 
 _INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
