@@ -79,8 +79,6 @@ def _child(options: dict) -> None:
     from napari_deeplab.pipeline import StageClock
     from napari_deeplab.prelabel import prelabel_files
 
-    if os.environ.get("KERAS_BACKEND") == "jax" and "tensorflow" in sys.modules:
-        raise SystemExit("TensorFlow was imported on the JAX path")
     model = load_model(options["model"], precision=options["precision"])
     work = Path(options["work"])
     warm_up = sorted(Path(options["warm_up"]).glob("*.jpg"))
@@ -105,6 +103,8 @@ def _child(options: dict) -> None:
                    "host": sum(stages.get(stage, 0.0) for stage in STAGES if stage != "model")}
             print("ROW " + json.dumps(row), flush=True)
             shutil.rmtree(out)
+    if os.environ.get("KERAS_BACKEND") == "jax" and "tensorflow" in sys.modules:
+        raise SystemExit("TensorFlow was imported on the JAX path")
 
 
 def _make_model(path: str) -> None:
@@ -195,6 +195,9 @@ def main() -> None:
                          if line.startswith("ROW ")]
                 if run.returncode or not found:
                     print(f"{backend} {precision}: failed\n{run.stderr[-3000:]}", file=sys.stderr)
+                for row in found:
+                    print(" ".join(f"{key}={_format(value)}" for key, value in row.items()),
+                          file=sys.stderr, flush=True)
                 rows += found
         rows += _training_rows(args)
         print_table(rows)

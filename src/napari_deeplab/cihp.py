@@ -483,8 +483,8 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 PNG_COMPRESSION = {0: (1, zlib.Z_RLE), 2: (1, zlib.Z_DEFAULT_STRATEGY)}
 """zlib level and strategy of the label PNGs by colour type (0 gray, 2 RGB): fast, and runs of
-one class still compress well (a CIHP-sized mask and its picture take about 2 ms together,
-where Pillow's default and level 6 took 5-14 ms)."""
+one class still compress well (a CIHP-sized mask and its picture: 0.9-2.8 ms and 14-39 KB
+together, where Pillow's defaults took 4.7-14.9 ms for 13-32 KB)."""
 
 
 def save_label_png(ids: np.ndarray, path: Path) -> None:
