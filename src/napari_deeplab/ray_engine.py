@@ -12,9 +12,10 @@ same output byte for byte. Three stages stream into each other with Ray Data's b
    loaded once per actor and runs :func:`~napari_deeplab.inference.segment_stack` on each
    batch; the labels leave the actor at the photo's size as uint8 (its 512 x 512 x 20 float32
    logits would be 20 MB per photo). An actor that dies is restarted and its batches redone.
-3. **write** (tasks): each sample is committed by the task that encodes it, with the dataset's
-   commit protocol (:func:`~napari_deeplab.prelabel.write_outcome`), so a retried task cannot
-   leave half a sample and a re-run skips what is committed.
+3. **write** (tasks): each sample is encoded and staged (:func:`~napari_deeplab.cihp.stage_sample`)
+   and committed, in groups, by the task that wrote it, with the dataset's commit protocol
+   (:func:`~napari_deeplab.prelabel.commit_outcomes`), so a retried task cannot leave half a
+   sample and a re-run skips what is committed.
 
 Ray is imported only here, and only when this engine is used (``pip install
 'napari-deeplab[ray]'``). The dataset root must be a folder every node sees (a shared
@@ -30,6 +31,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -62,10 +64,14 @@ model's input and upsample the labels (a GPU labels photos faster than one core 
 COMMIT_GROUP = 16
 """Samples committed together by one write task: one lock, journal and id-list rewrite each."""
 
-FORWARDED_ENV = ("KERAS_BACKEND", cihp.MAX_PIXELS_ENV, "NAPARI_DEEPLAB_CACHE", "HF_HUB_OFFLINE",
-                 "HF_HOME", "HF_TOKEN")
+MAX_INPUT_BLOCKS = 10_000
+"""The list of photos is cut into at most this many blocks (read tasks): two photos each for a
+small job, so that the first reach the actors early; about 100 each for a million photos."""
+
+FORWARDED_ENV = ("KERAS_BACKEND", cihp.MAX_PIXELS_ENV)
 """Environment variables that the workers of a cluster this engine starts or joins take from
-the caller (the backend, the pixel limit, where models are cached)."""
+the caller: the Keras backend and the pixel limit (caches, credentials and the like are each
+node's own)."""
 
 
 class RayEngineError(RuntimeError):
@@ -80,9 +86,11 @@ def is_uri(location: str) -> bool:
 
 
 def sample_id_of(location: str) -> str:
-    """The sample id of a photo: its file stem (``s3://b/photos/0005008.jpg`` -> ``0005008``)."""
-    name = posixpath.basename(location.partition("://")[2]) if is_uri(location) else Path(location).name
-    return Path(name).stem
+    """The sample id of a photo: its file stem (``s3://b/photos/0005008.jpg`` -> ``0005008``;
+    a URI's percent-escapes decoded)."""
+    if is_uri(location):
+        return Path(urllib.parse.unquote(posixpath.basename(location.partition("://")[2]))).stem
+    return Path(location).stem
 
 
 def expand_ray_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +131,7 @@ def _list_uri(uri: str) -> list[str]:
     if info.type != fs.FileType.Directory:
         return []
     scheme = uri.partition("://")[0]
-    return sorted(f"{scheme}://{entry.path}" for entry in
+    return sorted(f"{scheme}://{urllib.parse.quote(entry.path)}" for entry in
                   filesystem.get_file_info(fs.FileSelector(path, recursive=False))
                   if entry.type == fs.FileType.File and not entry.base_name.startswith(".")
                   and posixpath.splitext(entry.base_name)[1].lower() in IMAGE_SUFFIXES)
@@ -264,17 +272,21 @@ def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batc
               workers, gpus_per_worker, cpus_per_worker, precision, commit_group, kill_at,
               kill_marker):
     """The Ray Data plan: read -> segment (actor pool) -> write; rows of outcomes."""
-    read_batch = 2  # photos per read task call: small blocks stream to the actors early
-    photos = ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // read_batch)))
+    read_batch = 2  # photos per read call: small blocks stream to the actors early
+    blocks = min(-(-len(todo) // read_batch), MAX_INPUT_BLOCKS)
+    photos = ray.data.from_items(todo, override_num_blocks=blocks)
     decoded = photos.map_batches(read_photos, batch_size=read_batch, batch_format="numpy")
-    actor_options = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
+    # Ray Data's defaults: a dead actor is restarted and its batches are redone, a task whose
+    # worker died is run again elsewhere, Python exceptions are not retried (the stages turn
+    # them into outcomes); a photo that kills every process reading it stops the job after
+    # the no-progress timeout
     labelled = decoded.map_batches(
         Segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers), fn_constructor_kwargs={
             "model_source": model_source, "precision": precision, "batch_size": batch_size,
             "threads": max(1, int(cpus_per_worker)), "kill_at": kill_at,
             "kill_marker": kill_marker},
-        **actor_options)
+        num_gpus=gpus_per_worker or None)
     return labelled.map_batches(write_samples, batch_size=commit_group, batch_format="numpy",
                                 fn_kwargs={"out": out, "split": split, "overwrite": overwrite})
 

@@ -20,6 +20,7 @@ ray = pytest.importorskip("ray")  # the test extra installs ray[data]; CI has it
 from napari_deeplab.ray_engine import (  # noqa: E402
     KILL_AT_ENV,
     RayEngineError,
+    expand_ray_inputs,
     prelabel_with_ray,
 )
 
@@ -97,7 +98,7 @@ def run(photos, model_file, out, **options) -> list:
 def assert_corrupt_reported(outcomes) -> None:
     failed = [o for o in outcomes if o.status == "failed"]
     assert [o.sample_id for o in failed] == [CORRUPT]
-    assert failed[0].path.name == f"{CORRUPT}.jpg"
+    assert str(failed[0].path).endswith(f"{CORRUPT}.jpg")
     assert "cannot read this file as an image" in failed[0].message
 
 
@@ -139,7 +140,10 @@ def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_
     first.close()  # as Ctrl+C does: the job stops; what is committed is complete
     listed = set(cihp.read_id_list(out, "Training"))
     assert set(committed_before) <= listed and len(listed) < 12
-    outcomes = run(photos, model_file, out)
+    # the re-run reads the photos as URIs (as it would s3://), listed from their folder's
+    uris, problems = expand_ray_inputs([photos[0].parent.as_uri()])
+    assert not problems and uris == [path.as_uri() for path in photos]
+    outcomes = list(prelabel_with_ray(uris, model_file, out, batch_size=4, workers=1))
     skipped = {o.sample_id for o in outcomes if o.status == "skipped"}
     written = {o.sample_id for o in outcomes if o.status == "written"}
     assert listed <= skipped  # not read again
