@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -237,12 +238,14 @@ def _import_ray():
 
 
 def _quiet_ray_data_logs() -> None:
-    """Keep Ray Data's chatter about each job off the terminal (our progress bar reports it),
-    unless the user configured those loggers. The executor's level also works around Ray
-    2.60 logging the DataContext at DEBUG with a malformed format string, which prints a
-    "Logging error" traceback at every job (and fails it under pytest's log capture)."""
+    """Keep Ray Data's chatter about each job off the terminal (our progress bar reports it,
+    and a failed job is one line, its traceback chained to :class:`RayEngineError`), unless
+    the user configured those loggers. The executor's level also works around Ray 2.60
+    logging the DataContext at DEBUG with a malformed format string, which prints a "Logging
+    error" traceback at every job (and fails it under pytest's log capture)."""
     for name, level in (("ray.data._internal.execution.streaming_executor", logging.WARNING),
-                        ("ray.data._internal.progress", logging.ERROR)):  # "bars disabled"
+                        ("ray.data._internal.progress", logging.ERROR),  # "bars disabled"
+                        ("ray.data.exceptions", logging.CRITICAL)):  # the failure's traceback
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(level)
@@ -504,7 +507,11 @@ def _job_failure(error: BaseException, timeout_s: float) -> str:
     cause = error
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:
         cause = cause.cause
-    return f"the Ray job failed: {_first_line(cause)}"
+    # an actor that died in __init__ (a model that does not load) carries its error only as
+    # text: a traceback whose last line is "module.SomeError: message"
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    raised = re.fullmatch(r"[\w.]+(?:Error|Exception): (.+)", lines[-1]) if lines else None
+    return f"the Ray job failed: {raised.group(1) if raised else _first_line(cause)}"
 
 
 def _first_line(error: BaseException) -> str:

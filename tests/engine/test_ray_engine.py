@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray  # the test extra installs ray[data]
 from PIL import Image
 
 from napari_deeplab import cihp
 from napari_deeplab.prelabel import expand_inputs, prelabel_files
-
-ray = pytest.importorskip("ray")  # the test extra installs ray[data]; CI has it
-
-from napari_deeplab.ray_engine import (  # noqa: E402
+from napari_deeplab.ray_engine import (
     KILL_AT_ENV,
     RayEngineError,
     expand_ray_inputs,
