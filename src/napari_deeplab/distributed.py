@@ -52,7 +52,12 @@ def initialize_from_environment() -> bool:
     if not _initialized:
         import keras
 
-        keras.distribution.initialize()
+        try:
+            keras.distribution.initialize()
+        except RuntimeError as error:  # JAX had already started
+            raise DevicesError("multi-process training must join its peers before JAX runs "
+                               "anything: call napari_deeplab.distributed.data_parallel(devices) "
+                               "before making the model (the command line does)") from error
         _initialized = True
     return True
 

@@ -516,7 +516,8 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
     if eval_every < 0:
         raise ValueError("eval_every must be 0 (full resolution only at the end) or more")
     out = Path(out)
-    if out.exists() and not overwrite:
+    existed = out.exists()  # before any process of a multi-process run writes it
+    if existed and not overwrite:
         raise cihp.DatasetError(f"{out} exists; choose another output file, or overwrite it "
                                 "(--overwrite): it is then replaced only by a better model")
     require_good_samples(train, val, num_classes=len(model_info(model).class_names))
@@ -526,7 +527,6 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
     keras.utils.set_random_seed(seed)
     model_info(model).input_size = image_size  # inference resizes as training did
     freeze_batch_norm(model)
-    writer = distributed.process_shard(distribution)[0] == 0  # one process writes the file
     with _distributed(distribution, model), ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(
@@ -539,8 +539,8 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
             image_size, batch_size, pool, seed=seed,
             shard=distributed.process_shard(distribution))
         best = validation.miou()
-        saved = not out.exists()  # an existing file is kept until a better model is ready
-        if saved and writer:
+        saved = not existed  # an existing file is kept until a better model is ready
+        if saved:  # by every process (the same file): saving may need them all in step
             _save_atomically(model, out)
         yield EpochReport(0, epochs, None, best, saved, image_size)
         batches = augmented.batches(first_epoch=1)
@@ -551,8 +551,7 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
                 saved = val_miou > best
                 if saved:
                     best = val_miou
-                    if writer:
-                        _save_atomically(model, out)
+                    _save_atomically(model, out)
                 full = None
                 if epoch == epochs or (eval_every and epoch % eval_every == 0):
                     forget_inference_model(model)

@@ -35,17 +35,17 @@ from napari_deeplab.training import finetune, training_and_validation
 train, val = training_and_validation(sys.argv[1], "Training", None)
 keras.utils.set_random_seed(0)
 start = build_model().get_weights()
+models = {None: build_model(), 2: build_model()}  # made outside any distribution
 refused = []
 for devices, batch_size in ((3, 2), (2, 3)):  # more devices than there are; batch not divisible
     try:
-        next(finetune(build_model(), train, val, sys.argv[2] + "/refused.keras", epochs=1,
+        next(finetune(models[2], train, val, sys.argv[2] + "/refused.keras", epochs=1,
                       batch_size=batch_size, image_size=64, devices=devices))
     except DevicesError as error:
         refused.append(str(error))
 weights, losses, placed_on = {}, {}, {}
-for devices in (None, 2):
-    model = build_model()  # made outside the distribution: finetune lays its variables out
-    model.set_weights(start)
+for devices, model in models.items():
+    model.set_weights(start)  # finetune lays the variables out under its distribution
     reports = list(finetune(model, train, val, f"{sys.argv[2]}/{devices}.keras", epochs=3,
                             batch_size=2, image_size=64, learning_rate=1e-3, devices=devices))
     losses[str(devices)] = [r.loss for r in reports[1:]]
