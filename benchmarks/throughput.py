@@ -25,8 +25,10 @@ model. Photos/s is the wall time from the first read to the last commit. The JAX
 imports TensorFlow, so this runs on a machine that has JAX and no TensorFlow.
 
 Training rows come from ``benchmarks/training_throughput.py`` when it exists: its
-``training_rows(args) -> list[dict]`` gives rows with any of :data:`COLUMNS` as keys
-(missing ones print as "-"); all rows are printed as one table.
+``training_rows(args) -> list[dict]`` (given this script's options, ``--training-size``,
+``--training-batch``, ``--training-steps`` and ``--training-photos`` passed through) gives rows
+with any of :data:`COLUMNS` as keys (missing ones print as "-"); all rows are printed as one
+table.
 """
 
 from __future__ import annotations
@@ -158,6 +160,10 @@ def main() -> None:
                         help="threads of the pipelined runs (default: the cores)")
     parser.add_argument("--model", default=None, help="a .keras model (default: random weights)")
     parser.add_argument("--no-training", action="store_true", help="leave out the training rows")
+    for name, meaning in (("size", "square side (px)"), ("batch", "batch size"),
+                          ("steps", "timed steps"), ("photos", "photos in the dataset")):
+        parser.add_argument(f"--training-{name}", type=int, default=argparse.SUPPRESS,
+                            help=f"training rows: {meaning} (see training_throughput.py)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--make-model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

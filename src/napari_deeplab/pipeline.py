@@ -99,7 +99,7 @@ class _CallingThread:
         future: Future = Future()
         try:
             future.set_result(function(*args))
-        except BaseException as error:  # noqa: BLE001 - handed to the future, as a pool would
+        except Exception as error:  # handed to the future, as a pool would; Ctrl+C goes on up
             future.set_exception(error)
         return future
 
@@ -203,9 +203,9 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         committer.shutdown(wait=True, cancel_futures=True)
-        if committing is not None and committing[0].done() and not committing[0].cancelled():
-            with contextlib.suppress(BaseException):
-                _take_outcomes(*committing)
+        if committing is not None and committing[0].cancelled():  # never started
+            for slot in committing[1]:
+                slot.committing = False  # so its staged files are discarded just below
         for slot in slots:
             finished = slot.finished
             if (discard is not None and finished is not None and not slot.resolved
