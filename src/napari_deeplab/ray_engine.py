@@ -193,9 +193,9 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
     out = os.path.abspath(out)
     listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
     todo = []
-    for index, (location, sample_id) in enumerate(zip(locations, sample_ids, strict=True)):
+    for location, sample_id in zip(locations, sample_ids, strict=True):
         if overwrite or sample_id not in listed:
-            todo.append({"index": index, "location": location, "sample_id": sample_id})
+            todo.append({"location": location, "sample_id": sample_id})
         else:
             yield FileOutcome(_outcome_path(location), sample_id, "skipped",
                               f"already in {Path(out) / split}; --overwrite replaces it")
@@ -211,8 +211,9 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         dataset.context.execution_no_progress_timeout_s = no_progress_timeout_s
         dataset.context.enable_progress_bars = False
         dataset.context.print_on_execution_start = False
+        blocks = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for block in blocks:
                 for location, sample_id, status, message in zip(
                         block["location"], block["sample_id"], block["status"], block["message"],
                         strict=True):
@@ -220,6 +221,8 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
                                       str(message))
         except Exception as error:  # Ray wraps what happened on the cluster in its own types
             raise RayEngineError(_job_failure(error, no_progress_timeout_s)) from error
+        finally:
+            blocks.close()  # closed early (Ctrl+C, Cancel): Ray Data stops the job's work
     finally:
         if own_marker:
             Path(kill_marker).unlink(missing_ok=True)
@@ -300,7 +303,7 @@ def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batc
 # channels and dtype, which Arrow's tensor columns cannot hold together.
 
 def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read and decode each photo of ``batch`` (columns ``index``, ``location``, ``sample_id``).
+    """Read and decode each photo of ``batch`` (columns ``location``, ``sample_id``).
 
     Adds ``pixels`` (bytes of the decoded H x W [x C] array, C-ordered), ``shape`` (its shape
     as text, e.g. ``"600x400x3"``), ``dtype`` and ``message`` (why the photo cannot be read,
@@ -405,7 +408,7 @@ class Segmenter:
         for row, label in zip(readable, labels, strict=True):
             pixels[row] = b"" if label is None else label.tobytes()
             shapes[row] = "0" if label is None else "x".join(map(str, label.shape))
-        return {"index": batch["index"], "location": batch["location"],
+        return {"location": batch["location"],
                 "sample_id": batch["sample_id"], "pixels": _objects(pixels),
                 "shape": np.array(shapes), "message": np.array(messages)}
 

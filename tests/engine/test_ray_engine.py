@@ -165,7 +165,7 @@ def test_photo_decoding_is_read_photos(photos):
     from napari_deeplab.prelabel import read_photo
     from napari_deeplab.ray_engine import _pixels, read_photos
 
-    batch = {"index": np.arange(2), "location": np.array([str(photos[0]), str(photos[-1])]),
+    batch = {"location": np.array([str(photos[0]), str(photos[-1])]),
              "sample_id": np.array([photos[0].stem, photos[-1].stem])}
     decoded = read_photos(batch)
     expected = read_photo(photos[0])
