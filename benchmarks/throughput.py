@@ -185,13 +185,13 @@ def main() -> None:
             sets["1 MP"] = str(work / "1mp")
         make_photos(work / "warm-up", args.batch_size, megapixel=False, seed=1)
         model = args.model
-        if model is None:
+        if model is None and sets:
             model = str(work / "random.keras")
             made = _run_child(["--make-model", model], args.backend[0])
             if made.returncode:
                 raise SystemExit(f"could not build the model:\n{made.stderr[-3000:]}")
         rows = []
-        for backend in args.backend:
+        for backend in args.backend if sets else []:
             for precision in args.precision:
                 options = {"model": model, "precision": precision, "sets": sets,
                            "work": str(work / f"{backend}-{precision}"), "batch": args.batch_size,
