@@ -9,7 +9,7 @@ A test runs a model when it (or a fixture it uses, or a helper of its module it 
 to ``keras``, to a module of ours that runs models (:data:`MODEL_MODULES`), to the ``model``
 or ``seed_checkpoint`` fixtures, or holds a script for a subprocess that imports one of them.
 A test may also be marked by hand (``@pytest.mark.keras``); one marked ``backends`` compares
-the backends itself and is left out.
+the backends itself and is left out, and so are those in :data:`ONE_BACKEND_IS_ENOUGH`.
 """
 
 import inspect
@@ -25,6 +25,21 @@ MODEL_MODULES = ("keras", "napari_deeplab.model", "napari_deeplab.inference",
 """Modules whose use makes a test a Keras test (a module below one of them counts too)."""
 
 MODEL_FIXTURES = {"model", "seed_checkpoint"}
+
+ONE_BACKEND_IS_ENOUGH = {
+    "test_ray_engine.py::test_a_worker_killed_mid_job_is_replaced_and_its_photos_redone",
+    "test_ray_engine.py::test_an_interrupted_job_resumes_where_it_stopped",
+    "test_ray_engine.py::test_a_job_that_cannot_progress_fails_with_a_clear_message",
+    ("test_model_process.py::test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_"
+     "alongside_segment_jobs"),
+    "test_model_process.py::test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one",
+    "test_model_process.py::test_a_killed_training_process_names_the_log",
+    "test_commit.py::test_predict_keeps_a_correction_committed_while_the_batch_runs",
+    "test_pipeline.py::test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept",
+}
+"""Tests of what happens around a model (killed processes and actors, resumed jobs, another
+writer) that the JAX pass leaves out to stay within its time: the model calls in them are the
+ones the other tests make. A renamed test is simply run on both backends."""
 
 _SCRIPT_USES_A_MODEL = re.compile(
     r"\b(import keras|from keras|" + "|".join(re.escape(m) for m in MODEL_MODULES[1:]) + r")\b"
@@ -66,7 +81,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if not isinstance(item, pytest.Function) or item.get_closest_marker("keras") \
-                or item.get_closest_marker("backends"):
+                or item.get_closest_marker("backends") \
+                or f"{Path(str(item.fspath)).name}::{item.originalname}" in ONE_BACKEND_IS_ENOUGH:
             continue
         fixtures = item._fixtureinfo.name2fixturedefs
         functions = [item.obj] + [definition.func for name in item.fixturenames

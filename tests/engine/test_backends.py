@@ -19,7 +19,7 @@ from PIL import Image
 
 from napari_deeplab.cihp import read_id_list
 from napari_deeplab.inference import segment
-from napari_deeplab.model import load_model, model_precision
+from napari_deeplab.model import cache_dir, load_model, model_precision
 from tests.conftest import SAMPLE_IDS
 
 pytestmark = pytest.mark.backends
@@ -60,7 +60,8 @@ def jax_run(model_file, seed_checkpoint, cihp_samples, tmp_path_factory):
          "--out", str(work / "from_seed")],
     ]
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO / "src"),
-           "NAPARI_DEEPLAB_CACHE": str(work / "empty-cache")}
+           "NAPARI_DEEPLAB_CACHE": str(work / "empty-cache"),  # nothing converted
+           "JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "jax")}  # the session's
     run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, json.dumps(commands)],
                          capture_output=True, text=True, env=env, timeout=600, cwd=work)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
