@@ -562,6 +562,9 @@ def add_to_id_list(root: str | os.PathLike, split: str, sample_ids) -> None:
 #    exists, write the journal (the renames, removals and the id to list; atomically), apply
 #    it (rename, remove, rewrite the id list atomically), fsync the folders, delete the journal.
 # 4. Release the lock.
+# A group commit (:func:`commit_samples`) does steps 3-4 once for several staged samples: each
+# is decided on its own, the journal lists all that are committed, the id list (kept sorted,
+# so its bytes do not depend on the commit order) is rewritten once.
 # Applying a journal is idempotent, so recovery simply applies it again (rolls forward): after
 # any crash a sample is wholly old or wholly new once recovered, and readers recover first.
 
