@@ -36,10 +36,17 @@ ONE_BACKEND_IS_ENOUGH = {
     "test_model_process.py::test_a_killed_training_process_names_the_log",
     "test_commit.py::test_predict_keeps_a_correction_committed_while_the_batch_runs",
     "test_pipeline.py::test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept",
+    "test_cli.py::test_predict_writes_the_cihp_layout_and_reports_bad_files",
+    "test_cli.py::test_existing_outputs_are_kept_unless_overwrite",
+    "test_cli.py::test_validation_split_and_globs",
+    "test_cli.py::test_missing_inputs_are_reported_and_the_rest_goes_on",
+    "test_cli.py::test_console_script_offline_without_model_says_to_use_model_path",
 }
 """Tests of what happens around a model (killed processes and actors, resumed jobs, another
-writer) that the JAX pass leaves out to stay within its time: the model calls in them are the
-ones the other tests make. A renamed test is simply run on both backends."""
+writer, the command line's handling of inputs and outputs) that the JAX pass leaves out to stay
+within its time: the model calls in them are the ones the other tests make (``predict``,
+``evaluate`` and ``finetune`` on JAX: test_backends.py). A renamed test is simply run on both
+backends."""
 
 _SCRIPT_USES_A_MODEL = re.compile(
     r"\b(import keras|from keras|" + "|".join(re.escape(m) for m in MODEL_MODULES[1:]) + r")\b"
