@@ -26,7 +26,7 @@ pytestmark = pytest.mark.backends
 
 REPO = Path(__file__).resolve().parents[2]
 
-WITHOUT_TENSORFLOW = """
+BLOCK_TENSORFLOW = """
 import importlib.abc, json, sys
 
 class NoTensorFlow(importlib.abc.MetaPathFinder):
@@ -36,6 +36,9 @@ class NoTensorFlow(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoTensorFlow())  # as on a machine where it is not installed
 from napari_deeplab.cli import main
+"""
+
+WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + """
 codes = [main(argv) for argv in json.loads(sys.argv[1])]
 import keras
 loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
@@ -97,3 +100,15 @@ def test_jax_and_tensorflow_give_the_same_labels_on_the_cihp_samples(jax_run, mo
         agreement = (labels == on_jax).mean()
         assert agreement >= 0.999, f"{sample_id}: {agreement:.5f} of the pixels agree"
         assert len(np.unique(labels)) > 1  # not two constant maps
+
+
+def test_without_tensorflow_the_default_backend_says_what_to_install(cihp_samples, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("KERAS_BACKEND", None)
+    run = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW + "sys.exit(main(sys.argv[1:]))",
+                          "predict", str(cihp_samples / "Images"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert "TensorFlow is not installed" in line and "KERAS_BACKEND=jax" in line
+    assert not (tmp_path / "out").exists()
