@@ -198,7 +198,7 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
                 return path, cihp.stage_sample(out, path.stem, labels, split=split,
                                                image_path=path, overwrite=overwrite)
             except (OSError, cihp.DatasetError) as error:
-                return path, _write_failure(path, error)
+                return path, write_failure(path, error)
 
     def commit(results):
         with timed(clock, "commit", len(results)):
@@ -249,8 +249,9 @@ def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> Fil
     if isinstance(error, cihp.SampleExistsError):
         return FileOutcome(path, path.stem, "skipped", f"committed to {Path(out) / split} by "
                            "another writer while this batch ran; kept (--overwrite replaces it)")
-    return _write_failure(path, error)
+    return write_failure(path, error)
 
 
-def _write_failure(path: Path, error: Exception) -> FileOutcome:
+def write_failure(path: Path, error: Exception) -> FileOutcome:
+    """The outcome of a photo whose sample could not be staged or committed (``error`` says why)."""
     return FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")

@@ -437,7 +437,7 @@ def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
     them as one group (:func:`~napari_deeplab.prelabel.commit_outcomes`: one lock, journal and
     id-list rewrite for the batch); one outcome row each (columns ``location``,
     ``sample_id``, ``status``, ``message``)."""
-    from .prelabel import _write_failure, commit_outcomes
+    from .prelabel import commit_outcomes, write_failure
 
     results = []
     for location, sample_id, labels, shape, message in zip(
@@ -452,7 +452,7 @@ def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
                 staged = cihp.stage_sample(out, sample_id, _pixels(labels, str(shape), "|u1"),
                                            split=split, image_path=photo, overwrite=overwrite)
             except (OSError, cihp.DatasetError) as error:
-                staged = _write_failure(photo, error)
+                staged = write_failure(photo, error)
         results.append((photo, staged))
     outcomes = commit_outcomes(out, split, results)
     return {"location": batch["location"], "sample_id": batch["sample_id"],
