@@ -172,10 +172,6 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
                     failures += 1
                 else:
                     batch.append((slot, prepared))
-            if len(batch) >= batch_size or (batch and exhausted and not unbatched):
-                _run_model(model, batch[:batch_size], finish, pool, clock)
-                del batch[:batch_size]
-                continue
             if commit is not None and (committing is None or committing[0].done()):
                 if committing is not None:
                     _take_outcomes(*committing)
@@ -188,6 +184,11 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
                 slot = slots.popleft()
                 failures -= slot.failed
                 yield slot.outcome
+                continue
+            # after the yields: a result ready is never held back by the next model call
+            if len(batch) >= batch_size or (batch and exhausted and not unbatched):
+                _run_model(model, batch[:batch_size], finish, pool, clock)
+                del batch[:batch_size]
                 continue
             if exhausted and not slots:
                 return
