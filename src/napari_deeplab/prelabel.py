@@ -232,15 +232,6 @@ def _discard(result: tuple[Path, object]) -> None:
         result[1].discard()
 
 
-def write_outcome(out, path: Path, labels: np.ndarray, split: str, overwrite: bool) -> FileOutcome:
-    """Commit one pre-labelled photo; the skip-or-write decision is taken here, under the lock."""
-    try:
-        cihp.write_sample(out, path.stem, labels, split=split, image_path=path, overwrite=overwrite)
-    except (OSError, cihp.DatasetError) as error:
-        return _commit_outcome(out, path, split, error)
-    return FileOutcome(path, path.stem, "written")
-
-
 def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> FileOutcome:
     """The outcome of committing ``path``'s sample: written (no ``error``), skipped (another
     writer committed it first) or failed."""
