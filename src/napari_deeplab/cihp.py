@@ -637,29 +637,6 @@ def _stage(path: Path, write: Callable[[Path], object]) -> Path:
     return staged
 
 
-def commit_files(split_dir: Path, id_list_name: str, sample_id: str,
-                 writes: dict[Path, Callable[[Path], object]], *, overwrite: bool = False,
-                 shape: tuple[int, int] | None = None) -> None:
-    """Commit one sample: stage ``writes`` ({destination: write(temporary path)}), then under
-    the split's lock journal and apply the renames, the removal of the sample's files that
-    the new version does not replace (a photo of another suffix; people maps whose size is
-    not ``shape``), and the listing of ``sample_id``. Raises :class:`SampleExistsError` (and
-    leaves nothing behind) when the id is listed and not ``overwrite``."""
-    sample = StagedSample(split_dir, id_list_name, sample_id, {}, {}, shape, overwrite)
-    try:
-        for destination, write in writes.items():
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            sample.staged[destination] = _stage(destination, write)
-            sample.paths[destination.parent.name] = destination
-            _checkpoint(f"staged {destination.parent.name}")
-    except BaseException:
-        sample.discard()
-        raise
-    error = commit_samples([sample])[0]
-    if error is not None:
-        raise error
-
-
 def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
     """Commit staged samples of one split together (a group commit): one lock, one journal,
     one rewrite of the id list for all of them, in the given order.

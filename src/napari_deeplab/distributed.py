@@ -23,6 +23,7 @@ one device would train on, so the result equals single-device training up to flo
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -145,15 +146,25 @@ def fitting_batch_size(distribution, batch_size: int, samples: int) -> int:
     return fitting - fitting % count
 
 
-def place_variables(model, distribution) -> None:
-    """Lay the variables of ``model`` out as ``distribution`` wants them (replicated on every
-    device for data parallelism), whether or not the model was made under it; a no-op for
-    variables already laid out so."""
+@contextlib.contextmanager
+def distributed_over(distribution, model):
+    """Context: ``distribution`` (None: nothing to do) set globally and the variables of
+    ``model`` laid out as it wants them (replicated on every device for data parallelism),
+    whether or not the model was made under it; the previous distribution restored after."""
+    if distribution is None:
+        yield
+        return
     import keras
 
-    for variable in model.variables:
-        layout = distribution.get_variable_layout(variable)
-        variable.assign(keras.distribution.distribute_tensor(variable.value, layout))
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(distribution)
+    try:
+        for variable in model.variables:
+            layout = distribution.get_variable_layout(variable)
+            variable.assign(keras.distribution.distribute_tensor(variable.value, layout))
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def batch_input(distribution, batch: np.ndarray):

@@ -69,16 +69,16 @@ def model_input(image: np.ndarray, size: int) -> np.ndarray:
     image = np.asarray(image)
     if image.shape[0] <= 2 * size:
         rgb = to_rgb(image).astype(np.float32, copy=False)
-        return _resize_float(rgb, size, size)
+        return resize_bilinear(rgb, size, size)
     y_low, y_high, y_weight = _bilinear_taps(size, image.shape[0])
     rows = to_rgb(image[np.concatenate([y_low, y_high])]).astype(np.float32, copy=False)
-    rows = _resize_float(rows, size, rows.shape[0])  # horizontally only: its rows stay
+    rows = resize_bilinear(rows, size, rows.shape[0])  # horizontally only: its rows stay
     top, bottom = rows[:size], rows[size:]
     wy = y_weight[:, None, None]
     return top + (bottom - top) * wy
 
 
-def _resize_float(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """``image`` (h x w x C float32, C <= 512) resized bilinearly with half-pixel centres and
     no antialiasing (OpenCV's ``INTER_LINEAR``, which is ``tf.image.resize``'s bilinear) to
     ``height`` x ``width`` x C float32."""
@@ -148,7 +148,7 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
         labels[rows] = band_labels
     if not confidence:
         return labels, None
-    top_probability = _resize_float(np.asarray(grid_confidence, np.float32)[..., None], width, height)
+    top_probability = resize_bilinear(np.asarray(grid_confidence, np.float32)[..., None], width, height)
     return labels, top_probability.reshape(height, width)
 
 
@@ -186,16 +186,6 @@ def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     """
     result = next(segment_stack([image], model))
     return result.labels, result.confidence
-
-
-def predict_batch(model, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model stage: ``inputs`` (N x S x S x 3 float32 in 0..255, from :func:`model_input`)
-    -> ``(logits, grid_labels, grid_confidence)`` as numpy arrays: N x h x w x C float32, their
-    argmax N x h x w and top softmax probability N x h x w, from the cached
-    :func:`inference_model`. Call it from one thread at a time."""
-    outputs = inference_model(model).predict_on_batch(inputs)
-    logits, grid_labels, grid_confidence = (np.asarray(output) for output in outputs)
-    return logits, grid_labels, grid_confidence
 
 
 def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
@@ -239,5 +229,9 @@ def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
 
 
 def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`predict_batch` split into one ``(logits, grid_labels, grid_confidence)`` per photo."""
-    return list(zip(*predict_batch(model, inputs), strict=True))
+    """The model stage: ``inputs`` (N x S x S x 3 float32 in 0..255, from :func:`model_input`)
+    -> one ``(logits, grid_labels, grid_confidence)`` per photo, numpy arrays from the cached
+    :func:`inference_model`: h x w x C float32 logits, their argmax h x w and top softmax
+    probability h x w. Call it from one thread at a time."""
+    outputs = inference_model(model).predict_on_batch(inputs)
+    return list(zip(*(np.asarray(output) for output in outputs), strict=True))

@@ -169,14 +169,9 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
 
     cihp.check_split(split)
     check_unique_ids(paths)
-    listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
-    todo = []
-    for path in paths:
-        if overwrite or path.stem not in listed:
-            todo.append(path)
-        else:
-            yield FileOutcome(path, path.stem, "skipped",
-                              f"already in {Path(out) / split}; --overwrite replaces it")
+    skipped = listed_outcomes([(path, path.stem) for path in paths], out, split, overwrite)
+    yield from skipped.values()
+    todo = [path for path in paths if path.stem not in skipped]
     size = model_info(model).input_size
 
     def prepare(index, path):
@@ -207,6 +202,19 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     yield from run_pipeline(todo, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
                             finish=finish, commit=commit, discard=_discard, batch_size=batch_size,
                             workers=workers, max_in_flight=max_in_flight, clock=clock)
+
+
+def listed_outcomes(photos: Sequence[tuple[object, str]], out, split: str,
+                    overwrite: bool) -> dict[str, FileOutcome]:
+    """The "skipped" outcome, by id, of each of ``photos`` ((what the outcome names, sample id)
+    pairs, in order) whose id the split already lists: such photos are not even read. None
+    with ``overwrite``. (Listing the split also completes a commit a crashed writer left.)"""
+    listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
+    if overwrite:
+        return {}
+    return {sample_id: FileOutcome(path, sample_id, "skipped",
+                                   f"already in {Path(out) / split}; --overwrite replaces it")
+            for path, sample_id in photos if sample_id in listed}
 
 
 def commit_outcomes(out, split: str, results: list[tuple[Path, object]]) -> list[FileOutcome]:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cihp
-from .prelabel import IMAGE_SUFFIXES, FileOutcome, InputError, expand_inputs
+from .prelabel import IMAGE_SUFFIXES, FileOutcome, InputError, expand_inputs, listed_outcomes
 
 RAY_MISSING = "the Ray engine needs Ray: pip install 'napari-deeplab[ray]'"
 
@@ -191,14 +191,12 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
     if Path(model_source).expanduser().exists():
         model_source = os.path.abspath(Path(model_source).expanduser())
     out = os.path.abspath(out)
-    listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
-    todo = []
-    for location, sample_id in zip(locations, sample_ids, strict=True):
-        if overwrite or sample_id not in listed:
-            todo.append({"location": location, "sample_id": sample_id})
-        else:
-            yield FileOutcome(_outcome_path(location), sample_id, "skipped",
-                              f"already in {Path(out) / split}; --overwrite replaces it")
+    pairs = list(zip(locations, sample_ids, strict=True))
+    skipped = listed_outcomes([(_outcome_path(location), sample_id) for location, sample_id in pairs],
+                              out, split, overwrite)
+    yield from skipped.values()
+    todo = [{"location": location, "sample_id": sample_id} for location, sample_id in pairs
+            if sample_id not in skipped]
     if not todo:
         return
     kill_at, kill_marker, own_marker = _kill_hook()

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from . import cihp, distributed
-from .inference import forget_inference_model, segment, to_rgb
+from .inference import forget_inference_model, resize_bilinear, segment, to_rgb
 from .refine import LEFT_RIGHT_PAIRS, swap_left_right
 
 HELD_OUT_FRACTION = 0.2
@@ -64,8 +64,7 @@ def resize_photo(image: np.ndarray, size) -> np.ndarray:
     0..255. OpenCV's ``INTER_LINEAR`` on float32 equals :func:`~napari_deeplab.inference.model_input`
     (the seed's ``tf.image.resize``) within 1e-4, several times faster."""
     height, width = (size, size) if np.ndim(size) == 0 else size
-    return cv2.resize(to_rgb(image).astype(np.float32), (width, height),
-                      interpolation=cv2.INTER_LINEAR)
+    return resize_bilinear(to_rgb(image).astype(np.float32), width, height)
 
 
 CROP_SCALE = (0.75, 1.0)
@@ -527,7 +526,8 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
     keras.utils.set_random_seed(seed)
     model_info(model).input_size = image_size  # inference resizes as training did
     freeze_batch_norm(model)
-    with _distributed(distribution, model), ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    with distributed.distributed_over(distribution, model), \
+            ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, ignore_class=IGNORE_CLASS))
@@ -565,24 +565,6 @@ def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: 
     """Train ``model`` (compiled) on the next ``steps`` batches; the mean of their losses."""
     losses = [float(np.ravel(model.train_on_batch(*next(batches)))[0]) for _ in range(steps)]
     return float(np.mean(losses))
-
-
-class _distributed:
-    """Context: ``distribution`` (None: nothing) set globally, ``model``'s variables laid out
-    under it (also when it was made outside), the previous distribution restored after."""
-
-    def __init__(self, distribution, model):
-        self.distribution, self.model = distribution, model
-
-    def __enter__(self):
-        if self.distribution is not None:
-            self.previous = keras.distribution.distribution()
-            keras.distribution.set_distribution(self.distribution)
-            distributed.place_variables(self.model, self.distribution)
-
-    def __exit__(self, *exc_info):
-        if self.distribution is not None:
-            keras.distribution.set_distribution(self.previous)
 
 
 def _save_atomically(model, out: Path) -> None:
