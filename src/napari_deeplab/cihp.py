@@ -1436,7 +1436,7 @@ def _open_lock(path: Path, writable: bool) -> int:
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise DatasetError(_lock_message(path)) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
