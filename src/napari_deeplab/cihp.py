@@ -278,7 +278,8 @@ def find_image(root: str | os.PathLike, sample_id: str, split: str | None = "Tra
 
 
 def _find_photo(base: Path, sample_id: str, pending: _Pending | None) -> Path:
-    found = pending.photos(sample_id) if pending else _photos_of(base / "Images", sample_id)
+    found = pending.photos(sample_id) if pending else _photos_of(base / "Images", sample_id,
+                                                                  first=True)
     if not found:
         found = _scan_photos(base / "Images", sample_id)
     if not found:
@@ -297,10 +298,12 @@ def _photo_names(sample_id: str) -> list[str]:
             for variant in dict.fromkeys((suffix, suffix.upper()))]
 
 
-def _photos_of(folder: Path, sample_id: str, follow: bool = True) -> list[Path]:
+def _photos_of(folder: Path, sample_id: str, follow: bool = True,
+               first: bool = False) -> list[Path]:
     """The photos ``folder/<sample_id><photo suffix>`` that exist (files; with ``follow=False``
-    also symbolic links, never followed), without scanning the folder. A case-insensitive file
-    system finds one file under several names: each file is named once."""
+    also symbolic links, never followed), without scanning the folder; only the first found
+    with ``first``. A case-insensitive file system finds one file under several names: each
+    file is named once."""
     found, seen = [], set()
     for name in _photo_names(sample_id):
         try:
@@ -313,6 +316,8 @@ def _photos_of(folder: Path, sample_id: str, follow: bool = True) -> list[Path]:
                 and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
             found.append(folder / name)
+            if first:
+                break
     return found
 
 
@@ -1024,13 +1029,14 @@ class _Decider:
     def __init__(self, split_dir: Path, listed: list[str]):
         self.split_dir, self.listed, self.present = split_dir, listed, set(listed)
         self.in_group: dict[str, str] = {}  # case-folded id -> id
+        self.group_ids: set[str] = set()
         self._folded: str | None = None
 
     def refusal(self, sample: StagedSample) -> DatasetError | None:
         """Why ``sample`` cannot be committed now, or None (then it is part of the group)."""
         sample_id, expected = sample.sample_id, sample.expected_version
         key = sample_id.casefold()
-        if sample_id in self.in_group.values():
+        if sample_id in self.group_ids:
             return DatasetError(f"sample {sample_id} is twice in one commit; write it once")
         if key in self.in_group:
             return DatasetError(f"samples {self.in_group[key]} and {sample_id} differ only in case "
@@ -1057,6 +1063,7 @@ class _Decider:
             return DatasetError(f"{vanished[0]} vanished before the commit (removed as stale?); "
                                 "write the sample again")
         self.in_group[key] = sample_id
+        self.group_ids.add(sample_id)
         return None
 
     def _case_twin(self, sample_id: str) -> str | None:
