@@ -292,10 +292,8 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 the only files of ``Images/`` a commit ever removes."""
 
 
-def _photo_names(sample_id: str) -> list[str]:
-    """``<sample_id><suffix>`` for each photo suffix, lower and upper case."""
-    return [sample_id + variant for suffix in PHOTO_SUFFIXES
-            for variant in dict.fromkeys((suffix, suffix.upper()))]
+_SUFFIX_VARIANTS = tuple(dict.fromkeys([*PHOTO_SUFFIXES, *(s.upper() for s in PHOTO_SUFFIXES)]))
+"""The photo suffixes tried, in this order: lower case, then upper case."""
 
 
 def _photos_of(folder: Path, sample_id: str, follow: bool = True,
@@ -305,17 +303,16 @@ def _photos_of(folder: Path, sample_id: str, follow: bool = True,
     with ``first``. A case-insensitive file system finds one file under several names: each
     file is named once."""
     found, seen = [], set()
-    for name in _photo_names(sample_id):
+    prefix = os.path.join(folder, sample_id)  # strings: this runs once per sample of a split
+    for suffix in _SUFFIX_VARIANTS:
         try:
-            info = os.stat(folder / name, follow_symlinks=follow)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:
+            info = os.stat(prefix + suffix, follow_symlinks=follow)
+        except OSError:  # missing, or not a folder
             continue
         if (stat.S_ISREG(info.st_mode) or (not follow and stat.S_ISLNK(info.st_mode))) \
                 and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
-            found.append(folder / name)
+            found.append(folder / (sample_id + suffix))
             if first:
                 break
     return found
@@ -323,14 +320,30 @@ def _photos_of(folder: Path, sample_id: str, follow: bool = True,
 
 def _scan_photos(folder: Path, sample_id: str) -> list[Path]:
     """``folder/<sample_id>.<any suffix>`` files, sorted (``a.b.jpg`` is not a photo of ``a``):
-    a scan of the folder, for photos of a foreign dataset with another suffix."""
-    if not folder.is_dir():
+    for photos of a foreign dataset with another suffix. The folder is scanned once while it
+    is unchanged (its modification time), so that many samples without a photo of a photo
+    suffix do not cost a scan each."""
+    try:
+        changed = os.stat(folder).st_mtime_ns
+    except OSError:
         return []
-    prefix = sample_id + "."
-    return sorted(folder / entry.name for entry in os.scandir(folder)
-                  if normal_id(entry.name).startswith(prefix)
-                  and "." not in entry.name[len(prefix):] and entry.name != prefix
-                  and not entry.name.startswith("."))
+    key = os.path.abspath(folder)
+    cached = _SCANS.get(key)
+    if cached is None or cached[0] != changed:
+        by_stem: dict[str, list[str]] = {}
+        for entry in os.scandir(folder):
+            stem, dot, suffix = entry.name.rpartition(".")
+            if dot and stem and suffix and not entry.name.startswith("."):
+                by_stem.setdefault(normal_id(stem), []).append(entry.name)
+        cached = _SCANS[key] = (changed, by_stem)
+        while len(_SCANS) > _SCANS_KEPT:
+            _SCANS.pop(next(iter(_SCANS)), None)
+    return sorted(folder / name for name in cached[1].get(sample_id, ()))
+
+
+_SCANS: dict[str, tuple[int, dict[str, list[str]]]] = {}
+_SCANS_KEPT = 8
+"""Folders whose scan (:func:`_scan_photos`) is kept."""
 
 
 # --- versions and writers of samples -------------------------------------------------------------
