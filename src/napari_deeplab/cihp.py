@@ -3,6 +3,7 @@ and the CIHP dataset layout on disk, with the one commit protocol every writer u
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
 import errno
@@ -250,6 +251,71 @@ def _is_listed(base: Path, split: str | None, sample_id: str) -> bool:
             return f"\n{sample_id}\n".encode() in b"\n" + data + b"\n"
         return sample_id in set(_read_ids(base / name))
     return sample_id in set(_mask_stems(base))
+
+
+@dataclass
+class _Listed:
+    """A split's committed ids as a writer needs them under the lock: ``ids`` sorted and
+    unique (what the id list is rewritten to), ``present`` the same as a set, ``exists``
+    whether the id list file exists (else the ids are the mask stems)."""
+
+    ids: list[str]
+    present: set[str]
+    exists: bool
+    _folded: dict[str, str] | None = None
+
+    def case_twin(self, sample_id: str) -> str | None:
+        """A listed id other than ``sample_id`` that differs from it only in case, or None."""
+        if self._folded is None:
+            self._folded = {}
+            for listed in self.ids:
+                self._folded.setdefault(listed.casefold(), listed)
+        twin = self._folded.get(sample_id.casefold())
+        return twin if twin != sample_id else None
+
+    def add(self, sample_id: str) -> None:
+        if sample_id not in self.present:
+            bisect.insort(self.ids, sample_id)
+            self.present.add(sample_id)
+            if self._folded is not None:
+                self._folded.setdefault(sample_id.casefold(), sample_id)
+
+    def remove(self, sample_id: str) -> None:
+        if sample_id in self.present:
+            del self.ids[bisect.bisect_left(self.ids, sample_id)]
+            self.present.discard(sample_id)
+            self._folded = None
+
+
+_LISTINGS: dict[str, tuple[tuple, _Listed]] = {}
+"""Per process: each id list read or written, by path, with the identity of the file then
+(device, inode, size, modification and change times): a commit of 100,000 listed samples
+neither reads nor parses the list again while no other process changed it."""
+
+
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _listed(base: Path, split: str) -> _Listed:
+    """The split's committed ids for a writer (under the split's lock), from the cache while
+    the id list file is unchanged."""
+    path = base / SPLIT_ID_FILES[split]
+    identity = _file_identity(path)
+    if identity is None:
+        stems = _mask_stems(base)
+        return _Listed(stems, set(stems), False)
+    cached = _LISTINGS.get(os.path.abspath(path))
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    ids = sorted(dict.fromkeys(_read_ids(path)))
+    listed = _Listed(ids, set(ids), True)
+    _LISTINGS[os.path.abspath(path)] = (identity, listed)
+    return listed
 
 
 def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training",
@@ -726,8 +792,8 @@ def remove_sample(root: str | os.PathLike, sample_id: str, split: str = "Trainin
         raise DatasetError(f"{split_dir} does not exist; nothing to remove")
     with _split_locked(split_dir):
         _checkpoint("locked")
-        listed = _committed_ids(split_dir, split)
-        current = _version(split_dir, split, sample_id, listed=set(listed))
+        listed = _listed(split_dir, split)
+        current = _version(split_dir, split, sample_id, listed=listed.present)
         if expected_version is not ANY_VERSION and expected_version != current:
             writer = _read_writer(split_dir / WRITERS_FOLDER / f"{sample_id}.json") \
                 if current else None
@@ -865,7 +931,8 @@ def add_to_id_list(root: str | os.PathLike, split: str, sample_ids) -> None:
     ids = [normal_id(check_sample_id(i)) for i in sample_ids]
     base = split_folder(root, split)
     with _split_locked(base):
-        _write_id_list(base, SPLIT_ID_FILES[split], set(_committed_ids(base, split)) | set(ids))
+        listed = _listed(base, split)
+        _update_id_list(base, SPLIT_ID_FILES[split], listed, set(ids), set())
 
 
 # --- the commit protocol -------------------------------------------------------------------------
@@ -1010,7 +1077,7 @@ def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
     try:
         with _split_locked(split_dir):
             _checkpoint("locked")
-            listed = _committed_ids(split_dir, _split_of(id_list_name))
+            listed = _listed(split_dir, _split_of(id_list_name))
             decider = _Decider(split_dir, listed)
             records = []
             for position, sample in enumerate(samples):
@@ -1035,15 +1102,13 @@ def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
 
 
 class _Decider:
-    """Decides, under the split's lock, whether each sample of a commit may be committed:
-    the split's ids are read once per commit, their case-folded text made only when a new id
-    must be compared with them."""
+    """Decides, under the split's lock, whether each sample of a commit may be committed,
+    against the split's ids read (at most) once per commit."""
 
-    def __init__(self, split_dir: Path, listed: list[str]):
-        self.split_dir, self.listed, self.present = split_dir, listed, set(listed)
+    def __init__(self, split_dir: Path, listed: _Listed):
+        self.split_dir, self.listed, self.present = split_dir, listed, listed.present
         self.in_group: dict[str, str] = {}  # case-folded id -> id
         self.group_ids: set[str] = set()
-        self._folded: str | None = None
 
     def refusal(self, sample: StagedSample) -> DatasetError | None:
         """Why ``sample`` cannot be committed now, or None (then it is part of the group)."""
@@ -1065,7 +1130,7 @@ class _Decider:
             return SampleExistsError(f"sample {sample_id} exists in {sample.split_dir}; pass "
                                      "overwrite=True (--overwrite) to replace it")
         if sample_id not in self.present:
-            other = self._case_twin(sample_id)
+            other = self.listed.case_twin(sample_id)
             if other is not None:
                 return DatasetError(f"sample {sample_id} differs only in case from the listed "
                                     f"sample {other} in {self.split_dir} (on macOS and Windows "
@@ -1078,14 +1143,6 @@ class _Decider:
         self.in_group[key] = sample_id
         self.group_ids.add(sample_id)
         return None
-
-    def _case_twin(self, sample_id: str) -> str | None:
-        if self._folded is None:  # one C-speed pass over the ids, not one casefold per id
-            self._folded = "\n" + "\n".join(self.listed).casefold() + "\n"
-        key = sample_id.casefold()
-        if f"\n{key}\n" not in self._folded:
-            return None
-        return next(i for i in self.listed if i.casefold() == key)
 
 
 def _split_of(id_list_name: str) -> str:
@@ -1139,7 +1196,7 @@ def _write_journal(split_dir: Path, record: dict) -> None:
     _checkpoint("journal written")
 
 
-def _apply(split_dir: Path, journal: dict, listed: list[str] | None = None) -> None:
+def _apply(split_dir: Path, journal: dict, listed: _Listed | None = None) -> None:
     """Apply a checked journal (:func:`_checked_journal`: one or more samples' renames and
     removals, then one listing or unlisting of their ids); idempotent, so a crashed commit is
     completed by applying it again. ``listed``: the split's ids when the caller read them
@@ -1171,13 +1228,27 @@ def _apply(split_dir: Path, journal: dict, listed: list[str] | None = None) -> N
             _checkpoint(f"renamed {destination}" if kind == "rename" else f"removed {destination}")
         folders.fsync()
     if listed is None:
-        listed = _committed_ids(split_dir, _split_of(journal["id_list"]))
-    present = set(listed)
-    added = {r["sample_id"] for r in journal["samples"] if not r.get("unlist")} - present
-    unlisted = {r["sample_id"] for r in journal["samples"] if r.get("unlist")} & present
-    if added or unlisted or not (split_dir / journal["id_list"]).exists():
-        kept = [i for i in listed if i not in unlisted] if unlisted else listed
-        _write_id_list(split_dir, journal["id_list"], kept + sorted(added))
+        listed = _listed(split_dir, _split_of(journal["id_list"]))
+    _update_id_list(split_dir, journal["id_list"], listed,
+                    {r["sample_id"] for r in journal["samples"] if not r.get("unlist")},
+                    {r["sample_id"] for r in journal["samples"] if r.get("unlist")})
+
+
+def _update_id_list(split_dir: Path, name: str, listed: _Listed, added: set[str],
+                    unlisted: set[str]) -> None:
+    """List ``added`` and unlist ``unlisted`` (rewriting the id list) unless that is done."""
+    added, unlisted = added - listed.present, unlisted & listed.present
+    if not (added or unlisted or not listed.exists):
+        return
+    key = os.path.abspath(split_dir / name)
+    _LISTINGS.pop(key, None)  # changed below: cached again only once it is on disk
+    for sample_id in sorted(added):
+        listed.add(sample_id)
+    for sample_id in unlisted:
+        listed.remove(sample_id)
+    _write_id_list(split_dir, name, listed.ids)
+    listed.exists = True
+    _LISTINGS[key] = (_file_identity(split_dir / name), listed)
 
 
 def _folder(relative: str) -> str:
@@ -1288,9 +1359,8 @@ def _finish(split_dir: Path) -> None:
     _checkpoint("journal removed")
 
 
-def _write_id_list(split_dir: Path, name: str, ids) -> None:
-    """Rewrite the id list: ``ids`` sorted (nearly sorted input sorts in linear time), unique."""
-    ids = sorted(dict.fromkeys(ids))
+def _write_id_list(split_dir: Path, name: str, ids: list[str]) -> None:
+    """Rewrite the id list atomically with ``ids`` (sorted and unique), one per line."""
     text = "\n".join(ids) + "\n" if ids else ""
     staged = _stage(split_dir / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     _checkpoint("id list staged")
