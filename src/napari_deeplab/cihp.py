@@ -1641,8 +1641,9 @@ class _Pending:
         for record in journal["samples"]:
             (self.unlisted if record.get("unlist") else self.added).add(record["sample_id"])
             for tmp, destination in record["renames"]:
-                if (split_dir / tmp).is_file():
-                    self.sources[split_dir / destination] = split_dir / tmp
+                with contextlib.suppress(OSError):  # a regular file, never through a link
+                    if stat.S_ISREG(os.lstat(split_dir / tmp).st_mode):
+                        self.sources[split_dir / destination] = split_dir / tmp
             self.removed.update(split_dir / removal for removal in record["removals"])
 
     def __bool__(self) -> bool:
