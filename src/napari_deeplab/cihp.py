@@ -415,8 +415,10 @@ _SCANS_KEPT = 8
 # --- versions and writers of samples -------------------------------------------------------------
 
 WRITERS_FOLDER = ".napari-deeplab/writers"
-"""Where (in a split) each committed sample's writer record ``<id>.json`` lives: hidden, so a
-foreign loader's ``glob(Images/*)`` never sees it; renamed into place by the sample's commit."""
+"""Where (in a split) the writer record ``<id>.json`` of a sample committed by an interactive
+writer (``writer_tool``) lives: hidden, so a foreign loader's ``glob(Images/*)`` never sees it;
+renamed into place (or removed) by the sample's commit, so it always describes the committed
+version."""
 
 WRITER_KEYS = ("user", "host", "pid", "tool", "time")
 """The keys of a writer record (:func:`sample_writer`)."""
@@ -485,8 +487,8 @@ def sample_writer(root: str | os.PathLike, sample_id: str,
                   split: str | None = "Training") -> dict | None:
     """Who committed the sample's current version: ``{"user", "host", "pid", "tool", "time"}``
     (``time`` ISO 8601 UTC, e.g. ``2026-12-02T10:03:04Z``), read from its writer record; None
-    when it is not listed or has no record (a sample of a foreign dataset, or one written
-    before writer records existed)."""
+    when it is not listed or has no record (a sample of a foreign dataset, one written by
+    ``predict`` or another writer without ``writer_tool``, or before writer records existed)."""
     base = split_folder(root, split)
     sample_id = normal_id(check_sample_id(sample_id))
     with _reading(base) as pending:
@@ -529,7 +531,7 @@ def _changed_message(sample_id: str, expected, current: str | None, writer: dict
     if current is None:
         return (f"sample {sample_id} was removed by another writer since you opened it; write "
                 "it again as a new sample (expected_version=None) to restore it")
-    who = "another writer"
+    who = "another writer (one that keeps no writer record, such as predict)"
     if writer:
         who = f"{writer.get('user')}@{writer.get('host')}"
         when = str(writer.get("time") or "").replace("T", " ").replace("Z", " UTC")
@@ -680,8 +682,10 @@ def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     ``expected_version``: :data:`ANY_VERSION` (``overwrite`` decides); None: the sample must
     not be listed; a :func:`sample_version` string: replace the sample only if that is still
     its version (implies overwrite). Otherwise :class:`SampleChangedError` (decided under the
-    lock). ``writer_tool`` ("predict", "review"...) is recorded in the writer record
-    (:func:`sample_writer`).
+    lock). ``writer_tool`` ("review", "napari writer"...): an interactive writer's name; the
+    commit then records who wrote the sample (:func:`sample_writer`). Without it no writer
+    record is written (``predict``'s output stays the same bytes whoever runs it, serial,
+    pipelined or on Ray) and an earlier record of the sample is removed.
     """
     staged = stage_sample(root, sample_id, category_ids, split=split, image=image,
                           image_path=image_path, human_ids=human_ids, overwrite=overwrite,
@@ -754,8 +758,6 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     if people is not None:
         writers["Human_ids"] = lambda tmp: save_label_png(people, tmp)
         writers["Humans"] = lambda tmp: save_rgb_png(people, HUMAN_COLOURS, tmp)
-    record = json.dumps(_writer_record(writer_tool, paths["Images"].name if "Images" in writers
-                                       else None), ensure_ascii=True)
     record_path = split_dir / WRITERS_FOLDER / f"{sample_id}.json"
     sample = StagedSample(split_dir, SPLIT_ID_FILES[split], sample_id, {},
                           {key: paths[key] for key in writers}, labels.shape, overwrite,
@@ -765,10 +767,13 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
             paths[key].parent.mkdir(parents=True, exist_ok=True)
             sample.staged[paths[key]] = _stage(paths[key], write)
             _checkpoint(f"staged {key}")
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        sample.staged[record_path] = _stage(
-            record_path, lambda tmp: tmp.write_text(record, encoding="utf-8"))
-        _checkpoint("staged writer record")
+        if writer_tool is not None:
+            record = json.dumps(_writer_record(writer_tool, paths["Images"].name
+                                               if "Images" in writers else None), ensure_ascii=True)
+            record_path.parent.mkdir(parents=True, exist_ok=True)
+            sample.staged[record_path] = _stage(
+                record_path, lambda tmp: tmp.write_text(record, encoding="utf-8"))
+            _checkpoint("staged writer record")
     except BaseException:
         sample.discard()
         raise
@@ -1169,6 +1174,9 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
         old = split_dir / folder / f"{sample.sample_id}.png"
         if old not in written and old.exists() and _size_differs(old, sample.shape):
             removals.append(old)
+    record = split_dir / WRITERS_FOLDER / f"{sample.sample_id}.json"
+    if record not in written and os.path.lexists(record):  # it described the version replaced
+        removals.append(record)
     return {"sample_id": sample.sample_id,
             "renames": [[_relative(tmp, split_dir), _relative(dest, split_dir)]
                         for dest, tmp in sample.staged.items()],

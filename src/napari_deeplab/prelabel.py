@@ -192,8 +192,7 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
         with timed(clock, "encode"):
             try:
                 return path, cihp.stage_sample(out, path.stem, labels, split=split,
-                                               image_path=path, overwrite=overwrite,
-                                               writer_tool="predict")
+                                               image_path=path, overwrite=overwrite)
             except (OSError, cihp.DatasetError) as error:
                 return path, write_failure(path, error)
 

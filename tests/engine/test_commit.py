@@ -26,7 +26,8 @@ from napari_deeplab import cihp
 root, sample_id, value, photo = sys.argv[1:5]
 value = int(value)
 cihp.write_sample(root, sample_id, np.full({SHAPE}, value, np.uint8), image_path=photo,
-                  human_ids=np.full({SHAPE}, value, np.uint8), overwrite=True)
+                  human_ids=np.full({SHAPE}, value, np.uint8), overwrite=True,
+                  writer_tool=(sys.argv[5:] or [None])[0])
 """
 
 # An annotator's correction (class 5 everywhere) of one photo, saved from another process.
@@ -102,14 +103,17 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
     return set(listed)
 
 
-def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions) -> list[str]:
+def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions,
+                         tool: str | None = None) -> list[str]:
     """Run the writer stopped at step 1, 2, ... until it completes; after each crash check the
-    dataset, re-run the write and check again. Returns the names of the steps crashed at."""
+    dataset, re-run the write and check again. Returns the names of the steps crashed at.
+    ``tool``: the writer records itself (``writer_tool``)."""
     steps = []
     for number in range(1, 100):
-        root = tmp_path / f"crash-{base.name}-{number}"
+        root = tmp_path / f"crash-{base.name}-{tool}-{number}"
         shutil.copytree(base, root)
-        run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", str(value), str(photo)],
+        run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", str(value), str(photo),
+                              *([tool] if tool else [])],
                              env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
                              text=True, timeout=60)
         if run.returncode == 0:
@@ -159,7 +163,10 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
                 "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
                 "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
     assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
-    assert {"staged writer record", f"renamed {cihp.WRITERS_FOLDER}/s.json"} <= set(new_sample_steps)
+    # an interactive writer (the review queue) also commits its writer record
+    review_steps = _crash_at_every_step(tmp_path, with_old, new_photo, 2, versions, tool="review")
+    assert expected | {"staged writer record", f"renamed {cihp.WRITERS_FOLDER}/s.json",
+                       "removed Images/s.jpg"} <= set(review_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
     assert recovery_steps.count("renamed Images/s.png") == 2  # the recovery's and its own
     print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
@@ -496,7 +503,7 @@ def test_remove_sample_unlists_it_and_removes_only_its_files(tmp_path):
     root = tmp_path / "d"
     for sample_id in ("a", "s"):
         cihp.write_sample(root, sample_id, np.ones(SHAPE, np.uint8), image_path=photo,
-                          human_ids=np.ones(SHAPE, np.uint8))
+                          human_ids=np.ones(SHAPE, np.uint8), writer_tool="review")
     split = root / "Training"
     (split / "Images" / "s.xmp").write_text("a sidecar")
     version = cihp.sample_version(root, "s")
@@ -536,7 +543,7 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_pa
     cihp.write_sample(base, "keep", np.full(SHAPE, 3, np.uint8), image_path=keep,
                       human_ids=np.full(SHAPE, 3, np.uint8))
     cihp.write_sample(base, "s", np.full(SHAPE, 1, np.uint8), image_path=photo,
-                      human_ids=np.full(SHAPE, 1, np.uint8))
+                      human_ids=np.full(SHAPE, 1, np.uint8), writer_tool="review")
     steps = []
     for number in range(1, 100):
         root = tmp_path / f"crash-{number}"

@@ -374,8 +374,8 @@ def _crashed_after_journal(tmp_path: Path) -> tuple[Path, bytes]:
     cihp.write_sample(root, "s", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
                       human_ids=np.full(SHAPE, 1, np.uint8))
     cihp.write_sample(root, "keep", np.full(SHAPE, 3, np.uint8), image_path=old_photo)
-    run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo)],
-                         env=_env(**{cihp.CRASH_ENV: "renamed Category_ids/s.png"}),
+    run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo),
+                          "review"], env=_env(**{cihp.CRASH_ENV: "renamed Category_ids/s.png"}),
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
     assert (root / "Training" / cihp.JOURNAL_NAME).exists()
@@ -423,7 +423,7 @@ def test_read_only_media_with_a_pending_journal_reads_as_its_last_complete_state
     assert seen["listed"] == ["keep", "s"]
     assert (seen["mask"], seen["people"]) == (2, 2)  # the new version, read from temporaries
     assert bytes.fromhex(seen["photo"]) == new_photo == bytes.fromhex(seen["found"])
-    assert seen["version"] and seen["writer"] == "napari-deeplab"
+    assert seen["version"] and seen["writer"] == "review"
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing written
     cihp.list_samples(root, "Training")  # writable again: rolled forward for real
     assert cihp.read_sample(root, "s").image_path.read_bytes() == new_photo

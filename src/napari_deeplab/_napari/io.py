@@ -93,5 +93,5 @@ def write_cihp(path: str, layer_data: list[tuple]) -> list[str]:
     written = cihp.write_sample(root, image_meta["name"], np.asarray(parts[0]), split=split,
                                 image=np.asarray(image),
                                 human_ids=np.asarray(people[0]) if people else None,
-                                overwrite=True)
+                                overwrite=True, writer_tool="napari writer")
     return [str(p) for p in written.values()]
