@@ -122,7 +122,7 @@ def test_a_sample_folder_replaced_by_a_link_is_refused(tmp_path, folder):
     files = _victim(tmp_path)
     root = tmp_path / "shared"
     cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8), human_ids=np.ones(SHAPE, np.uint8),
-                      image=np.zeros(SHAPE, np.uint8))
+                      image=np.zeros(SHAPE, np.uint8), writer_tool="review")
     shutil.rmtree(root / "Training" / folder)
     (root / "Training" / folder).symlink_to(next(iter(files)).parent)
     for action in (lambda: cihp.write_sample(root, "x", np.full(SHAPE, 2, np.uint8),
