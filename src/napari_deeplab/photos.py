@@ -18,6 +18,8 @@ Rules (docs/cli.md, "Photos"):
 - 16-bit (and other integer) samples are scaled to 8 bits by keeping the high byte, ``v >> 8``
   (as Pillow decodes 16-bit RGB, so grey and RGB, PNG and TIFF agree); floats in 0..1
   (or, when larger, 0..255) are scaled and clipped.
+- Grey and RGB TIFFs are decoded by tifffile (exact for every sample layout, e.g. planar
+  16-bit RGB, which Pillow garbles), other TIFFs by Pillow.
 - One frame: multi-page TIFFs and animated GIFs are refused.
 """
 
@@ -48,6 +50,8 @@ the decoder's own copy plus the result (not two full-size temporaries)."""
 SIXTEEN_TO_EIGHT_SHIFT = 8
 """A 16-bit sample v keeps its high byte, ``v >> 8``: what Pillow's decoders do with 16-bit
 RGB PNGs and TIFFs, so that every 16-bit photo (grey, RGB, Pillow or tifffile) is scaled alike."""
+
+SPLIT_ADVICE = "split multi-page files into single photos first"
 
 _PILLOW_LIMIT = threading.RLock()  # open_image runs inside pillow_limit_lifted
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -206,9 +210,11 @@ def read_photo(path) -> np.ndarray:
         _rewind(path)
         return _read_tiff(path)
     with image, pillow_limit_lifted(width * height):
+        if image.format == "TIFF" and _tifffile_decodes(path):
+            _rewind(path)
+            return _read_tiff(path)
         if getattr(image, "n_frames", 1) > 1:
-            raise PhotoError(f"{image.n_frames} frames or pages in one file; split it into single "
-                             "photos first")
+            raise PhotoError(f"{image.n_frames} frames or pages in one file; {SPLIT_ADVICE}")
         try:
             image.load()
             return _pillow_to_rgb(image)
@@ -260,8 +266,8 @@ def samples_to_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[-1] != 3:
-        raise PhotoError(f"not a single 2-D photo (pixel array of shape {pixels.shape}); split "
-                         "multi-page files into single photos first")
+        raise PhotoError(f"not a single 2-D photo (pixel array of shape {pixels.shape}); "
+                         f"{SPLIT_ADVICE}")
     if pixels.dtype == np.uint8:
         eight = pixels
     elif pixels.dtype == bool:
@@ -279,15 +285,31 @@ def samples_to_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(eight)
 
 
+def _tifffile_decodes(path) -> bool:
+    """Whether a TIFF is grey or RGB, which tifffile decodes exactly whatever its sample
+    layout (Pillow garbles some, e.g. planar 16-bit RGB); CMYK, YCbCr and palette TIFFs are
+    left to Pillow's colour conversion."""
+    import tifffile
+
+    _rewind(path)
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            photometric = tiff.pages.first.photometric
+    except Exception:
+        return False
+    finally:
+        _rewind(path)
+    return photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+
+
 def _read_tiff(path) -> np.ndarray:
     """A TIFF Pillow cannot open, decoded by tifffile (its size was checked from the header)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            if len(tiff.series) > 1 or len(tiff.series[0].shape) > 3 + ("S" not in tiff.series[0].axes):
-                raise PhotoError("several pages or images in one file; split it into single "
-                                 "photos first")
+            if len(tiff.series) > 1:
+                raise PhotoError(f"{len(tiff.series)} images in one file; {SPLIT_ADVICE}")
             series = tiff.series[0]
             pixels, axes = series.asarray(), series.axes
     except PhotoError:
@@ -297,7 +319,7 @@ def _read_tiff(path) -> np.ndarray:
                          f"({_first_line(error)})") from None
     if axes.replace("S", "") != "YX" or pixels.ndim != len(axes):
         raise PhotoError(f"not a single 2-D photo (TIFF axes {axes}, shape {pixels.shape}); "
-                         "split multi-page files into single photos first")
+                         f"{SPLIT_ADVICE}")
     if "S" in axes and axes.index("S") == 0:  # planar: samples first
         pixels = np.moveaxis(pixels, 0, -1)
     return samples_to_rgb(pixels)
