@@ -270,27 +270,34 @@ def _constant_model(class_id: int, path: Path) -> Path:
 
 
 def test_overwrite_never_replaces_a_better_model_by_a_worse_one(cihp_samples, tmp_path, capsys):
+    root = tmp_path / "d"
+    _copy_split(cihp_samples, root)
+    val = root / "Validation"  # all background: a model that says so scores 1, one saying glove 0
+    shutil.copytree(cihp_samples / "Images", val / "Images")
+    (val / "Category_ids").mkdir()
+    for photo in (val / "Images").iterdir():
+        size = Image.open(photo).size
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(val / "Category_ids" / f"{photo.stem}.png")
+    (val / "val_id.txt").write_text("".join(f"{p.stem}\n" for p in sorted((val / "Images").iterdir())))
     start = _constant_model(3, tmp_path / "start.keras")  # glove everywhere: mean IoU 0
-    out = tmp_path / "tuned.keras"
-    common = [str(cihp_samples), "--out", str(out), "--image-size", "64", "--batch-size", "2",
-              "--learning-rate", "1e-3"]
-    assert main(["finetune", *common, "--model", str(start), "--epochs", "3"]) == 0
-    capsys.readouterr()
-    better = out.read_bytes()  # the best of three epochs; a one-epoch run from the start is worse
-    assert main(["finetune", *common, "--model", str(start), "--epochs", "1", "--overwrite"]) == 0
+    out = _constant_model(0, tmp_path / "tuned.keras")  # background everywhere: 1
+    better = out.read_bytes()
+    common = ["finetune", str(root), "--model", str(start), "--out", str(out), "--image-size", "64",
+              "--batch-size", "2", "--learning-rate", "1e-3", "--epochs", "1", "--overwrite"]
+    assert main(common) == 0
     lines = capsys.readouterr().out.splitlines()
     exists = next(line for line in lines if line.startswith(f"{out} exists"))
-    out_miou, start_miou = [float(word.rstrip(",")) for word in exists.split() if word[:2] == "0."][:2]
+    out_miou, start_miou = [float(word.rstrip(",")) for word in exists.split()
+                            if word[:2] in ("0.", "1.")][:2]
     new_miou = float(lines[-2].split("validation mean IoU ")[1].split()[0])  # epoch 1
-    print("\n" + "\n".join(lines))
-    assert start_miou < new_miou < out_miou  # better than the start, worse than --out
-    assert out.read_bytes() == better and lines[-1].startswith(f"no new model beat {out}")
-    assert f"{out_miou:.4f}" in lines[-1] and f"{new_miou:.4f}" in lines[-1]
-    assert main(["finetune", *common, "--model", str(start), "--epochs", "1", "--overwrite",
-                 "--replace-better"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "(--replace-better)" in next(line for line in lines if line.startswith(f"{out} exists"))
-    assert out.read_bytes() != better and lines[-1].startswith(f"saved {out}")
+    assert start_miou == 0 and out_miou == 1 and start_miou < new_miou <= out_miou
+    assert out.read_bytes() == better  # before: replaced, as the new model beats the start
+    assert lines[-1].startswith(f"no new model beat {out}") and f"{new_miou:.4f}" in lines[-1]
+    assert main([*common, "--replace-better"]) == 0
+    replaced = capsys.readouterr().out.splitlines()
+    assert "(--replace-better)" in next(line for line in replaced if line.startswith(f"{out} exists"))
+    assert out.read_bytes() != better and replaced[-1].startswith(f"saved {out}")
+    print("\n" + "\n".join(lines + replaced))
 
 
 def _copy_split(cihp_samples, root: Path) -> Path:
