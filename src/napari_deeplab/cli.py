@@ -179,6 +179,12 @@ def _main(argv: list[str] | None) -> int:
     except (ModelError, InputError, DatasetError) as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # e.g. an output folder or id list this user cannot write or read
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"napari-deeplab: error: {where}{error.strerror or error}; check that the path "
+              "exists, is of the right kind and is readable and writable by this user",
+              file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
