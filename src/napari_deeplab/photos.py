@@ -30,7 +30,6 @@ import os
 import stat
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -54,7 +53,6 @@ RGB PNGs and TIFFs, so that every 16-bit photo (grey, RGB, Pillow or tifffile) i
 SPLIT_ADVICE = "split multi-page files into single photos first"
 
 _PILLOW_LIMIT = threading.RLock()  # open_image runs inside pillow_limit_lifted
-_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class PhotoError(ValueError):
@@ -328,16 +326,3 @@ def _read_tiff(path) -> np.ndarray:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:160] if text else type(error).__name__
-
-
-def describe(path) -> str:
-    """How messages name ``path`` (a file path or a file object named by its ``str``)."""
-    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
-
-
-def is_photo_file(path: Path) -> bool:
-    """Whether ``path`` names a regular file (not a FIFO, socket or device)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
