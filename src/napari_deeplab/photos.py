@@ -172,11 +172,13 @@ def _tiff_header(path) -> tuple[tuple[int, ...], str]:
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            return tuple(series.shape), series.axes
+            shape, axes = tuple(tiff.series[0].shape), tiff.series[0].axes
     except Exception:  # tifffile raises many types on a file that is not a TIFF
         raise PhotoError("cannot read this file as an image (corrupt, truncated or of an "
                          "unknown format)") from None
+    if "X" not in axes or "Y" not in axes:
+        raise PhotoError(f"not a 2-D photo (TIFF axes {axes}, shape {shape})")
+    return shape, axes
 
 
 def _rewind(path) -> None:
