@@ -22,7 +22,6 @@ import threading
 import time
 import unicodedata
 import uuid
-import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -554,34 +553,21 @@ DEFAULT_MAX_PIXELS = 178_956_970
 """Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485), about
 13,377 x 13,377 pixels."""
 
-_PILLOW_LIMIT = threading.RLock()  # open_image runs inside pillow_limit_lifted
-
+# The decoding itself lives in photos.py (the one photo decoder); these names stay for the
+# callers of cihp. photos imports this module, so it is imported here when first needed.
 
 def max_pixels() -> int:
-    """The largest photo accepted (width x height): ``$NAPARI_DEEPLAB_MAX_PIXELS`` or
-    :data:`DEFAULT_MAX_PIXELS`."""
-    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
-    if not text:
-        return DEFAULT_MAX_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise DatasetError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive "
-                           "number of pixels")
-    return int(text)
+    """The largest photo accepted: :func:`napari_deeplab.photos.max_pixels`."""
+    from . import photos
+
+    return photos.max_pixels()
 
 
 def check_pixel_count(path: str | os.PathLike, width: int, height: int) -> None:
-    """Raise :class:`PhotoTooLargeError` naming ``path``, the limit and how to raise it when
-    ``width x height`` exceeds :func:`max_pixels`."""
-    limit = max_pixels()
-    if width * height > limit:
-        raise PhotoTooLargeError(
-            f"{path}: {width} x {height} pixels is over the limit of {limit:,} pixels (a possible "
-            f"decompression bomb); if the photo is genuine, set {MAX_PIXELS_ENV} to at least "
-            f"{width * height} (it needs about {_megabytes(width * height)} MB)")
+    """:func:`napari_deeplab.photos.check_pixel_count`."""
+    from . import photos
 
-
-def _megabytes(pixels: int) -> int:
-    return (PHOTO_BYTES_PER_PIXEL * pixels) // 1_000_000
+    photos.check_pixel_count(path, width, height)
 
 
 PHOTO_BYTES_PER_PIXEL = 10
@@ -589,45 +575,24 @@ PHOTO_BYTES_PER_PIXEL = 10
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """``Image.open`` (header only) under this project's pixel limit instead of Pillow's:
-    raises :class:`PhotoTooLargeError` (naming the file and the limit) for a photo with more
-    pixels than :func:`max_pixels`, ``OSError`` for one Pillow cannot open."""
-    with _PILLOW_LIMIT, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    try:
-        check_pixel_count(path, image.width, image.height)
-    except PhotoTooLargeError:
-        image.close()
-        raise
-    return image
+    """:func:`napari_deeplab.photos.open_image`: the header, under this project's pixel limit."""
+    from . import photos
+
+    return photos.open_image(path)
 
 
-@contextlib.contextmanager
 def pillow_limit_lifted(pixels: int):
-    """Let Pillow (and imageio through it) decode a photo of ``pixels`` that was checked
-    against :func:`max_pixels` already, without its own warning or error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        if Image.MAX_IMAGE_PIXELS is None or pixels <= 2 * Image.MAX_IMAGE_PIXELS:
-            yield
-            return
-        with _PILLOW_LIMIT:
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                yield
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+    """:func:`napari_deeplab.photos.pillow_limit_lifted`."""
+    from . import photos
+
+    return photos.pillow_limit_lifted(pixels)
 
 
 @dataclass
 class Sample:
-    """One sample read back: ``image`` H x W [x C], ``category_ids`` H x W uint8 (None for an
-    unlabelled Testing photo), ``human_ids`` H x W uint8 or None, ``image_path``."""
+    """One sample read back: ``image`` H x W x 3 uint8 RGB (as
+    :func:`napari_deeplab.photos.read_photo` decodes it), ``category_ids`` H x W uint8 (None
+    for an unlabelled Testing photo), ``human_ids`` H x W uint8 or None, ``image_path``."""
 
     sample_id: str
     image: np.ndarray
@@ -644,7 +609,7 @@ def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Tr
     base = split_folder(root, split)
     with _reading(base) as pending:
         image_path = _find_photo(base, paths["Images"].stem, pending)
-        image = _read_array(image_path)
+        image = _read_photo(image_path)
 
         def optional(key):
             path = pending.resolve(paths[key]) if pending else paths[key]
@@ -653,9 +618,22 @@ def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Tr
         return Sample(sample_id, image, optional("Category_ids"), optional("Human_ids"), image_path)
 
 
+def _read_photo(path: Path) -> np.ndarray:
+    """The photo as :func:`napari_deeplab.photos.read_photo` decodes it (H x W x 3 uint8 RGB),
+    writable; its errors name the file."""
+    from . import photos
+
+    try:
+        return photos.read_photo(path)
+    except photos.PhotoError as error:
+        raise photos.PhotoError(f"{path}: {error}") from None
+
+
 def _read_array(path: Path) -> np.ndarray:
-    with open_image(path) as image, pillow_limit_lifted(image.width * image.height):
-        return np.array(image)  # np.array: writable, napari paints on these
+    """A mask as stored (:func:`napari_deeplab.photos.read_array`)."""
+    from . import photos
+
+    return photos.read_array(path)
 
 
 # --- writing -------------------------------------------------------------------------------------

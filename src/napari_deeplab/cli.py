@@ -7,6 +7,8 @@ import os
 import sys
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130
+"""Ctrl+C, as shells report a process ended by SIGINT (128 + 2)."""
 
 
 def _import_tensorflow_quietly() -> None:
@@ -103,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--learning-rate", type=float, default=1e-4)
     finetune.add_argument("--overwrite", action="store_true",
                           help="replace an existing OUT.keras, but only with a model better than "
-                               "the starting one (default: refuse an existing file)")
+                               "both it (scored on the same validation) and the starting model "
+                               "(default: refuse an existing file)")
+    finetune.add_argument("--replace-better", action="store_true",
+                          help="with --overwrite: replace OUT.keras by a model better than the "
+                               "starting one even if OUT.keras scores higher")
     finetune.add_argument("--eval-every", type=int, default=0, metavar="N",
                           help="also score the validation split at full resolution every N epochs "
                                "(default 0: once, at the end; every epoch is scored at the "
@@ -143,6 +149,17 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; return its exit status. Ctrl+C at any moment, even while TensorFlow
+    is still being imported, ends it with one line and :data:`EXIT_INTERRUPTED`."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("napari-deeplab: interrupted before any work started; nothing was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _import_tensorflow_quietly()
     from .cihp import DatasetError
@@ -162,14 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, InputError, DatasetError) as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # e.g. an output folder or id list this user cannot write or read
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"napari-deeplab: error: {where}{error.strerror or error}; check that the path "
+              "exists, is of the right kind and is readable and writable by this user",
+              file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _predict(args) -> int:
     from tqdm import tqdm
 
+    from .cihp import NUM_CLASSES
     from .model import load_model
     from .prelabel import check_unique_ids, expand_inputs, prelabel_files
 
@@ -193,7 +217,8 @@ def _predict(args) -> int:
             address=args.address, precision=args.precision)
     else:
         check_unique_ids(paths)
-        outcomes = prelabel_files(paths, load_model(args.model, precision=args.precision), args.out,
+        model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
+        outcomes = prelabel_files(paths, model, args.out,
                                   split=args.split, batch_size=args.batch_size,
                                   overwrite=args.overwrite, workers=args.workers)
     counts = {"written": 0, "skipped": 0, "failed": 0}
@@ -216,6 +241,7 @@ def _predict(args) -> int:
 def _finetune(args) -> int:
     from contextlib import nullcontext
 
+    from .cihp import NUM_CLASSES
     from .distributed import DevicesError, data_parallel
     from .model import load_model
     from .training import finetune, require_good_samples, training_and_validation
@@ -230,18 +256,31 @@ def _finetune(args) -> int:
         print(f"napari-deeplab: error: {args.out} exists; choose another --out, or add --overwrite "
               "(it is then replaced only by a model better than the starting one)", file=sys.stderr)
         return EXIT_ERROR
+    if args.replace_better and not args.overwrite:
+        print("napari-deeplab: error: --replace-better goes with --overwrite", file=sys.stderr)
+        return EXIT_ERROR
     train, val = training_and_validation(args.root, args.split, args.val_split)
+    _report_duplicates(train, val)
     require_good_samples(train, val)  # before loading the model: fail fast, naming each sample
     print(f"training on {len(train.ids)} samples, validating on {len(val.ids)}")
-    best = None
+    best = existing = None
+    start = newest = -1.0
     try:
         distribution = data_parallel(args.devices)  # the model's variables are made under it
         with distribution.scope() if distribution is not None else nullcontext():
-            model = load_model(args.model, precision=args.precision)
+            model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
         for report in finetune(model, train, val, args.out, epochs=args.epochs,
                                batch_size=args.batch_size, image_size=args.image_size,
                                learning_rate=args.learning_rate, overwrite=args.overwrite,
+                               replace_better=args.replace_better,
                                eval_every=args.eval_every, devices=args.devices):
+            if report.epoch == 0:
+                start = report.val_miou
+                if not report.saved:  # --out existed
+                    existing = report.out_miou
+                    print(_existing_out_line(args, report), flush=True)
+            else:
+                newest = max(newest, report.val_miou)
             loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
             full = "" if report.full_resolution_miou is None else \
                 f", at full resolution {report.full_resolution_miou:.4f}"
@@ -253,31 +292,66 @@ def _finetune(args) -> int:
     except DevicesError as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # a full disk while saving: the last saved file is whole
+        kept = (f"{args.out} holds the best model saved before (validation mean IoU {best:.4f})"
+                if best is not None else f"{args.out} is as it was")
+        print(f"napari-deeplab: error: cannot write {error.filename or args.out} "
+              f"({error.strerror or error}); {kept}; free some space or choose another --out",
+              file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"interrupted; {args.out} holds the best model so far (validation mean IoU "
               f"{best:.4f})" if best is not None else
               f"interrupted before any model was saved; {args.out} is as it was", file=sys.stderr)
-        return 130
-    if best is None:
+        return EXIT_INTERRUPTED
+    if best is None and existing is not None and newest > start and not args.replace_better:
+        print(f"no new model beat {args.out} (validation mean IoU {existing:.4f}; the best new "
+              f"one {newest:.4f} at {args.image_size} px); kept as it was (--replace-better "
+              "replaces it by the best model better than the starting one)")
+    elif best is None:
         print(f"no epoch improved on the starting model; {args.out} kept as it was")
     else:
         print(f"saved {args.out} (validation mean IoU {best:.4f} at {args.image_size} px)")
     return EXIT_OK
 
 
+def _existing_out_line(args, report) -> str:
+    """One line comparing the existing ``--out`` with the starting model on the validation."""
+    if report.out_miou is None:
+        return (f"{args.out} exists but cannot be scored ({report.out_problem}); it is replaced "
+                f"by a model better than the starting one ({report.val_miou:.4f})")
+    bar = report.val_miou if args.replace_better else max(report.val_miou, report.out_miou)
+    return (f"{args.out} exists: validation mean IoU {report.out_miou:.4f}, the starting model "
+            f"{report.val_miou:.4f} (at {report.val_size} px); it is replaced only by a model "
+            f"scoring over {bar:.4f}" + (" (--replace-better)" if args.replace_better else ""))
+
+
+def _report_duplicates(*datasets) -> None:
+    """Name, on one line each, the id lists that list an id twice (it is used once)."""
+    for dataset in datasets:
+        if dataset.duplicates:
+            shown = ", ".join(dataset.duplicates[:5]) + (", ..." if len(dataset.duplicates) > 5 else "")
+            print(f"napari-deeplab: note: the id list of {dataset.root / (dataset.split or '')} "
+                  f"names {len(dataset.duplicates)} id{'s' if len(dataset.duplicates) > 1 else ''} "
+                  f"more than once ({shown}); each sample is used once", file=sys.stderr)
+
+
 def _evaluate(args) -> int:
     import json
 
+    from .cihp import NUM_CLASSES
     from .model import load_model
     from .training import evaluate, locate_dataset, require_good_samples
 
     dataset = locate_dataset(args.root, args.split)
+    _report_duplicates(dataset)
     if not dataset.ids:
         print(f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
               file=sys.stderr)
         return EXIT_ERROR
     require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
-    result = evaluate(load_model(args.model, precision=args.precision), dataset)
+    result = evaluate(load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES),
+                      dataset)
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK
@@ -289,14 +363,21 @@ def _evaluate(args) -> int:
 
 
 def _convert(args) -> int:
-    from .cihp import write_file_atomically
+    from .cihp import remove_stale_temporaries, write_file_atomically
     from .model import load_model, save_model
 
     if not args.out.endswith(".keras"):
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
         return EXIT_ERROR
     model = load_model(args.source)
-    write_file_atomically(args.out, lambda path: save_model(model, path))
+    out = os.path.abspath(args.out)
+    remove_stale_temporaries(os.path.dirname(out), os.path.basename(out))  # of a killed convert
+    try:
+        write_file_atomically(out, lambda path: save_model(model, path))
+    except OSError as error:  # a full disk: the temporary is removed, the file left as it was
+        print(f"napari-deeplab: error: cannot write {args.out} ({error.strerror or error}); it is "
+              "as it was; free some space or choose another --out", file=sys.stderr)
+        return EXIT_ERROR
     print(f"saved {args.out}")
     return EXIT_OK
 

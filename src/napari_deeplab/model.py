@@ -17,7 +17,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -286,14 +290,16 @@ def use_jax_compilation_cache() -> None:
 use_jax_compilation_cache()
 
 
-def load_model(source: str | os.PathLike | None = None, *, precision: str = "float32"
-               ) -> keras.Model:
+def load_model(source: str | os.PathLike | None = None, *, precision: str = "float32",
+               num_classes: int | None = None) -> keras.Model:
     """Load a model from a hub id, a seed-format SavedModel folder or a ``.keras`` file of ours.
 
     ``source`` defaults to :data:`DEFAULT_MODEL`. A seed-format checkpoint is converted once
     into the native Keras 3 model and cached, keyed by its content, so later loads are fast
     and work offline (without TensorFlow too). ``precision``: ``"float32"`` or
     ``"bfloat16"`` (mixed precision, see :func:`with_precision`), whatever the file holds.
+    ``num_classes``: refuse a model with another number of classes (the commands that read or
+    write CIHP datasets ask for :data:`~napari_deeplab.cihp.NUM_CLASSES`).
     Raises :class:`ModelError` with a one-line message on any failure.
     """
     if precision not in PRECISIONS:
@@ -309,7 +315,19 @@ def load_model(source: str | os.PathLike | None = None, *, precision: str = "flo
         model = _load_keras_file(path)
     else:  # check_model_source let only a hub id through
         model = _load_folder(_download(source), source)
+    if num_classes is not None:
+        require_classes(model, num_classes, source)
     return with_precision(model, precision)
+
+
+def require_classes(model: keras.Model, num_classes: int, source) -> None:
+    """Raise :class:`ModelError` naming ``source`` and the model's class count unless it has
+    ``num_classes`` classes (a 5-class model would write its ids as CIHP classes)."""
+    count = len(model_info(model).class_names)
+    if count != num_classes:
+        raise ModelError(f"{source}: this model has {count} classes, not the {num_classes} CIHP "
+                         f"classes that napari-deeplab reads and writes; give a {num_classes}-class "
+                         "model (e.g. the default, or one fine-tuned from it)")
 
 
 def _download(repo_id: str) -> Path:
@@ -350,6 +368,9 @@ def _load_folder(folder: Path, source: str) -> keras.Model:
 def _load_keras_file(path: Path) -> keras.Model:
     if path.suffix != ".keras":
         raise ModelError(f"{path}: not a model file: expected a .keras file or a SavedModel folder")
+    problem = _keras_archive_problem(path)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # keras raises many types for a bad zip, JSON or HDF5
@@ -357,6 +378,29 @@ def _load_keras_file(path: Path) -> keras.Model:
                          "it may be truncated: save or copy it again") from None
     model_info(model)
     return model
+
+
+def _keras_archive_problem(path: Path) -> str:
+    """Why ``path`` is not a whole ``.keras`` archive (a zip of its files), or "" when it is.
+    Keras itself says "File not found" for a truncated file, which sends users the wrong way."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return "permission denied: this user cannot read the model file"
+    except OSError as error:
+        return f"cannot open the model file ({error.strerror})"
+    if not zipfile.is_zipfile(path):
+        return (f"not a whole .keras file ({path.stat().st_size:,} bytes, no complete zip "
+                "archive): it is truncated or damaged; save or copy it again")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return "a damaged .keras file (its zip archive cannot be read); save or copy it again"
+    if "config.json" not in names:
+        return "not a Keras model file (no config.json in the archive)"
+    return ""
 
 
 def _first_line(error: BaseException) -> str:
@@ -393,13 +437,76 @@ def load_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -
             return keras.saving.load_model(cached, compile=False)
         except Exception:
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt below
-    model = convert_seed_checkpoint(folder, source)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cached.parent) as scratch:
-        partial = Path(scratch) / cached.name
+    try:  # before converting: an unwritable cache is reported at once
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_conversions(cached.parent)
+        scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=cached.parent))
+    except OSError as error:
+        raise ModelError(_cache_problem(cached.parent, error)) from None
+    try:
+        model = convert_seed_checkpoint(folder, source)
+        partial = scratch / cached.name
         model.save(partial)
         os.replace(partial, cached)
+    except OSError as error:  # a full disk while saving
+        raise ModelError(_cache_problem(cached.parent, error)) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return model
+
+
+def _cache_problem(folder: Path, error: OSError) -> str:
+    return (f"cannot write the converted model into the cache folder {folder} "
+            f"({error.strerror or error}); free some space there, or set NAPARI_DEEPLAB_CACHE "
+            "to a writable folder")
+
+
+STALE_SCRATCH_S = 3600
+"""Age after which a conversion's scratch folder of another host (or unattributable) is
+deemed abandoned."""
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_SCRATCH = re.compile(r"^tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-")
+
+
+def _scratch_prefix() -> str:
+    """Names a conversion's scratch folder after its writer: ``tmp-<host>-<pid>-``."""
+    return f"tmp-{_HOST}-{os.getpid()}-"
+
+
+def remove_stale_conversions(folder: str | os.PathLike) -> list[Path]:
+    """Remove the scratch folders (``tmp*``) of conversions that were killed: a writer of this
+    host that is gone, or older than :data:`STALE_SCRATCH_S` (another host, or folders made
+    before they were named after their writer). Returns what was removed."""
+    folder, now, removed = Path(folder), time.time(), []
+    if not folder.is_dir():
+        return removed
+    for entry in os.scandir(folder):
+        if not entry.name.startswith("tmp") or not entry.is_dir(follow_symlinks=False):
+            continue
+        match = _SCRATCH.match(entry.name)
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_SCRATCH_S
+        except FileNotFoundError:
+            continue
+        mine = match is not None and match["host"] == _HOST
+        stale = old if not mine else not _process_alive(int(match["pid"]))
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end it: age only
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def convert_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -> keras.Model:

@@ -54,6 +54,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
             paths += found
         elif path.is_file():
             paths.append(path)
+        elif path.exists():  # a FIFO would block its reader: not a photo
+            problems.append(f"{entry}: not a regular file (a FIFO, socket or device); give "
+                            "photo files")
         elif glob.has_magic(entry):
             found = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry)) if Path(p).is_file())
             if not found:
@@ -78,70 +81,16 @@ def check_unique_ids(paths: Sequence[Path]) -> None:
         seen[key] = path
 
 
-def read_photo(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo's pixels as stored (no EXIF rotation, so they match the copied file).
+def read_photo(path) -> np.ndarray:
+    """A photo as every part of napari-deeplab decodes it: H x W x 3 uint8 RGB, as stored
+    (:func:`napari_deeplab.photos.read_photo`, whose module docstring gives the rules).
 
-    Returns H x W or H x W x C (C = 3 or 4), uint8 or uint16. Raises ``ValueError`` with a
-    one-line reason for unreadable, multi-page or empty files, and
-    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (a ``ValueError`` naming the file, the
-    limit and how to raise it) for photos over :func:`~napari_deeplab.cihp.max_pixels`, before
-    decoding them.
-    """
-    import imageio.v3 as iio
+    Raises ``ValueError`` with a one-line reason, and
+    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (naming the file, the limit and how to
+    raise it) for a photo over the pixel limit, before decoding it."""
+    from .photos import read_photo as decode
 
-    pixels = _pixel_count(path)
-    try:
-        with cihp.pillow_limit_lifted(pixels or 0):
-            image = _read_plain_photo(path) if pixels else None
-            if image is None:
-                image = iio.imread(path)
-    except Exception:  # each imageio plugin fails in its own way on a bad file
-        raise ValueError("cannot read this file as an image (corrupt, truncated or of an "
-                         "unknown format)") from None
-    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) or image.ndim not in (2, 3):
-        raise ValueError(f"not a single 2-D photo (pixel array of shape {image.shape}); "
-                         "split multi-page files into single photos first")
-    if pixels is None:  # a format only imageio reads (some TIFFs): checked after decoding
-        cihp.check_pixel_count(path, image.shape[1], image.shape[0])
-    if image.size == 0:
-        raise ValueError("the image is empty")
-    if image.dtype.kind not in "buif":
-        raise ValueError(f"unsupported pixel type {image.dtype}")
-    return image
-
-
-PLAIN_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
-"""Pillow modes whose pixels are read as they are (what imageio returns for them too)."""
-
-
-def _read_plain_photo(path) -> np.ndarray | None:
-    """A single-frame 8-bit L, RGB or RGBA photo decoded by Pillow and copied into one array in
-    bands of rows, so that the peak is Pillow's copy plus the array (7 bytes per RGB pixel, not
-    the 10 of ``np.asarray``); None for any other photo (imageio reads it)."""
-    with cihp.open_image(path) as photo:
-        channels = PLAIN_MODES.get(photo.mode)
-        if channels is None or getattr(photo, "n_frames", 1) > 1:
-            return None
-        photo.load()
-        width, height = photo.size
-        pixels = np.empty((height, width) if channels == 1 else (height, width, channels), np.uint8)
-        band = max(1, (1 << 22) // (width * channels))
-        for top in range(0, height, band):
-            bottom = min(top + band, height)
-            pixels[top:bottom] = np.asarray(photo.crop((0, top, width, bottom)))
-        return pixels
-
-
-def _pixel_count(path) -> int | None:
-    """Width x height from the file's header (refusing photos over the pixel limit), or None
-    when Pillow cannot read the header."""
-    try:
-        with cihp.open_image(path) as header:
-            return header.width * header.height
-    except cihp.PhotoTooLargeError:
-        raise
-    except (OSError, ValueError):
-        return None
+    return decode(path)
 
 
 def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
@@ -165,9 +114,10 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     ``resize``, ``model``, ``upsample``, ``encode`` (and staging the files) and ``commit``.
     """
     from .inference import batch_outputs, model_input, upsample_logits
-    from .model import model_info
+    from .model import model_info, require_classes
     from .pipeline import Failed, Prepared, run_pipeline, timed
 
+    require_classes(model, cihp.NUM_CLASSES, f"model {model.name!r}")
     cihp.check_split(split)
     check_unique_ids(paths)
     skipped = listed_outcomes([(path, path.stem) for path in paths], out, split, overwrite)

@@ -28,7 +28,7 @@ import cv2
 import keras
 import numpy as np
 
-from . import cihp, distributed
+from . import cihp, distributed, photos
 from .inference import forget_inference_model, resize_bilinear, segment, to_rgb
 from .refine import LEFT_RIGHT_PAIRS, swap_left_right
 
@@ -99,19 +99,43 @@ def augment(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Gen
 
 @dataclass
 class Dataset:
-    """Where the samples are: ``root`` and ``split`` as :func:`cihp.read_sample` takes them."""
+    """Where the samples are: ``root`` and ``split`` as :func:`cihp.read_sample` takes them.
+    ``duplicates``: ids the id list names more than once (each is in ``ids`` once)."""
 
     root: Path
     split: str | None
     ids: list[str]
+    duplicates: tuple[str, ...] = ()
 
 
 def locate_dataset(root: str | os.PathLike, split: str) -> Dataset:
-    """The samples of ``split`` under ``root``; ``root`` may also be a split folder itself."""
+    """The samples of ``split`` under ``root``; ``root`` may also be a split folder itself.
+
+    An id listed twice is kept once (and named in ``duplicates``). An id list that cannot be
+    read (a folder, no permission) raises :class:`~napari_deeplab.cihp.DatasetError`."""
     root = Path(root)
     if (root / "Images").is_dir() and not (root / split).is_dir():
-        return Dataset(root, None, cihp.list_samples(root, None))
-    return Dataset(root, split, cihp.list_samples(root, split) if (root / split).is_dir() else [])
+        return _listed_dataset(root, None)
+    if not (root / split).is_dir():
+        return Dataset(root, split, [])
+    return _listed_dataset(root, split)
+
+
+def _listed_dataset(root: Path, split: str | None) -> Dataset:
+    folder = cihp.split_folder(root, split)
+    try:
+        listed = cihp.list_samples(root, split)
+    except OSError as error:  # IsADirectoryError, PermissionError, ... on the id list
+        where = error.filename or folder
+        raise cihp.DatasetError(f"cannot read the id list {where} ({error.strerror or error}); "
+                                "it must be a readable text file, one sample id a line") from None
+    except UnicodeDecodeError:
+        raise cihp.DatasetError(f"the id list in {folder} is not text; it must be a text file, "
+                                "one sample id a line") from None
+    ids = list(dict.fromkeys(listed))
+    seen: set[str] = set()
+    duplicates = tuple(dict.fromkeys(i for i in listed if i in seen or seen.add(i)))
+    return Dataset(root, split, ids, duplicates)
 
 
 def training_and_validation(root, split: str, val_split: str | None) -> tuple[Dataset, Dataset]:
@@ -148,9 +172,13 @@ def check_samples(dataset: Dataset, num_classes: int = cihp.NUM_CLASSES) -> list
     for sample_id in dataset.ids:
         problem = _sample_problem(dataset, sample_id, num_classes)
         if problem:
-            problems.append(f"sample {sample_id} ({cihp.split_folder(dataset.root, dataset.split)}): "
-                            f"{problem}")
+            problems.append(sample_problem_line(dataset, sample_id, problem))
     return problems
+
+
+def sample_problem_line(dataset: Dataset, sample_id: str, problem: str) -> str:
+    """The one line that names a bad sample and what is wrong with it."""
+    return f"sample {sample_id} ({cihp.split_folder(dataset.root, dataset.split)}): {problem}"
 
 
 def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str | None:
@@ -163,12 +191,11 @@ def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str |
     if not mask_path.exists():
         return f"no mask {mask_path}"
     try:
-        with cihp.open_image(photo) as image:
-            photo_size = image.size
+        photo_size = photos.photo_size(photo)
     except cihp.PhotoTooLargeError as error:
         return str(error)
-    except OSError:
-        return f"cannot read the photo {photo}"
+    except photos.PhotoError as error:
+        return f"cannot read the photo {photo}: {error}"
     try:
         with cihp.open_image(mask_path) as mask:
             if mask.size != photo_size:
@@ -246,8 +273,8 @@ class SampleCache:
                        split / "Category_ids" / f"{sample_id}.png") for sample_id in dataset.ids]
         self.shapes = []
         for photo, _ in self.paths:
-            with cihp.open_image(photo) as image:
-                self.shapes.append((min(image.height, max_side), min(image.width, max_side)))
+            width, height = photos.photo_size(photo)
+            self.shapes.append((min(height, max_side), min(width, max_side)))
         needed = sum(height * width * 4 for height, width in self.shapes)
         budget = cache_memory_budget() if memory_budget is None else memory_budget
         self.in_memory = needed <= budget
@@ -269,11 +296,23 @@ class SampleCache:
             return self._decoded[index]
         return self._from_disk(index)
 
+    def decode_all(self, pool: ThreadPoolExecutor) -> None:
+        """Decode every sample now (in ``pool``), so that a photo that cannot be decoded is
+        named before any training: :class:`SampleProblems` lists each such sample."""
+        problems = [p for p in pool.map(self._problem, range(len(self))) if p]
+        if problems:
+            raise SampleProblems(problems, str(cihp.split_folder(self.dataset.root, self.dataset.split)))
+
+    def _problem(self, index: int) -> str | None:
+        try:
+            self[index]
+        except (ValueError, OSError) as error:  # photos.PhotoError, PhotoTooLargeError
+            return sample_problem_line(self.dataset, self.dataset.ids[index], str(error))
+        return None
+
     def _decode(self, index: int) -> np.ndarray:
         sample = cihp.read_sample(self.dataset.root, self.dataset.ids[index], self.dataset.split)
-        photo, labels = to_rgb(sample.image), sample.category_ids
-        if photo.dtype != np.uint8:  # 16 bits
-            photo = np.round(photo).astype(np.uint8)
+        photo, labels = sample.image, sample.category_ids  # H x W x 3 uint8: photos.read_photo
         shape = self.shapes[index]
         if photo.shape[:2] != shape:
             photo = np.round(resize_photo(photo, shape)).astype(np.uint8)
@@ -450,10 +489,31 @@ def evaluate(model, dataset: Dataset) -> dict:
     require_good_samples(dataset, num_classes=len(names))
     matrix = np.zeros((len(names), len(names)), np.int64)
     for sample_id in dataset.ids:
-        sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
+        try:
+            sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
+        except (ValueError, OSError) as error:  # photos.PhotoError, PhotoTooLargeError
+            raise SampleProblems([sample_problem_line(dataset, sample_id, str(error))],
+                                 str(cihp.split_folder(dataset.root, dataset.split))) from None
         predicted, _ = segment(sample.image, model)
         matrix += confusion(sample.category_ids, predicted, len(names))
+    if not matrix.any():
+        raise NoLabelledPixels(dataset)
     return scores(matrix, names)
+
+
+class NoLabelledPixels(cihp.DatasetError):
+    """Every mask pixel of a dataset is 255 (ignore): there is nothing to score or learn."""
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(f"no labelled pixels in {cihp.split_folder(dataset.root, dataset.split)}: "
+                         f"every mask pixel of its {len(dataset.ids)} samples is {IGNORE_CLASS} "
+                         "(ignore); label some pixels (0..19) first")
+
+
+def require_labelled_pixels(cache: SampleCache) -> None:
+    """Raise :class:`NoLabelledPixels` when every mask pixel of ``cache`` is 255."""
+    if not any((cache[i][..., 3] != IGNORE_CLASS).any() for i in range(len(cache))):
+        raise NoLabelledPixels(cache.dataset)
 
 
 # --- fine-tuning -------------------------------------------------------------------------------
@@ -465,7 +525,9 @@ class EpochReport:
     ``val_miou``: mean IoU on the validation split at the model's training resolution
     (``val_size`` x ``val_size``; it picks the best model). ``full_resolution_miou``: the same
     at each photo's full resolution, as :func:`evaluate` scores it, after the last epoch and
-    every ``eval_every`` epochs; None in the other epochs. ``saved``: the model was written."""
+    every ``eval_every`` epochs; None in the other epochs. ``saved``: the model was written.
+    ``out_miou`` (epoch 0, when the output file existed): that file's mean IoU on the same
+    validation, measured the same way; ``out_problem``: why it could not be scored (then None)."""
 
     epoch: int
     epochs: int
@@ -474,6 +536,8 @@ class EpochReport:
     saved: bool
     val_size: int = 0
     full_resolution_miou: float | None = None
+    out_miou: float | None = None
+    out_problem: str = ""
 
 
 def freeze_batch_norm(model) -> None:
@@ -486,18 +550,20 @@ def freeze_batch_norm(model) -> None:
 
 def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epochs: int = 10,
              batch_size: int = 4, image_size: int = 512, learning_rate: float = 1e-4,
-             seed: int = 0, overwrite: bool = False, eval_every: int = 0, devices=None,
-             workers: int | None = None, cache_memory: int | None = None
-             ) -> Iterator[EpochReport]:
+             seed: int = 0, overwrite: bool = False, replace_better: bool = False,
+             eval_every: int = 0, devices=None, workers: int | None = None,
+             cache_memory: int | None = None) -> Iterator[EpochReport]:
     """Fine-tune ``model`` on ``train``; yield a report per epoch (epoch 0: the start model).
 
     Every sample of ``train`` and ``val`` is checked before any work (:class:`SampleProblems`).
     ``out`` (a ``.keras`` file) is only ever replaced atomically (temporary file, fsync,
     rename), so a kill at any moment leaves the previous file whole. A new ``out`` gets the
     start model, then each model whose mean IoU on ``val`` is the best so far. An existing
-    ``out`` is refused (:class:`~napari_deeplab.cihp.DatasetError`) unless ``overwrite``, and
-    is then replaced only by a model better than the start model, never by the start model
-    itself. Closing the generator (Cancel, Ctrl+C) leaves the best model saved so far. Mask
+    ``out`` is refused (:class:`~napari_deeplab.cihp.DatasetError`) unless ``overwrite``; it is
+    then scored on ``val`` as the new models are (epoch 0's ``out_miou``) and replaced only by a
+    model better than both it and the start model (with ``replace_better``: better than the
+    start model alone), never by the start model itself. Closing the generator (Cancel,
+    Ctrl+C) leaves the best model saved so far. Mask
     pixels of 255 are left out of the loss.
 
     The mean IoU that picks the best model is measured each epoch at ``image_size``
@@ -531,18 +597,25 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, ignore_class=IGNORE_CLASS))
-        validation = ResizedValidation(
-            model, SampleCache(val, image_size, memory_budget=cache_memory), image_size,
-            batch_size, pool, distribution)
-        augmented = AugmentedBatches(
-            SampleCache(train, training_cache_side(image_size), memory_budget=cache_memory),
-            image_size, batch_size, pool, seed=seed,
-            shard=distributed.process_shard(distribution))
-        best = validation.miou()
+        val_cache = SampleCache(val, image_size, memory_budget=cache_memory)
+        train_cache = SampleCache(train, training_cache_side(image_size), memory_budget=cache_memory)
+        for cache in (val_cache, train_cache):  # a photo that cannot be decoded: named now
+            cache.decode_all(pool)
+            require_labelled_pixels(cache)
+        validation = ResizedValidation(model, val_cache, image_size, batch_size, pool, distribution)
+        augmented = AugmentedBatches(train_cache, image_size, batch_size, pool, seed=seed,
+                                     shard=distributed.process_shard(distribution))
+        out_miou, out_problem = (score_model_file(out, val_cache, image_size, batch_size, pool,
+                                                  distribution, model_info(model).class_names)
+                                 if existed else (None, ""))
+        start = best = validation.miou()
+        if out_miou is not None and not replace_better:
+            best = max(best, out_miou)  # never replace a better model by a worse one
         saved = not existed  # an existing file is kept until a better model is ready
         if saved:  # by every process (the same file): saving may need them all in step
             _save_atomically(model, out)
-        yield EpochReport(0, epochs, None, best, saved, image_size)
+        yield EpochReport(0, epochs, None, start, saved, image_size, out_miou=out_miou,
+                          out_problem=out_problem)
         batches = augmented.batches(first_epoch=1)
         try:
             for epoch in range(1, epochs + 1):
@@ -559,6 +632,22 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
                 yield EpochReport(epoch, epochs, loss, val_miou, saved, image_size, full)
         finally:
             batches.close()
+
+
+def score_model_file(path: Path, cache: SampleCache, size: int, batch_size: int,
+                     pool: ThreadPoolExecutor, distribution, class_names) -> tuple[float | None, str]:
+    """(mean IoU of the model in ``path`` on ``cache``, as :class:`ResizedValidation` measures
+    it at ``size``; "") or (None, why it cannot be scored: unreadable, other classes)."""
+    from .model import ModelError, load_model, model_info
+
+    try:
+        existing = load_model(path)
+    except ModelError as error:
+        return None, str(error)
+    if tuple(model_info(existing).class_names) != tuple(class_names):
+        return None, (f"{path} has {len(model_info(existing).class_names)} classes, not the "
+                      f"{len(class_names)} of the model being trained")
+    return ResizedValidation(existing, cache, size, batch_size, pool, distribution).miou(), ""
 
 
 def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int) -> float:

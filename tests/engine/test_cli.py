@@ -119,3 +119,77 @@ def test_convert_writes_a_keras_file_that_predict_uses(seed_checkpoint, cihp_sam
     assert main(["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(model_file),
                  "--out", str(out)]) == 0
     assert read_id_list(out, "Training") == ["0005008"]
+
+
+def test_a_model_of_another_class_count_is_refused_with_one_line(cihp_samples, tmp_path, capsys):
+    from napari_deeplab.model import build_model
+
+    for classes in (5, 30):
+        path = tmp_path / f"m{classes}.keras"
+        build_model(classes).save(path)
+        out = tmp_path / f"out{classes}"
+        for args in (["predict", str(cihp_samples / "Images"), "--out", str(out)],
+                     ["evaluate", str(cihp_samples)]):
+            assert main([*args, "--model", str(path)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and str(path) in err[0] and f"{classes} classes" in err[0], err
+        assert not out.exists()
+
+
+def test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries(tmp_path, capsys):
+    from napari_deeplab.cihp import temporary_path
+    from napari_deeplab.model import build_model
+    from tests.engine.filesystems import dead_pid, small_filesystem
+
+    source = tmp_path / "source.keras"
+    build_model(input_size=64).save(source)
+    out = tmp_path / "converted.keras"
+    killed = temporary_path(out)  # what a convert killed while writing leaves
+    killed = killed.with_name(killed.name.replace(f"-{os.getpid()}-", f"-{dead_pid()}-"))
+    killed.write_bytes(b"x" * 1000)
+    assert main(["convert", str(source), "--out", str(out)]) == 0
+    assert not killed.exists() and out.exists()
+    with small_filesystem(tmp_path / "full") as full:
+        assert main(["convert", str(source), "--out", str(full / "m.keras")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and "m.keras" in err[0], err
+        assert list(full.iterdir()) == []  # the temporary removed
+
+
+def test_finetune_on_a_full_disk_is_one_line(cihp_samples, tmp_path, capsys):
+    from napari_deeplab.model import build_model
+    from tests.engine.filesystems import small_filesystem
+
+    source = tmp_path / "source.keras"
+    build_model().save(source)
+    with small_filesystem(tmp_path / "full") as full:
+        out = full / "tuned.keras"
+        assert main(["finetune", str(cihp_samples), "--model", str(source), "--out", str(out),
+                     "--image-size", "64", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0], err
+        assert "as it was" in err[0] and list(full.iterdir()) == []
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(cihp_samples, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    interrupted = 0
+    for delay in (0.5, 3.0):  # importing Python, then TensorFlow
+        process = subprocess.Popen(  # SIGINT as a terminal delivers it (a background job ignores it)
+            [sys.executable, "-m", "napari_deeplab.cli", "predict", str(cihp_samples / "Images"),
+             "--out", str(tmp_path / "o"), "--model", "no-such.keras"],
+            stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=120)[1]
+        if process.returncode == 2 and "no such file" in err:
+            continue  # it got through its start-up before the signal (a fast machine)
+        assert process.returncode == 130, (process.returncode, err[-2000:])  # was -2, a traceback
+        lines = [line for line in err.strip().splitlines() if line.startswith("napari-deeplab")]
+        assert "Traceback" not in err and len(lines) == 1 and "interrupted" in lines[0], err
+        interrupted += 1
+    assert interrupted

@@ -143,3 +143,61 @@ def test_precision_is_chosen_at_load_whatever_the_file_holds(tmp_path):
     with pytest.raises(ModelError, match="precision must be one of float32, bfloat16") as error:
         load_model(path, precision="float16")
     assert "\n" not in str(error.value)
+
+
+def test_a_model_of_another_class_count_is_refused_at_load(tmp_path):
+    for classes in (5, 30):
+        path = tmp_path / f"m{classes}.keras"
+        build_model(classes).save(path)
+        assert len(model_info(load_model(path)).class_names) == classes  # any, when not asked
+        with pytest.raises(ModelError) as error:
+            load_model(path, num_classes=len(CLASS_NAMES))
+        message = str(error.value)
+        assert str(path) in message and f"has {classes} classes" in message and "\n" not in message
+
+
+def test_a_truncated_keras_file_is_called_truncated_not_missing(tmp_path):
+    path = tmp_path / "whole.keras"
+    build_model(3).save(path)
+    data = path.read_bytes()
+    for share in (0.01, 0.5, 0.999):
+        cut = tmp_path / f"cut{share}.keras"
+        cut.write_bytes(data[:int(len(data) * share)])
+        with pytest.raises(ModelError) as error:
+            load_model(cut)
+        assert "truncated" in str(error.value) and "not found" not in str(error.value).lower()
+
+
+def test_an_unwritable_or_full_cache_is_one_line(seed_checkpoint, tmp_path, monkeypatch):
+    from tests.engine.filesystems import small_filesystem
+
+    with small_filesystem(tmp_path / "readonly", read_only=True) as readonly:
+        monkeypatch.setenv("NAPARI_DEEPLAB_CACHE", str(readonly))
+        with pytest.raises(ModelError) as error:
+            load_model(seed_checkpoint)
+        assert str(readonly / "converted") in str(error.value) and "NAPARI_DEEPLAB_CACHE" in str(error.value)
+        assert "\n" not in str(error.value)
+    with small_filesystem(tmp_path / "full") as full:  # the conversion's 48 MB do not fit
+        monkeypatch.setenv("NAPARI_DEEPLAB_CACHE", str(full))
+        with pytest.raises(ModelError, match="No space left on device"):
+            load_model(seed_checkpoint)
+        assert list((full / "converted").iterdir()) == []  # its scratch folder removed
+
+
+def test_scratch_folders_of_killed_conversions_are_swept(tmp_path):
+    import os
+
+    from napari_deeplab.model import _scratch_prefix, remove_stale_conversions
+    from tests.engine.filesystems import dead_pid
+
+    mine = _scratch_prefix()
+    dead = tmp_path / (mine.replace(f"-{os.getpid()}-", f"-{dead_pid()}-") + "abc")
+    live = tmp_path / (mine + "def")  # this process: alive
+    old, recent = tmp_path / "tmpq1w2e3", tmp_path / "tmpr4t5y6"  # before writers were named
+    for folder in (dead, live, old, recent):
+        folder.mkdir()
+        (folder / "deeplab.keras").write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 3600,) * 2)
+    (tmp_path / "kept.keras").write_bytes(b"a cache entry")
+    assert sorted(remove_stale_conversions(tmp_path)) == sorted([dead, old])
+    assert live.exists() and recent.exists() and (tmp_path / "kept.keras").exists()

@@ -255,3 +255,149 @@ def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
     assert len(staged) == 1
     assert cihp.remove_stale_temporaries(tmp_path, out.name) == staged  # its writer is dead
+
+
+# --- an existing --out is scored, bad photos and masks are named --------------------------------
+
+def _constant_model(class_id: int, path: Path) -> Path:
+    """A real model that predicts ``class_id`` everywhere, saved to ``path``."""
+    model = build_model()
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([np.zeros_like(kernel), np.eye(len(bias), dtype=bias.dtype)[class_id] * 1e-3])
+    model.save(path)
+    return path
+
+
+def test_overwrite_never_replaces_a_better_model_by_a_worse_one(cihp_samples, tmp_path, capsys):
+    root = tmp_path / "d"
+    _copy_split(cihp_samples, root)
+    val = root / "Validation"  # all background: a model that says so scores 1, one saying glove 0
+    shutil.copytree(cihp_samples / "Images", val / "Images")
+    (val / "Category_ids").mkdir()
+    for photo in (val / "Images").iterdir():
+        size = Image.open(photo).size
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(val / "Category_ids" / f"{photo.stem}.png")
+    (val / "val_id.txt").write_text("".join(f"{p.stem}\n" for p in sorted((val / "Images").iterdir())))
+    start = _constant_model(3, tmp_path / "start.keras")  # glove everywhere: mean IoU 0
+    out = _constant_model(0, tmp_path / "tuned.keras")  # background everywhere: 1
+    better = out.read_bytes()
+    common = ["finetune", str(root), "--model", str(start), "--out", str(out), "--image-size", "64",
+              "--batch-size", "2", "--learning-rate", "1e-3", "--epochs", "1", "--overwrite"]
+    assert main(common) == 0
+    lines = capsys.readouterr().out.splitlines()
+    exists = next(line for line in lines if line.startswith(f"{out} exists"))
+    out_miou, start_miou = [float(word.rstrip(",")) for word in exists.split()
+                            if word[:2] in ("0.", "1.")][:2]
+    new_miou = float(lines[-2].split("validation mean IoU ")[1].split()[0])  # epoch 1
+    assert start_miou == 0 and out_miou == 1 and start_miou < new_miou <= out_miou
+    assert out.read_bytes() == better  # before: replaced, as the new model beats the start
+    assert lines[-1].startswith(f"no new model beat {out}") and f"{new_miou:.4f}" in lines[-1]
+    assert main([*common, "--replace-better"]) == 0
+    replaced = capsys.readouterr().out.splitlines()
+    assert "(--replace-better)" in next(line for line in replaced if line.startswith(f"{out} exists"))
+    assert out.read_bytes() != better and replaced[-1].startswith(f"saved {out}")
+    print("\n" + "\n".join(lines + replaced))
+
+
+def _copy_split(cihp_samples, root: Path) -> Path:
+    split = root / "Training"
+    shutil.copytree(cihp_samples / "Images", split / "Images")
+    shutil.copytree(cihp_samples / "Category_ids", split / "Category_ids")
+    (split / "train_id.txt").write_text("0002190\n0005008\n0026375\n")
+    return split
+
+
+def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path, capsys):
+    split = _copy_split(cihp_samples, tmp_path / "d")
+    whole = (split / "Images" / "0005008.jpg").read_bytes()
+    (split / "Images" / "0005008.jpg").write_bytes(whole[:len(whole) // 3])  # truncated
+    grey = np.asarray(Image.open(split / "Images" / "0026375.jpg").convert("L"))
+    (split / "Images" / "0026375.jpg").unlink()
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(split / "Images" / "0026375.png")
+    model = tmp_path / "m.keras"
+    build_model().save(model)
+    for args in (["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
+                 ["finetune", str(split.parent), "--model", str(model), "--out",
+                  str(tmp_path / "t.keras"), "--image-size", "64", "--epochs", "1"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert "Traceback" not in err and len(lines) == 2, err
+        assert lines[0].startswith("napari-deeplab: sample 0005008 (") and "truncated" in lines[0]
+        assert lines[1].startswith("napari-deeplab: error: 1 bad sample in ")
+    assert not (tmp_path / "t.keras").exists()
+    (split / "Images" / "0005008.jpg").write_bytes(whole)  # the LA photo alone: it is a photo
+    assert main(["evaluate", str(split.parent), "--split", "Training", "--model", str(model)]) == 0
+    assert "(3 samples)" in capsys.readouterr().out
+
+
+def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path, capsys):
+    split = _copy_split(cihp_samples, tmp_path / "d")
+    for path in (split / "Category_ids").iterdir():
+        Image.fromarray(np.full_like(np.asarray(Image.open(path)), 255)).save(path)
+    model = tmp_path / "m.keras"
+    build_model().save(model)
+    for args in (["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
+                 ["finetune", str(split.parent), "--model", str(model), "--out",
+                  str(tmp_path / "t.keras"), "--image-size", "64", "--epochs", "1"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no labelled pixels" in err[0] and "255" in err[0], err
+    assert not (tmp_path / "t.keras").exists()
+
+
+def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, capsys):
+    split = _copy_split(cihp_samples, tmp_path / "d")
+    model = tmp_path / "m.keras"
+    build_model().save(model)
+    args = ["evaluate", str(split.parent), "--split", "Training", "--model", str(model), "--json"]
+    assert main(args) == 0
+    once = json.loads(capsys.readouterr().out)
+    (split / "train_id.txt").write_text("0002190\n0005008\n0002190\n0026375\n0005008\n")
+    assert locate_dataset(split.parent, "Training").ids == ["0002190", "0005008", "0026375"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == once
+    note = captured.err.strip().splitlines()
+    assert len(note) == 1 and "0002190, 0005008" in note[0] and "used once" in note[0]
+
+
+NOBODY_READS_THE_ID_LIST = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from napari_deeplab.cihp import DatasetError
+from napari_deeplab.training import locate_dataset
+try:
+    locate_dataset(sys.argv[1], "Training")
+except DatasetError as error:
+    print(error)
+"""
+
+
+def test_an_id_list_that_is_a_folder_or_unreadable_is_one_line(cihp_samples, tmp_path, capsys):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="napari-deeplab-ids-", dir="/tmp"))
+    try:
+        split = _copy_split(cihp_samples, root)
+        (split / "train_id.txt").unlink()
+        (split / "train_id.txt").mkdir()
+        assert main(["evaluate", str(root), "--split", "Training", "--model", "unused"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "train_id.txt" in err[0] and "readable text file" in err[0], err
+        if os.geteuid() != 0 or not shutil.which("setpriv"):
+            return  # root reads any file: the unreadable case needs another user
+        (split / "train_id.txt").rmdir()
+        (split / "train_id.txt").write_text("0002190\n")
+        (split / "train_id.txt").chmod(0o600)
+        for folder in (root, split):
+            folder.chmod(0o777)  # the split's lock file may be made by anyone
+        run = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              sys.executable, "-c", NOBODY_READS_THE_ID_LIST, str(root),
+                              str(REPO / "src")], capture_output=True, text=True, timeout=120,
+                             cwd="/", env={**os.environ, "HOME": "/tmp", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "train_id.txt" in run.stdout and "Permission denied" in run.stdout, run.stdout
+    finally:
+        shutil.rmtree(root)
