@@ -1,8 +1,13 @@
+import json
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from napari_deeplab import cihp, review
 from napari_deeplab.review import ReviewQueue, queue_items
 
 
@@ -85,13 +90,6 @@ def test_drafts_and_state_are_written_atomically_and_a_damaged_draft_is_set_asid
 
 # --- a team on one queue: states merged, positions per annotator, claims, versions, Undo ------
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from napari_deeplab import cihp  # noqa: E402
-from napari_deeplab import review  # noqa: E402
 
 
 def _as(monkeypatch, user: str) -> None:
