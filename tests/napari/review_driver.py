@@ -72,7 +72,7 @@ def main() -> None:
             return None
         elif name == "close":
             viewer.close()
-            reply(state(closed=True))
+            reply({"ok": True, "closed": True})
             QApplication.instance().quit()
             return None
         return state()

@@ -183,17 +183,17 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     seen = bob.send(qtbot, "open", photos, root, no_model)
     assert seen["shown"] == "c" and "unsaved edits restored" in seen["status"]
     # closing napari with an edit in hand (no Next, no autosave yet) keeps it as c's draft
-    bob.send(qtbot, "paint", 8, 8, 4)
+    bob.send(qtbot, "paint", 40, 40, 4)
     bob.close(qtbot)
     draft = ReviewQueue(photos, root).load_draft("c")
-    assert draft[7, 7] == 9 and draft[8, 8] == 4
+    assert draft[7, 7] == 9 and draft[40, 40] == 4
 
     # c is free now: alice opens it from the list and sees bob's correction; an
     # all-background mask asks first, then exports on the explicit second step
     qtbot.waitUntil(lambda: "claimed" not in alice.photo_list.item(2).text(), timeout=10_000)
     alice.go_to(2)
     parts = viewer.layers["c parts"]
-    assert parts.data[7, 7] == 9 and parts.data[8, 8] == 4
+    assert parts.data[7, 7] == 9 and parts.data[40, 40] == 4
     parts.data_setitem(np.nonzero(parts.data), 0)
     qtbot.wait(int(SEEN_S * 1000))
     _press(qtbot, viewer, Qt.Key.Key_A)

@@ -291,13 +291,14 @@ class ReviewWidget(Container):
         parts, people = self._parts_or_refuse(), self._layer("people")
         if parts is None:
             return
+        unseen = self.seen_s() < MIN_SEEN_S
+        if unseen and time.monotonic() - self._accepted_at < MIN_SEEN_S + 0.5:
+            return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; "
+                                "look at it, then Accept")
         if not (self._edited() or self.queue.draft_path(self.shown_id).exists()
                 or self._base_version is not None):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
-        if self.seen_s() < MIN_SEEN_S:
-            if time.monotonic() - self._accepted_at < MIN_SEEN_S + 0.5:
-                return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; "
-                                    "look at it, then Accept")
+        if unseen:
             return self._refuse(f"{self.shown_id} was not exported: it has been on screen "
                                 f"{self.seen_s():.1f} s; look at it for {MIN_SEEN_S:g} s, then "
                                 "Accept")
