@@ -120,16 +120,20 @@ def _ids_of(root) -> list[str]:
 
 
 def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_samples,
-                                                model_file, tmp_path, monkeypatch, annotators):
+                                                tmp_path, monkeypatch, annotators):
     monkeypatch.setattr(review_widget, "CLAIM_HEARTBEAT_S", 0.5)
     monkeypatch.setenv(ANNOTATOR_ENV, "alice")
     photos, root = _photos(cihp_samples, tmp_path / "photos", "abcd"), tmp_path / "dataset"
-    no_model = tmp_path / "no-model.keras"  # bob's napari relies on the drafts alice's makes
+    # the model's drafts of a and b, made earlier (the model itself: the test below)
+    earlier = ReviewQueue(photos, root)
+    for name in "ab":
+        shape = PILImage.open(photos / f"{name}.jpg").size[::-1]
+        earlier.save_draft(name, np.full(shape, 14, np.uint8), corrected=False)
+    no_model = tmp_path / "no-model.keras"
     viewer = make_napari_viewer(show=True)
     _, alice = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
-    _open(alice, photos, root, model_file)
-    assert alice.shown_id == "a"
-    qtbot.waitUntil(lambda: not alice.prelabelling, timeout=TIMEOUT_MS)  # drafts of a and b
+    _open(alice, photos, root, no_model)
+    assert alice.shown_id == "a" and viewer.layers["a parts"].data.any()
 
     # bob opens the same queue: a is alice's, so he starts on b, with its draft (never empty)
     bob = annotators("bob")
