@@ -477,6 +477,12 @@ class ReviewQueue:
 
         self._update(change)
 
+    @staticmethod
+    def forget_export(record: ExportRecord | None) -> None:
+        """An Accept that will not be undone: remove its copy of the earlier sample."""
+        if record is not None and record.before is not None:
+            shutil.rmtree(record.before, ignore_errors=True)
+
     def keep_aside(self, sample_id: str, labels: np.ndarray) -> Path:
         """Keep an annotator's mask that was not exported (``kept/<id>-<time>.png``)."""
         path = self.folder / "kept" / f"{sample_id}-{time.strftime('%Y%m%d-%H%M%S')}.png"

@@ -264,3 +264,31 @@ def test_the_photos_and_dataset_fields_offer_the_folders_used_last(make_napari_v
     again.recent_dataset.value = str(root.absolute())
     assert again.photos.value == photos.resolve() and again.dataset.value == root.absolute()
     shutil.rmtree(root)
+
+
+def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_path):
+    photos, root = _photos(cihp_samples, tmp_path / "photos", "abc"), tmp_path / "dataset"
+    earlier = ReviewQueue(photos, root)
+    for name in "abc":
+        earlier.save_draft(name, np.full(PILImage.open(photos / f"{name}.jpg").size[::-1], 14,
+                                         np.uint8), corrected=False)
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
+    _open(widget, photos, root, tmp_path / "no-model.keras")
+    assert widget.progress.value == "0 of 3 exported"
+    _press(qtbot, viewer, Qt.Key.Key_Right)  # a left at once: still only pre-labelled
+    assert widget.queue.full_state("a") == "pre-labelled"
+    qtbot.wait(int(SEEN_S * 1000))
+    _press(qtbot, viewer, Qt.Key.Key_Right)  # b looked at, not edited
+    assert widget.queue.full_state("b") == "seen" and widget.photo_list.item(1).text() == "b — seen"
+    widget.flag_button.native.click()
+    assert widget.photo_list.item(2).text() == "c — flagged"
+    assert widget.status.value.startswith("c: flagged by ")
+    qtbot.wait(int(SEEN_S * 1000))
+    _press(qtbot, viewer, Qt.Key.Key_A)
+    assert widget.queue.full_state("c") == "exported-reviewed"
+    assert widget.status.value.startswith("Exported c — Undo") and widget.progress.value == \
+        "1 of 3 exported"
+    widget.undo_button.native.click()
+    assert "c" not in _ids_of(root) and widget.queue.full_state("c") == "corrected"
+    assert widget.shown_id == "c" and widget.progress.value == "0 of 3 exported"

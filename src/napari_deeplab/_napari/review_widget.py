@@ -320,8 +320,9 @@ class ReviewWidget(Container):
                                        expected_version=expected_version)
         except cihp.SampleChangedError as error:
             return self._offer("changed", labels, people_ids, error.current_version,
-                               f"{sample_id} was not exported: {_one_line(error)}; click Open "
-                               "theirs to see it, or Keep mine to replace it")
+                               f"{sample_id} was not exported: {_changed_by(error)} since it "
+                               "was shown; click Open theirs to see it, or Keep mine to "
+                               "replace it")
         except OSError as error:
             return self._refuse(f"{sample_id}: Accept did not complete ({os_error_line(error)}); "
                                 "make the dataset folder writable, then Accept again")
@@ -329,6 +330,7 @@ class ReviewWidget(Container):
             return self._refuse(f"{sample_id}: {_one_line(error)}")
         self._clear_choice()
         self._draft_shown = labels
+        self.queue.forget_export(self._last_export)  # one Undo: the last Accept's
         self._last_export = record
         self.undo_button.text = f"Undo export of {sample_id}"
         self.undo_button.visible = True
@@ -875,6 +877,18 @@ def forget_undo_history(layer: Labels) -> None:
     """Empty the undo history of ``layer`` (napari does when a layer stops being editable)."""
     mode, layer.editable = layer.mode, False
     layer.editable, layer.mode = True, mode
+
+
+def _changed_by(error) -> str:
+    """"the dataset's sample was written by bob@host with review at 01:02:03 UTC"."""
+    writer, removed = error.writer or {}, error.current_version is None
+    if removed:
+        return "the dataset's sample was removed"
+    if not writer:
+        return "the dataset's sample was written by a tool that records no writer"
+    tool = f" with {writer['tool']}" if writer.get("tool") else ""
+    return (f"the dataset's sample was written by {writer.get('user', '?')}@"
+            f"{writer.get('host', '?')}{tool} at {writer.get('time', '?')}")
 
 
 def _one_line(error: BaseException) -> str:
