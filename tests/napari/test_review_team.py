@@ -220,7 +220,7 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
 
 def test_a_draft_another_napari_wrote_is_shown_when_the_pre_label_arrives(
         make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
-    photos, root = _photos(cihp_samples, tmp_path / "photos", "ab"), tmp_path / "dataset"
+    photos, root = _photos(cihp_samples, tmp_path / "photos", "a"), tmp_path / "dataset"
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
     _open(widget, photos, root, model_file)
@@ -230,9 +230,6 @@ def test_a_draft_another_napari_wrote_is_shown_when_the_pre_label_arrives(
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     np.testing.assert_array_equal(viewer.layers["a parts"].data, theirs)
     np.testing.assert_array_equal(widget.queue.load_draft("a"), theirs)
-    stall = _press(qtbot, viewer, Qt.Key.Key_Right)
-    assert widget.shown_id == "b"
-    print(f"\nNext key press: {stall * 1000:.0f} ms")
 
 
 def test_autosave_cost_on_a_12_mp_layer(tmp_path, cihp_samples):
@@ -279,7 +276,8 @@ def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_p
     _press(qtbot, viewer, Qt.Key.Key_Right)  # a left at once: still only pre-labelled
     assert widget.queue.full_state("a") == "pre-labelled"
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_Right)  # b looked at, not edited
+    stall = _press(qtbot, viewer, Qt.Key.Key_Right)  # b looked at, not edited
+    print(f"\nNext key press: {stall * 1000:.0f} ms")
     assert widget.queue.full_state("b") == "seen" and widget.photo_list.item(1).text() == "b — seen"
     widget.flag_button.native.click()
     assert widget.photo_list.item(2).text() == "c — flagged"
