@@ -353,10 +353,16 @@ class ReviewWidget(Container):
         self.choice_row.visible = False
 
     def _chosen(self, kind: str):
+        """The choice offered, with the parts and people as they are now (painted since?)."""
         if self._choice is None or self._choice[0] != kind or self._choice[1] != self.shown_id:
             self._clear_choice()
             return None
-        return self._choice
+        parts, people = self.parts_layer(), self._layer("people")
+        kind, sample_id, labels, people_ids, version = self._choice
+        if parts is not None:
+            labels = np.array(parts.data)
+            people_ids = None if people is None else np.array(people.data)
+        return kind, sample_id, labels, people_ids, version
 
     def keep_mine(self) -> None:
         """The second step of a refused Accept: replace the dataset's newer sample with yours."""
