@@ -290,3 +290,29 @@ def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_p
     widget.undo_button.native.click()
     assert "c" not in _ids_of(root) and widget.queue.full_state("c") == "corrected"
     assert widget.shown_id == "c" and widget.progress.value == "0 of 3 exported"
+
+
+def test_open_theirs_shows_the_newer_sample_and_keeps_yours_aside(make_napari_viewer, qtbot,
+                                                                  cihp_samples, tmp_path):
+    photos, root = _photos(cihp_samples, tmp_path / "photos", "ab"), tmp_path / "dataset"
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
+    _open(widget, photos, root, tmp_path / "no-model.keras")
+    parts = viewer.layers["a parts"]
+    parts.paint((20, 20), 5)
+    theirs = np.full(parts.data.shape, 3, np.uint8)
+    cihp.write_sample(root, "a", theirs, image_path=photos / "a.jpg", writer_tool="predict")
+    qtbot.wait(int(SEEN_S * 1000))
+    _press(qtbot, viewer, Qt.Key.Key_A)
+    assert "written by" in widget.status.value and "with predict at" in widget.status.value
+    parts.paint((30, 60), 6)  # painted after the refusal: kept aside too
+    widget.open_theirs_button.native.click()
+    np.testing.assert_array_equal(viewer.layers["a parts"].data, theirs)
+    kept = list((widget.queue.folder / "kept").glob("a-*.png"))
+    assert len(kept) == 1 and str(kept[0]) in widget.status.value
+    mine = np.array(PILImage.open(kept[0]))
+    assert mine[20, 20] == 5 and mine[30, 60] == 6
+    # theirs is now what Accept starts from: no refusal
+    qtbot.wait(int(SEEN_S * 1000))
+    _press(qtbot, viewer, Qt.Key.Key_A)
+    assert widget.shown_id == "b" and widget.queue.full_state("a") == "exported-reviewed"
