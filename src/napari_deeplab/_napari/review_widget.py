@@ -264,7 +264,6 @@ class ReviewWidget(Container):
         if position == self.queue.position and self.queue.items[position].sample_id == self.shown_id:
             self._show(position)
             return
-        self._leaving()
         if self._show(position):
             self.queue.go_to(position)
 
@@ -336,7 +335,7 @@ class ReviewWidget(Container):
         self.undo_button.visible = True
         self._update_row(sample_id)
         self._accepted_at = time.monotonic()
-        self._move(1, leaving=False)
+        self._move(1)
         self._show_state(note=f"Exported {sample_id} — Undo")
 
     def _offer(self, kind: str, labels, people_ids, version, message: str) -> None:
@@ -470,7 +469,7 @@ class ReviewWidget(Container):
             self._refuse("No parts yet: wait for the pre-label, or paint them")
         return None
 
-    def _move(self, step: int, leaving: bool = True) -> None:
+    def _move(self, step: int) -> None:
         if self.queue is None:
             return self._refuse(OPEN_FIRST)
         self._refresh()
@@ -481,15 +480,13 @@ class ReviewWidget(Container):
         if after == before:
             self.status.value = "End of the queue" if step > 0 else "Start of the queue"
             return
-        if leaving:
-            self._leaving(self.queue.items[before].sample_id)
         if not self._show(after):
             self.queue.go_to(before)
 
-    def _leaving(self, sample_id: str | None = None) -> None:
+    def _leaving(self) -> None:
         """A pre-labelled photo looked at long enough, and not edited, becomes "seen"."""
-        sample_id = sample_id or self.shown_id
-        if (self.queue is not None and sample_id == self.shown_id
+        sample_id = self.shown_id
+        if (self.queue is not None and sample_id is not None
                 and self.queue.full_state(sample_id) == "pre-labelled"
                 and self.seen_s() >= MIN_SEEN_S and not self._edited()):
             try:
@@ -657,6 +654,8 @@ class ReviewWidget(Container):
         item = self.queue.items[position]
         if not self._claim(item.sample_id):
             return False
+        if item.sample_id != self.shown_id:
+            self._leaving()
         self._clear_choice()
         self._autosave_timer.stop()
         self.shown_id = item.sample_id
