@@ -15,13 +15,14 @@ from napari_deeplab import cihp
 from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY
 from napari_deeplab._napari.parts_layer import edit_tracker
 from napari_deeplab._napari.recent_datasets import recent_datasets
-from napari_deeplab._napari.review_widget import ACCEPT_KEY, NEXT_KEY, PREVIOUS_KEY
+from napari_deeplab._napari.review_widget import ACCEPT_KEY, MIN_SEEN_S, NEXT_KEY, PREVIOUS_KEY
 
 TIMEOUT_MS = 240_000  # model work on 2 shared cores, with a cold model process
 ALT, SHIFT, CONTROL = (Qt.KeyboardModifier.AltModifier, Qt.KeyboardModifier.ShiftModifier,
                        Qt.KeyboardModifier.ControlModifier)
 UNREADABLE = "0000001"  # sorts before the CIHP photos: the first photo of the queue
 IDS = [UNREADABLE, "0002190", "0005008", "0026375"]
+SEEN_MS = int(MIN_SEEN_S * 1000) + 100  # Accept applies to a photo on screen this long
 
 
 def _dock(viewer):
@@ -147,6 +148,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     people = viewer.layers[f"{IDS[2]} people"]
     assert people.data.max() >= 1
     expected_parts, expected_people = viewer.layers[f"{IDS[2]} parts"].data.copy(), people.data.copy()
+    qtbot.wait(SEEN_MS)  # looked at
     _press(qtbot, viewer, Qt.Key.Key_A, ALT)
     assert queue.state(IDS[2]) == "exported"
     sample = cihp.read_sample(root, IDS[2])
@@ -274,6 +276,7 @@ def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_rem
     _click_row(qtbot, widget.photo_list, 0, double=True)
     assert isinstance(viewer.layers["small parts"], Labels)
     assert viewer.layers["small parts"].data.any()  # its pre-label, back
+    qtbot.wait(SEEN_MS)  # looked at
     widget.accept_button.native.click()
     assert widget.queue.state("small") == "exported"
 
@@ -288,6 +291,7 @@ def _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_pa
     _, widget = _dock(viewer)
     _open(widget, photos, tmp_path / "dataset", model_file)
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
+    qtbot.wait(SEEN_MS)  # the first photo's pre-label looked at
     return viewer, widget
 
 
@@ -301,7 +305,7 @@ def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer
     assert widget.shown_id == "b"
     assert [widget.queue.state(i) for i in "ab"] == ["exported", "pre-labelled"]
     assert widget.status.value == "Accept pressed twice: b was not exported; look at it, then Accept"
-    qtbot.wait(600)
+    qtbot.wait(SEEN_MS)
     _press(qtbot, viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.state("b") == "exported"
 

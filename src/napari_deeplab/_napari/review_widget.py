@@ -1,4 +1,4 @@
-"""The "Review queue" widget: work through a folder of photos into a CIHP dataset.
+"""The "Review queue" widget: work through a folder of photos into a CIHP dataset, as a team.
 
 Next and Previous save the photo in hand (as a draft) and show the next one; the model
 pre-labels the photo shown and the one after it in the background (in the shared model
@@ -6,38 +6,80 @@ process), so Next is usually instant. Accept exports the photo into the dataset'
 The queue's state lives in the dataset folder: opening the same folder again resumes.
 One photo layer and one parts layer serve every photo (their data swapped in place): removing
 and adding layers froze the viewer for a second on each Next.
+
+Several annotators (napari processes) can work on one queue: the photo shown is claimed
+(others skip it and show who has it), Accept sends the dataset version it started from and is
+refused if someone changed the sample since (Open theirs / Keep mine), the edits in hand are
+kept a moment after each change (:data:`AUTOSAVE_S`, off the GUI thread) and when the widget or
+the viewer closes, and an Accept can be undone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import QListWidget, QSizePolicy
 
+from .. import cihp
 from ..cihp import SPLIT_ID_FILES
 from ..model_process import FrameResult
 from ..prelabel import read_photo
 from ..refine import people_from_parts
-from ..review import ReviewQueue
+from ..review import CLAIM_HEARTBEAT_S, ReviewQueue
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .parts_layer import PARTS_SUFFIX, apply_prediction, edit_tracker, parts_features
-from .recent_datasets import remember_dataset
+from .recent import RecentList
+from .recent_datasets import recent_datasets, remember_dataset
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 # free in napari's viewer and layer keymaps; Alt+A is neither a menu mnemonic (File, View,
 # Layers, Plugins, Window, Help) nor an app shortcut (Alt+C, Alt+S, Alt+T)
 NEXT_KEY, PREVIOUS_KEY, ACCEPT_KEY = "Alt-Right", "Alt-Left", "Alt-A"
 AHEAD = 2  # photos pre-labelled ahead: the one shown and the next
-ACCEPT_AGAIN_S = 0.5  # an Accept this soon after the last one is a double press, not a review
+MIN_SEEN_S = 1.0
+"""Accept applies only to a photo whose parts have been on screen this long: a double press
+or key repeat never exports the next photo unseen."""
+ACCEPT_AGAIN_S = MIN_SEEN_S  # kept for callers of the old name
+AUTOSAVE_S = 2.0
+"""The edits in hand are saved this long after the last change (and on close)."""
 OPEN_FIRST = "Open a queue first: give the photos and the dataset folder, then Open queue"
+RECENT_PHOTOS = RecentList("recent_photo_folders.json")
+CHOOSE_RECENT = "Recent…"
+
+
+def recent_photo_folders() -> list[str]:
+    return RECENT_PHOTOS.items()
+
+
+class _Saved(QObject):
+    """Carries the background autosave's outcome to the GUI thread."""
+
+    failed = Signal(str)
+
+
+class _WindowClose(QObject):
+    """Calls ``callback`` when the watched window closes (napari's viewer.close() closes its
+    main window before anything is destroyed)."""
+
+    def __init__(self, parent, callback):
+        super().__init__(parent)
+        self._callback = callback
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Close:
+            self._callback()
+        return False
 
 
 class ReviewWidget(Container):
@@ -52,17 +94,33 @@ class ReviewWidget(Container):
         self._model_loaded: str | None = None
         self._warned = 0  # the queue's warnings shown so far
         self._draft_shown: np.ndarray | None = None  # the parts as last shown or saved
-        self._accepted_at = -ACCEPT_AGAIN_S  # time.monotonic() of the last Accept
+        self._accepted_at = -MIN_SEEN_S  # time.monotonic() of the last Accept
+        self._claimed: str | None = None  # the photo this widget holds a claim on
+        self._others: dict = {}  # sample id -> Claim of another process
+        self._base_version: str | None = None  # the dataset's version when the photo was shown
+        self._seen_since: float | None = None  # when the parts shown were put on screen
+        self._choice: tuple | None = None  # (kind, sample id, labels, people, version)
+        self._last_export = None  # the ExportRecord of the last Accept, for Undo
+        self._swapping = False  # the widget itself is changing the parts layer
+        self._origin = "none"  # where the parts shown came from: "draft", "dataset", "none"
+        self._closed = False
 
         self.photos = FileEdit(mode="d", nullable=True, label="Photos",
                                tooltip="The folder of photos to review, or a CIHP split")
         self.dataset = FileEdit(mode="d", nullable=True, label="Dataset", tooltip="The dataset "
                                 "folder to export into; the drafts and position are kept there")
+        self.recent_photos = ComboBox(choices=lambda _: [CHOOSE_RECENT, *recent_photo_folders()],
+                                      label="", tooltip="Photo folders opened recently")
+        self.recent_dataset = ComboBox(choices=lambda _: [CHOOSE_RECENT, *recent_datasets()],
+                                       label="", tooltip="Dataset folders used recently")
+        self.recent_photos.changed.connect(lambda v: self._pick_recent(self.photos, v))
+        self.recent_dataset.changed.connect(lambda v: self._pick_recent(self.dataset, v))
         self.split = ComboBox(choices=list(SPLIT_ID_FILES), label="Split")
         self.model = ModelChooser(tooltip="The model that pre-labels the photos")
         self.skip_exported = CheckBox(text="Skip exported photos", value=True)
         self.photo_list = QListWidget()
-        self.photo_list.setToolTip("Each photo's state; double-click one to go to it")
+        self.photo_list.setToolTip("Each photo's state (or who has it open); double-click one "
+                                   "to go to it")
         self.photo_list.itemDoubleClicked.connect(lambda item: self.go_to(self.photo_list.row(item)))
         photo_list = Container(labels=False)
         photo_list.native.layout().addWidget(self.photo_list)
@@ -72,12 +130,30 @@ class ReviewWidget(Container):
             ("Next", f"Save this photo's draft and show the next one ({NEXT_KEY})"),
             ("Accept", f"Export the photo, its parts and people, then show the next ({ACCEPT_KEY})"),
             ("Propose people", ("Add an editable '<photo> people' layer, one label per person "
-                                "region of the parts; exported as Human_ids")))]
+                                "region of the parts; exported as Human_ids")),
+            ("Flag", "Mark this photo for a second look (press again to clear the flag)"),
+            ("Undo export", "Put the dataset's sample back as it was before the last Accept"))]
         (self.open_button, self.previous_button, self.next_button, self.accept_button,
-         self.people_button) = buttons
+         self.people_button, self.flag_button, self.undo_button) = buttons
         for button, action in zip(buttons, (self.open_queue, self.previous_photo, self.next_photo,
-                                            self.accept, self.propose_people), strict=True):
+                                            self.accept, self.propose_people, self.flag,
+                                            self.undo_export), strict=True):
             button.changed.connect(action)
+        self.undo_button.visible = False
+        choices = [PushButton(text=text, tooltip=tooltip) for text, tooltip in (
+            ("Keep mine", "Export your mask anyway, replacing the dataset's newer sample"),
+            ("Open theirs", ("Show the dataset's sample; your mask is kept aside in the queue "
+                             "folder (kept/)")),
+            ("Export all-background", "Export the mask although every pixel is background"),
+            ("Cancel", "Keep working on this photo; nothing is exported"))]
+        (self.keep_mine_button, self.open_theirs_button, self.export_empty_button,
+         self.cancel_choice_button) = choices
+        for button, action in zip(choices, (self.keep_mine, self.open_theirs, self.export_empty,
+                                            self.cancel_choice), strict=True):
+            button.changed.connect(action)
+        self.choice_row = Container(widgets=choices, layout="horizontal", labels=False)
+        self.choice_row.visible = False
+        self.progress = Label(value="")
         self.status = Label(value="Give the photos and the dataset folder, then Open queue")
         self.status.native.setWordWrap(True)
         self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
@@ -88,25 +164,59 @@ class ReviewWidget(Container):
         self.legend = ClassLegend(self.parts_layer)
         self.help_line = Label(value=shortcut_help({"Alt-Left/Right": "photo", ACCEPT_KEY: "accept",
                                                     "Shift-Up/Down": "class"}))
-        button_row = Container(widgets=buttons[1:], layout="horizontal", labels=False)
+        button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
+        more_row = Container(widgets=buttons[4:], layout="horizontal", labels=False)
         review = Container(widgets=[self.open_button, self.skip_exported, photo_list, button_row,
-                                    self.status, self.runner, self.help_line,
-                                    Label(value="Classes"), self.legend], labels=False)
-        photo_list.margins = button_row.margins = review.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[self.photos, self.dataset, self.split, self.model, review])
+                                    more_row, self.choice_row, self.status, self.progress,
+                                    self.runner, self.help_line, Label(value="Classes"),
+                                    self.legend], labels=False)
+        for container in (photo_list, button_row, more_row, self.choice_row, review):
+            container.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[self.photos, self.recent_photos, self.dataset,
+                                  self.recent_dataset, self.split, self.model, review])
         self._process = model_process_for(self)
         self._ahead_timer = QTimer(self.native, singleShot=True, interval=0)
         self._ahead_timer.timeout.connect(self._prelabel_ahead)
+        self._autosave_timer = QTimer(self.native, singleShot=True,
+                                      interval=int(AUTOSAVE_S * 1000))
+        self._autosave_timer.timeout.connect(self._autosave)
+        self._heartbeat_timer = QTimer(self.native, interval=int(CLAIM_HEARTBEAT_S * 1000))
+        self._heartbeat_timer.timeout.connect(self._heartbeat)
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-autosave")
+        self._saved = _Saved(self.native)
+        self._saved.failed.connect(self._autosave_failed)
+        self._window_watch: _WindowClose | None = None
+        me = weakref.ref(self)
+
+        def layer_leaving(event):
+            widget = me()
+            if widget is not None:
+                widget._layer_leaving(event)
+
+        def painted(*_):
+            widget = me()
+            if widget is not None and not widget._swapping:
+                widget._autosave_timer.start()
+
+        self._layer_leaving_callback, self._painted_callback = layer_leaving, painted
+        napari_viewer.layers.events.removing.connect(layer_leaving)
         on_removed(self, self.runner.cancel)
+        on_removed(self, lambda: (widget := me()) and widget._close())
         bind_keys(napari_viewer, self, {NEXT_KEY: self.next_photo, PREVIOUS_KEY: self.previous_photo,
                                         ACCEPT_KEY: self.accept,
                                         NEXT_CLASS_KEY: self.legend.next_class,
                                         PREVIOUS_CLASS_KEY: self.legend.previous_class})
 
+    @staticmethod
+    def _pick_recent(field: FileEdit, value) -> None:
+        if value and value != CHOOSE_RECENT:
+            field.value = value
+
     # --- the queue ---------------------------------------------------------------------------
 
     def open_queue(self) -> None:
-        """Open the queue of the Photos folder in the Dataset folder; show its photo in hand."""
+        """Open the queue of the Photos folder in the Dataset folder; show this annotator's
+        photo in hand (or the next one nobody else has open)."""
         if self.photos.value is None or self.dataset.value is None:
             return self._refuse("Give the folder of photos and the dataset folder to export "
                                 "into (nothing was written)")
@@ -120,23 +230,46 @@ class ReviewWidget(Container):
             return self._refuse(str(error))
         if not self._save_current():
             return
+        self._release()
         self.runner.cancel()
         self.queue, self._warned = queue, 0
+        self._last_export, self.undo_button.visible = None, False
+        self._clear_choice()
         self._unreadable.clear()
         self._show_warnings()
         remember_dataset(queue.root)  # Fine-tune offers it
+        RECENT_PHOTOS.remember(str(queue.source))
+        for combo in (self.recent_photos, self.recent_dataset):
+            combo.reset_choices()
+        self._watch_window()
+        self._others = self._live_claims()
         self.photo_list.clear()
         self.photo_list.addItems([self._row_text(item.sample_id) for item in queue.items])
-        self._show(queue.position)
+        self._heartbeat_timer.start()
+        start = queue.position
+        free = [p for p in [*range(start, len(queue.items)), *range(start - 1, -1, -1)]
+                if queue.items[p].sample_id not in self._others]
+        for position in free:
+            if self._show(position):
+                queue.go_to(position)
+                return
+        self.shown_id = None
+        self.status.value = "Every photo of the queue is open in another napari; try later"
 
     def go_to(self, position: int) -> None:
-        """Save the photo in hand and show the photo at ``position`` of the queue."""
-        if self.queue is not None and self._save_current():
+        """Save the photo in hand and show the photo at ``position`` of the queue (unless
+        another annotator has it open)."""
+        if self.queue is None or not self._save_current():
+            return
+        if position == self.queue.position and self.queue.items[position].sample_id == self.shown_id:
+            self._show(position)
+            return
+        if self._show(position):
             self.queue.go_to(position)
-            self._show(self.queue.position)
 
     def next_photo(self) -> None:
-        """Save the photo in hand and show the next one (exported ones skipped if asked)."""
+        """Save the photo in hand and show the next one (exported ones skipped if asked, and
+        the ones other annotators have open)."""
         if self._save_current():
             self._move(1)
 
@@ -145,27 +278,161 @@ class ReviewWidget(Container):
         if self._save_current():
             self._move(-1)
 
+    def seen_s(self) -> float:
+        """How long the parts of the photo in hand have been on screen."""
+        return 0.0 if self._seen_since is None else time.monotonic() - self._seen_since
+
     def accept(self) -> None:
-        """Export the photo in hand with its parts (and people) layer, then show the next."""
+        """Export the photo in hand with its parts (and people) layer, then show the next.
+
+        Only a photo on screen for :data:`MIN_SEEN_S`; an all-background mask, and a sample
+        that changed in the dataset since it was shown, ask for a second, explicit step."""
         parts, people = self._parts_or_refuse(), self._layer("people")
         if parts is None:
             return
-        if not (self._edited() or self.queue.draft_path(self.shown_id).exists()):
+        unseen = self.seen_s() < MIN_SEEN_S
+        if unseen and time.monotonic() - self._accepted_at < MIN_SEEN_S + 0.5:
+            return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; "
+                                "look at it, then Accept")
+        if not (self._edited() or self.queue.draft_path(self.shown_id).exists()
+                or self._base_version is not None):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
-        if time.monotonic() - self._accepted_at < ACCEPT_AGAIN_S:
-            return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; look "
-                                "at it, then Accept")
+        if unseen:
+            return self._refuse(f"{self.shown_id} was not exported: it has been on screen "
+                                f"{self.seen_s():.1f} s; look at it for {MIN_SEEN_S:g} s, then "
+                                "Accept")
+        if self._choice is not None and self._choice[1] == self.shown_id:
+            return self._refuse(self.status.value)  # the choice shown stays the answer to give
+        labels = np.array(parts.data)
+        people_ids = None if people is None else np.array(people.data)
+        if not labels.any():
+            return self._offer("empty", labels, people_ids, self._base_version,
+                               f"{self.shown_id}: every pixel is background; click Export "
+                               "all-background to export it anyway, or Cancel and paint the parts")
+        self._export(labels, people_ids, self._base_version)
+
+    def _export(self, labels, people_ids, expected_version) -> None:
+        sample_id = self.shown_id
+        self._flush_autosave()
         try:
-            self.queue.accept(self.shown_id, parts.data,
-                              None if people is None else np.asarray(people.data))
+            record = self.queue.accept(sample_id, labels, people_ids,
+                                       expected_version=expected_version)
+        except cihp.SampleChangedError as error:
+            return self._offer("changed", labels, people_ids, error.current_version,
+                               f"{sample_id} was not exported: {_changed_by(error)} since it "
+                               "was shown; click Open theirs to see it, or Keep mine to "
+                               "replace it")
         except OSError as error:
-            return self._refuse(f"{self.shown_id}: Accept did not complete ({os_error_line(error)}); "
+            return self._refuse(f"{sample_id}: Accept did not complete ({os_error_line(error)}); "
                                 "make the dataset folder writable, then Accept again")
         except ValueError as error:
-            return self._refuse(f"{self.shown_id}: {error}")
-        self._update_row(self.shown_id)
+            return self._refuse(f"{sample_id}: {_one_line(error)}")
+        self._clear_choice()
+        self._draft_shown = labels
+        self.queue.forget_export(self._last_export)  # one Undo: the last Accept's
+        self._last_export = record
+        self.undo_button.text = f"Undo export of {sample_id}"
+        self.undo_button.visible = True
+        self._update_row(sample_id)
         self._accepted_at = time.monotonic()
         self._move(1)
+        self._show_state(note=f"Exported {sample_id} — Undo")
+
+    def _offer(self, kind: str, labels, people_ids, version, message: str) -> None:
+        """Show the second step ``kind`` ("changed": Keep mine / Open theirs; "empty":
+        Export all-background / Cancel) for the photo in hand."""
+        self._choice = (kind, self.shown_id, labels, people_ids, version)
+        self.keep_mine_button.visible = self.open_theirs_button.visible = kind == "changed"
+        self.export_empty_button.visible = kind == "empty"
+        self.choice_row.visible = True
+        self._refuse(message)
+
+    def _clear_choice(self) -> None:
+        self._choice = None
+        self.choice_row.visible = False
+
+    def _chosen(self, kind: str):
+        """The choice offered, with the parts and people as they are now (painted since?)."""
+        if self._choice is None or self._choice[0] != kind or self._choice[1] != self.shown_id:
+            self._clear_choice()
+            return None
+        parts, people = self.parts_layer(), self._layer("people")
+        kind, sample_id, labels, people_ids, version = self._choice
+        if parts is not None:
+            labels = np.array(parts.data)
+            people_ids = None if people is None else np.array(people.data)
+        return kind, sample_id, labels, people_ids, version
+
+    def keep_mine(self) -> None:
+        """The second step of a refused Accept: replace the dataset's newer sample with yours."""
+        choice = self._chosen("changed")
+        if choice is not None:
+            _, _, labels, people_ids, version = choice
+            self._clear_choice()
+            self._export(labels, people_ids, version)
+
+    def open_theirs(self) -> None:
+        """Show the dataset's newer sample instead of yours; yours is kept aside."""
+        choice = self._chosen("changed")
+        if choice is None:
+            return
+        sample_id, labels = choice[1], choice[2]
+        self._clear_choice()
+        try:
+            kept = self.queue.keep_aside(sample_id, labels)
+        except OSError as error:
+            return self._refuse(f"{sample_id}: your mask could not be kept aside "
+                                f"({os_error_line(error)}); nothing changed")
+        self.queue.drop_in_hand(sample_id)
+        self._draft_shown = None  # nothing in hand to save
+        self._show(self.queue.position)
+        self.status.value = f"{sample_id}: showing theirs; yours is kept in {kept}"
+
+    def export_empty(self) -> None:
+        """The second step of Accept for an all-background mask."""
+        choice = self._chosen("empty")
+        if choice is not None:
+            _, _, labels, people_ids, version = choice
+            self._clear_choice()
+            self._export(labels, people_ids, version)
+
+    def cancel_choice(self) -> None:
+        self._clear_choice()
+        if self.queue is not None and self.shown_id is not None:
+            self._show_state(note="Not exported")
+
+    def undo_export(self) -> None:
+        """Put the dataset back as it was before the last Accept, and show that photo again."""
+        record = self._last_export
+        if record is None or self.queue is None:
+            return self._refuse("Nothing to undo: no photo was exported from this queue here")
+        try:
+            self.queue.undo_export(record)
+        except (OSError, ValueError) as error:
+            return self._refuse(f"{record.sample_id}: the export was not undone "
+                                f"({_one_line(error)}); the dataset keeps it")
+        self._last_export, self.undo_button.visible = None, False
+        self._update_row(record.sample_id)
+        position = next(i for i, item in enumerate(self.queue.items)
+                        if item.sample_id == record.sample_id)
+        self.go_to(position)
+        self._show_state(note=f"Export of {record.sample_id} undone: the dataset is as before")
+
+    def flag(self) -> None:
+        """Flag the photo in hand for a second look (or clear its flag)."""
+        if self.queue is None or self.shown_id is None:
+            return self._refuse(OPEN_FIRST)
+        if not self._save_current():
+            return
+        flagged = self.queue.full_state(self.shown_id) == "flagged"
+        after = ("corrected" if self.queue.draft_path(self.shown_id).exists() else "new") \
+            if flagged else "flagged"
+        try:
+            self.queue.set_state(self.shown_id, after)
+        except OSError as error:
+            return self._refuse(f"{self.shown_id}: not flagged ({os_error_line(error)})")
+        self._update_row(self.shown_id)
+        self._show_state()
 
     def propose_people(self) -> None:
         """Add (or replace) the people layer of the photo in hand, proposed from its parts."""
@@ -189,6 +456,8 @@ class ReviewWidget(Container):
         """The parts layer of the photo in hand, or None after saying what to do."""
         if self.queue is None:
             self._refuse(OPEN_FIRST)
+        elif self.shown_id is None:
+            self._refuse("No photo in hand: every photo is open in another napari")
         elif (parts := self.parts_layer()) is not None:
             return parts
         elif self.shown_id in self._unreadable:
@@ -203,26 +472,50 @@ class ReviewWidget(Container):
     def _move(self, step: int) -> None:
         if self.queue is None:
             return self._refuse(OPEN_FIRST)
+        self._refresh()
         before = self.queue.position
-        if self.queue.move(step, skip_exported=self.skip_exported.value) != before:
-            self._show(self.queue.position)
-        else:
+        others = set(self._others)
+        after = self.queue.move(step, skip_exported=self.skip_exported.value,
+                                skip=lambda sample_id: sample_id in others)
+        if after == before:
             self.status.value = "End of the queue" if step > 0 else "Start of the queue"
+            return
+        if not self._show(after):
+            self.queue.go_to(before)
+
+    def _leaving(self) -> None:
+        """A pre-labelled photo looked at long enough, and not edited, becomes "seen"."""
+        sample_id = self.shown_id
+        if (self.queue is not None and sample_id is not None
+                and self.queue.full_state(sample_id) == "pre-labelled"
+                and self.seen_s() >= MIN_SEEN_S and not self._edited()):
+            try:
+                self.queue.set_state(sample_id, "seen")
+                self._update_row(sample_id)
+            except OSError:
+                pass  # the state is a record; the draft is what matters
 
     def _edited(self) -> bool:
         """Whether the parts shown differ from the draft they were shown with (or from empty)."""
         parts = self.parts_layer()
-        return parts is not None and not np.array_equal(parts.data, self._draft_shown)
+        if parts is None or self._draft_shown is None:
+            return False
+        return not np.array_equal(parts.data, self._draft_shown)
 
     def _save_current(self) -> bool:
         """Keep the annotator's edits of the photo in hand as its (corrected) draft; a photo
         only looked at keeps its draft and state (an exported one stays exported). False, after
         saying why, if the draft could not be written: then the photo stays in hand."""
-        if self.queue is None or not self._edited():
+        self._autosave_timer.stop()
+        if self.queue is None or self.shown_id is None or not self._edited():
             return True
+        self._flush_autosave()
         labels = np.array(self.parts_layer().data)
         try:
             self.queue.save_draft(self.shown_id, labels, corrected=True)
+            self.queue.drop_in_hand(self.shown_id)
+            if self.queue.base_version(self.shown_id) != self._base_version:
+                self.queue.set_base_version(self.shown_id, self._base_version)
         except OSError as error:
             self._refuse(f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
                          "make the dataset folder writable, then try again")
@@ -230,6 +523,119 @@ class ReviewWidget(Container):
         self._draft_shown = labels
         self._update_row(self.shown_id)
         return True
+
+    # --- autosave, claims, closing ------------------------------------------------------------
+
+    def _autosave(self) -> None:
+        """Keep the edits in hand (``in-hand/<id>.png``), written off the GUI thread."""
+        if self.queue is None or self.shown_id is None or not self._edited():
+            return
+        queue, sample_id, labels = self.queue, self.shown_id, np.array(self.parts_layer().data)
+        failed = self._saved.failed
+
+        def save():
+            try:
+                queue.save_in_hand(sample_id, labels)
+            except OSError as error:
+                failed.emit(f"{sample_id}: your edits are not saved ({os_error_line(error)}); "
+                            "make the dataset folder writable, then press Next")
+
+        self._pending_save = self._saver.submit(save)
+
+    def _flush_autosave(self) -> None:
+        """Wait for an autosave under way (before the draft or the export supersedes it)."""
+        pending = getattr(self, "_pending_save", None)
+        if pending is not None:
+            pending.result()
+            self._pending_save = None
+
+    def _autosave_failed(self, message: str) -> None:
+        if not self._closed:
+            self._refuse(message)
+
+    def _claim(self, sample_id: str) -> bool:
+        """Claim the photo for this annotator; False (saying who has it) if another has."""
+        try:
+            held = self.queue.claim(sample_id)
+        except OSError as error:  # an unwritable queue folder: work on, unclaimed, and say so
+            show_warning(f"{sample_id}: could not be claimed ({os_error_line(error)}); another "
+                         "annotator may open it too")
+            held = None
+        if held is not None:
+            self._others[sample_id] = held
+            self._update_row(sample_id)
+            self._refuse(f"{sample_id} is {held.describe()}: choose another photo")
+            return False
+        if self._claimed not in (None, sample_id):
+            self._release()
+        self._claimed = sample_id
+        self._others.pop(sample_id, None)
+        return True
+
+    def _release(self) -> None:
+        if self._claimed is not None and self.queue is not None:
+            with contextlib.suppress(OSError):  # else it lapses by itself
+                self.queue.release(self._claimed)
+        self._claimed = None
+
+    def _live_claims(self) -> dict:
+        try:
+            return self.queue.claims()
+        except OSError:
+            return {}
+
+    def _heartbeat(self) -> None:
+        """Renew the claim of the photo in hand, read the others' claims and states."""
+        if self.queue is None:
+            return
+        if self._claimed is not None:
+            try:
+                if not self.queue.renew(self._claimed):
+                    show_warning(f"{self._claimed}: your claim lapsed and another annotator "
+                                 "opened it; press Next and come back to compare")
+            except OSError:
+                pass
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Show the other annotators' claims and states in the list."""
+        if self.queue is None:
+            return
+        self._others = self._live_claims()
+        self.queue.refresh()
+        for row, item in enumerate(self.queue.items):
+            text = self._row_text(item.sample_id)
+            if self.photo_list.item(row) is not None and self.photo_list.item(row).text() != text:
+                self.photo_list.item(row).setText(text)
+        self._show_progress()
+
+    def _layer_leaving(self, event) -> None:
+        """The parts layer leaves the viewer (removed, or the viewer clearing): keep its edits."""
+        parts = self.parts_layer()
+        if parts is not None and self.viewer.layers.index(parts.name) == event.index \
+                and not self._closed:
+            self._save_current()
+
+    def _watch_window(self) -> None:
+        window = self.native.window()
+        if self._window_watch is None and window is not self.native:
+            me = weakref.ref(self)
+            self._window_watch = _WindowClose(self.native, lambda: (w := me()) and w._close())
+            window.installEventFilter(self._window_watch)
+
+    def _close(self) -> None:
+        """The widget or the viewer closes: save the edits in hand as the draft, end the claim."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):  # a viewer half torn down: the autosave remains
+            self._save_current()
+        self._closed = True
+        self._autosave_timer.stop()
+        self._heartbeat_timer.stop()
+        self._release()
+        self._saver.shutdown(wait=True)
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            self.viewer.layers.events.removing.disconnect(self._layer_leaving_callback)
 
     def _show_warnings(self) -> None:
         """Show once each problem the queue met (a damaged state file or draft set aside)."""
@@ -243,10 +649,18 @@ class ReviewWidget(Container):
 
     # --- what the viewer shows ---------------------------------------------------------------
 
-    def _show(self, position: int) -> None:
+    def _show(self, position: int) -> bool:
+        """Claim the photo at ``position`` and show it; False if another annotator has it."""
         item = self.queue.items[position]
+        if not self._claim(item.sample_id):
+            return False
+        if item.sample_id != self.shown_id:
+            self._leaving()
+        self._clear_choice()
+        self._autosave_timer.stop()
         self.shown_id = item.sample_id
         self.photo_list.setCurrentRow(position)
+        self._seen_since = None
         try:
             photo = read_photo(item.photo)
             if item.sample_id in self._unreadable:  # readable again
@@ -257,18 +671,40 @@ class ReviewWidget(Container):
             self._update_row(item.sample_id)
             for role in ("people", "parts", "photo"):
                 self._remove_layer(role)
+            self._draft_shown = None
             self._refuse(f"{item.photo.name}: {error}")
-            return self._prelabel_ahead()
-        draft = self.queue.load_draft(item.sample_id)
+            self._prelabel_ahead()
+            return True
+        try:
+            labels, self._base_version, origin = self.queue.opening(item.sample_id)
+            self._origin = origin
+            in_hand = self.queue.load_in_hand(item.sample_id)
+        except (OSError, ValueError) as error:
+            self._refuse(f"{item.sample_id}: the dataset's sample cannot be read "
+                         f"({_one_line(error)}); showing an empty mask")
+            labels, self._base_version, origin, in_hand = None, None, "none", None
+            self._origin = origin
         self._show_warnings()
         self._remove_layer("people")
         self._show_photo(photo)
-        # a draft the annotator made is protected as a whole
-        corrected = draft is not None and self.queue.state(self.shown_id) != "pre-labelled"
-        self._show_parts(np.zeros(photo.shape[:2], np.uint8) if draft is None else draft,
-                         corrected)
-        self._show_state()
+        # a draft the annotator made, and the dataset's sample, are protected as a whole
+        corrected = origin == "dataset" or (
+            labels is not None and self.queue.state(self.shown_id) != "pre-labelled")
+        base = np.zeros(photo.shape[:2], np.uint8) if labels is None else labels
+        self._show_parts(base, corrected)
+        note = "showing the dataset's newer sample" if origin == "dataset" else None
+        if in_hand is not None and in_hand.shape == base.shape and not np.array_equal(in_hand, base):
+            parts = self.parts_layer()
+            self._swapping = True
+            try:
+                parts.data = in_hand
+            finally:
+                self._swapping = False
+            edit_tracker(parts).mask |= in_hand != base
+            note = "your unsaved edits restored"
+        self._show_state(note=note)
         self._prelabel_ahead()
+        return True
 
     def _show_photo(self, photo: np.ndarray) -> None:
         photo = np.atleast_3d(photo)  # grey photos as RGB: napari fixes rgb when a layer is made
@@ -286,18 +722,25 @@ class ReviewWidget(Container):
             self.viewer.reset_view()
 
     def _show_parts(self, labels: np.ndarray, corrected: bool) -> None:
-        parts = self.parts_layer()
-        if parts is None:
-            parts = self.viewer.add_labels(labels, name=self.shown_id + PARTS_SUFFIX,
-                                           features=parts_features(), opacity=0.6)
-            self._layer_ids["parts"] = parts.unique_id
-            self.legend.apply_to(parts)
-        tracker = edit_tracker(parts)  # before any swap, while its shape matches the layer's
-        parts.data, parts.name = labels, self.shown_id + PARTS_SUFFIX
-        forget_undo_history(parts)  # no undoing into the previous photo's mask
-        tracker.mask = np.full(labels.shape, corrected)
-        self._draft_shown = labels.copy()  # the layer may paint into the array it was given
-        self.viewer.layers.selection.active = parts
+        self._swapping = True
+        try:
+            parts = self.parts_layer()
+            if parts is None:
+                parts = self.viewer.add_labels(labels, name=self.shown_id + PARTS_SUFFIX,
+                                               features=parts_features(), opacity=0.6)
+                self._layer_ids["parts"] = parts.unique_id
+                self.legend.apply_to(parts)
+                parts.events.paint.connect(self._painted_callback)
+                parts.events.data.connect(self._painted_callback)
+            tracker = edit_tracker(parts)  # before any swap, while its shape matches the layer's
+            parts.data, parts.name = labels, self.shown_id + PARTS_SUFFIX
+            forget_undo_history(parts)  # no undoing into the previous photo's mask
+            tracker.mask = np.full(labels.shape, corrected)
+            self._draft_shown = labels.copy()  # the layer may paint into the array it was given
+            self.viewer.layers.selection.active = parts
+        finally:
+            self._swapping = False
+        self._seen_since = time.monotonic()  # the parts on screen start being looked at
 
     def _layer(self, role: str):
         """The widget's "photo", "parts" or "people" layer, if still in the viewer."""
@@ -310,17 +753,33 @@ class ReviewWidget(Container):
             self.viewer.layers.pop(self.viewer.layers.index(layer.name))
         self._layer_ids.pop(role, None)
 
-    def _show_state(self) -> None:
+    def _show_state(self, note: str | None = None) -> None:
+        if self.shown_id is None:
+            return
         place = f"{self.queue.position + 1} of {len(self.queue.items)}"
-        self.status.value = f"{self.shown_id}: {self.queue.state(self.shown_id)} ({place})"
+        text = f"{self.shown_id}: {self.queue.describe(self.shown_id)} ({place})"
+        self.status.value = f"{note} · {text}" if note else text
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        if self.queue is not None:
+            open_elsewhere = f"; {len(self._others)} open by others" if self._others else ""
+            self.progress.value = (f"{self.queue.exported_count()} of {len(self.queue.items)} "
+                                   f"exported{open_elsewhere}")
 
     def _row_text(self, sample_id: str) -> str:
-        state = "cannot be read" if sample_id in self._unreadable else self.queue.state(sample_id)
+        if sample_id in self._unreadable:
+            state = "cannot be read"
+        elif sample_id in self._others and sample_id != self._claimed:
+            state = f"{self.queue.state(sample_id)}, {self._others[sample_id].describe()}"
+        else:
+            state = self.queue.state(sample_id)
         return f"{sample_id} — {state}"
 
     def _update_row(self, sample_id: str) -> None:
         row = next(i for i, item in enumerate(self.queue.items) if item.sample_id == sample_id)
         self.photo_list.item(row).setText(self._row_text(sample_id))
+        self._show_progress()
 
     # --- pre-labelling ahead -----------------------------------------------------------------
 
@@ -377,18 +836,27 @@ class ReviewWidget(Container):
             self._model_loaded = source
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
-            if queue.draft_path(sample_id).exists():
-                return
-            queue.save_draft(sample_id, labels, corrected=False)
+            corrected = False
+            if not queue.save_draft(sample_id, labels, corrected=False):
+                # another napari made (or corrected) its draft first: show that one, never
+                # an empty mask
+                queue.refresh()
+                labels = queue.load_draft(sample_id)
+                corrected = queue.state(sample_id) != "pre-labelled"
+                if labels is None:
+                    return
             parts = self.parts_layer()
             if queue is self.queue:
                 self._update_row(sample_id)
-            if queue is self.queue and sample_id == self.shown_id and parts is not None:
+            if queue is self.queue and sample_id == self.shown_id and parts is not None \
+                    and self._origin == "none" and parts.data.shape == labels.shape:
+                self._origin = "draft"
                 if self._edited():
                     apply_prediction(parts, labels, keep_edits=True)  # one undoable step
                     self._draft_shown = labels
+                    self._seen_since = time.monotonic()
                 else:  # nothing to merge or to undo
-                    self._show_parts(labels, corrected=False)
+                    self._show_parts(labels, corrected=corrected)
                 self._show_state()
 
         def done() -> str:
@@ -414,3 +882,19 @@ def forget_undo_history(layer: Labels) -> None:
     """Empty the undo history of ``layer`` (napari does when a layer stops being editable)."""
     mode, layer.editable = layer.mode, False
     layer.editable, layer.mode = True, mode
+
+
+def _changed_by(error) -> str:
+    """"the dataset's sample was written by bob@host with review at 01:02:03 UTC"."""
+    writer, removed = error.writer or {}, error.current_version is None
+    if removed:
+        return "the dataset's sample was removed"
+    if not writer:
+        return "the dataset's sample was written by a tool that records no writer"
+    tool = f" with {writer['tool']}" if writer.get("tool") else ""
+    return (f"the dataset's sample was written by {writer.get('user', '?')}@"
+            f"{writer.get('host', '?')}{tool} at {writer.get('time', '?')}")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
