@@ -41,9 +41,30 @@ ONE_BACKEND_IS_ENOUGH = {
     "test_cli.py::test_validation_split_and_globs",
     "test_cli.py::test_missing_inputs_are_reported_and_the_rest_goes_on",
     "test_cli.py::test_console_script_offline_without_model_says_to_use_model_path",
+    "test_cli.py::test_a_model_of_another_class_count_is_refused_with_one_line",
+    "test_cli.py::test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries",
+    "test_cli.py::test_ctrl_c_while_the_command_starts_exits_130_with_one_line",
+    "test_cli.py::test_finetune_on_a_full_disk_is_one_line",
+    "test_commit.py::test_expected_version_refuses_a_sample_changed_by_another_process",
+    "test_hostile_datasets.py::test_a_reader_without_write_permission_reads_the_last_complete_state",
+    "test_hostile_datasets.py::test_an_id_differing_only_in_case_from_a_listed_one_is_refused",
+    "test_hostile_datasets.py::test_an_id_list_saved_by_notepad_still_protects_its_samples",
+    "test_model.py::test_an_unwritable_or_full_cache_is_one_line",
+    "test_model.py::test_scratch_folders_of_killed_conversions_are_swept",
+    "test_photos.py::test_a_tiff_bomb_that_pillow_cannot_open_is_refused_from_its_header",
+    "test_photos.py::test_a_truncated_photo_and_a_fifo_are_named_for_what_they_are",
+    "test_photos.py::test_an_unreadable_photo_is_called_unreadable_not_corrupt",
+    "test_photos.py::test_every_kind_of_photo_decodes_to_the_same_rgb_in_predict_and_in_training",
+    "test_photos.py::test_multi_page_photos_are_refused_with_one_line",
+    "test_training.py::test_an_id_list_that_is_a_folder_or_unreadable_is_one_line",
+    "test_training.py::test_an_id_listed_twice_is_scored_once_and_named",
+    "test_training.py::test_masks_without_labelled_pixels_are_not_scored_zero",
+    "test_training.py::test_overwrite_never_replaces_a_better_model_by_a_worse_one",
+    "test_training.py::test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune",
 }
 """Tests of what happens around a model (killed processes and actors, resumed jobs, another
-writer, the command line's handling of inputs and outputs) that the JAX pass leaves out to stay
+writer, the command line's handling of inputs and outputs, photos decoded, hostile datasets, full
+disks) that the JAX pass leaves out to stay
 within its time: the model calls in them are the ones the other tests make (``predict``,
 ``evaluate`` and ``finetune`` on JAX: test_backends.py). A renamed test is simply run on both
 backends."""
