@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage as ndi
 from scipy import sparse
-from scipy.sparse.linalg import cg
 from skimage import measure, segmentation
 
 from .cihp import LEFT_RIGHT_PAIRS, NUM_CLASSES
@@ -334,9 +333,8 @@ def _band_walk(photo: np.ndarray, seeds: np.ndarray, beta: float, tol: float = 1
     edge weights, the same Jacobi-preconditioned conjugate gradient and tolerance per class)
     with the linear system built for the pixels to decide only, not for every pixel of the
     photo: a band a few pixels wide around the boundaries is a small share of a photo, and
-    building the whole photo's graph was most of the time. Each class is solved over the
-    connected pieces of the band that touch its seeds (the others have no path to it: their
-    probability is exactly 0). ``progress(done, total)`` is called after each class.
+    building the whole photo's graph was most of the time; the classes are solved together
+    (:func:`_block_cg`). ``progress(done, total)`` is called as classes are solved.
     """
     classes = np.unique(seeds[seeds > 0])
     if len(classes) == 1:
@@ -379,20 +377,7 @@ def _band_walk(photo: np.ndarray, seeds: np.ndarray, beta: float, tol: float = 1
     right = sparse.csc_array((np.concatenate(seeded_weight),
                               (np.concatenate(seeded_rows), np.concatenate(seeded_class))),
                              shape=(count, len(classes)))
-    pieces, num_pieces = ndi.label(unknown)
-    pieces = pieces[unknown] - 1
-    probability = np.zeros((len(classes), count), np.float32)
-    for k in range(len(classes)):
-        column = right[:, [k]].toarray().ravel()
-        touched = np.zeros(num_pieces, bool)
-        touched[pieces[column != 0]] = True
-        solved = np.flatnonzero(touched[pieces]) if not touched.all() else everything
-        if solved.size:
-            system = laplacian if solved is everything else laplacian[solved][:, solved]
-            jacobi = sparse.dia_array((1.0 / diagonal[solved], 0), shape=(solved.size,) * 2)
-            probability[k, solved], _ = cg(system, column[solved], rtol=tol, atol=0, M=jacobi)
-        if progress is not None:
-            progress(k + 1, len(classes))
+    probability = _block_cg(laplacian, right.toarray(), diagonal, tol, progress)
     out = seeds.astype(np.int32) - 1
     out[unknown] = classes[np.argmax(probability, axis=0)] - 1
     return out
@@ -411,6 +396,46 @@ def _distance_below(boundary: np.ndarray, band: int) -> np.ndarray:
         source = (slice(max(-dy, 0), height + min(-dy, 0)), slice(max(-dx, 0), width + min(-dx, 0)))
         distance[target][boundary[source]] = np.sqrt(squared)
     return distance
+
+
+def _block_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
+              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``matrix @ x = right[:, k]`` for every column k, by the Jacobi-preconditioned conjugate
+    gradient of ``scipy.sparse.linalg.cg`` (the same iterates and stopping rule per column:
+    residual under ``tol`` times the column's norm), all columns in one sparse product per
+    iteration. Returns the solutions as rows (classes x pixels). ``progress(done, total)``
+    as columns converge."""
+    right = np.ascontiguousarray(right.T)  # a row per class: contiguous gathers
+    columns, count = right.shape
+    solution = np.zeros_like(right)
+    residual = right.copy()
+    direction = np.zeros_like(right)
+    bound = tol * np.linalg.norm(right, axis=1)
+    active = np.flatnonzero(bound > 0)
+    inverse = 1.0 / diagonal
+    rho_previous = np.ones(columns)
+    reported = columns - active.size
+    for _ in range(10 * count):
+        norms = np.linalg.norm(residual[active], axis=1)
+        active = active[norms >= bound[active]]
+        if progress is not None and columns - active.size > reported:
+            reported = columns - active.size
+            progress(reported, columns)
+        if not active.size:
+            break
+        r = residual[active]
+        z = r * inverse
+        rho = np.einsum("ij,ij->i", r, z)
+        p = direction[active] * (rho / rho_previous[active])[:, None] + z  # 0 at first
+        q = np.ascontiguousarray((matrix @ np.ascontiguousarray(p.T)).T)
+        alpha = (rho / np.einsum("ij,ij->i", p, q))[:, None]
+        solution[active] += alpha * p
+        residual[active] = r - alpha * q
+        direction[active] = p
+        rho_previous[active] = rho
+    if progress is not None and reported < columns:
+        progress(columns, columns)
+    return solution
 
 
 def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None, *,
