@@ -37,8 +37,9 @@ class KeyOwners:
     """The viewer's one binding of a key: the widgets that bound it, and which one a press
     calls (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, key: str = ""):
         self.entries: list[tuple[weakref.ref, weakref.WeakMethod]] = []
+        self.__name__ = f"napari_deeplab_{key}"  # napari's key handling reads it
 
     def add(self, widget: Widget, action: Callable[[], object]) -> None:
         self.entries.append((weakref.ref(widget), weakref.WeakMethod(action)))
@@ -103,7 +104,7 @@ def bind_keys(viewer, widget: Widget, actions: dict[str, Callable[[], object]]) 
     for key, action in actions.items():
         owners = _unwrapped(viewer.keymap.get(_normalized(key)))
         if not isinstance(owners, KeyOwners) or not owners.alive():
-            owners = KeyOwners()
+            owners = KeyOwners(key)
             viewer.bind_key(key, owners, overwrite=True)
         owners.add(widget, action)
         keys.append((key, owners))
