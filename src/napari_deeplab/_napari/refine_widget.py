@@ -19,7 +19,6 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButto
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QBoxLayout, QGridLayout, QLabel, QSizePolicy
-from scipy import ndimage as ndi
 from skimage import measure
 from skimage.segmentation import flood
 
@@ -366,25 +365,40 @@ class LowConfidenceRegions:
     def __init__(self, confidence: np.ndarray, threshold: float):
         self.labels = measure.label(confidence < threshold, connectivity=2)
         count = int(self.labels.max())
-        self.area = np.bincount(self.labels.ravel(), minlength=count + 1)[1:]
-        sums = np.bincount(self.labels.ravel(), weights=confidence.ravel(), minlength=count + 1)
+        flat = self.labels.ravel()
+        self.area = np.bincount(flat, minlength=count + 1)[1:]
+        sums = np.bincount(flat, weights=confidence.ravel(), minlength=count + 1)
         self.mean = sums[1:] / np.maximum(self.area, 1)
-        self.boxes = ndi.find_objects(self.labels)
+        # bounding boxes in whole-array numpy steps (ndimage.find_objects holds the GIL for
+        # seconds on a noisy map of 10^5 regions, which would stall the viewer)
+        pixels = np.flatnonzero(flat)
+        owner = flat[pixels]
+        order = np.argsort(owner, kind="stable")
+        pixels, owner = pixels[order], owner[order]
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if owner.size else owner
+        rows, cols = np.divmod(pixels, self.labels.shape[1])
+        self._bounds = (rows[starts], np.maximum.reduceat(rows, starts) + 1 if owner.size
+                        else rows, np.minimum.reduceat(cols, starts) if owner.size else cols,
+                        np.maximum.reduceat(cols, starts) + 1 if owner.size else cols)
         self.order = np.argsort(-self.area, kind="stable")
         self.total, self.taken = count, 0
 
     def __len__(self) -> int:
         return self.total - self.taken
 
+    def box(self, index: int) -> tuple[slice, slice]:
+        top, bottom, left, right = (int(bound[index]) for bound in self._bounds)
+        return slice(top, bottom), slice(left, right)
+
     def pop(self) -> tuple:
         index = self.order[self.taken]
         self.taken += 1
-        return self.area[index], self.boxes[index], self.mean[index]
+        return self.area[index], self.box(index), self.mean[index]
 
     def inside(self, rank: int) -> tuple[int, int]:
         """A pixel of the ``rank``-th largest region (the middle one in row-major order)."""
         index = self.order[rank]
-        box = self.boxes[index]
+        box = self.box(index)
         pixels = np.argwhere(self.labels[box] == index + 1)
         row, col = pixels[len(pixels) // 2]
         return row + box[0].start, col + box[1].start
