@@ -17,7 +17,7 @@ import numpy as np
 
 from . import cihp
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = cihp.PHOTO_SUFFIXES
 """Suffixes of the photos taken from a folder (files named on their own are always tried)."""
 
 
@@ -70,11 +70,12 @@ def check_unique_ids(paths: Sequence[Path]) -> None:
     :class:`~napari_deeplab.cihp.DatasetError` if a stem cannot be an id."""
     seen: dict[str, Path] = {}
     for path in paths:
-        cihp.check_sample_id(path.stem)
-        if path.stem in seen:
-            raise InputError(f"two inputs have the id {path.stem!r}: {seen[path.stem]} and {path}; "
-                             "rename one (ids are file stems)")
-        seen[path.stem] = path
+        key = cihp.normal_id(cihp.check_sample_id(path.stem)).casefold()  # macOS, Windows: one file
+        if key in seen:
+            raise InputError(f"two inputs have the id {path.stem!r} (ids differing only in case "
+                             f"are one on macOS and Windows): {seen[key]} and {path}; rename one "
+                             "(ids are file stems)")
+        seen[key] = path
 
 
 def read_photo(path: str | os.PathLike) -> np.ndarray:
@@ -191,7 +192,8 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
         with timed(clock, "encode"):
             try:
                 return path, cihp.stage_sample(out, path.stem, labels, split=split,
-                                               image_path=path, overwrite=overwrite)
+                                               image_path=path, overwrite=overwrite,
+                                               writer_tool="predict")
             except (OSError, cihp.DatasetError) as error:
                 return path, write_failure(path, error)
 
@@ -214,7 +216,7 @@ def listed_outcomes(photos: Sequence[tuple[object, str]], out, split: str,
         return {}
     return {sample_id: FileOutcome(path, sample_id, "skipped",
                                    f"already in {Path(out) / split}; --overwrite replaces it")
-            for path, sample_id in photos if sample_id in listed}
+            for path, sample_id in photos if cihp.normal_id(sample_id) in listed}
 
 
 def commit_outcomes(out, split: str, results: list[tuple[Path, object]]) -> list[FileOutcome]:

@@ -146,7 +146,7 @@ class ReviewQueue:
         commit protocol, replacing an earlier export of it)."""
         item = self.item(sample_id)
         cihp.write_sample(self.root, sample_id, labels, split=self.split, image_path=item.photo,
-                          human_ids=human_ids, overwrite=True)
+                          human_ids=human_ids, overwrite=True, writer_tool="review")
         self.save_draft(sample_id, labels, corrected=True)
         self._states[sample_id] = "exported"
         self._save()

@@ -114,3 +114,22 @@ def test_human_ids_are_checked_before_writing(tmp_path):
     with pytest.raises(cihp.DatasetError, match="0..255"):
         cihp.write_sample(tmp_path, "x", labels, human_ids=np.full((3, 3), 300))
     assert not any(tmp_path.iterdir())
+
+
+def test_photo_suffixes_are_the_ones_predict_reads_from_folders():
+    from napari_deeplab import prelabel
+
+    assert prelabel.IMAGE_SUFFIXES == cihp.PHOTO_SUFFIXES
+    assert all(s == s.lower() and s.startswith(".") for s in cihp.PHOTO_SUFFIXES)
+
+
+def test_versions_and_listing_agree_on_any_id_list(tmp_path):
+    cihp.write_sample(tmp_path, "a", np.zeros((4, 5), np.uint8), image=np.zeros((4, 5, 3), np.uint8))
+    id_list = tmp_path / "Training" / "train_id.txt"
+    for text in (b"a\n", b"\xef\xbb\xbfa\r\n", b"b\ra", b"  a  \n", "a\n\u00e9\n".encode()):
+        id_list.write_bytes(text)
+        assert "a" in cihp.list_samples(tmp_path, "Training")
+        assert cihp.sample_version(tmp_path, "a") is not None
+        assert cihp.sample_exists(tmp_path, "a")
+    id_list.write_bytes(b"ab\n")
+    assert cihp.sample_version(tmp_path, "a") is None and not cihp.sample_exists(tmp_path, "a")

@@ -2,6 +2,7 @@
 processes): a sample is never lost, mixed or half-visible."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
                 "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
                 "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
     assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
+    assert {"staged writer record", f"renamed {cihp.WRITERS_FOLDER}/s.json"} <= set(new_sample_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
     assert recovery_steps.count("renamed Images/s.png") == 2  # the recovery's and its own
     print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
@@ -411,3 +413,150 @@ def test_a_full_disk_while_listing_is_completed_by_the_next_run(tmp_path):
     assert "late" in cihp.list_samples(root, "Training")  # completed by the next reader
     assert cihp.read_sample(root, "late").category_ids.max() == 1
     assert not (root / "Training" / cihp.JOURNAL_NAME).exists() and not _temporaries(root)
+
+
+# --- versions, writer records, expected versions, removal (issue 17) ----------------------------
+
+# Another annotator's save of sample s from another process (mask VALUE), through the review queue.
+REVIEW_SAVE = f"""
+import sys
+import numpy as np
+from napari_deeplab import cihp
+root, value = sys.argv[1], int(sys.argv[2])
+cihp.write_sample(root, "s", np.full({SHAPE}, value, np.uint8), overwrite=True, writer_tool="review")
+"""
+
+
+def test_a_sample_version_changes_on_every_commit_and_names_its_writer(tmp_path):
+    assert cihp.sample_version(tmp_path, "s") is None and cihp.sample_writer(tmp_path, "s") is None
+    versions = []
+    for value in (1, 1, 2):
+        cihp.write_sample(tmp_path, "s", np.full(SHAPE, value, np.uint8), overwrite=True,
+                          image=np.zeros(SHAPE, np.uint8), writer_tool="napari writer")
+        versions.append(cihp.sample_version(tmp_path, "s"))
+        assert cihp.sample_version(tmp_path, "s") == versions[-1]  # stable between commits
+    assert len(set(versions)) == 3 and all(isinstance(v, str) for v in versions)
+    writer = cihp.sample_writer(tmp_path, "s")
+    assert set(writer) == {"user", "host", "pid", "tool", "time"}
+    assert writer["tool"] == "napari writer" and writer["pid"] == os.getpid()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", writer["time"])
+    # the record is hidden from a foreign loader's globs of Images/* and Category_ids/*
+    assert (tmp_path / "Training" / cihp.WRITERS_FOLDER / "s.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "Training" / "Images").iterdir()
+                  if not p.name.startswith(".")) == ["s.png"]
+    cihp.write_sample(tmp_path, "leftover-only", np.ones(SHAPE, np.uint8))
+    (tmp_path / "Training" / "train_id.txt").write_text("s\n")  # unlisted: no version
+    assert cihp.sample_version(tmp_path, "leftover-only") is None
+
+
+def test_a_foreign_sample_has_a_version_and_no_writer(cihp_samples):
+    assert cihp.sample_version(cihp_samples, "0002190", split=None)
+    assert cihp.sample_writer(cihp_samples, "0002190", split=None) is None
+
+
+def test_expected_version_refuses_a_sample_changed_by_another_process(tmp_path):
+    cihp.write_sample(tmp_path, "s", np.full(SHAPE, 1, np.uint8), image=np.zeros(SHAPE, np.uint8))
+    opened = cihp.sample_version(tmp_path, "s")  # an annotator opens the sample...
+    subprocess.run([sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True,
+                   timeout=60)  # ...another saves it meanwhile
+    with pytest.raises(cihp.SampleChangedError) as caught:
+        cihp.write_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=opened)
+    error = caught.value
+    writer = cihp.sample_writer(tmp_path, "s")
+    assert error.sample_id == "s" and error.writer == writer and writer["pid"] != os.getpid()
+    assert error.current_version == cihp.sample_version(tmp_path, "s") != opened
+    when = writer["time"].replace("T", " ").replace("Z", " UTC")
+    assert str(error).startswith(f"sample s was changed by {writer['user']}@{writer['host']} at "
+                                 f"{when} (napari-deeplab review) since you opened it; ")
+    assert "\n" not in str(error)
+    assert cihp.read_sample(tmp_path, "s").category_ids.max() == 2
+    # the version read now is accepted (an overwrite without overwrite=True)
+    cihp.write_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=error.current_version)
+    assert cihp.read_sample(tmp_path, "s").category_ids.max() == 3
+    assert not _temporaries(tmp_path)
+
+
+def test_expected_version_is_decided_under_the_lock_at_commit_time(tmp_path):
+    cihp.write_sample(tmp_path, "s", np.full(SHAPE, 1, np.uint8), image=np.zeros(SHAPE, np.uint8))
+    opened = cihp.sample_version(tmp_path, "s")
+    staged = cihp.stage_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=opened)
+    new = cihp.stage_sample(tmp_path, "n", np.full(SHAPE, 3, np.uint8), expected_version=None)
+    subprocess.run([sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True,
+                   timeout=60)
+    results = cihp.commit_samples([staged, new])
+    assert isinstance(results[0], cihp.SampleChangedError) and results[1] is None
+    assert cihp.read_sample(tmp_path, "s").category_ids.max() == 2
+    with pytest.raises(cihp.SampleChangedError, match="sample n was committed by .* since you opened"):
+        cihp.write_sample(tmp_path, "n", np.ones(SHAPE, np.uint8), expected_version=None)
+    assert not _temporaries(tmp_path)
+
+
+def test_remove_sample_unlists_it_and_removes_only_its_files(tmp_path):
+    photo = _photo(tmp_path / "p.jpg", 1)
+    root = tmp_path / "d"
+    for sample_id in ("a", "s"):
+        cihp.write_sample(root, sample_id, np.ones(SHAPE, np.uint8), image_path=photo,
+                          human_ids=np.ones(SHAPE, np.uint8))
+    split = root / "Training"
+    (split / "Images" / "s.xmp").write_text("a sidecar")
+    version = cihp.sample_version(root, "s")
+    with pytest.raises(cihp.SampleChangedError):
+        cihp.remove_sample(root, "s", expected_version="not-its-version")
+    removed = cihp.remove_sample(root, "s", expected_version=version)
+    assert sorted(_relative(p, split) for p in removed) == sorted(
+        ["Images/s.jpg", "Category_ids/s.png", "Categories/s.png", "Human_ids/s.png",
+         "Humans/s.png", f"{cihp.WRITERS_FOLDER}/s.json"])
+    assert cihp.list_samples(root, "Training") == ["a"] and cihp.sample_version(root, "s") is None
+    assert (split / "Images" / "s.xmp").read_text() == "a sidecar"
+    assert cihp.read_sample(root, "a").category_ids.max() == 1
+    assert cihp.remove_sample(root, "s", expected_version=None) == []
+    with pytest.raises(cihp.DatasetError, match="not listed"):
+        cihp.remove_sample(root, "s")
+    cihp.write_sample(root, "s", np.ones(SHAPE, np.uint8), expected_version=None)  # undo the undo
+    assert cihp.list_samples(root, "Training") == ["a", "s"]
+
+
+def _relative(path: Path, split: Path) -> str:
+    return path.relative_to(split).as_posix()
+
+
+# Remove sample s (the review queue's "Undo export").
+REMOVER = """
+import sys
+from napari_deeplab import cihp
+cihp.remove_sample(sys.argv[1], "s")
+"""
+
+
+def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_path):
+    photo = _photo(tmp_path / "p.jpg", 1)
+    keep = _photo(tmp_path / "keep.png", 3)
+    versions = {1: photo.read_bytes(), 3: keep.read_bytes()}
+    base = tmp_path / "base"
+    cihp.write_sample(base, "keep", np.full(SHAPE, 3, np.uint8), image_path=keep,
+                      human_ids=np.full(SHAPE, 3, np.uint8))
+    cihp.write_sample(base, "s", np.full(SHAPE, 1, np.uint8), image_path=photo,
+                      human_ids=np.full(SHAPE, 1, np.uint8))
+    steps = []
+    for number in range(1, 100):
+        root = tmp_path / f"crash-{number}"
+        shutil.copytree(base, root)
+        run = subprocess.run([sys.executable, "-c", REMOVER, str(root)],
+                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             text=True, timeout=60)
+        if run.returncode == 0:
+            break
+        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+        listed = _assert_consistent(root, versions)  # s whole, if still listed
+        assert "keep" in listed
+        if "s" not in listed:
+            assert not list((root / "Training").rglob("s.*")), "a file of s survived"
+        assert not _temporaries(root)
+        if "s" in listed:
+            cihp.remove_sample(root, "s")
+        assert cihp.list_samples(root, "Training") == ["keep"]
+    else:
+        raise AssertionError("the remover never completed")
+    assert {"locked", "journal written", "removed Images/s.jpg", "removed Category_ids/s.png",
+            f"removed {cihp.WRITERS_FOLDER}/s.json", "id list written", "journal removed"} <= set(steps)
