@@ -248,5 +248,6 @@ def test_save_refuses_a_sample_changed_by_someone_else_since_it_was_opened(make_
     with pytest.raises(SaveRefused) as refused:
         viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
     assert isinstance(refused.value.__cause__, cihp.SampleChangedError)
+    assert "since you opened it" in str(refused.value)  # who and when, from H1's record
     assert "\n" not in str(refused.value)
     assert cihp.read_sample(dataset, "0005008").category_ids[0, 0] == 7

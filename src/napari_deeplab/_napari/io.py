@@ -219,9 +219,12 @@ def save_sample(root: Path, split: str, parts: tuple, image: tuple | None = None
             raise ValueError(f"no photo for '{sample_id}': select its image layer with the parts "
                              "layer (nothing was written)") from None
     options = {}
-    if origin.get("version") is not None and "expected_version" in inspect.signature(
-            cihp.write_sample).parameters and _same_sample(origin, root, split, sample_id):
-        options["expected_version"] = origin["version"]
+    parameters = inspect.signature(cihp.write_sample).parameters
+    if origin.get("version") is not None and "expected_version" in parameters \
+            and _same_sample(origin, root, split, sample_id):
+        options["expected_version"] = origin["version"]  # refused if someone changed it since
+    if "writer_tool" in parameters:
+        options["writer_tool"] = "napari"
     written = cihp.write_sample(
         root, sample_id, np.asarray(parts_data), split=split,
         image=None if photo_path else photo_array, image_path=photo_path,
