@@ -404,7 +404,7 @@ def _block_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
     gradient of ``scipy.sparse.linalg.cg`` (the same iterates and stopping rule per column:
     residual under ``tol`` times the column's norm), all columns in one sparse product per
     iteration. Returns the solutions as rows (classes x pixels). ``progress(done, total)``
-    as columns converge."""
+    after each iteration (``done``: the columns converged)."""
     right = np.ascontiguousarray(right.T)  # a row per class: contiguous gathers
     columns, count = right.shape
     solution = np.zeros_like(right)
@@ -418,8 +418,8 @@ def _block_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
     for _ in range(10 * count):
         norms = np.linalg.norm(residual[active], axis=1)
         active = active[norms >= bound[active]]
-        if progress is not None and columns - active.size > reported:
-            reported = columns - active.size
+        reported = columns - active.size
+        if progress is not None:  # every iteration, so that a Stop raised there is quick
             progress(reported, columns)
         if not active.size:
             break
