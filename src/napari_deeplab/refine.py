@@ -405,35 +405,37 @@ def _block_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
     residual under ``tol`` times the column's norm), all columns in one sparse product per
     iteration. Returns the solutions as rows (classes x pixels). ``progress(done, total)``
     after each iteration (``done``: the columns converged)."""
-    right = np.ascontiguousarray(right.T)  # a row per class: contiguous gathers
-    columns, count = right.shape
-    solution = np.zeros_like(right)
-    residual = right.copy()
-    direction = np.zeros_like(right)
-    bound = tol * np.linalg.norm(right, axis=1)
-    active = np.flatnonzero(bound > 0)
-    inverse = 1.0 / diagonal
-    rho_previous = np.ones(columns)
-    reported = columns - active.size
+    count, columns = right.shape
+    solution = np.zeros((columns, count))
+    bound = tol * np.linalg.norm(right, axis=0)
+    active = np.flatnonzero(bound > 0)  # the columns still iterating; the arrays hold only them
+    residual = np.ascontiguousarray(right[:, active], dtype=float)
+    found = np.zeros_like(residual)
+    direction = np.zeros_like(residual)
+    rho_previous = np.ones(active.size)
+    inverse = (1.0 / diagonal)[:, None]
     for _ in range(10 * count):
-        norms = np.linalg.norm(residual[active], axis=1)
-        active = active[norms >= bound[active]]
-        reported = columns - active.size
+        keep = np.linalg.norm(residual, axis=0) >= bound[active]
+        if not keep.all():  # converged columns leave the arrays (at most once each)
+            solution[active[~keep]] = found[:, ~keep].T
+            active, rho_previous = active[keep], rho_previous[keep]
+            residual, found, direction = (np.ascontiguousarray(a[:, keep])
+                                          for a in (residual, found, direction))
         if progress is not None:  # every iteration, so that a Stop raised there is quick
-            progress(reported, columns)
+            progress(columns - active.size, columns)
         if not active.size:
             break
-        r = residual[active]
-        z = r * inverse
-        rho = np.einsum("ij,ij->i", r, z)
-        p = direction[active] * (rho / rho_previous[active])[:, None] + z  # 0 at first
-        q = np.ascontiguousarray((matrix @ np.ascontiguousarray(p.T)).T)
-        alpha = (rho / np.einsum("ij,ij->i", p, q))[:, None]
-        solution[active] += alpha * p
-        residual[active] = r - alpha * q
-        direction[active] = p
-        rho_previous[active] = rho
-    if progress is not None and reported < columns:
+        z = residual * inverse
+        rho = np.einsum("ij,ij->j", residual, z)
+        direction *= rho / rho_previous  # 0 at first: the direction is z
+        direction += z
+        q = matrix @ direction
+        alpha = rho / np.einsum("ij,ij->j", direction, q)
+        found += alpha * direction
+        residual -= alpha * q
+        rho_previous = rho
+    solution[active] = found.T
+    if progress is not None and active.size:
         progress(columns, columns)
     return solution
 
