@@ -45,11 +45,17 @@ def measure(app, start_job, runner) -> tuple[float, float, list[float], list[str
 
     timer.timeout.connect(tick)
     timer.start()
+    from qtpy.QtCore import QEventLoop
+
+    loop = QEventLoop()  # Qt's own loop, idle between events, as in napari (no busy polling,
+    done = QTimer()      # which would take the GIL from the worker threads 1000 times a second)
+    done.setInterval(20)
+    done.timeout.connect(lambda: None if runner.running else loop.quit())
     start = time.perf_counter()
     start_job()
-    while runner.running:
-        app.processEvents()
-        time.sleep(0.001)
+    done.start()
+    loop.exec() if hasattr(loop, "exec") else loop.exec_()
+    done.stop()
     for _ in range(50):  # let the canvas draw the result
         app.processEvents()
         time.sleep(0.002)
