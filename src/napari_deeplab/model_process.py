@@ -45,7 +45,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
@@ -80,10 +80,13 @@ class ModelProcessError(Exception):
 
 @dataclass
 class Waiting:
-    """Yielded while the child works: ``done`` of ``total`` photos (or epochs) finished so far."""
+    """Yielded while the child works: ``done`` of ``total`` photos (or epochs) finished so far;
+    ``stage``: what is happening now ("loading TensorFlow", "epoch 1, step 3 of 20", ...), or ""
+    when nothing new is known."""
 
     done: int
     total: int
+    stage: str = field(default="", compare=False)
 
 
 @dataclass
@@ -167,6 +170,8 @@ class ModelProcess:
     # jobs
 
     def _segment_results(self, images: list, source: str, batch_size: int):
+        if not self.is_alive():
+            yield Waiting(0, len(images), "starting the model process")
         child = self._persistent_child()
         job = self._new_job_id()
         request = ("segment", job, source, images, batch_size)
@@ -175,11 +180,12 @@ class ModelProcess:
             yield item if isinstance(item, Waiting) else FrameResult(*item)
 
     def _finetune_reports(self, options: dict):
+        total = options.get("epochs", _DEFAULT_EPOCHS) + 1
+        yield Waiting(0, total, "starting the training process")
         trainer = self._start_trainer()
         finished = False
         try:
             request = ("finetune", self._new_job_id(), options)
-            total = options.get("epochs", _DEFAULT_EPOCHS) + 1
             for item in _job_answers(trainer, request, total, cancel=trainer.kill):
                 yield item if isinstance(item, Waiting) else item[0]
             finished = True
@@ -248,6 +254,9 @@ def _job_answers(child: _Child, request: tuple, total: int,
                 finished = True
                 raise ModelProcessError(child.stopped_message())
             kind, _, *payload = message
+            if kind == "stage":  # what the child is doing now (loading, converting, a step)
+                yield Waiting(done, total, payload[0])
+                continue
             if kind == "done":
                 finished = True
                 return
@@ -519,19 +528,36 @@ class _ModelCache:
         self._size = size
         self._models: OrderedDict[tuple, object] = OrderedDict()
 
-    def get(self, source: str):
+    def get(self, source: str, stage: Callable[[str], None] = lambda text: None):
+        """The model of ``source``, loaded if it is not kept; ``stage(text)`` says what loading
+        does now ("loading TensorFlow", "converting the seed model", "building", "loaded")."""
         key = (source, _modified_time(source))
         if key not in self._models:
-            from .model import load_model
-
+            model = _load_with_stages(source, stage)
             for stale in [k for k in self._models if k[0] == source]:
                 del self._models[stale]
-            model = load_model(source)
             self._models[key] = model
             while len(self._models) > self._size:
                 self._models.popitem(last=False)
         self._models.move_to_end(key)
         return self._models[key]
+
+
+def _load_with_stages(source: str, stage: Callable[[str], None]):
+    if "keras" not in sys.modules:
+        stage("loading TensorFlow (the first run only)" if os.environ.get(
+            "KERAS_BACKEND", "tensorflow") == "tensorflow" else "loading Keras (the first run only)")
+        import keras  # noqa: F401  the backend's libraries: most of a cold start
+    from .model import load_model
+
+    name = Path(source).name if os.path.exists(source) else source
+    if source.endswith(".keras"):
+        stage(f"building the model from {name}")
+    else:  # the seed's SavedModel (a folder or the hub): converted once, then from the cache
+        stage(f"converting the seed model {name} (the first time only; then cached), building")
+    model = load_model(source)
+    stage("loaded; running the model")
+    return model
 
 
 def _modified_time(source: str) -> int:
@@ -565,7 +591,7 @@ def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, imag
                  batch_size: int) -> None:
     from .inference import segment_stack
 
-    model = models.get(source)
+    model = models.get(source, lambda text: inbox.send("stage", job, text))
     # resizing and upsampling in a thread per core while the model runs; closed on Cancel,
     # which stops those threads before the next job
     with contextlib.closing(segment_stack(images, model, batch_size=batch_size,
@@ -579,15 +605,17 @@ def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, imag
 def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
     from dataclasses import asdict
 
-    from .model import load_model
     from .training import finetune, training_and_validation
+
+    def stage(text: str) -> None:
+        inbox.send("stage", job, text)
 
     train, val = training_and_validation(options["root"], options["split"],
                                          options.get("val_split"))
-    model = load_model(options["source"])
+    model = _load_with_stages(options["source"], stage)
     settings = {key: value for key, value in options.items()
                 if key not in _TRAINING_OPTIONS_NOT_FOR_FINETUNE}
-    for report in finetune(model, train, val, options["out"], **settings):
+    for report in finetune(model, train, val, options["out"], progress=stage, **settings):
         inbox.send("epoch", job, asdict(report))
 
 

@@ -19,7 +19,7 @@ import hashlib
 import math
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,7 +552,8 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
              batch_size: int = 4, image_size: int = 512, learning_rate: float = 1e-4,
              seed: int = 0, overwrite: bool = False, replace_better: bool = False,
              eval_every: int = 0, devices=None, workers: int | None = None,
-             cache_memory: int | None = None) -> Iterator[EpochReport]:
+             cache_memory: int | None = None,
+             progress: Callable[[str], None] | None = None) -> Iterator[EpochReport]:
     """Fine-tune ``model`` on ``train``; yield a report per epoch (epoch 0: the start model).
 
     Every sample of ``train`` and ``val`` is checked before any work (:class:`SampleProblems`).
@@ -571,6 +572,7 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
     and every ``eval_every`` epochs (0: only after the last). Samples are decoded once
     (:class:`SampleCache`, in memory up to ``cache_memory`` bytes per split, default
     :func:`cache_memory_budget`) and augmented by ``workers`` threads (default: the cores).
+    ``progress(text)``, if given, hears what happens between two reports (each training step).
     ``devices``: None (one device), ``"all"`` or N: data parallel on the JAX backend
     (:mod:`napari_deeplab.distributed`); ``batch_size`` is then the global batch.
     """
@@ -605,9 +607,13 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
         validation = ResizedValidation(model, val_cache, image_size, batch_size, pool, distribution)
         augmented = AugmentedBatches(train_cache, image_size, batch_size, pool, seed=seed,
                                      shard=distributed.process_shard(distribution))
+        if progress is not None and existed:
+            progress(f"scoring the existing {Path(out).name}")
         out_miou, out_problem = (score_model_file(out, val_cache, image_size, batch_size, pool,
                                                   distribution, model_info(model).class_names)
                                  if existed else (None, ""))
+        if progress is not None:
+            progress("validating the start model")
         start = best = validation.miou()
         if out_miou is not None and not replace_better:
             best = max(best, out_miou)  # never replace a better model by a worse one
@@ -619,7 +625,10 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
         batches = augmented.batches(first_epoch=1)
         try:
             for epoch in range(1, epochs + 1):
-                loss = train_epoch(model, batches, augmented.steps_per_epoch)
+                loss = train_epoch(model, batches, augmented.steps_per_epoch, None if progress is None
+                                   else lambda step, steps, loss, epoch=epoch: progress(
+                                       f"epoch {epoch} of {epochs}: step {step} of {steps}, "
+                                       f"loss {loss:.3f}"))
                 val_miou = validation.miou()
                 saved = val_miou > best
                 if saved:
@@ -650,9 +659,15 @@ def score_model_file(path: Path, cache: SampleCache, size: int, batch_size: int,
     return ResizedValidation(existing, cache, size, batch_size, pool, distribution).miou(), ""
 
 
-def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int) -> float:
-    """Train ``model`` (compiled) on the next ``steps`` batches; the mean of their losses."""
-    losses = [float(np.ravel(model.train_on_batch(*next(batches)))[0]) for _ in range(steps)]
+def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int,
+                on_step: Callable[[int, int, float], None] | None = None) -> float:
+    """Train ``model`` (compiled) on the next ``steps`` batches; the mean of their losses.
+    ``on_step(step, steps, loss)`` after each batch."""
+    losses = []
+    for step in range(1, steps + 1):
+        losses.append(float(np.ravel(model.train_on_batch(*next(batches)))[0]))
+        if on_step is not None:
+            on_step(step, steps, losses[-1])
     return float(np.mean(losses))
 
 

@@ -357,3 +357,27 @@ def _eventually(condition, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+def test_a_cold_start_and_a_fine_tuning_report_their_stages(models, photos, dataset, tmp_path):
+    """Issue 17, item 7: a wait over a second says what it waits for, from the child."""
+    process = ModelProcess()
+    try:
+        stages = [item.stage for item in process.segment(photos[:1], models[0])
+                  if isinstance(item, Waiting) and item.stage]
+        assert stages[0] == "starting the model process"
+        assert any(stage.startswith("loading ") and "first run only" in stage for stage in stages)
+        assert "building the model from random0.keras" in stages
+        assert stages[-1] == "loaded; running the model"
+        again = [item.stage for item in process.segment(photos[:1], models[0])
+                 if isinstance(item, Waiting) and item.stage]
+        assert again == []  # warm: nothing to wait for
+
+        steps = [item.stage for item in process.finetune(
+            root=str(dataset), source=models[0], out=str(tmp_path / "tuned.keras"), epochs=1,
+            **TRAINING) if isinstance(item, Waiting) and item.stage]
+        assert steps[0] == "starting the training process"
+        assert "validating the start model" in steps
+        assert any(stage.startswith("epoch 1 of 1: step 1 of ") for stage in steps), steps
+    finally:
+        process.close()

@@ -11,7 +11,7 @@ from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
 from napari.layers import Image, Labels
 
 from napari_deeplab import cihp
-from napari_deeplab._napari.io import get_reader
+from napari_deeplab._napari.io import SaveRefused, get_reader
 from napari_deeplab.cihp import CLASS_NAMES, PALETTE
 
 
@@ -153,3 +153,101 @@ def test_the_installed_manifest_validates_and_has_categories():
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-deeplab"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Saving into a dataset that exists ------------------------------------------------------
+
+@pytest.fixture
+def dataset(tmp_path, cihp_samples):
+    """A CIHP dataset with two real samples in Training (photos copied byte for byte)."""
+    root = tmp_path / "dataset"
+    for sample_id in ("0005008", "0026375"):
+        cihp.write_sample(root, sample_id, np.asarray(PIL.Image.open(
+            cihp_samples / "Category_ids" / f"{sample_id}.png")),
+            image_path=cihp_samples / "Images" / f"{sample_id}.jpg")
+    return root
+
+
+def test_save_into_an_existing_dataset_keeps_the_photo_bytes_and_the_other_samples(
+        make_napari_viewer, dataset):
+    viewer = make_napari_viewer()
+    viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
+    photo, parts = viewer.layers
+    assert parts.metadata["napari_deeplab"]["sample_id"] == "0005008"
+    parts.data_setitem((np.array([10]), np.array([10])), 13)
+    viewer.layers.selection = {photo, parts}
+    before = (dataset / "Training" / "Images" / "0005008.jpg").read_bytes()
+    assert viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
+    assert cihp.read_sample(dataset, "0005008").category_ids[10, 10] == 13
+    assert (dataset / "Training" / "Images" / "0005008.jpg").read_bytes() == before  # copied
+    assert sorted(cihp.read_id_list(dataset, "Training")) == ["0005008", "0026375"]
+    assert not (dataset / "dataset").exists()
+
+    # what the save dialog gives after going into the dataset (or its split) folder: the name
+    # it offers there (the active layer's), which does not exist
+    parts.data_setitem((np.array([11]), np.array([11])), 14)
+    for target in (dataset / "0005008 parts", dataset / "Training", dataset / "Training" / "x"):
+        assert viewer.layers.save(str(target), selected=True, plugin="napari-deeplab")
+        assert cihp.read_sample(dataset, "0005008").category_ids[11, 11] == 14
+    assert sorted(cihp.read_id_list(dataset, "Training")) == ["0005008", "0026375"]
+    assert sorted(p.name for p in dataset.iterdir() if not p.name.startswith(".")) == ["Training"]
+
+
+def test_the_parts_layer_alone_is_saved_with_its_photo_found_by_name(make_napari_viewer, dataset,
+                                                                     cihp_samples):
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(np.asarray(PIL.Image.open(cihp_samples / "Images" / "0002190.jpg")),
+                             name="0002190")
+    parts = viewer.add_labels(np.asarray(PIL.Image.open(
+        cihp_samples / "Category_ids" / "0002190.png")), name="0002190 parts")
+    viewer.layers.selection = {parts}
+    assert viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
+    sample = cihp.read_sample(dataset, "0002190")
+    np.testing.assert_array_equal(sample.image, photo.data)
+    np.testing.assert_array_equal(sample.category_ids, parts.data)
+
+    # the photo layer gone: the one already in the dataset is kept
+    viewer.layers.remove(photo)
+    before = (dataset / "Training" / "Images" / "0005008.jpg").read_bytes()
+    other = viewer.add_labels(cihp.read_sample(dataset, "0005008").category_ids,
+                              name="0005008 parts")
+    other.data_setitem((np.array([5]), np.array([5])), 3)
+    viewer.layers.selection = {other}
+    assert viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
+    assert cihp.read_sample(dataset, "0005008").category_ids[5, 5] == 3
+    assert (dataset / "Training" / "Images" / "0005008.jpg").read_bytes() == before
+
+
+def test_a_napari_copy_named_photo_1_is_refused_in_one_line(make_napari_viewer, dataset,
+                                                            cihp_samples):
+    viewer = make_napari_viewer()
+    viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
+    copy = viewer.add_image(viewer.layers["0005008"].data)
+    copy.name = "0005008"  # napari makes it "0005008 [1]"
+    assert copy.name == "0005008 [1]"
+    viewer.layers.selection = {copy, viewer.layers["0005008 parts"]}
+    with pytest.raises(SaveRefused, match=r"^'0005008 \[1\]' is napari's name for a copy") as error:
+        viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
+    assert "\n" not in str(error.value)
+    assert sorted(cihp.read_id_list(dataset, "Training")) == ["0005008", "0026375"]
+
+
+@pytest.mark.skipif(not hasattr(cihp, "sample_version"), reason="cihp.sample_version (H1) "
+                    "not merged yet")
+def test_save_refuses_a_sample_changed_by_someone_else_since_it_was_opened(make_napari_viewer,
+                                                                           dataset):
+    viewer = make_napari_viewer()
+    viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
+    photo, parts = viewer.layers
+    assert parts.metadata["napari_deeplab"]["version"] is not None
+    changed = cihp.read_sample(dataset, "0005008").category_ids.copy()
+    changed[0, 0] = 7
+    cihp.write_sample(dataset, "0005008", changed, image=photo.data, overwrite=True)  # someone else
+    parts.data_setitem((np.array([10]), np.array([10])), 13)
+    viewer.layers.selection = {photo, parts}
+    with pytest.raises(SaveRefused) as refused:
+        viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
+    assert isinstance(refused.value.__cause__, cihp.SampleChangedError)
+    assert "since you opened it" in str(refused.value)  # who and when, from H1's record
+    assert "\n" not in str(refused.value)
+    assert cihp.read_sample(dataset, "0005008").category_ids[0, 0] == 7

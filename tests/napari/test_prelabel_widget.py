@@ -15,6 +15,7 @@ import pytest
 from napari.layers import Labels
 from napari.utils import DirectLabelColormap
 from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import QLineEdit
 
 from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY
 from napari_deeplab._napari.model_process import shared_model_process
@@ -373,3 +374,100 @@ def test_manifest_is_valid():
     assert {w.display_name for w in manifest.contributions.widgets} == {
         "Human parts", "Refine parts", "Review queue", "Fine-tune"}
     assert len(manifest.contributions.sample_data) == 2
+
+
+# --- keys that always work (issue 17, item 6) and Save to dataset (item 5) -----------------
+
+def _parts_session(viewer, dock_plugin, cihp_samples):
+    """A photo and a parts layer made without the model (a real CIHP mask), Human parts docked."""
+    import PIL.Image
+
+    photo = viewer.add_image(np.asarray(PIL.Image.open(cihp_samples / "Images" / "0005008.jpg")),
+                             name="0005008")
+    parts = viewer.add_labels(np.array(PIL.Image.open(
+        cihp_samples / "Category_ids" / "0005008.png")), name="0005008 parts")
+    dock, widget = dock_plugin(viewer, "Human parts")
+    widget.image.value = photo
+    viewer.layers.selection.active = parts
+    return photo, parts, widget
+
+
+def _focused_key(qtbot, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    """A key pressed where the keyboard focus is now (not forced onto the canvas)."""
+    from qtpy.QtWidgets import QApplication
+
+    target = QApplication.focusWidget()
+    assert target is not None
+    qtbot.keyClick(target, key, modifiers)
+
+
+def test_shift_up_down_step_human_parts_classes_with_the_review_queue_docked_after_it(
+        make_napari_viewer, dock_plugin, press_key, cihp_samples):
+    viewer = make_napari_viewer()
+    photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
+    dock_plugin(viewer, "Review queue")  # docked last: it used to take the keys
+    widget.legend.list.setCurrentRow(13)
+    press_key(viewer, Qt.Key.Key_Down, SHIFT)
+    assert parts.selected_label == 14 and widget.legend.list.currentRow() == 14
+    press_key(viewer, Qt.Key.Key_Up, SHIFT)
+    press_key(viewer, Qt.Key.Key_Up, SHIFT)
+    assert parts.selected_label == 12
+
+
+def test_keys_work_after_a_button_click_escape_returns_to_the_canvas_and_typing_types(
+        make_napari_viewer, dock_plugin, qtbot, cihp_samples, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
+    widget.legend.list.setCurrentRow(5)
+    window, canvas = viewer.window._qt_window, viewer.window._qt_viewer.canvas.native
+    window.activateWindow()
+    canvas.setFocus()
+    qtbot.waitUntil(canvas.hasFocus)
+    qtbot.mouseClick(widget.save_button.native, Qt.MouseButton.LeftButton)  # no dataset: refused
+    assert widget.runner.status.value.startswith("Choose the dataset folder")
+    assert not widget.save_button.native.hasFocus()
+    _focused_key(qtbot, Qt.Key.Key_Down, SHIFT)
+    assert parts.selected_label == 6
+
+    field = widget.model.native.findChild(QLineEdit)  # the model path
+    field.setFocus()
+    qtbot.waitUntil(field.hasFocus)
+    before = field.text()
+    _focused_key(qtbot, Qt.Key.Key_R, SHIFT)  # typing in the field: a letter, no Run
+    assert field.text().lower() == before.lower() + "r" and not widget.runner.running
+    field.setText(before)
+    _focused_key(qtbot, Qt.Key.Key_Escape)
+    assert not field.hasFocus()
+    _focused_key(qtbot, Qt.Key.Key_Down, SHIFT)  # the canvas has the keys again
+    assert parts.selected_label == 7 and field.text() == before
+
+
+def test_the_new_label_key_stays_within_the_classes(make_napari_viewer, dock_plugin, press_key,
+                                                    cihp_samples):
+    viewer = make_napari_viewer()
+    photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
+    parts.mode = "paint"
+    press_key(viewer, Qt.Key.Key_M)  # napari: "set label to the next unused"
+    assert 0 <= parts.selected_label <= 19
+    assert parts.selected_label not in np.unique(parts.data)  # unused, as M promises
+    parts.selected_label = 25
+    assert 0 <= parts.selected_label <= 19
+
+
+def test_save_to_dataset_writes_the_sample_and_remembers_the_dataset(
+        make_napari_viewer, dock_plugin, press_key, cihp_samples, tmp_path):
+    from napari_deeplab import cihp
+    from napari_deeplab._napari.recent_datasets import recent_datasets
+
+    viewer = make_napari_viewer()
+    photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
+    widget.dataset.folder = str(tmp_path / "dataset")
+    widget.save_button.native.click()
+    assert widget.runner.status.value.startswith("Saved '0005008'"), widget.runner.status.value
+    np.testing.assert_array_equal(cihp.read_sample(tmp_path / "dataset", "0005008").category_ids,
+                                  parts.data)
+    assert recent_datasets()[0] == str(tmp_path / "dataset")
+    parts.data_setitem((np.array([3]), np.array([3])), 9)
+    press_key(viewer, Qt.Key.Key_D, SHIFT)
+    assert cihp.read_sample(tmp_path / "dataset", "0005008").category_ids[3, 3] == 9
+    assert cihp.read_id_list(tmp_path / "dataset", "Training") == ["0005008"]

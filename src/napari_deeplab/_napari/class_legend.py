@@ -16,7 +16,7 @@ from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from ..cihp import CLASS_NAMES, PALETTE
-from .parts_layer import parts_colormap
+from .parts_layer import keep_classes, parts_colormap
 
 NEXT_CLASS_KEY = "Shift-Down"
 PREVIOUS_CLASS_KEY = "Shift-Up"
@@ -74,10 +74,12 @@ class ClassLegend(Container):
         """Give a (new) parts layer the legend's colours and paint class."""
         layer.colormap = parts_colormap(self.hidden)
         layer.selected_label = self.paint_class
+        keep_classes(layer)
 
     def _paint_with(self, value: int) -> None:
         parts = self._parts_layer()
         if value >= 0 and parts is not None:
+            keep_classes(parts)
             parts.selected_label = value
 
     def _toggle_class(self, item: QListWidgetItem) -> None:

@@ -68,6 +68,7 @@ class JobRunner(Container):
         self._job: Job | None = None
         self._cancelled: threading.Event | None = None
         self._progress = None
+        self._stage = ""
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 
@@ -84,6 +85,12 @@ class JobRunner(Container):
         except JobRefused as refusal:
             self._fail(str(refusal))
             return
+        self.run_job(job)
+
+    def run_job(self, job: Job) -> None:
+        """Start ``job`` (made by the widget rather than by ``prepare``), if none runs."""
+        if self.running:
+            return
         cancelled = threading.Event()
 
         def work():
@@ -99,7 +106,7 @@ class JobRunner(Container):
         worker.yielded.connect(lambda item: self._on_yielded(job, item))
         worker.errored.connect(lambda error: self._on_error(job, error))
         worker.finished.connect(lambda: self._on_finished(job))
-        self._job, self._cancelled = job, cancelled
+        self._job, self._cancelled, self._stage = job, cancelled, ""
         self._progress = progress(total=job.total, desc=job.description)
         self._show(True, job.message)
         worker.start()
@@ -112,7 +119,10 @@ class JobRunner(Container):
         self._end("Cancelled")
 
     def _on_yielded(self, job: Job, item) -> None:
-        if job is not self._job or isinstance(item, Waiting):
+        if job is not self._job:
+            return
+        if isinstance(item, Waiting):
+            self._show_stage(job, item)
             return
         try:
             job.on_result(item)
@@ -122,6 +132,16 @@ class JobRunner(Container):
             return
         if self._progress is not None:
             self._progress.update(1)
+
+    def _show_stage(self, job: Job, waiting: Waiting) -> None:
+        """What a long wait is doing now ("loading TensorFlow", "epoch 1 of 5: step 3 of 20"),
+        in the status line and the activity panel, as soon as it changes."""
+        if not waiting.stage or waiting.stage == self._stage:
+            return
+        self._stage = waiting.stage
+        self.status.value = f"{waiting.stage[0].upper()}{waiting.stage[1:]}…"
+        if self._progress is not None:
+            self._progress.set_description(f"{job.description}: {waiting.stage}")
 
     def _on_error(self, job: Job, error: BaseException) -> None:
         if job is not self._job:
@@ -157,6 +177,46 @@ class JobRunner(Container):
         self.cancel_button.enabled = running
         if message is not None:
             self.status.value = message
+
+
+def in_thread(compute: Callable[[Callable[[int, int], None]], Any], stage: str,
+              poll: float = 0.05) -> Iterator:
+    """A Job's ``work`` for a function that runs a while in this process: ``compute(progress)``
+    runs in a thread of its own while this generator yields :class:`Waiting` (``stage`` and
+    the ``progress(done, total)`` it last reported) every ``poll`` seconds, then its result.
+    Closing the generator (Cancel) makes the next ``progress`` call raise, which stops it."""
+    state = {"done": 0, "total": 0}
+    stop = threading.Event()
+
+    class Stopped(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Stopped
+        state["done"], state["total"] = done, total
+
+    def run() -> None:
+        try:
+            state["result"] = compute(progress)
+        except Stopped:
+            pass
+        except BaseException as error:  # noqa: BLE001  raised again in the worker
+            state["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True, name=f"napari-deeplab {stage}")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(poll)
+            total = state["total"]
+            yield Waiting(state["done"], total,
+                          f"{stage} ({state['done']} of {total})" if total else stage)
+        if "error" in state:
+            raise state["error"]
+        yield state["result"]
+    finally:
+        stop.set()
 
 
 _MODEL_USERS: set[int] = set()

@@ -70,6 +70,36 @@ class EditTracker:
 
 
 TRACKER_KEY = "napari-deeplab edits"
+CLASSES_KEPT_KEY = "napari-deeplab classes kept"
+
+
+def keep_classes(layer: Labels) -> None:
+    """Keep the paint label of a parts layer a CIHP class (0..19): napari's new-label key (M,
+    "set label to the next unused") would pick 20 or more, which is no class. Such a label
+    becomes the first class (1..19) not yet in the layer, or 19 when all are, with one line
+    in napari's notifications. Connected once per layer."""
+    if layer.metadata.get(CLASSES_KEPT_KEY):
+        return
+    layer.metadata[CLASSES_KEPT_KEY] = True
+    last = len(CLASS_NAMES) - 1
+
+    def keep(event=None) -> None:
+        value = layer.selected_label
+        if 0 <= value <= last:
+            return
+        data = np.asarray(layer.data)
+        used = np.bincount(data.ravel(), minlength=last + 1)[: last + 1] if data.dtype.kind in "ui" \
+            and data.size else np.zeros(last + 1, int)
+        unused = [c for c in range(1, last + 1) if not used[c]]
+        chosen = unused[0] if unused else last
+        layer.selected_label = chosen
+        from napari.utils.notifications import show_info
+
+        show_info(f"Label {value} is no CIHP class (0..{last}): painting with "
+                  f"{chosen} {CLASS_NAMES[chosen]} instead")
+
+    layer.events.selected_label.connect(keep)
+    keep()
 
 
 def edit_tracker(layer: Labels, *, edited: bool = False) -> EditTracker:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.type_map import get_widget_class
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, RadioButtons
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, RadioButtons
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..model_process import FrameResult
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
+from .io import PEOPLE_SUFFIX, dataset_target, save_sample
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .parts_layer import (
@@ -23,11 +25,14 @@ from .parts_layer import (
     PARTS_SUFFIX,
     apply_prediction,
     edit_tracker,
+    keep_classes,
     parts_features,
 )
+from .recent_datasets import DatasetChooser, remember_dataset
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"
+SAVE_KEY = "Shift-D"
 CURRENT_FRAME, ALL_FRAMES = "Current frame", "All frames"
 
 
@@ -74,10 +79,20 @@ class PrelabelWidget(Container):
                                 cancel_tooltip="Stop at once; finished frames are kept")
         self.legend = ClassLegend(self.parts_layer)
         self.legend.label = "Classes"
-        keys = {RUN_KEY: "run", f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class"}
+        self.dataset = DatasetChooser(tooltip="The CIHP dataset that Save to dataset writes the "
+                                              "photo and its parts into (chosen once, remembered)")
+        self.save_button = PushButton(text="Save ⇧D", tooltip=(
+            "Write the photo, its parts (and '<photo> people') as one sample of the dataset "
+            f"({SAVE_KEY.replace('-', '+')}); a sample changed by someone else is not overwritten"))
+        self.save_button.changed.connect(self.save_to_dataset)
+        saving = Container(widgets=[self.dataset, self.save_button], layout="horizontal",
+                           labels=False, label="Dataset")
+        saving.margins = (0, 0, 0, 0)
+        keys = {RUN_KEY: "run", SAVE_KEY: "save",
+                f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class"}
         super().__init__(widgets=[self.image, self.model, self.frames, self.discard_edits,
-                                  self.runner, Label(value=shortcut_help(keys), label="Keys"),
-                                  self.legend])
+                                  self.runner, saving,
+                                  Label(value=shortcut_help(keys), label="Keys"), self.legend])
         self.image.changed.connect(self._offer_frames)
         self._offer_frames()
         self._process = model_process_for(self)
@@ -87,6 +102,7 @@ class PrelabelWidget(Container):
         self._confidence_timer.timeout.connect(self._write_pending_confidence)
         on_removed(self, self._forget_viewer)
         bind_keys(napari_viewer, self, {RUN_KEY: self.runner.run,
+                                        SAVE_KEY: self.save_to_dataset,
                                         NEXT_CLASS_KEY: self.legend.next_class,
                                         PREVIOUS_CLASS_KEY: self.legend.previous_class})
 
@@ -96,6 +112,52 @@ class PrelabelWidget(Container):
         name = image.name + PARTS_SUFFIX if image is not None else None
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         return layer if isinstance(layer, Labels) else None
+
+    def owns_layer(self, layer) -> bool:
+        """Whether ``layer`` is this widget's: the parts (or confidence) layer of its photo, or
+        the photo (for :mod:`.shortcuts`: which widget a shared key is for)."""
+        image = self.image.value
+        return image is not None and layer.name in (
+            image.name, image.name + PARTS_SUFFIX, image.name + CONFIDENCE_SUFFIX)
+
+    def reset_choices(self, *_) -> None:
+        """On layer changes: refresh the pickers; keep the paint label of parts layers a class."""
+        super().reset_choices()
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and layer.name.endswith(PARTS_SUFFIX):
+                keep_classes(layer)
+
+    def save_to_dataset(self) -> None:
+        """Write the photo and its parts (and people) layer as one sample of the chosen dataset."""
+        image, parts = self.image.value, self.parts_layer()
+        status = self.runner.status
+        if image is None or parts is None:
+            status.value = "Nothing to save: run the model on a photo first (or open a sample)"
+            return
+        if frame_count(image) is not None or image.multiscale:
+            status.value = ("Save to dataset saves single photos: a stack is saved frame by "
+                            "frame from the Review queue")
+            return
+        folder = self.dataset.folder.strip()
+        if not folder:
+            status.value = "Choose the dataset folder first (Dataset)"
+            return
+        people_name = image.name + PEOPLE_SUFFIX
+        people = self.viewer.layers[people_name] if people_name in self.viewer.layers else None
+        try:
+            root, split = dataset_target(folder)
+            save_sample(root, split, (parts.data, {"name": parts.name, "metadata": parts.metadata}),
+                        (image.data, {"name": image.name, "metadata": image.metadata,
+                                      "source_path": image.source.path}),
+                        (people.data, {"name": people.name}) if isinstance(people, Labels) else None)
+        except (ValueError, OSError) as error:
+            line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            status.value = f"Not saved: {line}"
+            show_error(status.value)
+            return
+        remember_dataset(root)
+        status.value = f"Saved '{image.name}' into {root} ({split})"
+        show_info(status.value)
 
     def _offer_frames(self, *_) -> None:
         try:
@@ -173,6 +235,7 @@ class PrelabelWidget(Container):
             self.viewer.layers.selection.active = parts
         if frame is not None or not created:
             apply_prediction(parts, result.labels, frame, keep_edits=keep_edits)
+            self.viewer.layers.selection.active = parts  # Ctrl+Z undoes the run
         # the confidence layer in a later turn of the event loop, so that no turn does both
         self._pending_confidence.append((image, frame, result.confidence, shape))
         self._confidence_timer.start()

@@ -24,7 +24,7 @@ from skimage.segmentation import flood
 
 from .. import refine
 from ..cihp import CLASS_NAMES
-from .job_runner import Job, JobRefused, JobRunner
+from .job_runner import Job, JobRefused, JobRunner, in_thread
 from .parts_layer import CONFIDENCE_SUFFIX, PARTS_SUFFIX, parts_colormap, parts_features
 from .shortcuts import bind_keys, on_removed
 
@@ -88,6 +88,7 @@ class RefineWidget(Container):
         self._requested, self._summary = None, ""  # the Operation the job runs, its status line
         self._clicked: tuple | None = None  # (layer unique_id, frame, row, col) of the last click
         self._review_for, self._review_regions = None, []  # the list, and what it was made for
+        self._review_status = ""
         self._click_watch = partial(_remember_click, weakref.ref(self))
         labels_layers = get_widget_class(annotation=Labels)[1]["choices"]  # napari's picker's
         self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True, choices=(
@@ -243,8 +244,12 @@ class RefineWidget(Container):
                 raise JobRefused("Paint strokes in the scribbles layer first (Scribbles layer)")
             arguments.append(np.array(strokes.data))
 
-        def work():  # in the worker thread
-            yield getattr(refine, operation.name)(before, *arguments, mask)
+        function = getattr(refine, operation.name)
+
+        def compute(progress):  # in a thread of its own; Cancel stops Snap between classes
+            if operation.name == "snap_to_image":
+                return function(before, *arguments, mask, progress=progress)
+            return function(before, *arguments, mask)
 
         def land(after: np.ndarray) -> None:  # one data_setitem, leaving new paint alone
             if parts not in self.viewer.layers:
@@ -259,8 +264,9 @@ class RefineWidget(Container):
                 strokes.data = np.zeros_like(strokes.data)  # used up: the parts hold the result
             self._summary = (f"{operation.text}{size_note}: {changed[0].size:,} pixels changed "
                              "(Ctrl+Z undoes)")
+            self.viewer.layers.selection.active = parts  # Ctrl+Z undoes on the layer changed
 
-        return Job(work(), total=1, description=operation.text, on_result=land,
+        return Job(in_thread(compute, operation.text), total=1, description=operation.text, on_result=land,
                    on_done=lambda: self._summary, message=f"{operation.text}…")
 
     def _scope_mask(self, parts: Labels, labels: np.ndarray, frame: tuple) -> np.ndarray | None:
@@ -282,7 +288,8 @@ class RefineWidget(Container):
 
     def next_low_confidence(self) -> None:
         """Outline (in '<parts> review') and zoom to the next largest region of confidence below
-        the threshold; computed again when the layer, frame, threshold or confidence changed."""
+        the threshold; computed again when the layer, frame, threshold or confidence changed.
+        The regions of a large layer are found off the GUI thread (a job: Cancel stops it)."""
         parts = self.parts_layer()
         name = parts.name.removesuffix(PARTS_SUFFIX) + CONFIDENCE_SUFFIX
         if (confidence_layer := self._layer(name)) is None:
@@ -295,15 +302,37 @@ class RefineWidget(Container):
         confidence = np.ascontiguousarray(confidence_layer.data[frame])
         computed_for = (parts.unique_id, confidence_layer.unique_id, frame, threshold,
                         zlib.crc32(confidence.data))
-        if computed_for != self._review_for or not self._review_regions:
-            regions = measure.regionprops(measure.label(confidence < threshold, connectivity=2),
-                                          intensity_image=confidence)
-            self._review_regions = sorted(regions, key=lambda r: r.area, reverse=True)
-            self._review_for, self._review_total = computed_for, len(regions)
-            if not regions:
-                raise JobRefused(f"No region below confidence {threshold:.2f}")
-        region = self._review_regions.pop(0)
-        rectangle = np.array([region.bbox[:2], region.bbox[2:]], float) - 0.5
+        if computed_for == self._review_for and self._review_regions:
+            self._show_review_region(parts, frame)
+            return
+        if self.runner.running:
+            self.runner.status.value = "Wait: an operation is still running (or Cancel it)"
+            return
+
+        def found(regions: LowConfidenceRegions) -> None:
+            self._review_regions, self._review_for = regions, computed_for
+            if not len(regions):
+                self._review_status = f"No region below confidence {threshold:.2f}"
+            elif parts in self.viewer.layers:
+                self._show_review_region(parts, frame)
+
+        if confidence.size <= SMALL_LAYER:  # at once: quicker than a round trip to a worker
+            found(LowConfidenceRegions(confidence, threshold))
+            if not len(self._review_regions) and not self._review_regions.taken:
+                raise JobRefused(self._review_status)
+            return
+        self._requested = None
+        job = Job(in_thread(lambda _: LowConfidenceRegions(confidence, threshold),
+                            "Finding low-confidence regions"), total=1,
+                  description="Next low-confidence", on_result=found,
+                  on_done=lambda: self._review_status, message="Finding low-confidence regions…")
+        self.runner.run_job(job)
+
+    def _show_review_region(self, parts: Labels, frame: tuple) -> None:
+        regions = self._review_regions
+        number, (area, box, mean) = regions.taken + 1, regions.pop()
+        rectangle = np.array([[box[0].start, box[1].start], [box[0].stop, box[1].stop]],
+                             float) - 0.5
         review = self._layer(parts.name + REVIEW_SUFFIX) or self.viewer.add_shapes(
             ndim=2, name=parts.name + REVIEW_SUFFIX, scale=parts.scale[-2:], edge_width=3,
             translate=parts.translate[-2:], edge_color="magenta", face_color="transparent")
@@ -316,11 +345,63 @@ class RefineWidget(Container):
         if (canvas := getattr(getattr(self.viewer, "canvas", None), "size", None)) is not None:
             extent = np.maximum(np.abs(corners[1] - corners[0]), 1)  # napari >= 0.9
             camera.zoom = 0.4 * float(np.min(np.asarray(canvas) / extent))  # 40% of the view
-        row, col = region.coords[len(region.coords) // 2]  # a pixel inside the region
+        row, col = regions.inside(number - 1)  # a pixel inside the region
         self._clicked = (parts.unique_id, frame, int(row), int(col))
-        self.runner.status.value = (
-            f"Region {self._review_total - len(self._review_regions)} of {self._review_total}: "
-            f"{int(region.area):,} pixels, mean confidence {region.intensity_mean:.2f}")
+        self._review_status = (f"Region {number} of {regions.total}: {int(area):,} pixels, mean "
+                               f"confidence {mean:.2f}")
+        self.runner.status.value = self._review_status
+
+
+SMALL_LAYER = 250_000
+"""Pixels of a frame whose low-confidence regions are found at once, in the GUI thread (a few
+tens of milliseconds); larger frames in a worker, so the viewer never stalls."""
+
+
+class LowConfidenceRegions:
+    """The connected regions (8-connectivity) of ``confidence < threshold``, largest first (the
+    order of ``skimage.measure.regionprops`` sorted by area), as (area, box, mean confidence);
+    :meth:`pop` takes the next. Made in any thread: plain arrays, no napari objects."""
+
+    def __init__(self, confidence: np.ndarray, threshold: float):
+        self.labels = measure.label(confidence < threshold, connectivity=2)
+        count = int(self.labels.max())
+        flat = self.labels.ravel()
+        self.area = np.bincount(flat, minlength=count + 1)[1:]
+        sums = np.bincount(flat, weights=confidence.ravel(), minlength=count + 1)
+        self.mean = sums[1:] / np.maximum(self.area, 1)
+        # bounding boxes in whole-array numpy steps (ndimage.find_objects holds the GIL for
+        # seconds on a noisy map of 10^5 regions, which would stall the viewer)
+        pixels = np.flatnonzero(flat)
+        owner = flat[pixels]
+        order = np.argsort(owner, kind="stable")
+        pixels, owner = pixels[order], owner[order]
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if owner.size else owner
+        rows, cols = np.divmod(pixels, self.labels.shape[1])
+        self._bounds = (rows[starts], np.maximum.reduceat(rows, starts) + 1 if owner.size
+                        else rows, np.minimum.reduceat(cols, starts) if owner.size else cols,
+                        np.maximum.reduceat(cols, starts) + 1 if owner.size else cols)
+        self.order = np.argsort(-self.area, kind="stable")
+        self.total, self.taken = count, 0
+
+    def __len__(self) -> int:
+        return self.total - self.taken
+
+    def box(self, index: int) -> tuple[slice, slice]:
+        top, bottom, left, right = (int(bound[index]) for bound in self._bounds)
+        return slice(top, bottom), slice(left, right)
+
+    def pop(self) -> tuple:
+        index = self.order[self.taken]
+        self.taken += 1
+        return self.area[index], self.box(index), self.mean[index]
+
+    def inside(self, rank: int) -> tuple[int, int]:
+        """A pixel of the ``rank``-th largest region (the middle one in row-major order)."""
+        index = self.order[rank]
+        box = self.box(index)
+        pixels = np.argwhere(self.labels[box] == index + 1)
+        row, col = pixels[len(pixels) // 2]
+        return row + box[0].start, col + box[1].start
 
 
 def _remember_click(widget: weakref.ref, layer: Labels, event) -> None:
