@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from napari_deeplab.review import ANNOTATOR_ENV
+from napari_deeplab.cihp import ANNOTATOR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "cihp_samples"
@@ -250,9 +250,9 @@ def review_queue(viewer) -> str:
 
 
 def other_annotator(action: str, sample_id: str, **popen) -> subprocess.Popen:
-    """Start :data:`OTHER_ANNOTATOR` as bob (his name for the queue's claims, and his login
-    for the dataset's writer records)."""
-    env = {**os.environ, ANNOTATOR_ENV: OTHER, "USER": OTHER, "LOGNAME": OTHER}
+    """Start :data:`OTHER_ANNOTATOR` as bob (his name in the queue's claims and the dataset's
+    writer records)."""
+    env = {**os.environ, ANNOTATOR_ENV: OTHER}
     mask = SAMPLES / "Category_ids" / f"{sample_id}.png"
     return subprocess.Popen([sys.executable, "-c", OTHER_ANNOTATOR, action, PHOTOS, TEAM,
                              sample_id, str(mask)], env=env, **popen)

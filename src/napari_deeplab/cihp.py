@@ -514,14 +514,22 @@ WRITER_RECORD_MAX_BYTES = 4096
 """A writer record is a few hundred bytes; a larger file is not read as one."""
 
 
+ANNOTATOR_ENV = "NAPARI_DEEPLAB_USER"
+"""The annotator's name when several share one login (else the login name)."""
+
+
+def annotator_name() -> str:
+    """Who this process works for: ``$NAPARI_DEEPLAB_USER``, else the login name."""
+    try:
+        return os.environ.get(ANNOTATOR_ENV) or getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a container)
+        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "user"
+
+
 def _writer_record(tool: str | None, photo_name: str | None) -> dict:
     """This process's writer record of a commit (see :func:`sample_writer`)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for the uid (a container)
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(),
+    return {"user": annotator_name(), "host": socket.gethostname(), "pid": os.getpid(),
             "tool": tool or "napari-deeplab", "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "writer": _HOST, "photo": photo_name, "commit": uuid.uuid4().hex}
 

@@ -17,7 +17,6 @@ a crash loses at most those seconds. No napari here: ``_napari.review_widget`` d
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
@@ -46,8 +45,6 @@ STATE_FILE_VERSION = 2
 """Version 1 (no ``version`` key) knew only Accept as a way into the dataset: its
 ``exported`` is read as ``exported-reviewed``."""
 
-ANNOTATOR_ENV = "NAPARI_DEEPLAB_USER"
-"""The annotator's name when several share one login (else the login name)."""
 CLAIM_HEARTBEAT_S = 30.0
 """How often a live process renews its claim."""
 CLAIM_LAPSE_S = 180.0
@@ -56,16 +53,20 @@ LOCK_TIMEOUT_S = 30.0
 
 
 def annotator() -> dict:
-    """Who this process works for: user, host, pid."""
-    try:
-        user = os.environ.get(ANNOTATOR_ENV) or getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "user"
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+    """Who this process works for: user (:func:`cihp.annotator_name`), host, pid."""
+    return {"user": cihp.annotator_name(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def when(iso: str | None) -> str:
+    """``2026-12-02T01:02:03Z`` as ``2026-12-02 01:02:03 UTC``; unknown times as "?"."""
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError):
+        return "?"
 
 
 def _clock(iso: str | None) -> str:

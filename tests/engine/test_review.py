@@ -93,7 +93,7 @@ def test_drafts_and_state_are_written_atomically_and_a_damaged_draft_is_set_asid
 
 
 def _as(monkeypatch, user: str) -> None:
-    monkeypatch.setenv(review.ANNOTATOR_ENV, user)
+    monkeypatch.setenv(cihp.ANNOTATOR_ENV, user)
 
 
 def test_two_annotators_merge_states_and_keep_their_own_positions(tmp_path, cihp_samples,

@@ -20,7 +20,8 @@ from qtpy.QtCore import Qt
 import napari_deeplab._napari.review_widget as review_widget
 from napari_deeplab import cihp
 from napari_deeplab._napari.review_widget import AUTOSAVE_S, MIN_SEEN_S
-from napari_deeplab.review import ANNOTATOR_ENV, ReviewQueue
+from napari_deeplab.cihp import ANNOTATOR_ENV
+from napari_deeplab.review import ReviewQueue
 
 ALT = Qt.KeyboardModifier.AltModifier
 SEEN_S = MIN_SEEN_S + 0.2

@@ -33,7 +33,7 @@ from ..cihp import SPLIT_ID_FILES
 from ..model_process import FrameResult
 from ..prelabel import read_photo
 from ..refine import people_from_parts
-from ..review import CLAIM_HEARTBEAT_S, ReviewQueue
+from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
@@ -885,7 +885,7 @@ def forget_undo_history(layer: Labels) -> None:
 
 
 def _changed_by(error) -> str:
-    """"the dataset's sample was written by bob@host with review at 01:02:03 UTC"."""
+    """"the dataset's sample was written by bob@host with review at 2026-12-02 01:02:03 UTC"."""
     writer, removed = error.writer or {}, error.current_version is None
     if removed:
         return "the dataset's sample was removed"
@@ -893,7 +893,7 @@ def _changed_by(error) -> str:
         return "the dataset's sample was written by a tool that records no writer"
     tool = f" with {writer['tool']}" if writer.get("tool") else ""
     return (f"the dataset's sample was written by {writer.get('user', '?')}@"
-            f"{writer.get('host', '?')}{tool} at {writer.get('time', '?')}")
+            f"{writer.get('host', '?')}{tool} at {when(writer.get('time'))}")
 
 
 def _one_line(error: BaseException) -> str:
