@@ -181,10 +181,10 @@ class ModelProcess:
 
     def _finetune_reports(self, options: dict):
         total = options.get("epochs", _DEFAULT_EPOCHS) + 1
-        yield Waiting(0, total, "starting the training process")
         trainer = self._start_trainer()
         finished = False
         try:
+            yield Waiting(0, total, "starting the training process")  # its imports take long
             request = ("finetune", self._new_job_id(), options)
             for item in _job_answers(trainer, request, total, cancel=trainer.kill):
                 yield item if isinstance(item, Waiting) else item[0]
@@ -603,8 +603,6 @@ def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, imag
 
 
 def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
-    from dataclasses import asdict
-
     from .training import finetune, training_and_validation
 
     def stage(text: str) -> None:
@@ -616,7 +614,7 @@ def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
     settings = {key: value for key, value in options.items()
                 if key not in _TRAINING_OPTIONS_NOT_FOR_FINETUNE}
     for report in finetune(model, train, val, options["out"], progress=stage, **settings):
-        inbox.send("epoch", job, asdict(report))
+        inbox.send("epoch", job, report.fields())
 
 
 def _failure_message(error: Exception, kind: str) -> str:

@@ -21,7 +21,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -538,6 +538,14 @@ class EpochReport:
     full_resolution_miou: float | None = None
     out_miou: float | None = None
     out_problem: str = ""
+
+    def fields(self) -> dict:
+        """The report as a dict (what the model process sends); ``out_miou`` and
+        ``out_problem`` only where an output file existed."""
+        fields = asdict(self)
+        if self.out_miou is None and not self.out_problem:
+            del fields["out_miou"], fields["out_problem"]
+        return fields
 
 
 def freeze_batch_norm(model) -> None:
