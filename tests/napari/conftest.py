@@ -35,6 +35,13 @@ def other_model_file(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _own_recent_lists(tmp_path_factory, monkeypatch):
+    """Each test starts with empty recent models, datasets and folders, as a new user does:
+    a dataset one test remembered must not be where another test's Save to dataset writes."""
+    monkeypatch.setenv("NAPARI_DEEPLAB_CONFIG", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(autouse=True)
 def _no_tensorflow_here():
     yield
     assert "tensorflow" not in sys.modules, "TensorFlow was loaded in napari's process"
