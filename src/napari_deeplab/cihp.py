@@ -1487,16 +1487,18 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
         except FileNotFoundError:
             continue
         if age > STALE_ANY_S or (age > STALE_FOREIGN_S if match["host"] != _HOST
-                                 else not _process_alive(int(match["pid"]))):
+                                 else not process_alive(int(match["pid"]))):
             _unlink_quietly(Path(entry.path))
             removed.append(Path(entry.path))
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host (and pid namespace) may still run; always True on
+    Windows, where ``os.kill`` would end it (there only the age of a file tells)."""
     if pid == os.getpid():
         return True
-    if os.name == "nt":  # os.kill would terminate it: rely on the age alone
+    if os.name == "nt":
         return True
     try:
         os.kill(pid, 0)

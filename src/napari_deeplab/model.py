@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .cihp import CLASS_NAMES
+from .cihp import CLASS_NAMES, process_alive
 from .model_source import check_model_source
 
 SEED_INPUT_SIZE = 512
@@ -490,23 +490,11 @@ def remove_stale_conversions(folder: str | os.PathLike) -> list[Path]:
         except FileNotFoundError:
             continue
         mine = match is not None and match["host"] == _HOST
-        stale = old if not mine else not _process_alive(int(match["pid"]))
+        stale = old if not mine else not process_alive(int(match["pid"]))
         if stale:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end it: age only
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def convert_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -> keras.Model:

@@ -77,6 +77,8 @@ def _clock(iso: str | None) -> str:
         return "?"
 
 
+_KEEP = object()  # set_state: the base version stays as it is
+
 @dataclass
 class QueueItem:
     sample_id: str
@@ -108,7 +110,7 @@ class Claim:
         now = time.time() if now is None else now
         if now - self.heartbeat > CLAIM_LAPSE_S:
             return True
-        return self.host == socket.gethostname() and not cihp._process_alive(self.pid)
+        return self.host == socket.gethostname() and not cihp.process_alive(self.pid)
 
 
 @dataclass
@@ -286,7 +288,9 @@ class ReviewQueue:
             return state
         return f"{state} by {by['user']}@{by['host']}, {_clock(by.get('time'))}"
 
-    def set_state(self, sample_id: str, state: str) -> None:
+    def set_state(self, sample_id: str, state: str, base=_KEEP) -> None:
+        """Record ``state`` of the photo, by this annotator now; ``base``: the dataset version
+        its draft is now based on (by default unchanged)."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         self.item(sample_id)
@@ -295,6 +299,8 @@ class ReviewQueue:
         def change(stored):
             stored["states"][sample_id] = state
             stored["by"][sample_id] = entry
+            if base is not _KEEP:
+                stored["bases"][sample_id] = base
 
         self._update(change)
 
@@ -423,14 +429,7 @@ class ReviewQueue:
             raise
         after = self.dataset_version(sample_id)
         self.save_draft(sample_id, labels, corrected=True)
-        entry = {**self.me, "time": _utc(time.time())}
-
-        def change(stored):
-            stored["states"][sample_id] = "exported-reviewed"
-            stored["by"][sample_id] = entry
-            stored["bases"][sample_id] = after
-
-        self._update(change)
+        self.set_state(sample_id, "exported-reviewed", base=after)
         self.drop_in_hand(sample_id)
         return ExportRecord(sample_id, after, before, entry_before)
 
@@ -468,15 +467,7 @@ class ReviewQueue:
                 human_ids=self._load_png(people, "kept people") if people.exists() else None,
                 expected_version=record.version_after, writer_tool="review undo")
             shutil.rmtree(kept, ignore_errors=True)
-        version = self.dataset_version(sample_id)
-        entry = {**self.me, "time": _utc(time.time())}
-
-        def change(stored):
-            stored["states"][sample_id] = "corrected"
-            stored["by"][sample_id] = entry
-            stored["bases"][sample_id] = version
-
-        self._update(change)
+        self.set_state(sample_id, "corrected", base=self.dataset_version(sample_id))
 
     @staticmethod
     def forget_export(record: ExportRecord | None) -> None:
