@@ -254,14 +254,9 @@ class ReviewQueue:
         self._derive()
 
     def _locked(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.folder / "queue.json.lock", timeout=LOCK_TIMEOUT_S)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise OSError(f"{lock.lock_file}: another napari holds the review queue's lock; "
-                          "try again, or remove the file if no napari is running") from None
-        return _Releasing(lock)
+        return _acquired(self.folder / "queue.json.lock",
+                         "another napari holds the review queue's lock; try again, or remove "
+                         "the file if no napari is running")
 
     def _save(self) -> None:
         self._update(lambda stored: None)
@@ -562,15 +557,8 @@ class ReviewQueue:
                 path.unlink(missing_ok=True)
 
     def _claims_locked(self):
-        folder = self.folder / "claims"
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(folder / ".lock", timeout=LOCK_TIMEOUT_S)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise OSError(f"{lock.lock_file}: the claims are locked by another napari; try "
-                          "again") from None
-        return _Releasing(lock)
+        return _acquired(self.folder / "claims" / ".lock",
+                         "the claims are locked by another napari; try again")
 
     # --- moving ------------------------------------------------------------------------------
 
@@ -608,6 +596,18 @@ class _Releasing:
 
     def __exit__(self, *_):
         self.lock.release()
+
+
+def _acquired(path: Path, why: str) -> _Releasing:
+    """The queue's file lock at ``path`` (its folder made), held until the ``with`` ends;
+    ``OSError`` "<path>: <why>" when another process holds it for :data:`LOCK_TIMEOUT_S`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OSError(f"{lock.lock_file}: {why}") from None
+    return _Releasing(lock)
 
 
 def _create_exclusively(path: Path, write) -> bool:

@@ -317,9 +317,7 @@ def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_s
     Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(split / "Images" / "0026375.png")
     model = tmp_path / "m.keras"
     build_model().save(model)
-    for args in (["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
-                 ["finetune", str(split.parent), "--model", str(model), "--out",
-                  str(tmp_path / "t.keras"), "--image-size", "64", "--epochs", "1"]):
+    for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err
         lines = err.strip().splitlines()
@@ -332,15 +330,21 @@ def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_s
     assert "(3 samples)" in capsys.readouterr().out
 
 
+
+def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str]]:
+    """The command lines of ``evaluate`` and of a 1-epoch ``finetune`` (64 px) on ``split``."""
+    return [["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
+            ["finetune", str(split.parent), "--model", str(model), "--out", str(out),
+             "--image-size", "64", "--epochs", "1"]]
+
+
 def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     for path in (split / "Category_ids").iterdir():
         Image.fromarray(np.full_like(np.asarray(Image.open(path)), 255)).save(path)
     model = tmp_path / "m.keras"
     build_model().save(model)
-    for args in (["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
-                 ["finetune", str(split.parent), "--model", str(model), "--out",
-                  str(tmp_path / "t.keras"), "--image-size", "64", "--epochs", "1"]):
+    for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no labelled pixels" in err[0] and "255" in err[0], err
