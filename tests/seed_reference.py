@@ -24,7 +24,10 @@ def build_seed_model(image_size: int = SEED_IMAGE_SIZE, num_classes: int = 20, s
     import tf_keras as keras
     from tf_keras import layers
 
-    tf.random.set_seed(seed)
+    # Seeds Python's and NumPy's generators too: tf_keras draws the seed of an unseeded
+    # initializer from Python's `random`, so without it the "seeded" model changed with the
+    # process and with the tests run before it (one draw labelled a whole photo as class 18).
+    keras.utils.set_random_seed(seed)
 
     def convolution_block(block_input, num_filters=256, kernel_size=3, dilation_rate=1,
                           padding="same", use_bias=False):
