@@ -9,7 +9,6 @@ import datetime
 import errno
 import getpass
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -17,18 +16,18 @@ import shutil
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
 import unicodedata
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from . import files
 
 try:
     import fcntl
@@ -531,7 +530,7 @@ def _writer_record(tool: str | None, photo_name: str | None) -> dict:
     now = datetime.datetime.now(datetime.timezone.utc)
     return {"user": annotator_name(), "host": socket.gethostname(), "pid": os.getpid(),
             "tool": tool or "napari-deeplab", "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "writer": _HOST, "photo": photo_name, "commit": uuid.uuid4().hex}
+            "writer": files.HOST_TAG, "photo": photo_name, "commit": uuid.uuid4().hex}
 
 
 def _changed_message(sample_id: str, expected, current: str | None, writer: dict | None) -> str:
@@ -702,7 +701,7 @@ class StagedSample:
     def discard(self) -> None:
         """Remove the temporaries (a sample that will not be committed)."""
         for tmp in self.staged.values():
-            _unlink_quietly(tmp)
+            files.unlink_quietly(tmp)
 
 
 def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarray, *,
@@ -751,15 +750,15 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     try:
         for key, write in writers.items():
             paths[key].parent.mkdir(parents=True, exist_ok=True)
-            sample.staged[paths[key]] = _stage(paths[key], write)
-            _checkpoint(f"staged {key}")
+            sample.staged[paths[key]] = files.stage(paths[key], write)
+            files.checkpoint(f"staged {key}")
         if writer_tool is not None:
             record = json.dumps(_writer_record(writer_tool, paths["Images"].name
                                                if "Images" in writers else None), ensure_ascii=True)
             record_path.parent.mkdir(parents=True, exist_ok=True)
-            sample.staged[record_path] = _stage(
+            sample.staged[record_path] = files.stage(
                 record_path, lambda tmp: tmp.write_text(record, encoding="utf-8"))
-            _checkpoint("staged writer record")
+            files.checkpoint("staged writer record")
     except BaseException:
         sample.discard()
         raise
@@ -782,7 +781,7 @@ def remove_sample(root: str | os.PathLike, sample_id: str, split: str = "Trainin
     if not split_dir.is_dir():
         raise DatasetError(f"{split_dir} does not exist; nothing to remove")
     with _split_locked(split_dir):
-        _checkpoint("locked")
+        files.checkpoint("locked")
         listed = _listed(split_dir, split)
         current = _version(split_dir, split, sample_id, listed=listed.present)
         if expected_version is not ANY_VERSION and expected_version != current:
@@ -954,15 +953,6 @@ LOCK_TIMEOUT_S = 300.0
 LOCK_POLL_S = (0.001, 0.05)
 """First and longest wait between two tries of a held lock (doubling in between)."""
 
-CRASH_ENV = "NAPARI_DEEPLAB_CRASH_AT"
-"""Test-only: ``<n>`` or a step name makes the process exit (``os._exit``) at that commit step."""
-CRASH_EXIT_CODE = 86
-
-STALE_FOREIGN_S = 3600.0
-"""Temporaries of another writer host are removed once this old (their writer cannot be asked)."""
-STALE_ANY_S = 24 * 3600.0
-"""Temporaries of any writer are removed once this old (a recycled process id)."""
-
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 _DIR_FDS = all(f in os.supports_dir_fd for f in (os.open, os.replace, os.unlink, os.stat)) \
     and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
@@ -973,76 +963,8 @@ foreign loader pairing ``glob(Images/*)`` with ``glob(Category_ids/*)`` sees the
 for the shortest time (see docs/dataset-format.md)."""
 
 
-def _host_tag() -> str:
-    """Who "this host" is for the sweep of dead writers' temporaries: a hash of the full host
-    name, the pid namespace and the boot, so that two containers whose host names share a
-    prefix, or that share a host name but not a pid namespace (where a pid means another
-    process), never take each other's live writers for dead local processes."""
-    parts = [socket.gethostname()]
-    for read in (lambda: os.readlink("/proc/self/ns/pid"),
-                 lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()):
-        try:
-            parts.append(read())
-        except OSError:
-            parts.append("")
-    return "h" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:15]
-
-
-_HOST = _host_tag()
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}"
-                        r"\.tmp(\.[^./]*)?$")
-_steps = itertools.count(1)
 _swept: set[str] = set()
 _held = threading.local()
-
-
-def _checkpoint(step: str) -> None:
-    """A commit step: the test-only crash hook (:data:`CRASH_ENV`) may stop the process here."""
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted:
-        return
-    number = next(_steps)
-    if wanted in (step, str(number)):
-        sys.stderr.write(f"napari-deeplab: test crash at commit step {number} ({step})\n")
-        sys.stderr.flush()
-        os._exit(CRASH_EXIT_CODE)
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` naming this writer host (:func:`_host_tag`) and process,
-    ending in ``path``'s suffix (``model.save`` needs ``.keras``). At most 45 characters longer
-    than ``path``'s name."""
-    nonce = uuid.uuid4().hex[:8]
-    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{nonce}.tmp{path.suffix}")
-
-
-def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Replace ``path`` in one step: ``write(temporary path)``, fsync, rename, fsync the folder.
-
-    A failure (or a kill) leaves ``path`` as it was; a killed writer's temporary is removed
-    by :func:`remove_stale_temporaries`. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = _stage(path, write)
-    _checkpoint(f"staged {path.name}")
-    try:
-        os.replace(staged, path)
-    except BaseException:
-        _unlink_quietly(staged)
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _stage(path: Path, write: Callable[[Path], object]) -> Path:
-    staged = temporary_path(path)
-    try:
-        write(staged)
-        _fsync_file(staged)
-    except BaseException:
-        _unlink_quietly(staged)
-        raise
-    return staged
 
 
 def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
@@ -1067,7 +989,7 @@ def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
     journalled = False
     try:
         with _split_locked(split_dir):
-            _checkpoint("locked")
+            files.checkpoint("locked")
             listed = _listed(split_dir, _split_of(id_list_name))
             decider = _Decider(split_dir, listed)
             records = []
@@ -1183,11 +1105,11 @@ def _relative(path: Path, split_dir: Path) -> str:
 
 def _write_journal(split_dir: Path, record: dict) -> None:
     text = json.dumps(record, ensure_ascii=True)
-    staged = _stage(split_dir / JOURNAL_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    _checkpoint("journal staged")
+    staged = files.stage(split_dir / JOURNAL_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    files.checkpoint("journal staged")
     os.replace(staged, split_dir / JOURNAL_NAME)
-    _fsync_folder(split_dir)
-    _checkpoint("journal written")
+    files.fsync_folder(split_dir)
+    files.checkpoint("journal written")
 
 
 def _apply(split_dir: Path, journal: dict, listed: _Listed | None = None) -> None:
@@ -1219,7 +1141,7 @@ def _apply(split_dir: Path, journal: dict, listed: _Listed | None = None) -> Non
                         os.unlink(folder / _name(source))
                     else:
                         os.unlink(_name(source), dir_fd=fd)
-            _checkpoint(f"renamed {destination}" if kind == "rename" else f"removed {destination}")
+            files.checkpoint(f"renamed {destination}" if kind == "rename" else f"removed {destination}")
         folders.fsync()
     if listed is None:
         listed = _listed(split_dir, _split_of(journal["id_list"]))
@@ -1349,22 +1271,22 @@ def _check_real_folders(split_dir: Path) -> None:
 
 def _finish(split_dir: Path) -> None:
     (split_dir / JOURNAL_NAME).unlink()
-    _fsync_folder(split_dir)
-    _checkpoint("journal removed")
+    files.fsync_folder(split_dir)
+    files.checkpoint("journal removed")
 
 
 def _write_id_list(split_dir: Path, name: str, ids: list[str]) -> None:
     """Rewrite the id list atomically with ``ids`` (sorted and unique), one per line."""
     text = "\n".join(ids) + "\n" if ids else ""
-    staged = _stage(split_dir / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    _checkpoint("id list staged")
+    staged = files.stage(split_dir / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    files.checkpoint("id list staged")
     try:
         os.replace(staged, split_dir / name)
     except BaseException:
-        _unlink_quietly(staged)
+        files.unlink_quietly(staged)
         raise
-    _fsync_folder(split_dir)
-    _checkpoint("id list written")
+    files.fsync_folder(split_dir)
+    files.checkpoint("id list written")
 
 
 def _read_journal(split_dir: Path) -> dict:
@@ -1408,7 +1330,7 @@ def _journal_problem(journal) -> str | None:
         for tmp, destination in record["renames"]:
             if not _is_sample_file(destination, sample_id, renamed=True):
                 return f"{destination!r} is not a file of sample {sample_id}"
-            match = _TEMPORARY.match(_name(tmp)) if isinstance(tmp, str) else None
+            match = files.TEMPORARY_NAME.match(_name(tmp)) if isinstance(tmp, str) else None
             if match is None or _folder(tmp) != _folder(destination) \
                     or match["name"] != _name(destination) or not tmp.isprintable():
                 return f"{tmp!r} is not a temporary of {destination}"
@@ -1464,49 +1386,9 @@ def _recover(split_dir: Path, sweep: bool = False, reader: bool = False) -> _Pen
     if sweep or journal_found or key not in _swept:
         for folder in (split_dir, *(split_dir / name for name in SAMPLE_FOLDERS),
                        split_dir / WRITERS_FOLDER):
-            remove_stale_temporaries(folder)
+            files.remove_stale_temporaries(folder)
         _swept.add(key)
     return None
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Remove the temporaries (of ``name`` only, if given) in ``folder`` whose writer is gone:
-    a dead process of this writer host (same full host name, pid namespace and boot, see
-    :func:`_host_tag`), or older than an hour for another (a day for anyone). A live writer's
-    temporaries are left alone. Returns what was removed."""
-    folder = Path(folder)
-    if folder.is_symlink() or not folder.is_dir():
-        return []
-    removed, now = [], time.time()
-    for entry in os.scandir(folder):
-        match = _TEMPORARY.match(entry.name)
-        if match is None or (name is not None and match["name"] != name):
-            continue
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        if age > STALE_ANY_S or (age > STALE_FOREIGN_S if match["host"] != _HOST
-                                 else not process_alive(int(match["pid"]))):
-            _unlink_quietly(Path(entry.path))
-            removed.append(Path(entry.path))
-    return removed
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host (and pid namespace) may still run; always True on
-    Windows, where ``os.kill`` would end it (there only the age of a file tells)."""
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_message(path: Path) -> str:
@@ -1662,20 +1544,4 @@ class _Pending:
         return new or [p for p in _photos_of(images, sample_id) if p not in self.removed]
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
-
-def _fsync_folder(path: Path) -> None:
-    """Make renames in ``path`` durable (POSIX; Windows has no folder fsync)."""
-    if os.name != "nt":
-        _fsync_file(path)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)

@@ -363,7 +363,7 @@ def _evaluate(args) -> int:
 
 
 def _convert(args) -> int:
-    from .cihp import remove_stale_temporaries, write_file_atomically
+    from .files import remove_stale_temporaries, write_file_atomically
     from .model import load_model, save_model
 
     if not args.out.endswith(".keras"):

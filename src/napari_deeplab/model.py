@@ -28,7 +28,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .cihp import CLASS_NAMES, process_alive
+from .cihp import CLASS_NAMES
+from .files import process_alive
 from .model_source import check_model_source
 
 SEED_INPUT_SIZE = 512

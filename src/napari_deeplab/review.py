@@ -32,7 +32,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from PIL import Image
 
-from . import cihp
+from . import cihp, files
 from .prelabel import IMAGE_SUFFIXES
 
 STATES = ("new", "pre-labelled", "seen", "corrected", "flagged", "exported", "exported-reviewed")
@@ -110,7 +110,7 @@ class Claim:
         now = time.time() if now is None else now
         if now - self.heartbeat > CLAIM_LAPSE_S:
             return True
-        return self.host == socket.gethostname() and not cihp.process_alive(self.pid)
+        return self.host == socket.gethostname() and not files.process_alive(self.pid)
 
 
 @dataclass
@@ -173,7 +173,7 @@ class ReviewQueue:
         key = hashlib.sha1(str(self.source).encode()).hexdigest()[:12]
         self.folder = self.root / ".napari-deeplab" / "review" / key
         self.folder.mkdir(parents=True, exist_ok=True)
-        cihp.remove_stale_temporaries(self.folder)
+        files.remove_stale_temporaries(self.folder)
         self._state_file = self.folder / "queue.json"
         self.warnings: list[str] = []
         self._stored = self._load_state()
@@ -248,7 +248,7 @@ class ReviewQueue:
             stored["position"] = self.position
             text = json.dumps({"version": STATE_FILE_VERSION, "source": str(self.source),
                                **stored}, indent=1)
-            cihp.write_file_atomically(self._state_file,
+            files.write_file_atomically(self._state_file,
                                        lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._stored = stored
         self._derive()
@@ -363,7 +363,7 @@ class ReviewQueue:
         if corrected:
             if self.full_state(sample_id) != "corrected":
                 self.set_state(sample_id, "corrected")
-            cihp.write_file_atomically(self.draft_path(sample_id),
+            files.write_file_atomically(self.draft_path(sample_id),
                                        lambda tmp: cihp.save_label_png(labels, tmp))
             return True
         if not _create_exclusively(self.draft_path(sample_id),
@@ -376,7 +376,7 @@ class ReviewQueue:
     def save_in_hand(self, sample_id: str, labels: np.ndarray) -> None:
         """Keep the edits in hand (atomically; a fast PNG, see :func:`cihp.save_label_png`)."""
         labels = np.asarray(labels, np.uint8)
-        cihp.write_file_atomically(self.in_hand_path(sample_id),
+        files.write_file_atomically(self.in_hand_path(sample_id),
                                    lambda tmp: cihp.save_label_png(labels, tmp))
 
     def drop_in_hand(self, sample_id: str) -> None:
@@ -474,7 +474,7 @@ class ReviewQueue:
         """Keep an annotator's mask that was not exported (``kept/<id>-<time>.png``)."""
         path = self.folder / "kept" / f"{sample_id}-{time.strftime('%Y%m%d-%H%M%S')}.png"
         labels = np.asarray(labels, np.uint8)
-        return cihp.write_file_atomically(path, lambda tmp: cihp.save_label_png(labels, tmp))
+        return files.write_file_atomically(path, lambda tmp: cihp.save_label_png(labels, tmp))
 
     # --- claims ------------------------------------------------------------------------------
     #
@@ -543,7 +543,7 @@ class ReviewQueue:
                 return False
             now = time.time()
             record = {**self.me, "time": held.time, "heartbeat": now, "token": held.token}
-            cihp.write_file_atomically(path, lambda tmp: tmp.write_text(json.dumps(record)))
+            files.write_file_atomically(path, lambda tmp: tmp.write_text(json.dumps(record)))
         return True
 
     def release(self, sample_id: str) -> None:
@@ -614,7 +614,7 @@ def _create_exclusively(path: Path, write) -> bool:
     """Create ``path`` whole, only if it does not exist: written under a temporary name, then
     linked to ``path`` (O_CREAT | O_EXCL where links are not supported). False if it exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = cihp.temporary_path(path)
+    staged = files.temporary_path(path)
     try:
         write(staged)
         try:

@@ -28,7 +28,7 @@ import cv2
 import keras
 import numpy as np
 
-from . import cihp, distributed, photos
+from . import cihp, distributed, files, photos
 from .inference import forget_inference_model, resize_bilinear, segment, to_rgb
 from .refine import LEFT_RIGHT_PAIRS, swap_left_right
 
@@ -598,7 +598,7 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epo
     require_good_samples(train, val, num_classes=len(model_info(model).class_names))
     distribution = distributed.data_parallel(devices)
     batch_size = distributed.fitting_batch_size(distribution, batch_size, len(train.ids))
-    cihp.remove_stale_temporaries(out.parent, out.name)  # of a run that was killed
+    files.remove_stale_temporaries(out.parent, out.name)  # of a run that was killed
     keras.utils.set_random_seed(seed)
     model_info(model).input_size = image_size  # inference resizes as training did
     freeze_batch_norm(model)
@@ -684,4 +684,4 @@ def _save_atomically(model, out: Path) -> None:
     (in float32 whatever precision it trains in: :func:`~napari_deeplab.model.save_model`)."""
     from .model import save_model
 
-    cihp.write_file_atomically(out, lambda path: save_model(model, path))
+    files.write_file_atomically(out, lambda path: save_model(model, path))

@@ -137,7 +137,7 @@ def test_a_model_of_another_class_count_is_refused_with_one_line(cihp_samples, t
 
 
 def test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries(tmp_path, capsys):
-    from napari_deeplab.cihp import temporary_path
+    from napari_deeplab.files import temporary_path
     from napari_deeplab.model import build_model
     from tests.engine.filesystems import dead_pid, small_filesystem
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (6, 8)
@@ -22,7 +22,7 @@ SHAPE = (6, 8)
 WRITER = f"""
 import sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, sample_id, value, photo = sys.argv[1:5]
 value = int(value)
 cihp.write_sample(root, sample_id, np.full({SHAPE}, value, np.uint8), image_path=photo,
@@ -35,7 +35,7 @@ CORRECTION = """
 import sys
 import numpy as np
 from PIL import Image
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, photo = sys.argv[1:3]
 shape = Image.open(photo).size[::-1]
 cihp.write_sample(root, photo.rsplit("/", 1)[1].rsplit(".", 1)[0], np.full(shape, 5, np.uint8),
@@ -46,7 +46,7 @@ cihp.write_sample(root, photo.rsplit("/", 1)[1].rsplit(".", 1)[0], np.full(shape
 MANY_WRITES = """
 import sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 labels, image = np.ones((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint8)
 for i in range(count):
@@ -59,7 +59,7 @@ for i in range(count):
 GROUP_WRITER = f"""
 import sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, value, photo = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 staged = [cihp.stage_sample(root, f"g{{i}}", np.full({SHAPE}, value, np.uint8), image_path=photo,
                             human_ids=np.full({SHAPE}, value, np.uint8), overwrite=True)
@@ -70,7 +70,7 @@ assert cihp.commit_samples(staged) == [None, None]
 
 def _env(**extra):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
-    env.pop(cihp.CRASH_ENV, None)
+    env.pop(files.CRASH_ENV, None)
     env.update(extra)
     return env
 
@@ -114,11 +114,11 @@ def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions
         shutil.copytree(base, root)
         run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", str(value), str(photo),
                               *([tool] if tool else [])],
-                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
                              text=True, timeout=60)
         if run.returncode == 0:
             return steps
-        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
         steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
 
         listed = _assert_consistent(root, versions)
@@ -155,7 +155,7 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
     interrupted = tmp_path / "base-interrupted"
     shutil.copytree(with_old, interrupted)
     subprocess.run([sys.executable, "-c", WRITER, str(interrupted), "s", "2", str(new_photo)],
-                   env=_env(**{cihp.CRASH_ENV: "journal written"}), capture_output=True, timeout=60)
+                   env=_env(**{files.CRASH_ENV: "journal written"}), capture_output=True, timeout=60)
     assert (interrupted / "Training" / cihp.JOURNAL_NAME).exists()
     recovery_steps = _crash_at_every_step(tmp_path, interrupted, new_photo, 2, versions)
 
@@ -185,11 +185,11 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
         run = subprocess.run([sys.executable, "-c", GROUP_WRITER, str(root), "2", str(new_photo)],
-                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
                              text=True, timeout=60)
         if run.returncode == 0:
             break
-        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
         steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
         listed = _assert_consistent(root, versions)
         values = {cihp.read_sample(root, i).category_ids[0, 0] for i in listed}
@@ -284,7 +284,7 @@ def test_ids_at_the_limits_round_trip(tmp_path):
     for sample_id in ids:
         cihp.write_sample(tmp_path / "d", sample_id, np.ones(SHAPE, np.uint8), image_path=photo)
         # a temporary name of the longest id stays under NAME_MAX
-        longest = cihp.temporary_path(tmp_path / f"{sample_id}.jpeg").name
+        longest = files.temporary_path(tmp_path / f"{sample_id}.jpeg").name
         assert len(longest.encode()) < 255
     assert cihp.list_samples(tmp_path / "d", "Training") == sorted(ids)
     for sample_id in ids:
@@ -363,14 +363,14 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    host = cihp.temporary_path(images / "x.png").name.split(".tmp")[0].rsplit(".", 1)[1].split("-")[0]
+    host = files.temporary_path(images / "x.png").name.split(".tmp")[0].rsplit(".", 1)[1].split("-")[0]
     stale = images / f".b.png.{host}-{dead_pid}-0123abcd.tmp.png"
     live = images / f".c.png.{host}-{os.getpid()}-0123abcd.tmp.png"
     foreign_old = images / ".d.png.otherhost-1-0123abcd.tmp.png"
     foreign_new = images / ".e.png.otherhost-1-0123abcd.tmp.png"
     for path in (stale, live, foreign_old, foreign_new):
         path.write_bytes(b"partial")
-    hours_ago = time.time() - 2 * cihp.STALE_FOREIGN_S
+    hours_ago = time.time() - 2 * files.STALE_FOREIGN_S
     os.utime(foreign_old, (hours_ago, hours_ago))
     cihp.recover(tmp_path, "Training")
     assert sorted(p.name for p in _temporaries(tmp_path)) == sorted([live.name, foreign_new.name])
@@ -397,7 +397,7 @@ def test_a_failing_write_under_the_lock_leaves_the_old_sample(tmp_path):
 FULL_DISK = """
 import resource, signal, sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
@@ -428,7 +428,7 @@ def test_a_full_disk_while_listing_is_completed_by_the_next_run(tmp_path):
 REVIEW_SAVE = f"""
 import sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, value = sys.argv[1], int(sys.argv[2])
 cihp.write_sample(root, "s", np.full({SHAPE}, value, np.uint8), overwrite=True, writer_tool="review")
 """
@@ -530,7 +530,7 @@ def _relative(path: Path, split: Path) -> str:
 # Remove sample s (the review queue's "Undo export").
 REMOVER = """
 import sys
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 cihp.remove_sample(sys.argv[1], "s")
 """
 
@@ -549,11 +549,11 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_pa
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
         run = subprocess.run([sys.executable, "-c", REMOVER, str(root)],
-                             env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
                              text=True, timeout=60)
         if run.returncode == 0:
             break
-        assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
         steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
         listed = _assert_consistent(root, versions)  # s whole, if still listed
         assert "keep" in listed

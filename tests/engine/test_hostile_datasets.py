@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 from tests.engine.test_commit import SHAPE, WRITER, _env, _photo, _temporaries
 
 
@@ -247,20 +247,20 @@ def test_the_lock_file_is_never_truncated(tmp_path):
 STAGE_AND_WAIT = f"""
 import sys
 import numpy as np
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root, sample_id = sys.argv[1:3]
 staged = cihp.stage_sample(root, sample_id, np.ones({SHAPE}, np.uint8),
                            image=np.zeros({SHAPE}, np.uint8))
-print("staged", cihp._HOST, flush=True)
+print("staged", files.HOST_TAG, flush=True)
 sys.stdin.readline()
 print(cihp.commit_samples([staged])[0], flush=True)
 """
 
 SWEEP = """
 import sys
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 cihp.recover(sys.argv[1], "Training")
-print(cihp._HOST, flush=True)
+print(files.HOST_TAG, flush=True)
 """
 
 
@@ -353,7 +353,7 @@ def test_a_foreign_loader_never_pairs_a_photo_with_another_samples_mask(tmp_path
             root = tmp_path / f"crash-{base.name}-{number}"
             shutil.copytree(base, root)
             run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo)],
-                                 env=_env(**{cihp.CRASH_ENV: str(number)}), capture_output=True,
+                                 env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
                                  text=True, timeout=60)
             photos, masks = _seed_pairs(root / "Training")  # before any reader rolls forward
             if len(photos) == len(masks):
@@ -375,9 +375,9 @@ def _crashed_after_journal(tmp_path: Path) -> tuple[Path, bytes]:
                       human_ids=np.full(SHAPE, 1, np.uint8))
     cihp.write_sample(root, "keep", np.full(SHAPE, 3, np.uint8), image_path=old_photo)
     run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo),
-                          "review"], env=_env(**{cihp.CRASH_ENV: "renamed Category_ids/s.png"}),
+                          "review"], env=_env(**{files.CRASH_ENV: "renamed Category_ids/s.png"}),
                          capture_output=True, text=True, timeout=60)
-    assert run.returncode == cihp.CRASH_EXIT_CODE, run.stderr
+    assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
     assert (root / "Training" / cihp.JOURNAL_NAME).exists()
     return root, new_photo.read_bytes()
 
@@ -385,7 +385,7 @@ def _crashed_after_journal(tmp_path: Path) -> tuple[Path, bytes]:
 # Read the dataset (argv[1]) and print what was read, as JSON.
 READER = """
 import json, sys
-from napari_deeplab import cihp
+from napari_deeplab import cihp, files
 root = sys.argv[1]
 listed = cihp.list_samples(root, "Training")
 s = cihp.read_sample(root, "s")

@@ -233,7 +233,7 @@ for report in finetune(start, train, val, sys.argv[2], epochs=3, batch_size=2,
 
 
 def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(cihp_samples, tmp_path):
-    from napari_deeplab import cihp
+    from napari_deeplab import files
 
     split = tmp_path / "d" / "Training"  # masks with a third of their rows unlabelled (255)
     shutil.copytree(cihp_samples / "Images", split / "Images")
@@ -244,17 +244,17 @@ def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
         Image.fromarray(mask).save(path)
     out = tmp_path / "tuned.keras"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
-           cihp.CRASH_ENV: "2"}  # the second save: after its file is written, before the rename
+           files.CRASH_ENV: "2"}  # the second save: after its file is written, before the rename
     run = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(split.parent), str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == cihp.CRASH_EXIT_CODE, run.stdout + run.stderr[-2000:]
+    assert run.returncode == files.CRASH_EXIT_CODE, run.stdout + run.stderr[-2000:]
     assert f"staged {out.name}" in run.stderr
     epochs = [line.split() for line in run.stdout.splitlines()]
     assert epochs[0][:2] == ["0", "True"] and all(np.isfinite(float(e[2])) for e in epochs[1:])
     assert model_info(load_model(out)).input_size == 64  # the first save, whole
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
     assert len(staged) == 1
-    assert cihp.remove_stale_temporaries(tmp_path, out.name) == staged  # its writer is dead
+    assert files.remove_stale_temporaries(tmp_path, out.name) == staged  # its writer is dead
 
 
 # --- an existing --out is scored, bad photos and masks are named --------------------------------
