@@ -34,13 +34,17 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from .cihp import (
-    DEFAULT_MAX_PIXELS,
-    MAX_PIXELS_ENV,
-    PHOTO_BYTES_PER_PIXEL,
-    DatasetError,
-    PhotoTooLargeError,
-)
+from .cihp.layout import DatasetError
+
+MAX_PIXELS_ENV = "NAPARI_DEEPLAB_MAX_PIXELS"
+"""Environment variable that raises (or lowers) the largest photo accepted, in pixels."""
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485), about
+13,377 x 13,377 pixels."""
+
+PHOTO_BYTES_PER_PIXEL = 10
+"""Peak working memory of ``predict`` per pixel of an RGB photo, beyond the model (see README)."""
 
 BAND_BYTES = 1 << 22
 """Bytes of RGB decoded per band of rows: the photo is converted band by band, so the peak is
@@ -60,11 +64,15 @@ class PhotoError(ValueError):
     callers add the file or sample)."""
 
 
+class PhotoTooLargeError(DatasetError):
+    """A photo has more pixels than :func:`max_pixels` allows (a possible decompression bomb)."""
+
+
 # --- the pixel limit ---------------------------------------------------------------------------
 
 def max_pixels() -> int:
     """The largest photo accepted (width x height): ``$NAPARI_DEEPLAB_MAX_PIXELS`` or
-    :data:`~napari_deeplab.cihp.DEFAULT_MAX_PIXELS`."""
+    :data:`DEFAULT_MAX_PIXELS`."""
     text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
     if not text:
         return DEFAULT_MAX_PIXELS
@@ -75,7 +83,7 @@ def max_pixels() -> int:
 
 
 def check_pixel_count(path, width: int, height: int) -> None:
-    """Raise :class:`~napari_deeplab.cihp.PhotoTooLargeError` naming ``path``, the limit and how
+    """Raise :class:`PhotoTooLargeError` naming ``path``, the limit and how
     to raise it when ``width x height`` exceeds :func:`max_pixels`."""
     limit = max_pixels()
     if width * height > limit:
@@ -87,7 +95,7 @@ def check_pixel_count(path, width: int, height: int) -> None:
 
 def open_image(path) -> Image.Image:
     """``Image.open`` (header only) under this project's pixel limit instead of Pillow's:
-    raises :class:`~napari_deeplab.cihp.PhotoTooLargeError` for a photo over
+    raises :class:`PhotoTooLargeError` for a photo over
     :func:`max_pixels`, ``OSError`` for one Pillow cannot open."""
     with _PILLOW_LIMIT, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -147,7 +155,7 @@ def check_readable_file(path) -> None:
 def photo_size(path) -> tuple[int, int]:
     """(width, height) of a photo from its header alone, checked against the pixel limit.
 
-    Raises :class:`~napari_deeplab.cihp.PhotoTooLargeError` over :func:`max_pixels` and
+    Raises :class:`PhotoTooLargeError` over :func:`max_pixels` and
     :class:`PhotoError` for a file neither Pillow nor tifffile can read the header of."""
     check_readable_file(path)
     try:
@@ -192,7 +200,7 @@ def read_photo(path) -> np.ndarray:
     """Decode a photo by the module's rules into H x W x 3 uint8 RGB, as stored (no EXIF).
 
     ``path``: a file path or a binary file object (its ``str`` names it in messages). Raises
-    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (a ``ValueError`` naming the file, the
+    :class:`PhotoTooLargeError` (a ``ValueError`` naming the file, the
     limit and how to raise it) before decoding a photo over :func:`max_pixels`, and
     :class:`PhotoError` (a ``ValueError``) with a one-line reason for anything else that cannot
     be read: no such file, not a regular file, permission denied, corrupt or truncated,

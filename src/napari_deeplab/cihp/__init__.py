@@ -1,0 +1,81 @@
+"""The CIHP dataset: its label set, its layout on disk, and the one commit protocol every
+writer uses. ``from napari_deeplab import cihp`` gives the public API of the package's modules:
+
+- :mod:`.labels`: class names, palette, left/right pairs and their swap table;
+- :mod:`.layout`: splits, the sample id rule, paths, the photo lookup, :func:`locate`;
+- :mod:`.png`: the label PNG encoder;
+- :mod:`.commit`: the lock, the journal and recovery, :func:`commit_samples`;
+- :mod:`.samples`: listing, reading, staging, writing and removing samples, their versions.
+
+Each module imports only those listed above it.
+"""
+
+from .commit import (
+    ANY_VERSION,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    WRITER_KEYS,
+    SampleChangedError,
+    SampleExistsError,
+    add_to_id_list,
+    commit_samples,
+    recover,
+)
+from .labels import (
+    CLASS_NAMES,
+    HUMAN_COLOURS,
+    LEFT_RIGHT_PAIRS,
+    LEFT_RIGHT_SWAP,
+    NUM_CLASSES,
+    PALETTE,
+    colorize,
+    colorize_humans,
+)
+from .layout import (
+    MAX_ID_BYTES,
+    MAX_SUFFIX_LENGTH,
+    PHOTO_SUFFIXES,
+    SAMPLE_FOLDERS,
+    SPLIT_ID_FILES,
+    WRITERS_FOLDER,
+    DatasetError,
+    Location,
+    check_sample_id,
+    check_split,
+    id_list_path,
+    locate,
+    normal_id,
+    photos_of,
+    sample_paths,
+    split_folder,
+)
+from .png import save_label_png, save_rgb_png
+from .samples import (
+    ANNOTATOR_ENV,
+    Sample,
+    StagedSample,
+    annotator_name,
+    find_image,
+    list_samples,
+    read_id_list,
+    read_sample,
+    remove_sample,
+    sample_exists,
+    sample_version,
+    sample_writer,
+    stage_sample,
+    write_sample,
+)
+
+__all__ = [
+    "ANNOTATOR_ENV", "ANY_VERSION", "CLASS_NAMES", "HUMAN_COLOURS", "JOURNAL_NAME",
+    "LEFT_RIGHT_PAIRS", "LEFT_RIGHT_SWAP", "LOCK_NAME", "MAX_ID_BYTES", "MAX_SUFFIX_LENGTH",
+    "NUM_CLASSES", "PALETTE", "PHOTO_SUFFIXES", "SAMPLE_FOLDERS", "SPLIT_ID_FILES",
+    "WRITERS_FOLDER", "WRITER_KEYS", "DatasetError", "Location", "Sample", "SampleChangedError",
+    "SampleExistsError", "StagedSample", "add_to_id_list", "annotator_name", "check_sample_id",
+    "check_split", "colorize", "colorize_humans", "commit_samples", "find_image",
+    "id_list_path", "list_samples", "locate", "normal_id", "photos_of", "read_id_list",
+    "read_sample", "recover", "remove_sample", "sample_exists", "sample_paths",
+    "sample_version", "sample_writer", "save_label_png", "save_rgb_png", "split_folder",
+    "stage_sample", "write_sample",
+]
