@@ -86,7 +86,7 @@ def read_photo(path) -> np.ndarray:
     (:func:`napari_deeplab.photos.read_photo`, whose module docstring gives the rules).
 
     Raises ``ValueError`` with a one-line reason, and
-    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (naming the file, the limit and how to
+    :class:`~napari_deeplab.photos.PhotoTooLargeError` (naming the file, the limit and how to
     raise it) for a photo over the pixel limit, before decoding it."""
     from .photos import read_photo as decode
 

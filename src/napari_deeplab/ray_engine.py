@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cihp
+from . import cihp, photos
 from .prelabel import IMAGE_SUFFIXES, FileOutcome, InputError, expand_inputs, listed_outcomes
 
 RAY_MISSING = "the Ray engine needs Ray: pip install 'napari-deeplab[ray]'"
@@ -69,7 +69,7 @@ MAX_INPUT_BLOCKS = 10_000
 """The list of photos is cut into at most this many blocks (read tasks): two photos each for a
 small job, so that the first reach the actors early; about 100 each for a million photos."""
 
-FORWARDED_ENV = ("KERAS_BACKEND", cihp.MAX_PIXELS_ENV)
+FORWARDED_ENV = ("KERAS_BACKEND", photos.MAX_PIXELS_ENV)
 """Environment variables that the workers of a cluster this engine starts or joins take from
 the caller: the Keras backend and the pixel limit (caches, credentials and the like are each
 node's own)."""
@@ -314,7 +314,7 @@ def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             photo = read_photo(_NamedBytes(_read_bytes(str(location)), str(location)))
             message = ""
-        except (OSError, ValueError) as error:  # cihp.PhotoTooLargeError is a ValueError
+        except (OSError, ValueError) as error:  # photos.PhotoTooLargeError is a ValueError
             photo, message = np.zeros(0, np.uint8), _photo_problem(error)
         pixels.append(np.ascontiguousarray(photo).tobytes())
         shapes.append("x".join(map(str, photo.shape)))

@@ -15,7 +15,7 @@ from scipy import sparse
 from scipy.sparse.linalg import cg
 from skimage import measure, segmentation
 
-from .cihp import LEFT_RIGHT_PAIRS, NUM_CLASSES
+from .cihp import LEFT_RIGHT_SWAP, NUM_CLASSES
 
 _FOUR_NEIGHBOURS = ((slice(None, -1), slice(None)), (slice(1, None), slice(None)),
                     (slice(None), slice(None, -1)), (slice(None), slice(1, None)))
@@ -294,12 +294,18 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
 
 
 def swap_left_right(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Swap the left and right classes (arms, legs, shoes), the model's most common confusion."""
+    """Swap the left and right classes (arms, legs, shoes), the model's most common confusion.
+
+    ``labels``: H x W integer class ids; ``mask``: H x W bools, where to swap (None:
+    everywhere). Returns H x W of ``labels``' dtype; values outside the swap table (a napari
+    layer's ids beyond 255) are kept."""
     labels = _check(labels, mask)
-    table = np.arange(max(NUM_CLASSES, int(labels.max()) + 1), dtype=labels.dtype)
-    for left, right in LEFT_RIGHT_PAIRS:
-        table[left], table[right] = right, left
-    return _limit(labels, table[labels], mask)
+    if labels.dtype == np.uint8:
+        swapped = LEFT_RIGHT_SWAP[labels]
+    else:
+        inside = (labels >= 0) & (labels < len(LEFT_RIGHT_SWAP))
+        swapped = np.where(inside, LEFT_RIGHT_SWAP[np.where(inside, labels, 0)], labels)
+    return _limit(labels, swapped, mask)
 
 
 def relabel(labels: np.ndarray, source: int, target: int, mask: np.ndarray | None = None) -> np.ndarray:

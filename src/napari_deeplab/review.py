@@ -126,11 +126,13 @@ class ExportRecord:
 def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     """The photos of ``source``: a folder of photos, or a CIHP split (or root, its first split)."""
     source = Path(source)
-    images = source / "Images"
-    if not images.is_dir():
-        split = next((s for s in cihp.SPLIT_ID_FILES if (source / s / "Images").is_dir()), None)
-        images = source / split / "Images" if split else None
-    folder = images if images is not None else source
+    try:
+        location = cihp.locate(source)
+    except ValueError:  # not a dataset: a folder of photos
+        location = None
+    folder = source
+    if location is not None and location.sample_id is None:
+        folder = location.folder / "Images"
     if not folder.is_dir():
         raise FileNotFoundError(f"{source}: no such folder")
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES

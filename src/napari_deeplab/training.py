@@ -29,8 +29,9 @@ import keras
 import numpy as np
 
 from . import cihp, distributed, files, photos
+from .cihp import LEFT_RIGHT_PAIRS
 from .inference import forget_inference_model, resize_bilinear, segment, to_rgb
-from .refine import LEFT_RIGHT_PAIRS, swap_left_right
+from .refine import swap_left_right
 
 HELD_OUT_FRACTION = 0.2
 """Share of the training samples held out for validation when there is no validation split."""
@@ -192,12 +193,12 @@ def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str |
         return f"no mask {mask_path}"
     try:
         photo_size = photos.photo_size(photo)
-    except cihp.PhotoTooLargeError as error:
+    except photos.PhotoTooLargeError as error:
         return str(error)
     except photos.PhotoError as error:
         return f"cannot read the photo {photo}: {error}"
     try:
-        with cihp.open_image(mask_path) as mask:
+        with photos.open_image(mask_path) as mask:
             if mask.size != photo_size:
                 return (f"mask {mask.width} x {mask.height} differs from photo {photo_size[0]} x "
                         f"{photo_size[1]} ({photo.name})")

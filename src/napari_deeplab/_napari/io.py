@@ -29,28 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cihp
+from .. import cihp, photos
 from .parts_layer import PARTS_SUFFIX, parts_colormap, parts_features
 
 PEOPLE_SUFFIX = " people"
-
-
-def locate(path: str | Path) -> tuple[Path, str | None, str | None]:
-    """(root, split, sample id or None) of a CIHP path, or raise ``ValueError``."""
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".png" and path.parent.name == "Category_ids" \
-            and (path.parent.parent / "Images").is_dir():
-        folder = path.parent.parent
-        split = folder.name if folder.name in cihp.SPLIT_ID_FILES else None
-        return (folder.parent if split else folder), split, path.stem
-    if path.is_dir():
-        if (path / "Images").is_dir():
-            split = path.name if path.name in cihp.SPLIT_ID_FILES else None
-            return (path.parent if split else path), split, None
-        for split in cihp.SPLIT_ID_FILES:
-            if (path / split / "Images").is_dir():
-                return path, split, None
-    raise ValueError(f"{path} is not a CIHP dataset, split folder or Category_ids mask")
 
 
 def get_reader(path):
@@ -60,7 +42,8 @@ def get_reader(path):
     if not isinstance(path, (str, Path)):
         return None
     try:
-        root, split, sample_id = locate(path)
+        location = cihp.locate(path)
+        root, split, sample_id = location.root, location.split, location.sample_id
         if sample_id is None:
             samples = cihp.list_samples(root, split)
             if not samples:
@@ -162,16 +145,17 @@ def dataset_target(path: str | Path) -> tuple[Path, str]:
     for folder in (path, path.parent) if not path.is_dir() else (path,):
         if folder.is_dir():
             try:
-                root, split, _ = locate(folder)
+                location = cihp.locate(folder)
             except ValueError:
                 if folder.name in cihp.SPLIT_ID_FILES:  # an empty split folder of a dataset
                     return folder.parent, folder.name
                 if folder is path:
                     return folder, "Training"  # an existing empty folder: a new dataset in it
                 continue
-            if split is None and folder is path.parent and path.name in cihp.SPLIT_ID_FILES:
-                return root, path.name  # a new split of an existing dataset
-            return root, split or "Training"
+            if location.split is None and folder is path.parent \
+                    and path.name in cihp.SPLIT_ID_FILES:
+                return location.root, path.name  # a new split of an existing dataset
+            return location.root, location.split or "Training"
     if path.suffix or path.exists():
         raise ValueError(f"{path} is not a dataset folder: choose a dataset folder (or a new "
                          "folder name) to save the sample into")
@@ -252,7 +236,7 @@ def _source_path(viewer, name: str) -> str | None:
 def _same_pixels(path: str, pixels: np.ndarray) -> bool:
     """Whether the file at ``path`` decodes to ``pixels`` (then it is copied, not re-encoded)."""
     try:
-        with cihp.open_image(path) as opened:
+        with photos.open_image(path) as opened:
             decoded = np.asarray(opened)
     except (OSError, ValueError):
         return False
