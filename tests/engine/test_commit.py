@@ -95,7 +95,7 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
         value = int(sample.category_ids[0, 0])
         assert value in versions, f"{sample_id}: mask of no known version"
         assert sample.image_path.read_bytes() == versions[value], f"{sample_id}: photo of another version"
-        assert len(cihp._photos_of(root / "Training" / "Images", sample_id)) == 1
+        assert len(cihp.photos_of(root / "Training" / "Images", sample_id)) == 1
         np.testing.assert_array_equal(sample.category_ids, value)
         np.testing.assert_array_equal(sample.human_ids, value)
         picture = np.asarray(Image.open(root / "Training" / "Categories" / f"{sample_id}.png"))

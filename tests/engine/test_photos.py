@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_deeplab import cihp
+from napari_deeplab import cihp, photos
 from napari_deeplab.prelabel import read_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,25 +30,25 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 def test_a_decompression_bomb_is_refused_naming_the_limit(tmp_path):
     bomb = _png_header_only(tmp_path / "bomb.png", 40_000, 40_000)
-    for read in (read_photo, cihp.open_image):
-        with pytest.raises(cihp.PhotoTooLargeError) as error:
+    for read in (read_photo, photos.open_image):
+        with pytest.raises(photos.PhotoTooLargeError) as error:
             read(bomb)
         message = str(error.value)
-        assert str(bomb) in message and f"{cihp.DEFAULT_MAX_PIXELS:,}" in message
-        assert cihp.MAX_PIXELS_ENV in message and "\n" not in message
+        assert str(bomb) in message and f"{photos.DEFAULT_MAX_PIXELS:,}" in message
+        assert photos.MAX_PIXELS_ENV in message and "\n" not in message
 
 
 def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch, cihp_samples):
     photo = cihp_samples / "Images" / "0002190.jpg"  # 300 x 200
-    monkeypatch.setenv(cihp.MAX_PIXELS_ENV, "59999")
-    with pytest.raises(cihp.PhotoTooLargeError, match="300 x 200 pixels is over the limit of 59,999"):
+    monkeypatch.setenv(photos.MAX_PIXELS_ENV, "59999")
+    with pytest.raises(photos.PhotoTooLargeError, match="300 x 200 pixels is over the limit of 59,999"):
         read_photo(photo)
-    with pytest.raises(cihp.PhotoTooLargeError, match="0002190.jpg"):
+    with pytest.raises(photos.PhotoTooLargeError, match="0002190.jpg"):
         cihp.read_sample(cihp_samples, "0002190", None)
-    monkeypatch.setenv(cihp.MAX_PIXELS_ENV, "60000")
+    monkeypatch.setenv(photos.MAX_PIXELS_ENV, "60000")
     assert read_photo(photo).shape == (200, 300, 3)
-    monkeypatch.setenv(cihp.MAX_PIXELS_ENV, "many")
-    with pytest.raises(cihp.DatasetError, match=cihp.MAX_PIXELS_ENV):
+    monkeypatch.setenv(photos.MAX_PIXELS_ENV, "many")
+    with pytest.raises(cihp.DatasetError, match=photos.MAX_PIXELS_ENV):
         read_photo(photo)
 
 
@@ -104,8 +104,8 @@ def test_prelabelling_a_large_photo_stays_within_the_stated_memory(tmp_path):
     grown = int(run.stdout.split()[-1])
     per_pixel = grown / side ** 2
     print(f"\npeak memory above the model: {grown / 1e6:.0f} MB for {side} x {side} "
-          f"({per_pixel:.1f} bytes per pixel; bound {cihp.PHOTO_BYTES_PER_PIXEL})")
-    assert per_pixel <= cihp.PHOTO_BYTES_PER_PIXEL
+          f"({per_pixel:.1f} bytes per pixel; bound {photos.PHOTO_BYTES_PER_PIXEL})")
+    assert per_pixel <= photos.PHOTO_BYTES_PER_PIXEL
 
 
 # --- one decoder for every mode, the same RGB everywhere ----------------------------------------
@@ -240,13 +240,13 @@ def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
 
 BOMB_PEAK = """
 import resource, sys
-from napari_deeplab import cihp
+from napari_deeplab import photos
 from napari_deeplab.prelabel import read_photo
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     read_photo(sys.argv[1])
     outcome = "decoded"
-except cihp.PhotoTooLargeError as error:
+except photos.PhotoTooLargeError as error:
     outcome = "refused: " + str(error)
 except Exception as error:
     outcome = "failed: " + str(error)

@@ -16,6 +16,8 @@ from magicgui.widgets import ComboBox, Container, PushButton
 from psygnal import Signal
 from qtpy.QtWidgets import QComboBox
 
+from .. import files
+
 MAX_RECENT = 8
 
 
@@ -54,12 +56,9 @@ class RecentList:
         if entries[:1] == [entry]:
             return
         entries = [entry] + [e for e in entries if e != entry]
-        path = self._file()
+        text = json.dumps(entries[:MAX_RECENT], indent=1)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(entries[:MAX_RECENT], indent=1))
-            os.replace(temporary, path)
+            files.write_file_atomically(self._file(), lambda tmp: tmp.write_text(text))
         except OSError:
             return
         self.changed.emit()
