@@ -103,6 +103,18 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
     return set(listed)
 
 
+def _run_crashing_at(number: int, script: str, *args) -> str | None:
+    """Run ``script`` with ``args`` in a process stopped at commit step ``number``: the name of
+    the step it crashed at, or None when it completed."""
+    run = subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                         env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
+                         text=True, timeout=60)
+    if run.returncode == 0:
+        return None
+    assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
+    return run.stderr.strip().rsplit("(", 1)[-1].rstrip(")")
+
+
 def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions,
                          tool: str | None = None) -> list[str]:
     """Run the writer stopped at step 1, 2, ... until it completes; after each crash check the
@@ -112,14 +124,10 @@ def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions
     for number in range(1, 100):
         root = tmp_path / f"crash-{base.name}-{tool}-{number}"
         shutil.copytree(base, root)
-        run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", str(value), str(photo),
-                              *([tool] if tool else [])],
-                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
-                             text=True, timeout=60)
-        if run.returncode == 0:
+        step = _run_crashing_at(number, WRITER, root, "s", value, photo, *([tool] if tool else []))
+        if step is None:
             return steps
-        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
-        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+        steps.append(step)
 
         listed = _assert_consistent(root, versions)
         assert "keep" in listed
@@ -184,13 +192,10 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp
     for number in range(1, 200):
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
-        run = subprocess.run([sys.executable, "-c", GROUP_WRITER, str(root), "2", str(new_photo)],
-                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
-                             text=True, timeout=60)
-        if run.returncode == 0:
+        step = _run_crashing_at(number, GROUP_WRITER, root, 2, new_photo)
+        if step is None:
             break
-        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
-        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+        steps.append(step)
         listed = _assert_consistent(root, versions)
         values = {cihp.read_sample(root, i).category_ids[0, 0] for i in listed}
         # both new (recovered), or g0 old and g1 absent
@@ -548,13 +553,10 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_pa
     for number in range(1, 100):
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
-        run = subprocess.run([sys.executable, "-c", REMOVER, str(root)],
-                             env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
-                             text=True, timeout=60)
-        if run.returncode == 0:
+        step = _run_crashing_at(number, REMOVER, root)
+        if step is None:
             break
-        assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
-        steps.append(run.stderr.strip().rsplit("(", 1)[-1].rstrip(")"))
+        steps.append(step)
         listed = _assert_consistent(root, versions)  # s whole, if still listed
         assert "keep" in listed
         if "s" not in listed:

@@ -28,7 +28,8 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 LEFT_RIGHT_SWAP: np.ndarray = np.arange(256, dtype=np.uint8)
 """256 uint8 lookup table: ``LEFT_RIGHT_SWAP[labels]`` swaps each (left, right) class pair of
-:data:`LEFT_RIGHT_PAIRS` and keeps every other value (the labels of a horizontally flipped photo)."""
+:data:`LEFT_RIGHT_PAIRS` and keeps every other value (the labels of a horizontally flipped
+photo); read-only."""
 for left, right in LEFT_RIGHT_PAIRS:
     LEFT_RIGHT_SWAP[left], LEFT_RIGHT_SWAP[right] = right, left
 LEFT_RIGHT_SWAP.setflags(write=False)

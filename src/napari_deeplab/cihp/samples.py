@@ -199,7 +199,7 @@ def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     ``Human_ids/`` and its picture ``Humans/``.
 
     Everything is checked before anything is written, then the sample is committed with the
-    dataset's commit protocol (:func:`stage_sample`, :func:`~.commit.commit_samples`): all or nothing,
+    dataset's commit protocol (:func:`stage_sample`, :func:`commit_samples`): all or nothing,
     even across a crash, and safe against concurrent writers. Whether the sample exists is
     decided at commit time under the split's lock: :class:`SampleExistsError` unless
     ``overwrite``. An overwrite replaces the sample's files and removes its photo of another
@@ -227,7 +227,7 @@ class StagedSample:
     """One sample's files written and fsynced under temporary names, not yet committed.
 
     ``staged`` maps each destination (with the writer record) to its temporary; ``paths`` the
-    sample's files by folder (``Category_ids``...). Commit it with :func:`~.commit.commit_samples`, or
+    sample's files by folder (``Category_ids``...). Commit it with :func:`commit_samples`, or
     :meth:`discard` it."""
 
     split_dir: Path
@@ -252,7 +252,7 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
                  writer_tool: str | None = None) -> StagedSample:
     """Check a sample (arguments as :func:`write_sample`) and write its files under temporary
     names in their folders, fsynced: the part of a write that needs no lock, so that many
-    samples can be staged in parallel and committed together (:func:`~.commit.commit_samples`).
+    samples can be staged in parallel and committed together (:func:`commit_samples`).
     Raises :class:`DatasetError` (nothing written) for a sample that cannot be written."""
     check_split(split)
     sample_id = normal_id(check_sample_id(sample_id))
