@@ -40,8 +40,6 @@ from PIL import Image
 
 from .. import files
 from .layout import (
-    MAX_SUFFIX_LENGTH,
-    PHOTO_SUFFIXES,
     SAMPLE_FOLDERS,
     SPLIT_ID_FILES,
     WRITERS_FOLDER,
@@ -52,6 +50,7 @@ from .layout import (
     committed_ids,
     forget_listing,
     is_listed,
+    is_sample_file,
     link_message,
     listing,
     normal_id,
@@ -563,34 +562,16 @@ def _journal_problem(journal) -> str | None:
         if not isinstance(record.get("unlist", False), bool):
             return "bad unlist flag"
         for tmp, destination in record["renames"]:
-            if not _is_sample_file(destination, sample_id, renamed=True):
+            if not is_sample_file(destination, sample_id, renamed=True):
                 return f"{destination!r} is not a file of sample {sample_id}"
             match = files.TEMPORARY_NAME.match(_name(tmp)) if isinstance(tmp, str) else None
             if match is None or _folder(tmp) != _folder(destination) \
                     or match["name"] != _name(destination) or not tmp.isprintable():
                 return f"{tmp!r} is not a temporary of {destination}"
         for removal in record["removals"]:
-            if not _is_sample_file(removal, sample_id):
+            if not is_sample_file(removal, sample_id):
                 return f"{removal!r} is not a file of sample {sample_id}"
     return None
-
-
-def _is_sample_file(relative, sample_id: str, renamed: bool = False) -> bool:
-    """Whether ``relative`` (to the split) names a file of ``sample_id``: its photo (any photo
-    suffix; a renamed-in photo any suffix at all, as ``write_sample`` keeps it), a mask or
-    picture, or its writer record."""
-    if not isinstance(relative, str) or not relative.isprintable():
-        return False
-    folder, name = _folder(relative), _name(relative)
-    if folder == "Images":
-        suffix = name[len(sample_id):]
-        return name.startswith(sample_id) and (
-            suffix.lower() in PHOTO_SUFFIXES
-            or (renamed and suffix.startswith(".") and 1 < len(suffix) <= MAX_SUFFIX_LENGTH
-                and not set(suffix[1:]) & {".", "/", "\\"}))
-    if folder in SAMPLE_FOLDERS:
-        return name == f"{sample_id}.png"
-    return folder == WRITERS_FOLDER and name == f"{sample_id}.json"
 
 
 def recover(root: str | os.PathLike, split: str | None = "Training") -> None:

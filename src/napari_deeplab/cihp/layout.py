@@ -336,6 +336,22 @@ def check_real_folders(split_dir: Path) -> None:
             raise DatasetError(link_message(path))
 
 
+def is_sample_file(relative, sample_id: str, renamed: bool = False) -> bool:
+    """Whether ``relative`` (to the split) names a file of ``sample_id``: its photo (any photo
+    suffix; a renamed-in photo any suffix at all, as ``write_sample`` keeps it), a mask or
+    picture, or its writer record."""
+    if not isinstance(relative, str) or not relative.isprintable():
+        return False
+    folder, _, name = relative.rpartition("/")
+    if folder == "Images":
+        suffix = name[len(sample_id):]
+        return name.startswith(sample_id) and (
+            suffix.lower() in PHOTO_SUFFIXES
+            or (renamed and suffix.startswith(".") and 1 < len(suffix) <= MAX_SUFFIX_LENGTH
+                and not set(suffix[1:]) & {".", "/", "\\"}))
+    if folder in SAMPLE_FOLDERS:
+        return name == f"{sample_id}.png"
+    return folder == WRITERS_FOLDER and name == f"{sample_id}.json"
 
 
 # --- the one resolver of what a path names -------------------------------------------------------
