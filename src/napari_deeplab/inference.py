@@ -23,6 +23,16 @@ import numpy as np
 BAND_PIXELS = 1 << 18
 """Output pixels upsampled at once, which bounds the working memory to a few bytes each."""
 
+WHOLE_RESIZE_ROWS = 2
+"""A photo of up to this many times the model's input side in rows is resized whole; of a
+taller one only the rows that the bilinear samples fall between are converted to float."""
+
+UINT16_PER_UINT8 = 257.0
+"""65535 / 255: a uint16 sample divided by it is in 0..255."""
+
+RGB_MAX = 255
+"""The top of the 0..255 range the model takes."""
+
 
 @dataclass
 class Segmentation:
@@ -53,28 +63,42 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == bool:
-        return image.astype(np.uint8) * 255
+        return image.astype(np.uint8) * RGB_MAX
     if image.dtype == np.uint16:
-        return image.astype(np.float32) / 257.0
+        return image.astype(np.float32) / UINT16_PER_UINT8
     if np.issubdtype(image.dtype, np.integer):
-        return np.clip(image, 0, 255).astype(np.float32)
+        return np.clip(image, 0, RGB_MAX).astype(np.float32)
     if np.issubdtype(image.dtype, np.floating):
         image = np.nan_to_num(image.astype(np.float32))
-        scale = 255.0 if image.size and image.max() <= 1.0 else 1.0
-        return np.clip(image * scale, 0, 255)
+        scale = RGB_MAX if image.size and image.max() <= 1.0 else 1.0
+        return np.clip(image * scale, 0, RGB_MAX)
     raise ValueError(f"unsupported image dtype {image.dtype}")
 
 
 def model_input(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` (any form :func:`to_rgb` accepts) resized to ``size`` x ``size`` x 3 float32 in
-    0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained
-    (``tf.image.resize``: half-pixel centres). A photo of up to 2 x ``size`` rows is resized
-    whole by OpenCV; of a taller one only the 2 x ``size`` rows that the samples fall between
-    are read (resized horizontally by OpenCV, blended in numpy), so a 24-megapixel photo is
-    never converted to float whole. This is the "prepare" stage of the pipeline
-    (:mod:`napari_deeplab.pipeline`); thread-safe, and it releases the GIL for most of its work."""
+    """The prepare stage: a photo resized to the model's square input.
+
+    Resized bilinearly without antialiasing and without keeping aspect, as the seed was
+    trained (``tf.image.resize``: half-pixel centres). A photo of up to
+    :data:`WHOLE_RESIZE_ROWS` x ``size`` rows is resized whole by OpenCV; of a taller one only
+    the 2 x ``size`` rows that the samples fall between are read (resized horizontally by
+    OpenCV, blended in numpy), so a 24-megapixel photo is never converted to float whole.
+    Thread-safe, and it releases the GIL for most of its work.
+
+    Parameters
+    ----------
+    image : ndarray
+        H x W x 3 uint8 RGB, or any form :func:`to_rgb` accepts.
+    size : int
+        The model's input side S in pixels (:attr:`napari_deeplab.model.ModelInfo.input_size`).
+
+    Returns
+    -------
+    ndarray
+        S x S x 3 float32 RGB in 0..255.
+    """
     image = np.asarray(image)
-    if image.shape[0] <= 2 * size:
+    if image.shape[0] <= WHOLE_RESIZE_ROWS * size:
         rgb = to_rgb(image).astype(np.float32, copy=False)
         return resize_bilinear(rgb, size, size)
     y_low, y_high, y_weight = _bilinear_taps(size, image.shape[0])
@@ -107,19 +131,35 @@ def _bilinear_taps(out_size: int, in_size: int):
 def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None,
                     grid_confidence=None, *, confidence: bool = True
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class labels and confidence at ``shape`` = (H, W) from ``logits`` (h x w x C float).
+    """Class labels and confidence at a photo's size from the logits on the model's grid.
 
-    ``labels`` (H x W uint8) is exactly the argmax of the logits upsampled bilinearly with
-    half-pixel centres (as ``tf.image.resize``). A convex blend of four logit vectors that
-    share their argmax keeps it, so the full C-class blend is computed only where the four
-    source pixels disagree (along class boundaries). ``confidence`` (H x W float32 in [0, 1])
-    is the top-class softmax probability on the model's grid, upsampled bilinearly (OpenCV). Works in
-    bands of rows: no H x W x C array is ever made. ``grid_labels`` and ``grid_confidence``
-    (h x w), when the caller has them already, are the argmax and top probability of ``logits``.
-    ``confidence=False`` returns None for it and saves its 4 bytes per pixel. Thread-safe;
-    most of its work releases the GIL. (Tried: first narrowing each cell to the classes that
-    can win in it, which pays only where many pixels share a cell; with the model's 512 x 512
-    logits a CIHP-sized photo has about one pixel per cell, and it was 3 times slower.)
+    ``labels`` is exactly the argmax of the logits upsampled bilinearly with half-pixel
+    centres (as ``tf.image.resize``). A convex blend of four logit vectors that share their
+    argmax keeps it, so the full C-class blend is computed only where the four source pixels
+    disagree (along class boundaries). Works in bands of :data:`BAND_PIXELS`: no H x W x C
+    array is ever made. Thread-safe; most of its work releases the GIL. (Tried: first
+    narrowing each cell to the classes that can win in it, which pays only where many pixels
+    share a cell; with the model's 512 x 512 logits a CIHP-sized photo has about one pixel per
+    cell, and it was 3 times slower.)
+
+    Parameters
+    ----------
+    logits : ndarray
+        h x w x C float logits on the model's grid.
+    shape : (int, int)
+        The output's (H, W) in pixels.
+    grid_labels, grid_confidence : ndarray, optional
+        h x w argmax and top softmax probability of ``logits``, when the caller has them.
+    confidence : bool
+        False: return None for the confidence, saving its 4 bytes per pixel.
+
+    Returns
+    -------
+    labels : ndarray
+        H x W uint8 class ids.
+    confidence : ndarray or None
+        H x W float32 in [0, 1]: the top-class softmax probability on the model's grid,
+        upsampled bilinearly (OpenCV).
     """
     height, width = shape
     logits = np.asarray(logits, np.float32)
@@ -187,9 +227,19 @@ def forget_inference_model(model) -> None:
 def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     """Segment one photo at its full resolution.
 
-    ``image``: H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
-    Returns ``(labels, confidence)``: H x W uint8 class ids in 0..C-1 and H x W float32
-    top-class probability in [0, 1].
+    Parameters
+    ----------
+    image : ndarray
+        H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
+    model : keras.Model
+        One of ours (:func:`napari_deeplab.model.load_model`).
+
+    Returns
+    -------
+    labels : ndarray
+        H x W uint8 class ids in 0..C-1.
+    confidence : ndarray
+        H x W float32 top-class probability in [0, 1].
     """
     result = next(segment_stack([image], model))
     return result.labels, result.confidence

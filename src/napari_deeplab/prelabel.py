@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import cihp
-from .photos import list_photos
+from .photos import list_photos, read_photo
 
 IMAGE_SUFFIXES = cihp.PHOTO_SUFFIXES
 """Suffixes of the photos taken from a folder (files named on their own are always tried)."""
@@ -95,18 +95,6 @@ def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_st
     return ids
 
 
-def read_photo(path) -> np.ndarray:
-    """A photo as every part of napari-deeplab decodes it: H x W x 3 uint8 RGB, as stored
-    (:func:`napari_deeplab.photos.read_photo`, whose module docstring gives the rules).
-
-    Raises ``ValueError`` with a one-line reason, and
-    :class:`~napari_deeplab.cihp.PhotoTooLargeError` (naming the file, the limit and how to
-    raise it) for a photo over the pixel limit, before decoding it."""
-    from .photos import read_photo as decode
-
-    return decode(path)
-
-
 def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
                    batch_size: int = 4, overwrite: bool = False, workers: int = 1,
                    clock=None, max_in_flight: int | None = None) -> Iterator[FileOutcome]:
@@ -117,15 +105,40 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     committed (under the split's lock), so a sample that another writer (the review queue,
     napari, a second ``predict``) commits meanwhile is kept and reported as skipped.
     Unreadable photos and failed writes are yielded as ``"failed"`` with the reason, and the
-    batch goes on. Outcomes come in input order.
+    batch goes on. Outcomes come in input order. The stages are
+    :func:`napari_deeplab.inference.segment_pipeline`'s, with reading the photo before and
+    :func:`stage_photo` and :func:`commit_outcomes` after.
 
-    ``workers`` > 1 reads, resizes, upsamples, encodes and stages the files in that many
-    threads while the model runs in the calling thread, and commits in input order, in groups,
-    in one more thread (:mod:`napari_deeplab.pipeline`; at most ``max_in_flight`` photos
-    between reading and reporting). The files and the id list are the same, byte for byte,
-    as with ``workers=1``, which does everything in the calling thread. ``clock``: a
-    :class:`~napari_deeplab.pipeline.StageClock` summing the CPU time of the stages ``read``,
-    ``resize``, ``model``, ``upsample``, ``encode`` (and staging the files) and ``commit``.
+    Parameters
+    ----------
+    paths : sequence of Path
+        Photo files (:func:`expand_inputs`); their stems are the sample ids, unique
+        (:func:`check_unique_ids`).
+    model : keras.Model
+        One of ours with :data:`~napari_deeplab.cihp.NUM_CLASSES` classes.
+    out : path-like
+        The dataset root.
+    split : str
+        The split written to (:data:`~napari_deeplab.cihp.SPLIT_ID_FILES`).
+    batch_size : int
+        Photos per model call.
+    overwrite : bool
+        Replace samples already in the split.
+    workers : int
+        > 1 reads, resizes, upsamples, encodes and stages the files in that many threads while
+        the model runs in the calling thread, and commits in input order, in groups, in one
+        more thread (:mod:`napari_deeplab.pipeline`). The files and the id list are the same,
+        byte for byte, as with ``workers=1``, which does everything in the calling thread.
+    clock : napari_deeplab.pipeline.StageClock, optional
+        Sums the CPU time of the stages ``read``, ``resize``, ``model``, ``upsample``,
+        ``encode`` (and staging the files) and ``commit``.
+    max_in_flight : int, optional
+        At most this many photos between reading and reporting.
+
+    Yields
+    ------
+    FileOutcome
+        One per photo: ``"written"``, ``"skipped"`` or ``"failed"``.
     """
     from .inference import segment_pipeline
     from .model import require_classes

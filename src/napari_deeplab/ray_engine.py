@@ -5,7 +5,7 @@ same output byte for byte. Three stages stream into each other with Ray Data's b
 
 1. **read** (tasks on every node): the photo's bytes from a path every node sees or a URI
    Ray Data reads (``s3://``, ``gs://``, ...), decoded with the rules of
-   :func:`~napari_deeplab.prelabel.read_photo` (pixel limit, multi-page files, ...); a photo
+   :func:`~napari_deeplab.photos.read_photo` (pixel limit, multi-page files, ...); a photo
    that cannot be read or decoded becomes a ``failed`` outcome here, never an exception, so a
    corrupt file is not retried and stops nothing.
 2. **segment** (a pool of ``workers`` actors, ``gpus_per_worker`` GPUs each): the model is
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cihp
-from .photos import is_photo_name
+from .photos import is_photo_name, read_photo
 from .prelabel import (
     IMAGE_SUFFIXES,
     FileOutcome,
@@ -302,8 +302,6 @@ def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     as text, e.g. ``"600x400x3"``), ``dtype`` and ``message`` (why the photo cannot be read,
     else empty). A read or decode error is the photo's outcome, not an exception.
     """
-    from .prelabel import read_photo
-
     pixels, shapes, dtypes, messages = [], [], [], []
     for location in batch["location"]:
         try:
