@@ -1,5 +1,12 @@
 """Photo -> per-pixel CIHP labels and confidence at full resolution, one photo or a stack.
 
+Segmenting is three stages, each a public function: prepare (:func:`model_input`: an H x W x 3
+photo -> the S x S x 3 float32 model input), model (:func:`batch_outputs`: a batch of inputs ->
+each photo's logits on the model's grid) and finish (:func:`finish`: one photo's logits -> its
+labels and confidence at H x W). :func:`segment_pipeline` runs them in
+:mod:`napari_deeplab.pipeline`; :func:`segment_stack` and
+:func:`napari_deeplab.prelabel.prelabel_files` are that composition with their own ends.
+
 The photo is resized to the model's square input (512 x 512 for the seed) without keeping
 aspect, exactly as the seed was trained; the logits, not the labels, are upsampled back to
 the photo's size, bilinearly, one band of rows at a time so that memory stays bounded.
@@ -8,13 +15,23 @@ the photo's size, bilinearly, one band of rows at a time so that memory stays bo
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 BAND_PIXELS = 1 << 18
 """Output pixels upsampled at once, which bounds the working memory to a few bytes each."""
+
+WHOLE_RESIZE_ROWS = 2
+"""A photo of up to this many times the model's input side in rows is resized whole; of a
+taller one only the rows that the bilinear samples fall between are converted to float."""
+
+UINT16_PER_UINT8 = 257.0
+"""65535 / 255: a uint16 sample divided by it is in 0..255."""
+
+RGB_MAX = 255
+"""The top of the 0..255 range the model takes."""
 
 
 @dataclass
@@ -46,28 +63,42 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == bool:
-        return image.astype(np.uint8) * 255
+        return image.astype(np.uint8) * RGB_MAX
     if image.dtype == np.uint16:
-        return image.astype(np.float32) / 257.0
+        return image.astype(np.float32) / UINT16_PER_UINT8
     if np.issubdtype(image.dtype, np.integer):
-        return np.clip(image, 0, 255).astype(np.float32)
+        return np.clip(image, 0, RGB_MAX).astype(np.float32)
     if np.issubdtype(image.dtype, np.floating):
         image = np.nan_to_num(image.astype(np.float32))
-        scale = 255.0 if image.size and image.max() <= 1.0 else 1.0
-        return np.clip(image * scale, 0, 255)
+        scale = RGB_MAX if image.size and image.max() <= 1.0 else 1.0
+        return np.clip(image * scale, 0, RGB_MAX)
     raise ValueError(f"unsupported image dtype {image.dtype}")
 
 
 def model_input(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` (any form :func:`to_rgb` accepts) resized to ``size`` x ``size`` x 3 float32 in
-    0..255, bilinearly without antialiasing and without keeping aspect, as the seed was trained
-    (``tf.image.resize``: half-pixel centres). A photo of up to 2 x ``size`` rows is resized
-    whole by OpenCV; of a taller one only the 2 x ``size`` rows that the samples fall between
-    are read (resized horizontally by OpenCV, blended in numpy), so a 24-megapixel photo is
-    never converted to float whole. This is the "prepare" stage of the pipeline
-    (:mod:`napari_deeplab.pipeline`); thread-safe, and it releases the GIL for most of its work."""
+    """The prepare stage: a photo resized to the model's square input.
+
+    Resized bilinearly without antialiasing and without keeping aspect, as the seed was
+    trained (``tf.image.resize``: half-pixel centres). A photo of up to
+    :data:`WHOLE_RESIZE_ROWS` x ``size`` rows is resized whole by OpenCV; of a taller one only
+    the 2 x ``size`` rows that the samples fall between are read (resized horizontally by
+    OpenCV, blended in numpy), so a 24-megapixel photo is never converted to float whole.
+    Thread-safe, and it releases the GIL for most of its work.
+
+    Parameters
+    ----------
+    image : ndarray
+        H x W x 3 uint8 RGB, or any form :func:`to_rgb` accepts.
+    size : int
+        The model's input side S in pixels (:attr:`napari_deeplab.model.ModelInfo.input_size`).
+
+    Returns
+    -------
+    ndarray
+        S x S x 3 float32 RGB in 0..255.
+    """
     image = np.asarray(image)
-    if image.shape[0] <= 2 * size:
+    if image.shape[0] <= WHOLE_RESIZE_ROWS * size:
         rgb = to_rgb(image).astype(np.float32, copy=False)
         return resize_bilinear(rgb, size, size)
     y_low, y_high, y_weight = _bilinear_taps(size, image.shape[0])
@@ -100,19 +131,35 @@ def _bilinear_taps(out_size: int, in_size: int):
 def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None,
                     grid_confidence=None, *, confidence: bool = True
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class labels and confidence at ``shape`` = (H, W) from ``logits`` (h x w x C float).
+    """Class labels and confidence at a photo's size from the logits on the model's grid.
 
-    ``labels`` (H x W uint8) is exactly the argmax of the logits upsampled bilinearly with
-    half-pixel centres (as ``tf.image.resize``). A convex blend of four logit vectors that
-    share their argmax keeps it, so the full C-class blend is computed only where the four
-    source pixels disagree (along class boundaries). ``confidence`` (H x W float32 in [0, 1])
-    is the top-class softmax probability on the model's grid, upsampled bilinearly (OpenCV). Works in
-    bands of rows: no H x W x C array is ever made. ``grid_labels`` and ``grid_confidence``
-    (h x w), when the caller has them already, are the argmax and top probability of ``logits``.
-    ``confidence=False`` returns None for it and saves its 4 bytes per pixel. Thread-safe;
-    most of its work releases the GIL. (Tried: first narrowing each cell to the classes that
-    can win in it, which pays only where many pixels share a cell; with the model's 512 x 512
-    logits a CIHP-sized photo has about one pixel per cell, and it was 3 times slower.)
+    ``labels`` is exactly the argmax of the logits upsampled bilinearly with half-pixel
+    centres (as ``tf.image.resize``). A convex blend of four logit vectors that share their
+    argmax keeps it, so the full C-class blend is computed only where the four source pixels
+    disagree (along class boundaries). Works in bands of :data:`BAND_PIXELS`: no H x W x C
+    array is ever made. Thread-safe; most of its work releases the GIL. (Tried: first
+    narrowing each cell to the classes that can win in it, which pays only where many pixels
+    share a cell; with the model's 512 x 512 logits a CIHP-sized photo has about one pixel per
+    cell, and it was 3 times slower.)
+
+    Parameters
+    ----------
+    logits : ndarray
+        h x w x C float logits on the model's grid.
+    shape : (int, int)
+        The output's (H, W) in pixels.
+    grid_labels, grid_confidence : ndarray, optional
+        h x w argmax and top softmax probability of ``logits``, when the caller has them.
+    confidence : bool
+        False: return None for the confidence, saving its 4 bytes per pixel.
+
+    Returns
+    -------
+    labels : ndarray
+        H x W uint8 class ids.
+    confidence : ndarray or None
+        H x W float32 in [0, 1]: the top-class softmax probability on the model's grid,
+        upsampled bilinearly (OpenCV).
     """
     height, width = shape
     logits = np.asarray(logits, np.float32)
@@ -180,9 +227,19 @@ def forget_inference_model(model) -> None:
 def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     """Segment one photo at its full resolution.
 
-    ``image``: H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
-    Returns ``(labels, confidence)``: H x W uint8 class ids in 0..C-1 and H x W float32
-    top-class probability in [0, 1].
+    Parameters
+    ----------
+    image : ndarray
+        H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
+    model : keras.Model
+        One of ours (:func:`napari_deeplab.model.load_model`).
+
+    Returns
+    -------
+    labels : ndarray
+        H x W uint8 class ids in 0..C-1.
+    confidence : ndarray
+        H x W float32 top-class probability in [0, 1].
     """
     result = next(segment_stack([image], model))
     return result.labels, result.confidence
@@ -193,45 +250,130 @@ def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
                   max_in_flight: int | None = None) -> Iterator[Segmentation]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
-    ``images``: an N x H x W x 3 stack, a list of photos of any sizes, or any iterable
-    (read lazily). ``workers`` > 1 prepares model inputs and upsamples in that many threads
-    while the model runs in the calling thread (:mod:`napari_deeplab.pipeline`; the results
-    are the same as with ``workers=1``, which does everything in the calling thread and takes
-    ``batch_size`` photos at a time). Closing the generator (napari's Cancel, Ctrl+C) stops the
-    work after the model call and photos in hand. ``confidence=False``: no confidence map
-    (None), 4 bytes per pixel less memory (``predict`` does not write it). ``clock``: a
-    :class:`~napari_deeplab.pipeline.StageClock` that sums the CPU time of each stage.
-    ``max_in_flight``: at most this many photos taken from ``images`` and not yet yielded
-    (default :func:`~napari_deeplab.pipeline.default_in_flight`).
+    Parameters
+    ----------
+    images : iterable of ndarray
+        An N x H x W x 3 stack, a list of photos of any sizes, or any iterable (read lazily);
+        each photo in any form :func:`to_rgb` accepts.
+    model : keras.Model
+        One of ours (:func:`napari_deeplab.model.load_model`).
+    batch_size : int
+        Photos per model call.
+    confidence : bool
+        False: no confidence map (None), 4 bytes per pixel less memory (``predict`` does not
+        write it).
+    workers : int
+        > 1 prepares model inputs and upsamples in that many threads while the model runs in
+        the calling thread (:mod:`napari_deeplab.pipeline`; the results are the same as with
+        ``workers=1``, which does everything in the calling thread and takes ``batch_size``
+        photos at a time).
+    clock : napari_deeplab.pipeline.StageClock, optional
+        Sums the CPU time of each stage.
+    max_in_flight : int, optional
+        At most this many photos taken from ``images`` and not yet yielded (default
+        :func:`~napari_deeplab.pipeline.default_in_flight`).
+
+    Yields
+    ------
+    Segmentation
+        ``labels`` H x W uint8 and ``confidence`` H x W float32 (or None) at each photo's size.
+
+    Closing the generator (napari's Cancel, Ctrl+C) stops the work after the model call and
+    photos in hand.
+    """
+    return segment_pipeline(images, model, photo_of=lambda index, image: (image, index),
+                            result_of=Segmentation, confidence=confidence, batch_size=batch_size,
+                            workers=workers, max_in_flight=max_in_flight, clock=clock)
+
+
+def segment_pipeline(items: Iterable, model, *, photo_of: Callable, result_of: Callable,
+                     batch_size: int, workers: int = 1, confidence: bool = True,
+                     commit: Callable[[list], list] | None = None,
+                     discard: Callable | None = None, max_in_flight: int | None = None,
+                     clock=None) -> Iterator:
+    """Run ``items`` through the three stages of segmentation, prepare (:func:`model_input`,
+    clocked as ``resize``), model (:func:`batch_outputs`, ``model``) and finish
+    (:func:`finish`, ``upsample``), in :func:`napari_deeplab.pipeline.run_pipeline`; yield one
+    outcome per item, in order.
+
+    ``photo_of(index, item)`` (in a worker thread) returns ``(photo, context)``, the photo an
+    H x W [x C] array in any form :func:`to_rgb` accepts, or a
+    :class:`~napari_deeplab.pipeline.Failed` whose outcome is yielded in the item's place.
+    ``result_of(context, labels, confidence)`` (in a worker thread) gets the photo's labels
+    (H x W uint8) and confidence (H x W float32, None unless ``confidence``) and returns
+    the item's result. ``commit``, ``discard``, ``batch_size``, ``workers``,
+    ``max_in_flight`` and ``clock`` are :func:`~napari_deeplab.pipeline.run_pipeline`'s.
     """
     from .model import model_info
-    from .pipeline import Prepared, run_pipeline, timed
+    from .pipeline import Failed, Prepared, run_pipeline, timed
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     size = model_info(model).input_size
 
-    def prepare(index, image):
+    def prepare(index, item):
+        taken = photo_of(index, item)
+        if isinstance(taken, Failed):
+            return taken
+        photo, context = taken
         with timed(clock, "resize"):
-            return Prepared(model_input(image, size), (index, np.shape(image)[:2]))
+            return Prepared(model_input(photo, size), (context, np.shape(photo)[:2]))
 
-    def finish(context, output):
-        index, shape = context
-        logits, grid_labels, grid_confidence = output
+    def finish_photo(prepared_context, output):
+        context, shape = prepared_context
         with timed(clock, "upsample"):
-            labels, top_probability = upsample_logits(logits, shape, grid_labels, grid_confidence,
-                                                      confidence=confidence)
-        return Segmentation(index, labels, top_probability)
+            labels, top_probability = finish(output, shape, confidence=confidence)
+        return result_of(context, labels, top_probability)
 
-    return run_pipeline(images, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
-                        finish=finish, batch_size=batch_size, workers=workers,
-                        max_in_flight=max_in_flight, clock=clock)
+    return run_pipeline(items, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
+                        finish=finish_photo, commit=commit, discard=discard,
+                        batch_size=batch_size, workers=workers, max_in_flight=max_in_flight,
+                        clock=clock)
 
 
 def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The model stage: ``inputs`` (N x S x S x 3 float32 in 0..255, from :func:`model_input`)
-    -> one ``(logits, grid_labels, grid_confidence)`` per photo, numpy arrays from the cached
-    :func:`inference_model`: h x w x C float32 logits, their argmax h x w and top softmax
-    probability h x w. Call it from one thread at a time."""
+    """The model stage: a batch of model inputs -> the model's outputs for each photo.
+
+    Parameters
+    ----------
+    model : keras.Model
+        One of ours; runs as its cached :func:`inference_model`.
+    inputs : ndarray
+        N x S x S x 3 float32 RGB in 0..255, from :func:`model_input`.
+
+    Returns
+    -------
+    list of (logits, grid_labels, grid_confidence)
+        One per photo, numpy arrays on the model's grid: h x w x C float32 logits, their
+        argmax h x w and top softmax probability h x w (float32 in [0, 1]).
+
+    Call it from one thread at a time.
+    """
     outputs = inference_model(model).predict_on_batch(inputs)
     return list(zip(*(np.asarray(output) for output in outputs), strict=True))
+
+
+def finish(output: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int], *,
+           confidence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The finish stage: one photo's model output -> its labels and confidence at its size.
+
+    Parameters
+    ----------
+    output : (logits, grid_labels, grid_confidence)
+        One photo's item of :func:`batch_outputs`.
+    shape : (int, int)
+        The photo's (H, W) in pixels.
+    confidence : bool
+        False: no confidence map (None).
+
+    Returns
+    -------
+    labels : ndarray
+        H x W uint8 class ids (:func:`upsample_logits`).
+    confidence : ndarray or None
+        H x W float32 top-class probability in [0, 1].
+
+    Thread-safe; most of its work releases the GIL.
+    """
+    logits, grid_labels, grid_confidence = output
+    return upsample_logits(logits, shape, grid_labels, grid_confidence, confidence=confidence)

@@ -30,11 +30,12 @@ import os
 import stat
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .cihp.layout import DatasetError
+from .cihp.layout import PHOTO_SUFFIXES, DatasetError
 
 MAX_PIXELS_ENV = "NAPARI_DEEPLAB_MAX_PIXELS"
 """Environment variable that raises (or lowers) the largest photo accepted, in pixels."""
@@ -336,3 +337,20 @@ def _read_tiff(path) -> np.ndarray:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:160] if text else type(error).__name__
+
+
+# --- the folder lister -------------------------------------------------------------------------
+
+def is_photo_name(name: str) -> bool:
+    """Whether a file called ``name`` is taken as a photo from a folder: a suffix of
+    :data:`~napari_deeplab.cihp.PHOTO_SUFFIXES` in any case, and not hidden (a writer's
+    temporaries are)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES
+
+
+def list_photos(folder: str | os.PathLike) -> list[Path]:
+    """The photos of ``folder``, sorted by name: its regular files (or links to them) whose
+    names pass :func:`is_photo_name`; not recursive. The one lister of a folder's photos
+    (``predict``, the review queue, the Ray engine's local folders)."""
+    return sorted(path for path in Path(folder).iterdir()
+                  if is_photo_name(path.name) and path.is_file())

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import cihp
+from .photos import list_photos, read_photo
 
 IMAGE_SUFFIXES = cihp.PHOTO_SUFFIXES
 """Suffixes of the photos taken from a folder (files named on their own are always tried)."""
@@ -46,9 +48,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
         entry = os.fspath(entry)
         path = Path(entry).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()  # hidden: e.g. a writer's temporaries
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.name.startswith("."))
+            found = list_photos(path)
             if not found:
                 problems.append(f"{entry}: no photos in this folder ({', '.join(IMAGE_SUFFIXES)})")
             paths += found
@@ -68,29 +68,31 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     return unique, problems
 
 
-def check_unique_ids(paths: Sequence[Path]) -> None:
-    """Raise :class:`InputError` if two photos share a file stem (the sample id), or
-    :class:`~napari_deeplab.cihp.DatasetError` if a stem cannot be an id."""
-    seen: dict[str, Path] = {}
-    for path in paths:
-        key = cihp.normal_id(cihp.check_sample_id(path.stem)).casefold()  # macOS, Windows: one file
+def _file_stem(path: str | os.PathLike) -> str:
+    return Path(path).stem
+
+
+def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_stem
+                     ) -> list[str]:
+    """The sample id of each of ``locations`` (photo paths, or what ``id_of`` takes), in order.
+
+    Raises :class:`InputError` if two share an id, ids differing only in case or Unicode
+    normalisation included (one file on macOS and Windows), or
+    :class:`~napari_deeplab.cihp.DatasetError` if an id cannot be one
+    (:func:`~napari_deeplab.cihp.check_sample_id`). ``id_of``: a location's id, default its
+    file stem (the Ray engine's also reads URIs: :func:`~napari_deeplab.ray_engine.sample_id_of`)."""
+    seen: dict[str, Any] = {}
+    ids = []
+    for location in locations:
+        sample_id = cihp.check_sample_id(id_of(location))
+        key = cihp.normal_id(sample_id).casefold()
         if key in seen:
-            raise InputError(f"two inputs have the id {path.stem!r} (ids differing only in case "
-                             f"are one on macOS and Windows): {seen[key]} and {path}; rename one "
-                             "(ids are file stems)")
-        seen[key] = path
-
-
-def read_photo(path) -> np.ndarray:
-    """A photo as every part of napari-deeplab decodes it: H x W x 3 uint8 RGB, as stored
-    (:func:`napari_deeplab.photos.read_photo`, whose module docstring gives the rules).
-
-    Raises ``ValueError`` with a one-line reason, and
-    :class:`~napari_deeplab.photos.PhotoTooLargeError` (naming the file, the limit and how to
-    raise it) for a photo over the pixel limit, before decoding it."""
-    from .photos import read_photo as decode
-
-    return decode(path)
+            raise InputError(f"two inputs have the id {sample_id!r} (ids differing only in case "
+                             f"are one on macOS and Windows): {seen[key]} and {location}; rename "
+                             "one (ids are file stems)")
+        seen[key] = location
+        ids.append(sample_id)
+    return ids
 
 
 def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
@@ -103,19 +105,44 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     committed (under the split's lock), so a sample that another writer (the review queue,
     napari, a second ``predict``) commits meanwhile is kept and reported as skipped.
     Unreadable photos and failed writes are yielded as ``"failed"`` with the reason, and the
-    batch goes on. Outcomes come in input order.
+    batch goes on. Outcomes come in input order. The stages are
+    :func:`napari_deeplab.inference.segment_pipeline`'s, with reading the photo before and
+    :func:`stage_photo` and :func:`commit_outcomes` after.
 
-    ``workers`` > 1 reads, resizes, upsamples, encodes and stages the files in that many
-    threads while the model runs in the calling thread, and commits in input order, in groups,
-    in one more thread (:mod:`napari_deeplab.pipeline`; at most ``max_in_flight`` photos
-    between reading and reporting). The files and the id list are the same, byte for byte,
-    as with ``workers=1``, which does everything in the calling thread. ``clock``: a
-    :class:`~napari_deeplab.pipeline.StageClock` summing the CPU time of the stages ``read``,
-    ``resize``, ``model``, ``upsample``, ``encode`` (and staging the files) and ``commit``.
+    Parameters
+    ----------
+    paths : sequence of Path
+        Photo files (:func:`expand_inputs`); their stems are the sample ids, unique
+        (:func:`check_unique_ids`).
+    model : keras.Model
+        One of ours with :data:`~napari_deeplab.cihp.NUM_CLASSES` classes.
+    out : path-like
+        The dataset root.
+    split : str
+        The split written to (:data:`~napari_deeplab.cihp.SPLIT_ID_FILES`).
+    batch_size : int
+        Photos per model call.
+    overwrite : bool
+        Replace samples already in the split.
+    workers : int
+        > 1 reads, resizes, upsamples, encodes and stages the files in that many threads while
+        the model runs in the calling thread, and commits in input order, in groups, in one
+        more thread (:mod:`napari_deeplab.pipeline`). The files and the id list are the same,
+        byte for byte, as with ``workers=1``, which does everything in the calling thread.
+    clock : napari_deeplab.pipeline.StageClock, optional
+        Sums the CPU time of the stages ``read``, ``resize``, ``model``, ``upsample``,
+        ``encode`` (and staging the files) and ``commit``.
+    max_in_flight : int, optional
+        At most this many photos between reading and reporting.
+
+    Yields
+    ------
+    FileOutcome
+        One per photo: ``"written"``, ``"skipped"`` or ``"failed"``.
     """
-    from .inference import batch_outputs, model_input, upsample_logits
-    from .model import model_info, require_classes
-    from .pipeline import Failed, Prepared, run_pipeline, timed
+    from .inference import segment_pipeline
+    from .model import require_classes
+    from .pipeline import Failed, timed
 
     require_classes(model, cihp.NUM_CLASSES, f"model {model.name!r}")
     cihp.check_split(split)
@@ -123,36 +150,58 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
     skipped = listed_outcomes([(path, path.stem) for path in paths], out, split, overwrite)
     yield from skipped.values()
     todo = [path for path in paths if path.stem not in skipped]
-    size = model_info(model).input_size
 
-    def prepare(index, path):
+    def read(_, path):
         try:
             with timed(clock, "read"):
-                photo = read_photo(path)
+                return read_photo(path), path
         except ValueError as error:
             return Failed(FileOutcome(path, path.stem, "failed", str(error)))
-        with timed(clock, "resize"):
-            return Prepared(model_input(photo, size), (path, photo.shape[:2]))
 
-    def finish(context, output):
-        path, shape = context
-        logits, grid_labels, _ = output
-        with timed(clock, "upsample"):
-            labels, _ = upsample_logits(logits, shape, grid_labels, confidence=False)
+    def stage(path, labels, _):
         with timed(clock, "encode"):
-            try:
-                return path, cihp.stage_sample(out, path.stem, labels, split=split,
-                                               image_path=path, overwrite=overwrite)
-            except (OSError, cihp.DatasetError) as error:
-                return path, write_failure(path, error)
+            return stage_photo(out, path, labels, split=split, overwrite=overwrite)
 
     def commit(results):
         with timed(clock, "commit", len(results)):
             return commit_outcomes(out, split, results)
 
-    yield from run_pipeline(todo, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
-                            finish=finish, commit=commit, discard=_discard, batch_size=batch_size,
-                            workers=workers, max_in_flight=max_in_flight, clock=clock)
+    yield from segment_pipeline(todo, model, photo_of=read, result_of=stage, confidence=False,
+                                commit=commit, discard=_discard, batch_size=batch_size,
+                                workers=workers, max_in_flight=max_in_flight, clock=clock)
+
+
+def stage_photo(out, photo: Path, labels: np.ndarray, *, split: str, overwrite: bool,
+                sample_id: str | None = None) -> tuple[Path, cihp.StagedSample | FileOutcome]:
+    """Encode and stage the sample of one labelled photo, to be committed by
+    :func:`commit_outcomes` (``predict``'s two engines both write through these two).
+
+    Parameters
+    ----------
+    out : path-like
+        The dataset root.
+    photo : Path
+        The photo file, copied into ``Images/``.
+    labels : ndarray
+        H x W uint8 class ids, at the photo's size.
+    split : str
+        The split written to.
+    overwrite : bool
+        Replace a sample of that id.
+    sample_id : str, optional
+        The sample's id; default the photo's file stem.
+
+    Returns
+    -------
+    (Path, StagedSample or FileOutcome)
+        ``photo`` and its staged sample (:func:`~napari_deeplab.cihp.stage_sample`), or the
+        ``"failed"`` outcome saying why it could not be staged.
+    """
+    try:
+        return photo, cihp.stage_sample(out, sample_id or photo.stem, labels, split=split,
+                                        image_path=photo, overwrite=overwrite)
+    except (OSError, cihp.DatasetError) as error:
+        return photo, write_failure(photo, error)
 
 
 def listed_outcomes(photos: Sequence[tuple[object, str]], out, split: str,

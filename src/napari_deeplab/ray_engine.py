@@ -5,14 +5,14 @@ same output byte for byte. Three stages stream into each other with Ray Data's b
 
 1. **read** (tasks on every node): the photo's bytes from a path every node sees or a URI
    Ray Data reads (``s3://``, ``gs://``, ...), decoded with the rules of
-   :func:`~napari_deeplab.prelabel.read_photo` (pixel limit, multi-page files, ...); a photo
+   :func:`~napari_deeplab.photos.read_photo` (pixel limit, multi-page files, ...); a photo
    that cannot be read or decoded becomes a ``failed`` outcome here, never an exception, so a
    corrupt file is not retried and stops nothing.
 2. **segment** (a pool of ``workers`` actors, ``gpus_per_worker`` GPUs each): the model is
    loaded once per actor and runs :func:`~napari_deeplab.inference.segment_stack` on each
    batch; the labels leave the actor at the photo's size as uint8 (its 512 x 512 x 20 float32
    logits would be 20 MB per photo). An actor that dies is restarted and its batches redone.
-3. **write** (tasks): each sample is encoded and staged (:func:`~napari_deeplab.cihp.stage_sample`)
+3. **write** (tasks): each sample is encoded and staged (:func:`~napari_deeplab.prelabel.stage_photo`)
    and committed, in groups, by the task that wrote it, with the dataset's commit protocol
    (:func:`~napari_deeplab.prelabel.commit_outcomes`), so a retried task cannot leave half a
    sample and a re-run skips what is committed.
@@ -40,7 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from . import cihp, photos
-from .prelabel import IMAGE_SUFFIXES, FileOutcome, InputError, expand_inputs, listed_outcomes
+from .photos import is_photo_name, read_photo
+from .prelabel import (
+    IMAGE_SUFFIXES,
+    FileOutcome,
+    check_unique_ids,
+    commit_outcomes,
+    expand_inputs,
+    listed_outcomes,
+    stage_photo,
+)
 
 RAY_MISSING = "the Ray engine needs Ray: pip install 'napari-deeplab[ray]'"
 
@@ -134,21 +143,7 @@ def _list_uri(uri: str) -> list[str]:
     scheme = uri.partition("://")[0]
     return sorted(f"{scheme}://{urllib.parse.quote(entry.path)}" for entry in
                   filesystem.get_file_info(fs.FileSelector(path, recursive=False))
-                  if entry.type == fs.FileType.File and not entry.base_name.startswith(".")
-                  and posixpath.splitext(entry.base_name)[1].lower() in IMAGE_SUFFIXES)
-
-
-def check_unique_sample_ids(locations: Sequence[str]) -> list[str]:
-    """The sample id of each location; raises :class:`~napari_deeplab.prelabel.InputError` if
-    two share one, :class:`~napari_deeplab.cihp.DatasetError` if a stem cannot be an id."""
-    seen: dict[str, str] = {}
-    for location in locations:
-        sample_id = cihp.check_sample_id(sample_id_of(location))
-        if sample_id in seen:
-            raise InputError(f"two inputs have the id {sample_id!r}: {seen[sample_id]} and "
-                             f"{location}; rename one (ids are file stems)")
-        seen[sample_id] = location
-    return list(seen)
+                  if entry.type == fs.FileType.File and is_photo_name(entry.base_name))
 
 
 def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLike, *,
@@ -183,7 +178,7 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         cpus_per_worker = GPU_ACTOR_CPUS if gpus_per_worker else ACTOR_CPUS
     locations = [location if is_uri(location) else os.path.abspath(location)
                  for location in map(os.fspath, inputs)]
-    sample_ids = check_unique_sample_ids(locations)
+    sample_ids = check_unique_ids(locations, id_of=sample_id_of)
     try:
         model_source = check_model_source(model_source)
     except ValueError as error:
@@ -307,8 +302,6 @@ def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     as text, e.g. ``"600x400x3"``), ``dtype`` and ``message`` (why the photo cannot be read,
     else empty). A read or decode error is the photo's outcome, not an exception.
     """
-    from .prelabel import read_photo
-
     pixels, shapes, dtypes, messages = [], [], [], []
     for location in batch["location"]:
         try:
@@ -435,8 +428,6 @@ def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
     them as one group (:func:`~napari_deeplab.prelabel.commit_outcomes`: one lock, journal and
     id-list rewrite for the batch); one outcome row each (columns ``location``,
     ``sample_id``, ``status``, ``message``)."""
-    from .prelabel import commit_outcomes, write_failure
-
     results = []
     for location, sample_id, labels, shape, message in zip(
             batch["location"], batch["sample_id"], batch["pixels"], batch["shape"],
@@ -446,12 +437,8 @@ def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
             results.append((Path(location), FileOutcome(location, sample_id, "failed", str(message))))
             continue
         with _local_copy(location, sample_id) as photo:  # staging copies it: the copy may go
-            try:
-                staged = cihp.stage_sample(out, sample_id, _pixels(labels, str(shape), "|u1"),
-                                           split=split, image_path=photo, overwrite=overwrite)
-            except (OSError, cihp.DatasetError) as error:
-                staged = write_failure(photo, error)
-        results.append((photo, staged))
+            results.append(stage_photo(out, photo, _pixels(labels, str(shape), "|u1"),
+                                       split=split, overwrite=overwrite, sample_id=sample_id))
     outcomes = commit_outcomes(out, split, results)
     return {"location": batch["location"], "sample_id": batch["sample_id"],
             "status": np.array([outcome.status for outcome in outcomes]),

@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from . import cihp, files
+from .photos import list_photos
 from .prelabel import IMAGE_SUFFIXES
 
 STATES = ("new", "pre-labelled", "seen", "corrected", "flagged", "exported", "exported-reviewed")
@@ -135,8 +136,7 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
         folder = location.folder / "Images"
     if not folder.is_dir():
         raise FileNotFoundError(f"{source}: no such folder")
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                    and not p.name.startswith("."))
+    photos = list_photos(folder)
     if not photos:
         raise FileNotFoundError(f"{source}: no photos ({', '.join(IMAGE_SUFFIXES)})")
     items = [QueueItem(p.stem, p) for p in photos]

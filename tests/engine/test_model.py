@@ -187,10 +187,10 @@ def test_an_unwritable_or_full_cache_is_one_line(seed_checkpoint, tmp_path, monk
 def test_scratch_folders_of_killed_conversions_are_swept(tmp_path):
     import os
 
-    from napari_deeplab.model import _scratch_prefix, remove_stale_conversions
+    from napari_deeplab.model import remove_stale_conversions, scratch_prefix
     from tests.engine.filesystems import dead_pid
 
-    mine = _scratch_prefix()
+    mine = scratch_prefix()
     dead = tmp_path / (mine.replace(f"-{os.getpid()}-", f"-{dead_pid()}-") + "abc")
     live = tmp_path / (mine + "def")  # this process: alive
     old, recent = tmp_path / "tmpq1w2e3", tmp_path / "tmpr4t5y6"  # before writers were named

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from napari_deeplab import cihp, photos
-from napari_deeplab.prelabel import read_photo
+from napari_deeplab.photos import read_photo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -241,7 +241,7 @@ def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
 BOMB_PEAK = """
 import resource, sys
 from napari_deeplab import photos
-from napari_deeplab.prelabel import read_photo
+from napari_deeplab.photos import read_photo
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     read_photo(sys.argv[1])

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import QListWidget, QSizePolicy
 from .. import cihp
 from ..cihp import SPLIT_ID_FILES
 from ..model_process import FrameResult
-from ..prelabel import read_photo
+from ..photos import read_photo
 from ..refine import people_from_parts
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
