@@ -53,6 +53,13 @@ PALETTE.setflags(write=False)
 LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = ((14, 15), (16, 17), (18, 19))
 """(left, right) class ids of the person's own sides: a horizontal flip swaps them."""
 
+LEFT_RIGHT_SWAP = np.arange(256, dtype=np.uint8)
+for _left, _right in LEFT_RIGHT_PAIRS:
+    LEFT_RIGHT_SWAP[_left], LEFT_RIGHT_SWAP[_right] = _right, _left
+LEFT_RIGHT_SWAP.flags.writeable = False
+"""256 uint8 entries: ``LEFT_RIGHT_SWAP[labels]`` swaps each pair of :data:`LEFT_RIGHT_PAIRS`
+and keeps every other value (a lookup table for a mirrored mask)."""
+
 NUM_CLASSES = len(CLASS_NAMES)
 
 SPLIT_ID_FILES = {"Training": "train_id.txt", "Validation": "val_id.txt", "Testing": "test_id.txt"}

@@ -1,36 +1,29 @@
-"""Fine-tuning and evaluation on CIHP-format folders (ours or the official dataset).
+"""The data of fine-tuning: locating and checking the samples, decoding them once, augmenting
+them into batches ahead of the training.
 
-:func:`finetune` is a generator that yields one :class:`EpochReport` per epoch (loss,
-validation mean IoU, whether the model was saved), so the command line prints it and the
-napari widget plots it; the best model by validation mean IoU is written to the output file
-whenever it improves, so an interrupted run always leaves the last good model.
-
-The input pipeline: every sample is decoded once (:class:`SampleCache`, in memory or in
-``.npy`` files on disk), augmented by a pool of threads (numpy and OpenCV release the GIL),
-deterministically for a seed whatever the number of threads, and prefetched while the model
-trains (:class:`AugmentedBatches`); ``train_on_batch`` runs the steps. It needs neither
-``tf.data`` nor TensorFlow, so it runs on Keras's JAX backend as on TensorFlow, and on several
-devices (:mod:`napari_deeplab.distributed`).
+Every sample is decoded once (:class:`SampleCache`, in memory or in ``.npy`` files on disk),
+augmented by a pool of threads (numpy and OpenCV release the GIL), deterministically for a
+seed whatever the number of threads, and prefetched while the model trains
+(:class:`AugmentedBatches`). Nothing here needs Keras.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 
-from . import cihp, distributed, files, photos
-from .inference import forget_inference_model, resize_bilinear, segment, to_rgb
-from .refine import LEFT_RIGHT_PAIRS, swap_left_right
+from .. import cihp, files, photos
+from ..inference import resize_bilinear, to_rgb
 
 HELD_OUT_FRACTION = 0.2
 """Share of the training samples held out for validation when there is no validation split."""
@@ -40,16 +33,40 @@ IGNORE_CLASS = 255
 human-parsing tools treat it). Any other value outside the model's classes is refused."""
 
 
-# --- data --------------------------------------------------------------------------------------
-
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror a photo and its mask; the person's left and right classes swap."""
-    return image[:, ::-1], swap_left_right(labels[:, ::-1])
+    """Mirror a photo and its mask; the person's left and right classes swap.
+
+    Parameters
+    ----------
+    image : ndarray
+        H x W or H x W x C photo, any dtype.
+    labels : ndarray
+        H x W class ids in 0..255, any integer dtype.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        The photo mirrored (a view), and the mask mirrored with
+        :data:`~napari_deeplab.cihp.LEFT_RIGHT_SWAP` applied, in ``labels``' dtype.
+    """
+    return image[:, ::-1], cihp.LEFT_RIGHT_SWAP[labels[:, ::-1]].astype(labels.dtype, copy=False)
 
 
-def resize_labels(labels: np.ndarray, size) -> np.ndarray:
-    """Nearest-neighbour resize of class ids (H x W) to ``size`` x ``size``, or to ``size`` =
-    (height, width), half-pixel centred (no blending of ids)."""
+def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of class ids, half-pixel centred (no blending of ids).
+
+    Parameters
+    ----------
+    labels : ndarray
+        H x W class ids, any dtype.
+    size : int or (int, int)
+        The side of the square result in pixels, or its (height, width).
+
+    Returns
+    -------
+    ndarray
+        ``size`` x ``size`` (or height x width) ids, in ``labels``' dtype.
+    """
     height, width = (size, size) if np.ndim(size) == 0 else size
     rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int),
                       labels.shape[0] - 1)
@@ -58,42 +75,81 @@ def resize_labels(labels: np.ndarray, size) -> np.ndarray:
     return labels[np.ix_(rows, cols)]
 
 
-def resize_photo(image: np.ndarray, size) -> np.ndarray:
-    """``image`` (any form :func:`~napari_deeplab.inference.to_rgb` takes) resized bilinearly
-    without antialiasing to ``size`` x ``size``, or ``size`` = (height, width): float32 RGB in
-    0..255. OpenCV's ``INTER_LINEAR`` on float32 equals :func:`~napari_deeplab.inference.model_input`
-    (the seed's ``tf.image.resize``) within 1e-4, several times faster."""
+def resize_photo(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """A photo resized bilinearly without antialiasing, without keeping aspect.
+
+    OpenCV's ``INTER_LINEAR`` on float32 equals :func:`~napari_deeplab.inference.model_input`
+    (the seed's ``tf.image.resize``) within 1e-4, several times faster.
+
+    Parameters
+    ----------
+    image : ndarray
+        H x W (x 1, 3 or 4) photo in any form :func:`~napari_deeplab.inference.to_rgb` takes.
+    size : int or (int, int)
+        The side of the square result in pixels, or its (height, width).
+
+    Returns
+    -------
+    ndarray
+        ``size`` x ``size`` (or height x width) x 3 float32 RGB in 0..255.
+    """
     height, width = (size, size) if np.ndim(size) == 0 else size
     return resize_bilinear(to_rgb(image).astype(np.float32), width, height)
 
 
 CROP_SCALE = (0.75, 1.0)
-"""Side of the random crop, as a share of the photo's side (drawn once for both sides)."""
+"""Side of the random crop, as a share of the photo's side (drawn once for both sides): small
+enough to vary the framing, large enough to keep most of the person."""
+
+FLIP_PROBABILITY = 0.5
+"""Chance of a horizontal flip: people face left as often as right."""
+
+CONTRAST_RANGE = (0.8, 1.2)
+"""Contrast factor drawn per photo, around mid-grey: the spread of ordinary photos' exposure."""
+
+BRIGHTNESS_RANGE = (-20.0, 20.0)
+"""Brightness shift drawn per photo, in 0..255 units (about 8% of the range either way)."""
+
+MID_GREY = 127.5
+"""The value a contrast change leaves in place, so that it does not shift the brightness."""
 
 
-_LEFT_RIGHT_SWAPPED = np.arange(256, dtype=np.uint8)
-for _left, _right in LEFT_RIGHT_PAIRS:
-    _LEFT_RIGHT_SWAPPED[_left], _LEFT_RIGHT_SWAPPED[_right] = _right, _left
+def augment(image: np.ndarray, labels: np.ndarray, size: int,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop (:data:`CROP_SCALE`), horizontal flip with the left and right classes
+    swapped (:data:`FLIP_PROBABILITY`) and colour jitter (:data:`CONTRAST_RANGE`,
+    :data:`BRIGHTNESS_RANGE`), resized to ``size`` x ``size``. OpenCV and in-place numpy: a few
+    ms a photo at 512 px on one core.
 
+    Parameters
+    ----------
+    image : ndarray
+        H x W photo in any form :func:`~napari_deeplab.inference.to_rgb` takes.
+    labels : ndarray
+        H x W class ids in 0..255.
+    size : int
+        Side of the result in pixels.
+    rng : numpy.random.Generator
+        Draws the crop, the flip and the jitter.
 
-def augment(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator):
-    """A random crop (scale 0.75..1), horizontal flip with left/right swap and colour jitter,
-    resized to ``size`` x ``size``. ``image``: H x W photo (any form ``to_rgb`` takes),
-    ``labels``: H x W class ids (0..255). Returns (size x size x 3 float32 0..255,
-    size x size uint8). OpenCV and in-place numpy: a few ms a photo at 512 px on one core."""
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``size`` x ``size`` x 3 float32 RGB in 0..255, and ``size`` x ``size`` uint8 class ids.
+    """
     height, width = labels.shape
     scale = rng.uniform(*CROP_SCALE)
     crop_h, crop_w = max(1, int(height * scale)), max(1, int(width * scale))
     top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
-    flip = rng.random() < 0.5
-    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    flip = rng.random() < FLIP_PROBABILITY
+    contrast, brightness = rng.uniform(*CONTRAST_RANGE), rng.uniform(*BRIGHTNESS_RANGE)
     x = resize_photo(image[top:top + crop_h, left:left + crop_w], size)
     y = cv2.resize(np.ascontiguousarray(labels[top:top + crop_h, left:left + crop_w], np.uint8),
                    (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
     if flip:  # resizing with half-pixel centres is mirror-symmetric: flip the small result
-        x, y = cv2.flip(x, 1), cv2.LUT(cv2.flip(y, 1), _LEFT_RIGHT_SWAPPED)
+        x, y = cv2.flip(x, 1), cv2.LUT(cv2.flip(y, 1), cihp.LEFT_RIGHT_SWAP)
     np.multiply(x, np.float32(contrast), out=x)
-    np.add(x, np.float32(127.5 * (1 - contrast) + brightness), out=x)
+    np.add(x, np.float32(MID_GREY * (1 - contrast) + brightness), out=x)
     return np.clip(x, 0, 255, out=x), y
 
 
@@ -181,6 +237,10 @@ def sample_problem_line(dataset: Dataset, sample_id: str, problem: str) -> str:
     return f"sample {sample_id} ({cihp.split_folder(dataset.root, dataset.split)}): {problem}"
 
 
+CLASSES_SHOWN = 5
+"""Out-of-range classes a problem line names before "...": enough to see the pattern."""
+
+
 def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str | None:
     try:
         cihp.check_sample_id(sample_id)
@@ -210,7 +270,8 @@ def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str |
         if labels.dtype == np.uint8 else np.unique(labels)
     bad = [int(v) for v in values if v >= num_classes and v != IGNORE_CLASS]
     if bad:
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        shown = ", ".join(map(str, bad[:CLASSES_SHOWN])) + \
+            (", ..." if len(bad) > CLASSES_SHOWN else "")
         return (f"class {shown} out of range 0..{num_classes - 1} in {mask_path.name} "
                 f"({IGNORE_CLASS} = ignore)")
     return None
@@ -224,13 +285,18 @@ def require_good_samples(*datasets: Dataset, num_classes: int = cihp.NUM_CLASSES
             str(cihp.split_folder(d.root, d.split)) for d in datasets)))
 
 
-# --- the input pipeline ------------------------------------------------------------------------
-
 CACHE_MEMORY_ENV = "NAPARI_DEEPLAB_TRAINING_CACHE_MB"
 """Memory (MB) a split's decoded samples may take before they are cached on disk instead."""
 
 FALLBACK_CACHE_MEMORY = 2 << 30
 """The memory budget where the free memory cannot be read (no ``os.sysconf``): 2 GiB."""
+
+FREE_MEMORY_SHARE = 4
+"""The cache takes at most 1 / this of the free memory: the model, its gradients and the
+augmented batches need the rest."""
+
+MIB = 1 << 20
+"""Bytes in a MiB, the unit of :data:`CACHE_MEMORY_ENV`."""
 
 
 def cache_memory_budget() -> int:
@@ -238,9 +304,9 @@ def cache_memory_budget() -> int:
     else a quarter of the memory free now, else (no ``os.sysconf``) 2 GiB."""
     override = os.environ.get(CACHE_MEMORY_ENV)
     if override:
-        return int(float(override) * (1 << 20))
+        return int(float(override) * MIB)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // FREE_MEMORY_SHARE
     except (AttributeError, ValueError, OSError):
         return FALLBACK_CACHE_MEMORY
 
@@ -249,6 +315,14 @@ def training_cache_side(image_size: int) -> int:
     """The largest side a training photo needs: a crop of at least ``CROP_SCALE[0]`` of it is
     resized to ``image_size``, so more than ``image_size / 0.75`` pixels is never used."""
     return math.ceil(image_size / CROP_SCALE[0])
+
+
+SAMPLE_CHANNELS = 4
+"""A cached sample's channels: the photo's red, green and blue, then the class ids."""
+
+_WHERE_DIGITS, _STAMP_DIGITS = 24, 12
+"""Hex digits of a cache file's name that tell its sample (96 bits: no two samples collide)
+and that sample's version (48 bits: an edit is never taken for the last one)."""
 
 
 class SampleCache:
@@ -275,15 +349,16 @@ class SampleCache:
         for photo, _ in self.paths:
             width, height = photos.photo_size(photo)
             self.shapes.append((min(height, max_side), min(width, max_side)))
-        needed = sum(height * width * 4 for height, width in self.shapes)
+        needed = sum(height * width * SAMPLE_CHANNELS for height, width in self.shapes)
         budget = cache_memory_budget() if memory_budget is None else memory_budget
         self.in_memory = needed <= budget
         self.folder = None
         if not self.in_memory:
-            from .model import cache_dir
+            from ..model import cache_dir
 
             self.folder = Path(folder) if folder is not None else cache_dir() / "training-samples"
             self.folder.mkdir(parents=True, exist_ok=True)
+            files.remove_stale_temporaries(self.folder)  # of a run that was killed while writing
         self._decoded: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -324,19 +399,14 @@ class SampleCache:
         where = hashlib.sha256(f"{photo.resolve()}\n{mask.resolve()}\n{self.max_side}".encode())
         stamp = hashlib.sha256(str([(p.stat().st_size, p.stat().st_mtime_ns)
                                     for p in (photo, mask)]).encode())
-        prefix = where.hexdigest()[:24]
-        path = self.folder / f"{prefix}-{stamp.hexdigest()[:12]}.npy"
+        prefix = where.hexdigest()[:_WHERE_DIGITS]
+        path = self.folder / f"{prefix}-{stamp.hexdigest()[:_STAMP_DIGITS]}.npy"
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError):  # not cached yet, or a damaged file: decode again
             pass
         array = self._decode(index)
-        staged = self.folder / f".{path.stem}.{os.getpid()}-{id(array):x}.npy"
-        try:
-            np.save(staged, array, allow_pickle=False)
-            os.replace(staged, path)
-        finally:
-            staged.unlink(missing_ok=True)
+        files.write_file_atomically(path, lambda staged: np.save(staged, array, allow_pickle=False))
         for stale in self.folder.glob(f"{prefix}-*.npy"):
             if stale != path:
                 stale.unlink(missing_ok=True)
@@ -378,7 +448,7 @@ class AugmentedBatches:
         """The batches of epoch ``first_epoch``, then of the epochs after it, without end;
         close the generator to stop the threads' work ahead."""
         pending: deque = deque()
-        planned = ((epoch, step) for epoch in _count_from(first_epoch)
+        planned = ((epoch, step) for epoch in itertools.count(first_epoch)
                    for step in range(self.steps_per_epoch))
         try:
             while True:
@@ -406,99 +476,6 @@ class AugmentedBatches:
         return x, y, [self.pool.submit(fill, slot, int(index)) for slot, index in enumerate(indices)]
 
 
-def _count_from(first: int) -> Iterator[int]:
-    while True:
-        yield first
-        first += 1
-
-
-class ResizedValidation:
-    """Mean IoU of ``model`` on a :class:`SampleCache` at the model's training resolution:
-    photos resized to ``size`` x ``size`` (bilinearly, as inference makes its input), masks
-    resized nearest, predicted ``batch_size`` at a time by one compiled function (the last
-    batch padded, so that every call has the same shape and nothing is traced again).
-
-    The cache should be made with ``max_side=size``: the photos are then shrunk once, and the
-    inputs are the model inputs of inference up to the 8-bit rounding of the cache.
-    """
-
-    def __init__(self, model, cache: SampleCache, size: int, batch_size: int,
-                 pool: ThreadPoolExecutor, distribution=None):
-        from keras import ops
-
-        from .model import model_info
-
-        self.cache, self.size, self.batch_size, self.pool = cache, size, batch_size, pool
-        self.distribution = distribution
-        self.class_names = model_info(model).class_names
-        logits = model.outputs[0]
-        self.labels_of = keras.Model(model.inputs, ops.argmax(logits, axis=-1),
-                                     name=f"{model.name}_labels")  # shares model's weights
-
-    def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        sample = self.cache[index]
-        return resize_photo(sample[..., :3], self.size), resize_labels(sample[..., 3], self.size)
-
-    def miou(self) -> float:
-        """The mean IoU (see :func:`scores`) over every sample of the cache."""
-        classes = len(self.class_names)
-        matrix = np.zeros((classes, classes), np.int64)
-        for first in range(0, len(self.cache), self.batch_size):
-            indices = list(range(first, min(first + self.batch_size, len(self.cache))))
-            pairs = list(self.pool.map(self._resized, indices))
-            x = np.stack([p[0] for p in pairs] + [pairs[-1][0]] * (self.batch_size - len(pairs)))
-            predicted = np.asarray(self.labels_of.predict_on_batch(
-                distributed.batch_input(self.distribution, x)))
-            for (_, truth), labels in zip(pairs, predicted, strict=False):
-                matrix += confusion(truth, labels.astype(np.int64), classes)
-        return scores(matrix, self.class_names)["miou"]
-
-# --- evaluation --------------------------------------------------------------------------------
-
-def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """num_classes x num_classes pixel counts, rows the truth, columns the prediction; pixels
-    whose truth is :data:`IGNORE_CLASS` are not counted."""
-    truth, predicted = truth.ravel(), predicted.ravel()
-    labelled = truth != IGNORE_CLASS
-    if not labelled.all():
-        truth, predicted = truth[labelled], predicted[labelled]
-    return np.bincount(truth.astype(np.int64) * num_classes + predicted,
-                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def scores(matrix: np.ndarray, class_names) -> dict:
-    """Mean IoU (over the classes present in truth or prediction), pixel accuracy, per-class IoU."""
-    intersection = np.diag(matrix).astype(float)
-    union = matrix.sum(0) + matrix.sum(1) - intersection
-    present = union > 0
-    iou = np.where(present, intersection / np.maximum(union, 1), np.nan)
-    return {"miou": float(np.nanmean(iou)) if present.any() else 0.0,
-            "pixel_accuracy": float(intersection.sum() / max(matrix.sum(), 1)),
-            "per_class": {name: (None if np.isnan(v) else float(v))
-                          for name, v in zip(class_names, iou, strict=True)}}
-
-
-def evaluate(model, dataset: Dataset) -> dict:
-    """Score ``model`` on every sample of ``dataset`` at full resolution (our inference path).
-
-    Every sample is checked first (:func:`check_samples`): :class:`SampleProblems` lists the
-    bad ones before any prediction. Pixels labelled 255 are ignored."""
-    from .model import model_info
-
-    names = model_info(model).class_names
-    require_good_samples(dataset, num_classes=len(names))
-    matrix = np.zeros((len(names), len(names)), np.int64)
-    for sample_id in dataset.ids:
-        try:
-            sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
-        except (ValueError, OSError) as error:  # photos.PhotoError, PhotoTooLargeError
-            raise SampleProblems([sample_problem_line(dataset, sample_id, str(error))],
-                                 str(cihp.split_folder(dataset.root, dataset.split))) from None
-        predicted, _ = segment(sample.image, model)
-        matrix += confusion(sample.category_ids, predicted, len(names))
-    if not matrix.any():
-        raise NoLabelledPixels(dataset)
-    return scores(matrix, names)
 
 
 class NoLabelledPixels(cihp.DatasetError):
@@ -514,174 +491,3 @@ def require_labelled_pixels(cache: SampleCache) -> None:
     """Raise :class:`NoLabelledPixels` when every mask pixel of ``cache`` is 255."""
     if not any((cache[i][..., 3] != IGNORE_CLASS).any() for i in range(len(cache))):
         raise NoLabelledPixels(cache.dataset)
-
-
-# --- fine-tuning -------------------------------------------------------------------------------
-
-@dataclass
-class EpochReport:
-    """One epoch of :func:`finetune` (epoch 0: the start model, ``loss`` None).
-
-    ``val_miou``: mean IoU on the validation split at the model's training resolution
-    (``val_size`` x ``val_size``; it picks the best model). ``full_resolution_miou``: the same
-    at each photo's full resolution, as :func:`evaluate` scores it, after the last epoch and
-    every ``eval_every`` epochs; None in the other epochs. ``saved``: the model was written.
-    ``out_miou`` (epoch 0, when the output file existed): that file's mean IoU on the same
-    validation, measured the same way; ``out_problem``: why it could not be scored (then None)."""
-
-    epoch: int
-    epochs: int
-    loss: float | None
-    val_miou: float
-    saved: bool
-    val_size: int = 0
-    full_resolution_miou: float | None = None
-    out_miou: float | None = None
-    out_problem: str = ""
-
-    def fields(self) -> dict:
-        """The report as a dict (what the model process sends); ``out_miou`` and
-        ``out_problem`` only where an output file existed."""
-        fields = asdict(self)
-        if self.out_miou is None and not self.out_problem:
-            del fields["out_miou"], fields["out_problem"]
-        return fields
-
-
-def freeze_batch_norm(model) -> None:
-    """Keep every batch-norm layer in inference mode (trainable=False does that in Keras 3):
-    on small batches live statistics make a pretrained model worse."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-
-
-def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike, *, epochs: int = 10,
-             batch_size: int = 4, image_size: int = 512, learning_rate: float = 1e-4,
-             seed: int = 0, overwrite: bool = False, replace_better: bool = False,
-             eval_every: int = 0, devices=None, workers: int | None = None,
-             cache_memory: int | None = None,
-             progress: Callable[[str], None] | None = None) -> Iterator[EpochReport]:
-    """Fine-tune ``model`` on ``train``; yield a report per epoch (epoch 0: the start model).
-
-    Every sample of ``train`` and ``val`` is checked before any work (:class:`SampleProblems`).
-    ``out`` (a ``.keras`` file) is only ever replaced atomically (temporary file, fsync,
-    rename), so a kill at any moment leaves the previous file whole. A new ``out`` gets the
-    start model, then each model whose mean IoU on ``val`` is the best so far. An existing
-    ``out`` is refused (:class:`~napari_deeplab.cihp.DatasetError`) unless ``overwrite``; it is
-    then scored on ``val`` as the new models are (epoch 0's ``out_miou``) and replaced only by a
-    model better than both it and the start model (with ``replace_better``: better than the
-    start model alone), never by the start model itself. Closing the generator (Cancel,
-    Ctrl+C) leaves the best model saved so far. Mask
-    pixels of 255 are left out of the loss.
-
-    The mean IoU that picks the best model is measured each epoch at ``image_size``
-    (:class:`ResizedValidation`); at full resolution (:func:`evaluate`) after the last epoch
-    and every ``eval_every`` epochs (0: only after the last). Samples are decoded once
-    (:class:`SampleCache`, in memory up to ``cache_memory`` bytes per split, default
-    :func:`cache_memory_budget`) and augmented by ``workers`` threads (default: the cores).
-    ``progress(text)``, if given, hears what happens between two reports (each training step).
-    ``devices``: None (one device), ``"all"`` or N: data parallel on the JAX backend
-    (:mod:`napari_deeplab.distributed`); ``batch_size`` is then the global batch.
-    """
-    from .model import model_info
-
-    if image_size % 16:
-        raise ValueError("image size must be a multiple of 16")
-    if eval_every < 0:
-        raise ValueError("eval_every must be 0 (full resolution only at the end) or more")
-    out = Path(out)
-    existed = out.exists()  # before any process of a multi-process run writes it
-    if existed and not overwrite:
-        raise cihp.DatasetError(f"{out} exists; choose another output file, or overwrite it "
-                                "(--overwrite): it is then replaced only by a better model")
-    require_good_samples(train, val, num_classes=len(model_info(model).class_names))
-    distribution = distributed.data_parallel(devices)
-    batch_size = distributed.fitting_batch_size(distribution, batch_size, len(train.ids))
-    files.remove_stale_temporaries(out.parent, out.name)  # of a run that was killed
-    keras.utils.set_random_seed(seed)
-    model_info(model).input_size = image_size  # inference resizes as training did
-    freeze_batch_norm(model)
-    with distributed.distributed_over(distribution, model), \
-            ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                      loss=keras.losses.SparseCategoricalCrossentropy(
-                          from_logits=True, ignore_class=IGNORE_CLASS))
-        val_cache = SampleCache(val, image_size, memory_budget=cache_memory)
-        train_cache = SampleCache(train, training_cache_side(image_size), memory_budget=cache_memory)
-        for cache in (val_cache, train_cache):  # a photo that cannot be decoded: named now
-            cache.decode_all(pool)
-            require_labelled_pixels(cache)
-        validation = ResizedValidation(model, val_cache, image_size, batch_size, pool, distribution)
-        augmented = AugmentedBatches(train_cache, image_size, batch_size, pool, seed=seed,
-                                     shard=distributed.process_shard(distribution))
-        if progress is not None and existed:
-            progress(f"scoring the existing {Path(out).name}")
-        out_miou, out_problem = (score_model_file(out, val_cache, image_size, batch_size, pool,
-                                                  distribution, model_info(model).class_names)
-                                 if existed else (None, ""))
-        if progress is not None:
-            progress("validating the start model")
-        start = best = validation.miou()
-        if out_miou is not None and not replace_better:
-            best = max(best, out_miou)  # never replace a better model by a worse one
-        saved = not existed  # an existing file is kept until a better model is ready
-        if saved:  # by every process (the same file): saving may need them all in step
-            _save_atomically(model, out)
-        yield EpochReport(0, epochs, None, start, saved, image_size, out_miou=out_miou,
-                          out_problem=out_problem)
-        batches = augmented.batches(first_epoch=1)
-        try:
-            for epoch in range(1, epochs + 1):
-                loss = train_epoch(model, batches, augmented.steps_per_epoch, None if progress is None
-                                   else lambda step, steps, loss, epoch=epoch: progress(
-                                       f"epoch {epoch} of {epochs}: step {step} of {steps}, "
-                                       f"loss {loss:.3f}"))
-                val_miou = validation.miou()
-                saved = val_miou > best
-                if saved:
-                    best = val_miou
-                    _save_atomically(model, out)
-                full = None
-                if epoch == epochs or (eval_every and epoch % eval_every == 0):
-                    forget_inference_model(model)
-                    full = evaluate(model, val)["miou"]
-                yield EpochReport(epoch, epochs, loss, val_miou, saved, image_size, full)
-        finally:
-            batches.close()
-
-
-def score_model_file(path: Path, cache: SampleCache, size: int, batch_size: int,
-                     pool: ThreadPoolExecutor, distribution, class_names) -> tuple[float | None, str]:
-    """(mean IoU of the model in ``path`` on ``cache``, as :class:`ResizedValidation` measures
-    it at ``size``; "") or (None, why it cannot be scored: unreadable, other classes)."""
-    from .model import ModelError, load_model, model_info
-
-    try:
-        existing = load_model(path)
-    except ModelError as error:
-        return None, str(error)
-    if tuple(model_info(existing).class_names) != tuple(class_names):
-        return None, (f"{path} has {len(model_info(existing).class_names)} classes, not the "
-                      f"{len(class_names)} of the model being trained")
-    return ResizedValidation(existing, cache, size, batch_size, pool, distribution).miou(), ""
-
-
-def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int,
-                on_step: Callable[[int, int, float], None] | None = None) -> float:
-    """Train ``model`` (compiled) on the next ``steps`` batches; the mean of their losses.
-    ``on_step(step, steps, loss)`` after each batch."""
-    losses = []
-    for step in range(1, steps + 1):
-        losses.append(float(np.ravel(model.train_on_batch(*next(batches)))[0]))
-        if on_step is not None:
-            on_step(step, steps, losses[-1])
-    return float(np.mean(losses))
-
-
-def _save_atomically(model, out: Path) -> None:
-    """Write the model to a temporary ``.keras`` sibling, fsync it, rename it over ``out``
-    (in float32 whatever precision it trains in: :func:`~napari_deeplab.model.save_model`)."""
-    from .model import save_model
-
-    files.write_file_atomically(out, lambda path: save_model(model, path))
