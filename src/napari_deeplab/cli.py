@@ -10,6 +10,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
 """Ctrl+C, as shells report a process ended by SIGINT (128 + 2)."""
 
+DUPLICATES_SHOWN = 5
+"""Ids a note about an id list that names some twice shows before "...": enough to find them."""
+
 
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (oneDNN, CUDA probing) kept off the terminal.
@@ -45,8 +48,23 @@ def _import_tensorflow_quietly() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line. Its choices come from the engine (:data:`~napari_deeplab.model.PRECISIONS`,
+    the splits of :data:`~napari_deeplab.cihp.SPLIT_ID_FILES`, the defaults of
+    :class:`~napari_deeplab.training.FinetuneSettings`), so importing the model loads Keras:
+    call :func:`_import_tensorflow_quietly` first."""
     from . import DEFAULT_MODEL
+    from .cihp import SPLIT_ID_FILES
+    from .model import PRECISIONS
+    from .training import (
+        IMAGE_SIZE_MULTIPLE,
+        TRAINING_SPLIT,
+        VALIDATION_SPLIT,
+        FinetuneSettings,
+    )
 
+    defaults = FinetuneSettings()
+    default_precision = PRECISIONS[0]  # float32, what load_model computes in unless told
+    other_precisions = " or ".join(PRECISIONS[1:])
     parser = argparse.ArgumentParser(
         prog="napari-deeplab",
         description="Pre-label human body parts (CIHP, 20 classes) with DeepLabV3+.")
@@ -65,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", metavar="PATH", default=None, help=model_help)
     predict.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                          help="photos per model call (default 4)")
-    predict.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                         help="float32 (default) or bfloat16 (faster where the hardware has it)")
-    predict.add_argument("--split", default="Training",
-                         choices=("Training", "Validation", "Testing"),
-                         help="split folder to write (default Training)")
+    predict.add_argument("--precision", choices=PRECISIONS, default=default_precision,
+                         help=f"{default_precision} (default) or {other_precisions} (faster where "
+                              "the hardware has it)")
+    predict.add_argument("--split", default=TRAINING_SPLIT, choices=tuple(SPLIT_ID_FILES),
+                         help=f"split folder to write (default {TRAINING_SPLIT})")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace samples that already exist (default: keep them)")
     predict.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
@@ -95,14 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     finetune.add_argument("--model", metavar="SRC", default=None, help=model_help)
     finetune.add_argument("--out", required=True, metavar="OUT.keras", help="file to write")
-    finetune.add_argument("--split", default="Training", help="training split (default Training)")
-    finetune.add_argument("--val-split", default="Validation",
-                          help="validation split (default Validation; held out if absent)")
-    finetune.add_argument("--epochs", type=_positive_int, default=10)
-    finetune.add_argument("--batch-size", type=_positive_int, default=4)
-    finetune.add_argument("--image-size", type=_positive_int, default=512,
-                          help="square training size, a multiple of 16 (default 512, as the seed)")
-    finetune.add_argument("--learning-rate", type=float, default=1e-4)
+    finetune.add_argument("--split", default=TRAINING_SPLIT,
+                          help=f"training split (default {TRAINING_SPLIT})")
+    finetune.add_argument("--val-split", default=VALIDATION_SPLIT,
+                          help=f"validation split (default {VALIDATION_SPLIT}; held out if absent)")
+    finetune.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    finetune.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    finetune.add_argument("--image-size", type=_positive_int, default=defaults.image_size,
+                          help=f"square training size, a multiple of {IMAGE_SIZE_MULTIPLE} "
+                               f"(default {defaults.image_size}, as the seed)")
+    finetune.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     finetune.add_argument("--overwrite", action="store_true",
                           help="replace an existing OUT.keras, but only with a model better than "
                                "both it (scored on the same validation) and the starting model "
@@ -110,15 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--replace-better", action="store_true",
                           help="with --overwrite: replace OUT.keras by a model better than the "
                                "starting one even if OUT.keras scores higher")
-    finetune.add_argument("--eval-every", type=int, default=0, metavar="N",
+    finetune.add_argument("--eval-every", type=int, default=defaults.eval_every, metavar="N",
                           help="also score the validation split at full resolution every N epochs "
                                "(default 0: once, at the end; every epoch is scored at the "
                                "model's resolution to pick the best model)")
-    finetune.add_argument("--devices", default=None, metavar="all|N",
+    finetune.add_argument("--devices", default=defaults.devices, metavar="all|N",
                           help="train data-parallel on all or N local devices (JAX backend, "
                                "keras.distribution; across machines when its environment is set)")
-    finetune.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                          help="float32 (default) or bfloat16 mixed precision (weights stay float32)")
+    finetune.add_argument("--precision", choices=PRECISIONS, default=default_precision,
+                          help=f"{default_precision} (default) or {other_precisions} mixed precision "
+                               "(weights stay float32)")
 
     evaluate = commands.add_parser(
         "evaluate", help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
@@ -126,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Category_ids masks.")
     evaluate.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     evaluate.add_argument("--model", metavar="SRC", default=None, help=model_help)
-    evaluate.add_argument("--split", default="Validation", help="split (default Validation)")
-    evaluate.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                          help="float32 (default) or bfloat16")
+    evaluate.add_argument("--split", default=VALIDATION_SPLIT,
+                          help=f"split (default {VALIDATION_SPLIT})")
+    evaluate.add_argument("--precision", choices=PRECISIONS, default=default_precision,
+                          help=f"{default_precision} (default) or {other_precisions}")
     evaluate.add_argument("--json", action="store_true",
                           help="print JSON with keys miou, pixel_accuracy, per_class")
 
@@ -160,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    _import_tensorflow_quietly()  # before the parser, which takes its choices from the model
     args = build_parser().parse_args(argv)
-    _import_tensorflow_quietly()
     from .cihp import DatasetError
     from .model import ModelError
     from .prelabel import InputError
@@ -244,13 +266,20 @@ def _finetune(args) -> int:
     from .cihp import NUM_CLASSES
     from .distributed import DevicesError, data_parallel
     from .model import load_model
-    from .training import finetune, require_good_samples, training_and_validation
+    from .training import (
+        IMAGE_SIZE_MULTIPLE,
+        FinetuneSettings,
+        finetune,
+        require_good_samples,
+        training_and_validation,
+    )
 
     if not args.out.endswith(".keras"):
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
         return EXIT_ERROR
-    if args.image_size % 16:
-        print("napari-deeplab: error: --image-size must be a multiple of 16", file=sys.stderr)
+    if args.image_size % IMAGE_SIZE_MULTIPLE:
+        print(f"napari-deeplab: error: --image-size must be a multiple of {IMAGE_SIZE_MULTIPLE}",
+              file=sys.stderr)
         return EXIT_ERROR
     if os.path.exists(args.out) and not args.overwrite:
         print(f"napari-deeplab: error: {args.out} exists; choose another --out, or add --overwrite "
@@ -269,11 +298,11 @@ def _finetune(args) -> int:
         distribution = data_parallel(args.devices)  # the model's variables are made under it
         with distribution.scope() if distribution is not None else nullcontext():
             model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
-        for report in finetune(model, train, val, args.out, epochs=args.epochs,
-                               batch_size=args.batch_size, image_size=args.image_size,
-                               learning_rate=args.learning_rate, overwrite=args.overwrite,
-                               replace_better=args.replace_better,
-                               eval_every=args.eval_every, devices=args.devices):
+        settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                    image_size=args.image_size, learning_rate=args.learning_rate,
+                                    overwrite=args.overwrite, replace_better=args.replace_better,
+                                    eval_every=args.eval_every, devices=args.devices)
+        for report in finetune(model, train, val, args.out, settings):
             if report.epoch == 0:
                 start = report.val_miou
                 if not report.saved:  # --out existed
@@ -330,7 +359,8 @@ def _report_duplicates(*datasets) -> None:
     """Name, on one line each, the id lists that list an id twice (it is used once)."""
     for dataset in datasets:
         if dataset.duplicates:
-            shown = ", ".join(dataset.duplicates[:5]) + (", ..." if len(dataset.duplicates) > 5 else "")
+            shown = ", ".join(dataset.duplicates[:DUPLICATES_SHOWN]) + \
+                (", ..." if len(dataset.duplicates) > DUPLICATES_SHOWN else "")
             print(f"napari-deeplab: note: the id list of {dataset.root / (dataset.split or '')} "
                   f"names {len(dataset.duplicates)} id{'s' if len(dataset.duplicates) > 1 else ''} "
                   f"more than once ({shown}); each sample is used once", file=sys.stderr)

@@ -21,7 +21,7 @@ import pytest
 
 MODEL_MODULES = ("keras", "napari_deeplab.model", "napari_deeplab.inference",
                  "napari_deeplab.training", "napari_deeplab.prelabel", "napari_deeplab.cli",
-                 "napari_deeplab.model_process", "napari_deeplab.ray_engine")
+                 "napari_deeplab.worker", "napari_deeplab.ray_engine")
 """Modules whose use makes a test a Keras test (a module below one of them counts too)."""
 
 MODEL_FIXTURES = {"model", "seed_checkpoint"}

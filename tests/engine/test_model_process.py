@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 from napari_deeplab import DEFAULT_MODEL
-from napari_deeplab.model_process import FrameResult, ModelProcess, ModelProcessError, Waiting
+from napari_deeplab.inference import Segmentation
 from napari_deeplab.model_source import check_model_source, looks_like_hub_id
+from napari_deeplab.worker import ModelProcess, ModelProcessError, Waiting
 
 ROUNDS = 20
 TRAINING = dict(split="Training", val_split=None, image_size=64, batch_size=2,
@@ -88,7 +89,7 @@ def process():
 
 
 def _frames(results) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    return [(r.index, r.labels, r.confidence) for r in results if isinstance(r, FrameResult)]
+    return [(r.index, r.labels, r.confidence) for r in results if isinstance(r, Segmentation)]
 
 
 def _frames_after(start: threading.Barrier, process: ModelProcess, job: tuple) -> list:
@@ -137,7 +138,7 @@ def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(process, models
         results = process.segment(long_stack, models[1])
         frames = 0
         for result in results:
-            frames += isinstance(result, FrameResult)
+            frames += isinstance(result, Segmentation)
             if frames == 2:
                 results.close()
                 return frames
@@ -159,7 +160,7 @@ def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jo
     def long_job():
         frames = []
         for item in process.segment(photos * 5, models[1]):
-            if isinstance(item, FrameResult):
+            if isinstance(item, Segmentation):
                 frames.append(item.index)
                 first_result.set()
         return frames
@@ -227,7 +228,7 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
 def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
         process, models, photos, jobs, serial_results):
     results = process.segment(photos * 30, models[0])
-    next(item for item in results if isinstance(item, FrameResult))
+    next(item for item in results if isinstance(item, Segmentation))
     killed_pid = process.pid
     os.kill(killed_pid, signal.SIGKILL)
     with pytest.raises(ModelProcessError) as error:
@@ -307,7 +308,7 @@ def test_the_log_is_private_and_a_planted_link_is_never_followed(tmp_path, monke
     assert process.log_path.stat().st_mode & 0o077 == 0
     if Path(f"/proc/{process.pid}/cmdline").exists():  # the key is not on the command line
         arguments = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[1:-1]
-        assert arguments == [b"-m", b"napari_deeplab.model_process"]
+        assert arguments == [b"-m", b"napari_deeplab.worker.child"]
     process.close()
 
     # a link planted at the new name is not followed either
@@ -320,7 +321,7 @@ def test_the_log_is_private_and_a_planted_link_is_never_followed(tmp_path, monke
 
 
 PARENT = """
-from napari_deeplab.model_process import ModelProcess
+from napari_deeplab.worker import ModelProcess
 process = ModelProcess()
 process.start()
 print(process.pid, flush=True)

@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 
 from napari_deeplab import cihp
-from napari_deeplab.model_process import FrameResult, ModelProcess
+from napari_deeplab.inference import Segmentation
+from napari_deeplab.worker import ModelProcess
 
 from .conftest import JOB_TIMEOUT_MS
 
@@ -30,7 +31,7 @@ def _serial_labels(photos: dict[str, np.ndarray], model: str) -> dict[str, np.nd
     process = ModelProcess()
     try:
         return {sample_id: next(r for r in process.segment([photo], model)
-                                if isinstance(r, FrameResult)).labels
+                                if isinstance(r, Segmentation)).labels
                 for sample_id, photo in photos.items()}
     finally:
         process.close()

@@ -18,10 +18,11 @@ from qtpy.QtCore import QPoint, Qt
 from qtpy.QtWidgets import QLineEdit
 
 from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY
-from napari_deeplab._napari.model_process import shared_model_process
 from napari_deeplab._napari.prelabel_widget import ALL_FRAMES, CURRENT_FRAME, RUN_KEY
+from napari_deeplab._napari.shared_worker import shared_model_process
 from napari_deeplab.cihp import CLASS_NAMES, PALETTE
-from napari_deeplab.model_process import FrameResult, ModelProcess
+from napari_deeplab.inference import Segmentation
+from napari_deeplab.worker import ModelProcess
 
 from .conftest import JOB_TIMEOUT_MS
 
@@ -40,7 +41,7 @@ def sample_viewer(make_napari_viewer):
 def _predict_directly(photo, model):
     process = ModelProcess()
     try:
-        return next(r for r in process.segment([photo], model) if isinstance(r, FrameResult))
+        return next(r for r in process.segment([photo], model) if isinstance(r, Segmentation))
     finally:
         process.close()
 
@@ -353,7 +354,7 @@ def test_tensorflow_stays_out_of_napari_and_the_viewer_renders(model_file, tmp_p
         assert "tensorflow" not in sys.modules
         shot = viewer.screenshot({str(tmp_path / 'shot.png')!r}, canvas_only=True)
         assert shot.std() > 5, "blank screenshot"
-        from napari_deeplab._napari.model_process import shared_model_process
+        from napari_deeplab._napari.shared_worker import shared_model_process
         assert shared_model_process().is_alive()
         viewer.close()
         for _ in range(20):

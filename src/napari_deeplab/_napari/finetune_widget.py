@@ -18,12 +18,33 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
+from ..training import (
+    IMAGE_SIZE_MULTIPLE,
+    TRAINING_SPLIT,
+    VALIDATION_SPLIT,
+    FinetuneSettings,
+)
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .recent_datasets import DatasetChooser, remember_dataset
 from .shortcuts import on_removed
 
 LOSS_COLOUR, IOU_COLOUR = QColor(255, 140, 0), QColor(51, 170, 221)
+
+DEFAULTS = FinetuneSettings()
+"""Where the fields start: the fine-tuning defaults."""
+
+MAX_EPOCHS, MAX_BATCH_SIZE = 1000, 256
+"""The fields' upper bounds, beyond any run that makes sense here."""
+
+MAX_IMAGE_SIZE = 2048
+"""The largest training square offered: 16 times the pixels of the seed's 512."""
+
+MIN_LEARNING_RATE, MAX_LEARNING_RATE, LEARNING_RATE_STEP = 1e-6, 1.0, 1e-5
+"""The learning rate field's range and step (fine-tuning's useful rates lie well inside)."""
+
+LEARNING_RATE_DECIMALS = 6
+"""Decimals the learning rate field shows: enough for :data:`MIN_LEARNING_RATE`."""
 
 
 class CurvePlot(QWidget):
@@ -134,17 +155,21 @@ class FinetuneWidget(Container):
         self.out = LineEdit(label="Save to", tooltip="The .keras file to write (the best model "
                                                      "by validation mean IoU)")
         self.out.native.setPlaceholderText("<dataset>/models/finetuned-<time>.keras")
-        self.split = LineEdit(value="Training", label="Split", tooltip="The split to train on")
-        self.val_split = LineEdit(value="Validation", label="Validation",
+        self.split = LineEdit(value=TRAINING_SPLIT, label="Split", tooltip="The split to train on")
+        self.val_split = LineEdit(value=VALIDATION_SPLIT, label="Validation",
                                   tooltip="Validation split; without one a fifth of the "
                                           "training samples is held out")
-        self.epochs = SpinBox(value=10, min=1, max=1000, label="Epochs")
-        self.batch_size = SpinBox(value=4, min=1, max=256, label="Batch size")
-        self.image_size = SpinBox(value=512, min=16, max=2048, step=16, label="Image size",
-                                  tooltip="Photos are resized to this square (a multiple of 16)")
-        self.learning_rate = FloatSpinBox(value=1e-4, min=1e-6, max=1.0, step=1e-5,
+        self.epochs = SpinBox(value=DEFAULTS.epochs, min=1, max=MAX_EPOCHS, label="Epochs")
+        self.batch_size = SpinBox(value=DEFAULTS.batch_size, min=1, max=MAX_BATCH_SIZE,
+                                  label="Batch size")
+        self.image_size = SpinBox(value=DEFAULTS.image_size, min=IMAGE_SIZE_MULTIPLE,
+                                  max=MAX_IMAGE_SIZE, step=IMAGE_SIZE_MULTIPLE, label="Image size",
+                                  tooltip="Photos are resized to this square (a multiple of "
+                                          f"{IMAGE_SIZE_MULTIPLE})")
+        self.learning_rate = FloatSpinBox(value=DEFAULTS.learning_rate, min=MIN_LEARNING_RATE,
+                                          max=MAX_LEARNING_RATE, step=LEARNING_RATE_STEP,
                                           label="Learning rate")
-        self.learning_rate.native.setDecimals(6)
+        self.learning_rate.native.setDecimals(LEARNING_RATE_DECIMALS)
         self.runner = JobRunner(self._prepare, run_text="Train",
                                 run_tooltip="Fine-tune in a training process; the best model by "
                                             "validation mean IoU is saved after each epoch",
@@ -172,8 +197,8 @@ class FinetuneWidget(Container):
             raise JobRefused("Choose the dataset folder to train on")
         if not root.is_dir():
             raise JobRefused(f"{root}: no such folder; choose the dataset folder to train on")
-        if self.image_size.value % 16:
-            raise JobRefused("The image size must be a multiple of 16")
+        if self.image_size.value % IMAGE_SIZE_MULTIPLE:
+            raise JobRefused(f"The image size must be a multiple of {IMAGE_SIZE_MULTIPLE}")
         out = self.output_path()
         if not out.endswith(".keras"):
             raise JobRefused("The output file must end in .keras")
@@ -193,12 +218,13 @@ class FinetuneWidget(Container):
         except ValueError as error:
             raise JobRefused(str(error)) from None
         remember_dataset(root)
-        epochs = self.epochs.value
+        settings = FinetuneSettings(epochs=self.epochs.value, batch_size=self.batch_size.value,
+                                    image_size=self.image_size.value,
+                                    learning_rate=self.learning_rate.value)
         reports = self._process.finetune(
             root=str(root), split=self.split.value.strip(),
             val_split=self.val_split.value.strip() or None, source=source, out=out,
-            epochs=epochs, batch_size=self.batch_size.value, image_size=self.image_size.value,
-            learning_rate=self.learning_rate.value)
+            settings=settings)
         self.plot.clear()
 
         def show_epoch(report: dict) -> None:
@@ -214,5 +240,5 @@ class FinetuneWidget(Container):
             remember_model(out)
             return f"Saved {out}: choose it in Human parts to pre-label with it"
 
-        return Job(reports, total=epochs + 1, description="Fine-tuning", on_result=show_epoch,
+        return Job(reports, total=settings.epochs + 1, description="Fine-tuning", on_result=show_epoch,
                    on_done=done, message=f"Training → {out}")

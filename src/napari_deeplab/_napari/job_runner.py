@@ -19,7 +19,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QSizePolicy
 
-from ..model_process import ModelProcessError, Waiting
+from ..worker import ModelProcessError, Waiting
 from .shortcuts import on_removed
 
 
@@ -225,7 +225,7 @@ _MODEL_USERS: set[int] = set()
 def model_process_for(widget: Container):
     """The session's shared model process, for ``widget``: the process is stopped when the last
     widget that uses it is destroyed (the viewer closed), not while another still runs jobs."""
-    from .model_process import shared_model_process
+    from .shared_worker import shared_model_process
 
     process = shared_model_process()
     user = id(widget.native)

@@ -15,7 +15,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from ..model_process import FrameResult
+from ..inference import Segmentation
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX, dataset_target, save_sample
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
@@ -204,7 +204,7 @@ class PrelabelWidget(Container):
             photos = [np.asarray(data[i]) for i in indices]
         keep_edits = not self.discard_edits.value
 
-        def write(result: FrameResult) -> None:
+        def write(result: Segmentation) -> None:
             self._write_result(image, indices[result.index], result, keep_edits)
 
         def done() -> str:
@@ -217,7 +217,7 @@ class PrelabelWidget(Container):
                    description=f"Pre-labelling {image.name}", on_result=write, on_done=done,
                    message=f"Running on {len(photos)} photo(s)…")
 
-    def _write_result(self, image: Image, frame: int | None, result: FrameResult,
+    def _write_result(self, image: Image, frame: int | None, result: Segmentation,
                       keep_edits: bool) -> None:
         if self._removed or image.name not in self.viewer.layers:
             return

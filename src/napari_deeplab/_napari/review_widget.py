@@ -30,7 +30,7 @@ from qtpy.QtWidgets import QListWidget, QSizePolicy
 
 from .. import cihp
 from ..cihp import SPLIT_ID_FILES
-from ..model_process import FrameResult
+from ..inference import Segmentation
 from ..photos import read_photo
 from ..refine import people_from_parts
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
@@ -825,7 +825,7 @@ class ReviewWidget(Container):
             try:
                 for result in results:  # routed by sample id, never by place in a list
                     yield ((readable[result.index][0], result.labels)
-                           if isinstance(result, FrameResult) else result)
+                           if isinstance(result, Segmentation) else result)
             finally:
                 results.close()
 

@@ -1,4 +1,4 @@
-"""The model's own processes, which own TensorFlow, for the napari widgets; safe for many callers.
+"""The napari side of the model's processes: :class:`ModelProcess`, safe for many callers.
 
 TensorFlow must not load in napari's process (with napari's OpenGL on Mesa it segfaults, see
 docs), and a model call must not freeze the viewer. Nothing here imports napari, Qt or
@@ -8,20 +8,20 @@ Processes. :class:`ModelProcess` starts one persistent child on the first segmen
 keeps it (with the last models it loaded) for later jobs. Each fine-tuning runs in a child of
 its own, started for the job and killed by Cancel, so Cancel stops training at once, the next
 training starts at once, and a cancelled run can never report into a new one. Every child is a
-fresh ``python -m napari_deeplab.model_process`` (never a fork of napari); it inherits the
-parent's environment, so ``KERAS_BACKEND`` chooses its backend as in the parent.
+fresh ``python -m napari_deeplab.worker.child`` (:mod:`~napari_deeplab.worker.child`, never a
+fork of napari); it inherits the parent's environment, so ``KERAS_BACKEND`` chooses its
+backend as in the parent.
 
 Transport. A :class:`multiprocessing.connection.Listener` (a socket in a private temporary
 folder on Linux and macOS, a named pipe on Windows) with a random authentication key; the
 child learns the address and the key on its stdin, never on its command line. A child exits
-as soon as its connection ends (EOF), so it never outlives its parent.
+as soon as its connection ends (EOF), so it never outlives its parent. The messages are the
+dataclasses of :mod:`~napari_deeplab.worker.messages`.
 
 Routing. Any number of threads may run jobs on one :class:`ModelProcess` at the same time.
 Each job has an id; in the parent one reader thread per child receives every message and puts
 it into the queue of the job it names (messages of a job whose caller has gone are dropped),
-and requests are sent under a lock. In the child a reader thread takes requests in and notes
-cancellations; the main thread serves segmentation jobs in order and drops a cancelled job
-between two photos.
+and requests are sent under a lock.
 
 A job is a generator that yields :class:`Waiting` while it waits, so a napari worker can cancel
 it between any two yields by closing it; the caller is free at once.
@@ -30,7 +30,7 @@ it between any two yields by closing it; the caller is free at once.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import itertools
 import json
 import os
@@ -42,17 +42,36 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .model_source import check_model_source
+from ..model_source import check_model_source
+from .messages import (
+    Answer,
+    Cancel,
+    Done,
+    EpochDone,
+    Failed,
+    FinetuneJob,
+    Request,
+    Segmented,
+    SegmentJob,
+    Shutdown,
+    Stage,
+)
+
+if TYPE_CHECKING:
+    from ..inference import Segmentation
+    from ..training import FinetuneSettings
+
+CHILD_MODULE = "napari_deeplab.worker.child"
+"""What every child runs: ``python -m`` this."""
 
 POLL_SECONDS = 0.05
 """How often a waiting job yields :class:`Waiting`."""
@@ -60,15 +79,10 @@ POLL_SECONDS = 0.05
 CONNECT_SECONDS = 60.0
 """How long a new child may take to connect (it imports only numpy before it does)."""
 
-MODELS_KEPT = 2
-"""Models the persistent child keeps loaded (e.g. the Human parts model and the Review queue's)."""
-
 LOG_DAYS_KEPT = 14
 """Log files of earlier sessions older than this are removed."""
 
-_DEFAULT_EPOCHS = 10  # training.finetune's default, for the progress total
-
-_TRAINING_OPTIONS_NOT_FOR_FINETUNE = ("root", "split", "val_split", "source", "out")
+SECONDS_PER_DAY = 86400
 
 
 class ModelProcessError(Exception):
@@ -88,17 +102,6 @@ class Waiting:
     total: int
     stage: str = field(default="", compare=False)
 
-
-@dataclass
-class FrameResult:
-    """One photo's result: ``labels`` H x W uint8, ``confidence`` H x W float32."""
-
-    index: int
-    labels: np.ndarray
-    confidence: np.ndarray
-
-
-# --- the parent side ---------------------------------------------------------------------------
 
 class ModelProcess:
     """The model's processes: the persistent one started on first use, reused, restarted after
@@ -130,31 +133,71 @@ class ModelProcess:
         self._persistent_child()
 
     def segment(self, images: Sequence[np.ndarray], source: str | None,
-                batch_size: int = 1) -> Iterator[Waiting | FrameResult]:
-        """Segment ``images`` with the model ``source`` (anything ``load_model`` takes).
+                batch_size: int = 1) -> Iterator[Waiting | Segmentation]:
+        """Segment ``images`` with the model ``source``.
 
-        Returns a generator that yields :class:`Waiting` about every 50 ms while the child
-        works and one :class:`FrameResult` per photo, in order. Closing it cancels the job.
         A source that cannot be a model raises :class:`ModelProcessError` here, at once; a
         model that cannot be loaded or a child that dies raises it from the generator (the
         next job then starts a fresh child).
+
+        Parameters
+        ----------
+        images : sequence of ndarray
+            Photos, each H x W or H x W x 3/4 in any form
+            :func:`~napari_deeplab.inference.to_rgb` takes.
+        source : str or None
+            Anything :func:`~napari_deeplab.model.load_model` takes (None: the seed).
+        batch_size : int
+            Photos per model call.
+
+        Returns
+        -------
+        iterator of Waiting or Segmentation
+            A generator that yields :class:`Waiting` about every :data:`POLL_SECONDS` while
+            the child works and one :class:`~napari_deeplab.inference.Segmentation` (H x W
+            uint8 labels, H x W float32 confidence in 0..1) per photo, in order. Closing it
+            cancels the job.
         """
         source = _checked_source(source)
         return self._segment_results(list(images), source, batch_size)
 
-    def finetune(self, **options) -> Iterator[Waiting | dict]:
-        """Fine-tune in a process of its own: ``root``, ``split``, ``val_split`` (as
-        :func:`napari_deeplab.training.training_and_validation` takes them), ``source`` (the
-        start model), ``out``, and any keyword argument of :func:`napari_deeplab.training.finetune`
-        (``epochs``, ``batch_size``, ``image_size``, ``learning_rate``, ...).
+    def finetune(self, *, root: str, split: str, source: str | None, out: str,
+                 val_split: str | None = None, settings: FinetuneSettings | None = None,
+                 **changes) -> Iterator[Waiting | dict]:
+        """Fine-tune in a process of its own.
 
-        Returns a generator of :class:`Waiting` while it works and one dict per epoch (the
-        fields of ``EpochReport``). Closing it kills the training at once; ``out`` then holds
-        the best model saved so far (training writes it atomically). A source that cannot be
-        a model raises :class:`ModelProcessError` here, at once.
+        A source that cannot be a model raises :class:`ModelProcessError` here, at once (and
+        TypeError a settings field that does not exist); settings that cannot train raise it
+        from the generator, as the training process refuses them.
+
+        Parameters
+        ----------
+        root, split, val_split : str
+            The dataset, as :func:`~napari_deeplab.training.training_and_validation` takes it.
+        source : str or None
+            The start model: anything :func:`~napari_deeplab.model.load_model` takes.
+        out : str
+            The ``.keras`` file to write.
+        settings : FinetuneSettings, optional
+            How to train (default ``FinetuneSettings()``).
+        **changes
+            Fields of :class:`~napari_deeplab.training.FinetuneSettings` to change from
+            ``settings`` (``epochs=1``).
+
+        Returns
+        -------
+        iterator of Waiting or dict
+            A generator of :class:`Waiting` while it works and one dict per epoch (the fields
+            of :class:`~napari_deeplab.training.EpochReport`). Closing it kills the training
+            at once; ``out`` then holds the best model saved so far (training writes it
+            atomically).
         """
-        options = {**options, "source": _checked_source(options.get("source"))}
-        return self._finetune_reports(options)
+        from ..training import FinetuneSettings  # here: only who trains needs the package
+
+        settings = dataclasses.replace(settings or FinetuneSettings(), **changes)
+        request = FinetuneJob(self._new_job_id(), str(root), split, val_split,
+                              _checked_source(source), str(out), settings)
+        return self._finetune_reports(request)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every child: running fine-tunings at once, the persistent one politely (then by
@@ -173,21 +216,19 @@ class ModelProcess:
         if not self.is_alive():
             yield Waiting(0, len(images), "starting the model process")
         child = self._persistent_child()
-        job = self._new_job_id()
-        request = ("segment", job, source, images, batch_size)
-        cancel = functools.partial(child.send, "cancel", job)
-        for item in _job_answers(child, request, len(images), cancel):
-            yield item if isinstance(item, Waiting) else FrameResult(*item)
+        request = SegmentJob(self._new_job_id(), source, images, batch_size)
+        for item in _job_answers(child, request, len(images),
+                                 cancel=lambda: child.send(Cancel(request.job))):
+            yield item.segmentation if isinstance(item, Segmented) else item
 
-    def _finetune_reports(self, options: dict):
-        total = options.get("epochs", _DEFAULT_EPOCHS) + 1
+    def _finetune_reports(self, request: FinetuneJob):
+        total = request.settings.epochs + 1
         trainer = self._start_trainer()
         finished = False
         try:
             yield Waiting(0, total, "starting the training process")  # its imports take long
-            request = ("finetune", self._new_job_id(), options)
             for item in _job_answers(trainer, request, total, cancel=trainer.kill):
-                yield item if isinstance(item, Waiting) else item[0]
+                yield item.report if isinstance(item, EpochDone) else item
             finished = True
         finally:
             if finished:
@@ -229,19 +270,20 @@ _GONE = object()
 """Put into a job's queue when its child's connection ends."""
 
 
-def _job_answers(child: _Child, request: tuple, total: int,
-                 cancel: Callable[[], object]) -> Iterator[Waiting | list]:
-    """Send one job and yield :class:`Waiting` while waiting, else each answer's payload.
+def _job_answers(child: _Child, request: Request, total: int,
+                 cancel: Callable[[], object]) -> Iterator[Waiting | Answer]:
+    """Send one job and yield :class:`Waiting` while waiting, else each of its answers.
 
-    Ends at the job's "done"; raises :class:`ModelProcessError` on its "error" or when the
-    child dies. ``cancel`` is called when the caller leaves before the end.
+    Ends at the job's :class:`~.messages.Done`; raises :class:`ModelProcessError` on its
+    :class:`~.messages.Failed` or when the child dies. ``cancel`` is called when the caller
+    leaves before the end.
     """
-    job = request[1]
+    job = request.job
     answers = child.open_job(job)
     finished = False
     done = 0
     try:
-        if not child.send(*request):
+        if not child.send(request):
             finished = True
             raise ModelProcessError(child.stopped_message())
         while True:
@@ -253,18 +295,17 @@ def _job_answers(child: _Child, request: tuple, total: int,
             if message is _GONE:
                 finished = True
                 raise ModelProcessError(child.stopped_message())
-            kind, _, *payload = message
-            if kind == "stage":  # what the child is doing now (loading, converting, a step)
-                yield Waiting(done, total, payload[0])
+            if isinstance(message, Stage):  # what the child does now (loading, converting, a step)
+                yield Waiting(done, total, message.text)
                 continue
-            if kind == "done":
+            if isinstance(message, Done):
                 finished = True
                 return
-            if kind == "error":
+            if isinstance(message, Failed):
                 finished = True
-                raise ModelProcessError(payload[0])
+                raise ModelProcessError(message.message)
             done += 1
-            yield payload
+            yield message
     finally:
         child.close_job(job)
         if not finished:
@@ -290,7 +331,7 @@ class _Child:
 
     @classmethod
     def start(cls, log_path: Path, name: str) -> _Child:
-        """Start ``python -m napari_deeplab.model_process`` and wait until it has connected."""
+        """Start ``python -m`` :data:`CHILD_MODULE` and wait until it has connected."""
         authkey = secrets.token_bytes(32)
         listener = Listener(authkey=authkey)  # default family: AF_UNIX, or a named pipe on Windows
         try:
@@ -326,8 +367,9 @@ class _Child:
         with self._jobs_lock:
             self._jobs.pop(job, None)
 
-    def send(self, *message) -> bool:
-        """Send ``message``; False if the child is gone."""
+    def send(self, message) -> bool:
+        """Send ``message`` (of :mod:`~napari_deeplab.worker.messages`); False if the child
+        is gone."""
         with self._send_lock:
             try:
                 self._connection.send(message)
@@ -337,7 +379,7 @@ class _Child:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the child to exit, kill it if it has not within ``timeout``, and reap it."""
-        if self.process.poll() is None and self.send("shutdown", -1):
+        if self.process.poll() is None and self.send(Shutdown()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
         self.kill()
@@ -358,7 +400,7 @@ class _Child:
             while True:
                 message = self._connection.recv()
                 with self._jobs_lock:
-                    answers = self._jobs.get(message[1])
+                    answers = self._jobs.get(message.job)
                 if answers is not None:  # else: the tail of a job whose caller has gone
                     answers.put(message)
         except Exception:  # EOF: the child exited; anything else: the stream is broken
@@ -376,7 +418,7 @@ class _Child:
 def _spawn_child(log_path: Path) -> subprocess.Popen:
     with _open_log(log_path) as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "napari_deeplab.model_process"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
             stdout=log, stderr=log, env=_child_environment(),
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
 
@@ -468,7 +510,7 @@ def log_folder() -> Path:
 
 
 def _remove_old_logs(folder: Path) -> None:
-    too_old = time.time() - LOG_DAYS_KEPT * 86400
+    too_old = time.time() - LOG_DAYS_KEPT * SECONDS_PER_DAY
     for log in folder.glob("model-process-*.log"):
         try:
             if log.stat().st_mtime < too_old:
@@ -482,183 +524,3 @@ def _open_log(path: Path):
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) \
         | getattr(os, "O_BINARY", 0)
     return os.fdopen(os.open(path, flags, 0o600), "ab")
-
-
-# --- the child side ----------------------------------------------------------------------------
-
-class _Inbox:
-    """The child's end of the connection: a reader thread queues requests and notes
-    cancellations; the child exits as soon as the parent says so or goes away."""
-
-    def __init__(self, connection: Connection):
-        self.requests: queue.Queue = queue.Queue()
-        self.cancelled: set[int] = set()  # set operations are atomic: no lock needed
-        self._connection = connection
-        threading.Thread(target=self._read, daemon=True, name="requests").start()
-
-    def send(self, *message) -> None:
-        self._connection.send(message)  # only the main thread sends
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._connection.recv()
-            except Exception:  # EOF: the parent closed the connection or died
-                _exit_now()
-            kind, job = message[0], message[1]
-            if kind == "shutdown":
-                _exit_now()
-            elif kind == "cancel":
-                self.cancelled.add(job)
-            else:
-                self.requests.put(message)
-
-
-def _exit_now() -> None:
-    """Exit at once, even in the middle of a model call in the main thread."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-class _ModelCache:
-    """The models used last, by source; a file re-written since (fine-tuning) is loaded again."""
-
-    def __init__(self, size: int = MODELS_KEPT):
-        self._size = size
-        self._models: OrderedDict[tuple, object] = OrderedDict()
-
-    def get(self, source: str, stage: Callable[[str], None] = lambda text: None):
-        """The model of ``source``, loaded if it is not kept; ``stage(text)`` says what loading
-        does now ("loading TensorFlow", "converting the seed model", "building", "loaded")."""
-        key = (source, _modified_time(source))
-        if key not in self._models:
-            model = _load_with_stages(source, stage)
-            for stale in [k for k in self._models if k[0] == source]:
-                del self._models[stale]
-            self._models[key] = model
-            while len(self._models) > self._size:
-                self._models.popitem(last=False)
-        self._models.move_to_end(key)
-        return self._models[key]
-
-
-def _load_with_stages(source: str, stage: Callable[[str], None]):
-    if "keras" not in sys.modules:
-        stage("loading TensorFlow (the first run only)" if os.environ.get(
-            "KERAS_BACKEND", "tensorflow") == "tensorflow" else "loading Keras (the first run only)")
-        import keras  # noqa: F401  the backend's libraries: most of a cold start
-    from .model import load_model
-
-    name = Path(source).name if os.path.exists(source) else source
-    if source.endswith(".keras"):
-        stage(f"building the model from {name}")
-    else:  # the seed's SavedModel (a folder or the hub): converted once, then from the cache
-        stage(f"converting the seed model {name} (the first time only; then cached), building")
-    model = load_model(source)
-    stage("loaded; running the model")
-    return model
-
-
-def _modified_time(source: str) -> int:
-    try:
-        return os.stat(source).st_mtime_ns
-    except OSError:  # a hub id
-        return 0
-
-
-def _serve(inbox: _Inbox) -> None:
-    """Serve the requests one after another, until the parent ends the connection."""
-    models = _ModelCache()
-    while True:
-        kind, job, *arguments = inbox.requests.get()
-        if job in inbox.cancelled:  # cancelled before it started
-            inbox.cancelled.discard(job)
-            continue
-        try:
-            if kind == "segment":
-                _segment_job(inbox, job, models, *arguments)
-            else:
-                _finetune_job(inbox, job, *arguments)
-            inbox.send("done", job)
-        except Exception as error:
-            inbox.send("error", job, _failure_message(error, kind))
-        finally:
-            inbox.cancelled.discard(job)
-
-
-def _segment_job(inbox: _Inbox, job: int, models: _ModelCache, source: str, images: list,
-                 batch_size: int) -> None:
-    from .inference import segment_stack
-
-    model = models.get(source, lambda text: inbox.send("stage", job, text))
-    # resizing and upsampling in a thread per core while the model runs; closed on Cancel,
-    # which stops those threads before the next job
-    with contextlib.closing(segment_stack(images, model, batch_size=batch_size,
-                                          workers=os.cpu_count() or 1)) as results:
-        for result in results:
-            if job in inbox.cancelled:
-                return
-            inbox.send("result", job, result.index, result.labels, result.confidence)
-
-
-def _finetune_job(inbox: _Inbox, job: int, options: dict) -> None:
-    from .training import finetune, training_and_validation
-
-    def stage(text: str) -> None:
-        inbox.send("stage", job, text)
-
-    train, val = training_and_validation(options["root"], options["split"],
-                                         options.get("val_split"))
-    model = _load_with_stages(options["source"], stage)
-    settings = {key: value for key, value in options.items()
-                if key not in _TRAINING_OPTIONS_NOT_FOR_FINETUNE}
-    for report in finetune(model, train, val, options["out"], progress=stage, **settings):
-        inbox.send("epoch", job, report.fields())
-
-
-def _failure_message(error: Exception, kind: str) -> str:
-    """One line that says why a job failed (and, for memory, what to try)."""
-    from .cihp import DatasetError
-
-    expected: tuple[type, ...] = (DatasetError, ValueError)
-    model_module = sys.modules.get(f"{__package__}.model")  # not imported if Keras failed to
-    if model_module is not None:
-        expected += (model_module.ModelError,)
-    if isinstance(error, expected):
-        message = str(error)
-        lines = message.strip().splitlines()
-        if len(lines) > 1:  # e.g. one line per bad sample, then what to do
-            print(message, file=sys.stderr, flush=True)  # all of it into the log
-            message = f"{lines[0]}; ...; {lines[-1]}"
-    elif isinstance(error, MemoryError):
-        hint = "try a smaller batch or image size" if kind == "finetune" else \
-            "try fewer frames at once or a smaller photo"
-        message = f"the model process ran out of memory; {hint}"
-    else:
-        traceback.print_exc()  # into the log
-        message = f"{type(error).__name__}: {error}"
-    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
-
-
-def _connect_to_parent() -> Connection:
-    """Connect to the address with the key that the parent wrote on stdin."""
-    handshake = json.loads(sys.stdin.buffer.read())
-    address = handshake["address"]
-    if isinstance(address, list):  # an (host, port) pair, through JSON
-        address = tuple(address)
-    return Client(address, authkey=bytes.fromhex(handshake["authkey"]))
-
-
-def main() -> None:
-    """Entry point of a child: ``python -m napari_deeplab.model_process``, handshake on stdin."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
-    inbox = _Inbox(_connect_to_parent())
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} napari-deeplab model process {os.getpid()} "
-          f"started; KERAS_BACKEND={backend}", file=sys.stderr, flush=True)
-    _serve(inbox)
-
-
-if __name__ == "__main__":
-    main()

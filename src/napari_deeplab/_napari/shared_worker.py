@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import threading
 
-from ..model_process import ModelProcess
+from ..worker import ModelProcess
 
 _PROCESS: ModelProcess | None = None
 _PROCESS_LOCK = threading.Lock()
