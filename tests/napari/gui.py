@@ -9,7 +9,8 @@ is found from it with Qt's public ``findChild`` (the canvas is the window's only
 
 import time
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QMimeData, QPointF, Qt, QUrl
+from qtpy.QtGui import QDropEvent
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QMainWindow, QOpenGLWidget, QWidget
 
@@ -43,3 +44,18 @@ def press_key(viewer, key, modifiers=NO_MODIFIER, times: int = 1) -> float:
         QTest.keyClick(canvas, key, modifiers)
     return time.perf_counter() - start
 
+
+
+def drop_files(viewer, paths) -> None:
+    """Files dropped on the canvas, as from a file manager: napari opens them as File > Open
+    does (asking which reader where several could read a file). The drop goes to the canvas's
+    nearest ancestor that accepts drops, as Qt delivers it; its handler is called directly,
+    since Qt delivers a drop event only during a drag of its own."""
+    target = canvas_widget(viewer)
+    while not target.acceptDrops():
+        target = target.parentWidget()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path)) for path in paths])
+    drop = QDropEvent(QPointF(target.rect().center()), Qt.DropAction.CopyAction, mime,
+                      Qt.MouseButton.NoButton, NO_MODIFIER)
+    target.dropEvent(drop)
