@@ -63,6 +63,8 @@ def _utc(epoch: float) -> str:
 
 def when(iso: str | None) -> str:
     """``2026-12-02T01:02:03Z`` as ``2026-12-02 01:02:03 UTC``; unknown times as "?"."""
+    if iso is None:
+        return "?"
     try:
         return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (TypeError, ValueError):
@@ -71,6 +73,8 @@ def when(iso: str | None) -> str:
 
 def _clock(iso: str | None) -> str:
     """``2026-12-02T01:02:03+00:00`` as ``01:02 UTC``; unknown times as "?"."""
+    if iso is None:
+        return "?"
     try:
         return datetime.fromisoformat(iso).strftime("%H:%M:%S UTC")
     except (TypeError, ValueError):
@@ -126,7 +130,7 @@ class ExportRecord:
 def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     """The photos of ``source``: a folder of photos, or a CIHP split (or root, its first split)."""
     source = Path(source)
-    images = source / "Images"
+    images: Path | None = source / "Images"
     if not images.is_dir():
         split = next((s for s in cihp.SPLIT_ID_FILES if (source / s / "Images").is_dir()), None)
         images = source / split / "Images" if split else None

@@ -66,6 +66,7 @@ HELP_LINE = "⇧X on a button: Shift+X presses it (on the canvas)"
 RELATIVE_SIZES = ("min_size", "max_hole")
 """Sizes in % of the people's area (``refine.person_area``: the labelled pixels of the frame), so
 one setting fits a person close up and one three times smaller (docs/benchmarks.md)."""
+REVIEW_REGION_SHARE = 0.4  # of the canvas a region to review is zoomed to fill
 
 
 class OperationButton(PushButton):
@@ -339,12 +340,12 @@ class RefineWidget(Container):
         review.data = []
         review.add_rectangles(rectangle)
         self.viewer.layers.selection.active = parts  # keep painting and shortcuts on the parts
-        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9: scene.camera
+        camera = self.viewer.scene.camera
         corners = np.array([review.data_to_world(corner)[-2:] for corner in rectangle])
         camera.center = tuple(corners.mean(axis=0))
-        if (canvas := getattr(getattr(self.viewer, "canvas", None), "size", None)) is not None:
-            extent = np.maximum(np.abs(corners[1] - corners[0]), 1)  # napari >= 0.9
-            camera.zoom = 0.4 * float(np.min(np.asarray(canvas) / extent))  # 40% of the view
+        extent = np.maximum(np.abs(corners[1] - corners[0]), 1)
+        canvas = np.asarray(self.viewer.canvas.size)
+        camera.zoom = REVIEW_REGION_SHARE * float(np.min(canvas / extent))
         row, col = regions.inside(number - 1)  # a pixel inside the region
         self._clicked = (parts.unique_id, frame, int(row), int(col))
         self._review_status = (f"Region {number} of {regions.total}: {int(area):,} pixels, mean "
