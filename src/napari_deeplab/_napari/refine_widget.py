@@ -14,7 +14,6 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-from magicgui.type_map import get_widget_class
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
@@ -91,10 +90,8 @@ class RefineWidget(Container):
         self._review_for, self._review_regions = None, []  # the list, and what it was made for
         self._review_status = ""
         self._click_watch = partial(_remember_click, weakref.ref(self))
-        labels_layers = get_widget_class(annotation=Labels)[1]["choices"]  # napari's picker's
-        self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True, choices=(
-            lambda widget: [layer for layer in labels_layers(widget)
-                            if not layer.name.endswith(SCRIBBLES_SUFFIX)]))
+        self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True,
+                              choices=self._parts_choices)
         self.scope = ComboBox(choices=[WHOLE, SELECTION, REGION], tooltip="Every pixel (of the "
                               "frame shown), the selection's shapes, or the region last clicked")
         self.draw_selection = PushButton(text="Draw selection",
@@ -170,6 +167,12 @@ class RefineWidget(Container):
         for layer in layers if self.native.parent() is not None else ():  # once per layer
             if self._click_watch not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._click_watch)
+
+    def _parts_choices(self, _widget=None) -> list[Labels]:
+        """The viewer's Labels layers but the scribbles (painted on, not refined), in the layer
+        list's order: what napari's own Labels picker offers, less those."""
+        return [layer for layer in self.viewer.layers  # iterating gives the layers themselves
+                if isinstance(layer, Labels) and not layer.name.endswith(SCRIBBLES_SUFFIX)]
 
     def _stop_watching_clicks(self) -> None:
         for layer in self.viewer.layers:
