@@ -130,11 +130,10 @@ class ExportRecord:
 def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     """The photos of ``source``: a folder of photos, or a CIHP split (or root, its first split)."""
     source = Path(source)
-    images: Path | None = source / "Images"
-    if not images.is_dir():
+    folder = source / "Images"
+    if not folder.is_dir():
         split = next((s for s in cihp.SPLIT_ID_FILES if (source / s / "Images").is_dir()), None)
-        images = source / split / "Images" if split else None
-    folder = images if images is not None else source
+        folder = source / split / "Images" if split else source
     if not folder.is_dir():
         raise FileNotFoundError(f"{source}: no such folder")
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
