@@ -78,13 +78,10 @@ def run_job(qtbot):
 
 @pytest.fixture
 def press_key(qtbot):
-    """``press_key(viewer, Qt.Key.Key_R, Qt.KeyboardModifier.ShiftModifier)``: a real key event
-    on the canvas, as the keyboard sends it (:func:`tests.napari.gui.press_key`)."""
-
-    def press(viewer, key, modifiers=gui.NO_MODIFIER) -> None:
-        gui.press_key(viewer, key, modifiers)
-
-    return press
+    """:func:`tests.napari.gui.press_key`: ``press_key(viewer, Qt.Key.Key_R,
+    Qt.KeyboardModifier.ShiftModifier)``, a real key event on the canvas (with a QApplication:
+    qtbot)."""
+    return gui.press_key
 
 
 @pytest.fixture
