@@ -45,7 +45,6 @@ def press_key(viewer, key, modifiers=NO_MODIFIER, times: int = 1) -> float:
     return time.perf_counter() - start
 
 
-
 def drop_files(viewer, paths) -> None:
     """Files dropped on the canvas, as from a file manager: napari opens them as File > Open
     does (asking which reader where several could read a file). The drop goes to the canvas's
