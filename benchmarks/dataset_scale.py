@@ -12,7 +12,7 @@ directly) this prints, in milliseconds unless said otherwise:
 
 The empty split is the reference row. Usage::
 
-    python benchmarks/dataset_scale.py [--sizes 1000 10000 100000] [--folder /tmp/scale]
+    python -m benchmarks.dataset_scale [--sizes 1000 10000 100000] [--folder /tmp/scale]
 """
 
 from __future__ import annotations

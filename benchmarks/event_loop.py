@@ -1,8 +1,8 @@
 """The longest stall of napari's event loop while the plugin works: Human parts predicting a
 photo (first and second Run), and Refine parts' Snap to image and Next low-confidence.
 
-    xvfb-run -a .venv/bin/python benchmarks/event_loop.py [--model SRC] [--megapixels 12]
-    xvfb-run -a .venv/bin/python benchmarks/event_loop.py --refine [--megapixels 3]
+    xvfb-run -a .venv/bin/python -m benchmarks.event_loop [--model SRC] [--megapixels 12]
+    xvfb-run -a .venv/bin/python -m benchmarks.event_loop --refine [--megapixels 3]
 
 A 10 ms QTimer runs in the GUI thread of a shown viewer; its largest gap between two ticks
 from pressing the button until the job has ended and the canvas drawn is the longest freeze

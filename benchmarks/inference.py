@@ -1,6 +1,6 @@
 """End-to-end time per photo and peak memory: our ``predict`` path against the seed's own inference.
 
-    .venv/bin/python benchmarks/inference.py [--checkpoint SEED_SAVEDMODEL] [--repeats N]
+    .venv/bin/python -m benchmarks.inference [--checkpoint SEED_SAVEDMODEL] [--repeats N]
 
 Both paths run on the same seed-format checkpoint (by default one made here with random
 weights: speed does not depend on the weights). "End to end" is photo file -> full-resolution
@@ -60,7 +60,6 @@ def _child(path_kind: str, checkpoint: str, photo: str, repeats: int) -> None:
         def run(path):
             return segment(read_photo(path), model)[0]
     else:
-        sys.path.insert(0, str(REPO))  # the seed reference is test code: tests/, not installed
         from tests.seed_reference import load_seed_checkpoint, seed_reference_predict
 
         model = load_seed_checkpoint(checkpoint)
@@ -94,7 +93,6 @@ def main() -> None:
         os.environ.setdefault("NAPARI_DEEPLAB_CACHE", str(scratch / "cache"))
         checkpoint = args.checkpoint
         if checkpoint is None:
-            sys.path.insert(0, str(REPO))  # the seed reference is test code: tests/
             from tests.seed_reference import save_seed_checkpoint
 
             checkpoint = str(save_seed_checkpoint(scratch / "seed"))
@@ -106,8 +104,9 @@ def main() -> None:
             result = {}
             for kind in ("ours", "seed"):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--repeats", str(args.repeats), "--child", kind,
-                     checkpoint, str(photo)], capture_output=True, text=True, check=True)
+                    [sys.executable, "-m", "benchmarks.inference", "--repeats", str(args.repeats),
+                     "--child", kind, checkpoint, str(photo)], cwd=REPO, capture_output=True,
+                    text=True, check=True)
                 result[kind] = json.loads(out.stdout.strip().splitlines()[-1])
             ours, seed = result["ours"], result["seed"]
             print(f"{name:>8} | {ours['seconds']:7.3f} | {seed['seconds']:7.3f} | "

@@ -1,7 +1,7 @@
 """Inference speed and labels per Keras backend and precision: TensorFlow and JAX, float32 and
 bfloat16 (``--precision``).
 
-    .venv/bin/python benchmarks/precision.py [--model SRC] [--size 512] [--batch 4] [--repeats 10]
+    .venv/bin/python -m benchmarks.precision [--model SRC] [--size 512] [--batch 4] [--repeats 10]
 
 For each backend that is installed, a fresh process (``KERAS_BACKEND`` is read when Keras is
 imported) loads the model in both precisions and reports:
@@ -91,7 +91,6 @@ def _cpu() -> str:
 
 def _default_model(folder: Path) -> str:
     """The tests' seed-format model with random weights, converted once to ``.keras``."""
-    sys.path.insert(0, str(REPO))
     from napari_deeplab.model import load_model, save_model
     from tests.seed_reference import save_seed_checkpoint
 

@@ -1,6 +1,6 @@
 """The Ray engine against the local one: Ray's fixed overhead, and photos/s on this machine.
 
-    .venv/bin/python benchmarks/ray_engine.py [--photos 200] [--batch-size 8] [--workers N]
+    .venv/bin/python -m benchmarks.ray_engine [--photos 200] [--batch-size 8] [--workers N]
         [--actors 1] [--ray-cpus N] [--address auto|HOST:PORT] [--model FILE.keras]
 
 Photos: ``--photos`` CIHP-sized JPEGs (0.06-0.25 MP), made as ``benchmarks/throughput.py``
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import importlib.util
 import os
 import shutil
 import sys
@@ -37,14 +36,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("engine", "photos", "workers", "batch", "start s", "one-batch job s", "job s",
            "photos/s", "beyond one batch photos/s")
-
-
-def _throughput_module():
-    """benchmarks/throughput.py, for its photo maker and table printer."""
-    spec = importlib.util.spec_from_file_location("throughput", Path(__file__).with_name("throughput.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def timed_job(outcomes, count: int) -> float:
@@ -129,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO / "src"))
-    throughput = _throughput_module()
+    from benchmarks import throughput  # its photo maker and table printer
 
     work = Path(tempfile.mkdtemp(prefix="napari-deeplab-ray-benchmark-"))
     try:

@@ -1,6 +1,6 @@
 """Pre-labelling throughput: serial against pipelined ``predict``, with the host's CPU cost per stage.
 
-    .venv/bin/python benchmarks/throughput.py [--photos 200] [--megapixel-photos 50]
+    .venv/bin/python -m benchmarks.throughput [--photos 200] [--megapixel-photos 50]
         [--backend tensorflow jax] [--precision float32 bfloat16] [--batch-size 8]
         [--workers N] [--no-training] [--stand-in-model]
 
@@ -29,7 +29,7 @@ serial and with ``--workers`` threads: what can feed a GPU.
 model. Photos/s is the wall time from the first read to the last commit. The JAX path never
 imports TensorFlow, so this runs on a machine that has JAX and no TensorFlow.
 
-Training rows come from ``benchmarks/training_throughput.py`` when it exists: its
+Training rows come from ``benchmarks/training_throughput.py``: its
 ``training_rows(args) -> list[dict]`` (given this script's options, ``--training-size``,
 ``--training-batch``, ``--training-steps`` and ``--training-photos`` passed through) gives rows
 with any of :data:`COLUMNS` as keys (missing ones print as "-"); all rows are printed as one
@@ -39,7 +39,6 @@ table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -180,13 +179,11 @@ def print_table(rows: list[dict]) -> None:
 
 
 def _training_rows(args) -> list[dict]:
-    path = Path(__file__).with_name("training_throughput.py")
-    if args.no_training or not path.exists():
+    if args.no_training:
         return []
-    spec = importlib.util.spec_from_file_location("training_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.training_rows(args)
+    from benchmarks import training_throughput
+
+    return training_throughput.training_rows(args)
 
 
 def main() -> None:

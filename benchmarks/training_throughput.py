@@ -1,6 +1,6 @@
 """Fine-tuning throughput: our input pipeline against Keras ``fit`` on arrays already in memory.
 
-    .venv/bin/python benchmarks/training_throughput.py [--training-size 256] [--training-batch 4]
+    .venv/bin/python -m benchmarks.training_throughput [--training-size 256] [--training-batch 4]
         [--training-steps 12] [--training-photos 24] [--backend tensorflow jax]
         [--precision float32 bfloat16] [--workers N]
 

@@ -222,8 +222,9 @@ def read_photo(path) -> np.ndarray:
         if image.format == "TIFF" and _tifffile_decodes(path):
             _rewind(path)
             return _read_tiff(path)
-        if getattr(image, "n_frames", 1) > 1:
-            raise PhotoError(f"{image.n_frames} frames or pages in one file; {SPLIT_ADVICE}")
+        frames = getattr(image, "n_frames", 1)  # only multi-frame formats have it
+        if frames > 1:
+            raise PhotoError(f"{frames} frames or pages in one file; {SPLIT_ADVICE}")
         try:
             image.load()
             return _pillow_to_rgb(image)

@@ -166,7 +166,7 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
             while unbatched and unbatched[0].prepared.done():
                 slot = unbatched.popleft()
                 prepared = slot.prepared.result()
-                slot.prepared = None  # the model input is held by the batch only
+                del slot.prepared  # the model input is held by the batch only
                 if isinstance(prepared, Failed):
                     slot.outcome, slot.resolved, slot.failed = prepared.outcome, True, True
                     failures += 1

@@ -504,7 +504,7 @@ def _crossed_regions(regions: np.ndarray, region_class: np.ndarray, scribbles: n
     return crossed, grow
 
 
-def _diameter(regions: np.ndarray, region: int) -> float:
+def _diameter(regions: np.ndarray, region: int | np.integer) -> float:
     """The diameter of the largest disc inside one region (the image border bounds it)."""
     rows, cols = np.nonzero(regions == region)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))

@@ -64,6 +64,8 @@ def _utc(epoch: float) -> str:
 
 def when(iso: str | None) -> str:
     """``2026-12-02T01:02:03Z`` as ``2026-12-02 01:02:03 UTC``; unknown times as "?"."""
+    if iso is None:
+        return "?"
     try:
         return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (TypeError, ValueError):
@@ -72,6 +74,8 @@ def when(iso: str | None) -> str:
 
 def _clock(iso: str | None) -> str:
     """``2026-12-02T01:02:03+00:00`` as ``01:02 UTC``; unknown times as "?"."""
+    if iso is None:
+        return "?"
     try:
         return datetime.fromisoformat(iso).strftime("%H:%M:%S UTC")
     except (TypeError, ValueError):

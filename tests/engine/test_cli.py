@@ -32,6 +32,7 @@ def photos(tmp_path, cihp_samples):
     return folder
 
 
+@pytest.mark.one_backend
 def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_checkpoint, tmp_path, capsys):
     out = tmp_path / "prelabels"
     code = main(["predict", str(photos), "--model", str(seed_checkpoint), "--out", str(out),
@@ -59,6 +60,7 @@ def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_check
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.one_backend
 def test_existing_outputs_are_kept_unless_overwrite(cihp_samples, seed_checkpoint, tmp_path):
     out = tmp_path / "out"
     photo = cihp_samples / "Images" / "0002190.jpg"
@@ -72,6 +74,7 @@ def test_existing_outputs_are_kept_unless_overwrite(cihp_samples, seed_checkpoin
     assert np.asarray(Image.open(mask)).shape == (200, 300)
 
 
+@pytest.mark.one_backend
 def test_validation_split_and_globs(cihp_samples, seed_checkpoint, tmp_path):
     out = tmp_path / "out"
     pattern = str(cihp_samples / "Images" / "00*.jpg")
@@ -92,6 +95,7 @@ def test_same_stem_twice_is_an_error_before_writing(cihp_samples, seed_checkpoin
     assert not out.exists()
 
 
+@pytest.mark.one_backend
 def test_missing_inputs_are_reported_and_the_rest_goes_on(cihp_samples, seed_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["predict", str(tmp_path / "nope.jpg"), str(cihp_samples / "Images" / "0002190.jpg"),
@@ -101,6 +105,7 @@ def test_missing_inputs_are_reported_and_the_rest_goes_on(cihp_samples, seed_che
     assert read_id_list(out, "Training") == ["0002190"]
 
 
+@pytest.mark.one_backend
 def test_console_script_offline_without_model_says_to_use_model_path(cihp_samples, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     script = shutil.which("napari-deeplab", path=os.path.dirname(sys.executable))
@@ -121,6 +126,7 @@ def test_convert_writes_a_keras_file_that_predict_uses(seed_checkpoint, cihp_sam
     assert read_id_list(out, "Training") == ["0005008"]
 
 
+@pytest.mark.one_backend
 def test_a_model_of_another_class_count_is_refused_with_one_line(cihp_samples, tmp_path, capsys):
     from napari_deeplab.model import build_model
 
@@ -136,6 +142,7 @@ def test_a_model_of_another_class_count_is_refused_with_one_line(cihp_samples, t
         assert not out.exists()
 
 
+@pytest.mark.one_backend
 def test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries(tmp_path, capsys):
     from napari_deeplab.files import temporary_path
     from napari_deeplab.model import build_model
@@ -156,6 +163,7 @@ def test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries(tmp_pa
         assert list(full.iterdir()) == []  # the temporary removed
 
 
+@pytest.mark.one_backend
 def test_finetune_on_a_full_disk_is_one_line(cihp_samples, tmp_path, capsys):
     from napari_deeplab.model import build_model
     from tests.engine.filesystems import small_filesystem
@@ -171,6 +179,7 @@ def test_finetune_on_a_full_disk_is_one_line(cihp_samples, tmp_path, capsys):
         assert "as it was" in err[0] and list(full.iterdir()) == []
 
 
+@pytest.mark.one_backend
 def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(cihp_samples, tmp_path):
     import signal
     import time

@@ -245,6 +245,7 @@ def test_two_processes_writing_one_split_lose_no_sample(tmp_path):
     print(f"\nconcurrent writers: {len(listed)} listed of {2 * count} written")
 
 
+@pytest.mark.one_backend
 def test_predict_keeps_a_correction_committed_while_the_batch_runs(tmp_path, cihp_samples, model):
     from napari_deeplab.prelabel import prelabel_files
 
@@ -466,6 +467,7 @@ def test_a_foreign_sample_has_a_version_and_no_writer(cihp_samples):
     assert cihp.sample_writer(cihp_samples, "0002190", split=None) is None
 
 
+@pytest.mark.one_backend
 def test_expected_version_refuses_a_sample_changed_by_another_process(tmp_path):
     cihp.write_sample(tmp_path, "s", np.full(SHAPE, 1, np.uint8), image=np.zeros(SHAPE, np.uint8))
     opened = cihp.sample_version(tmp_path, "s")  # an annotator opens the sample...

@@ -74,6 +74,7 @@ def test_two_devices_train_the_same_weights_as_one(cihp_samples, tmp_path):
     assert len(result["losses"]["2"]) == 3
 
 
+@pytest.mark.keras
 def test_devices_that_cannot_be_used_are_refused_in_one_line(cihp_samples, tmp_path, capsys):
     assert main(["finetune", str(cihp_samples), "--model", str(tmp_path / "unused.keras"),
                  "--out", str(tmp_path / "t.keras"), "--devices", "2"]) == 2

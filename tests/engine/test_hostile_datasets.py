@@ -39,6 +39,7 @@ def _assert_untouched(files: dict[Path, bytes]) -> None:
 
 # --- 1. id lists: byte-order mark, line ends, one normal form, case twins -----------------------
 
+@pytest.mark.one_backend
 def test_an_id_list_saved_by_notepad_still_protects_its_samples(tmp_path):
     cihp.write_sample(tmp_path, "0002190", np.full(SHAPE, 5, np.uint8))  # a hand correction
     cihp.write_sample(tmp_path, "0005008", np.full(SHAPE, 5, np.uint8))
@@ -68,6 +69,7 @@ def test_old_mac_line_ends_and_decomposed_ids_are_one_sample(tmp_path):
     assert cihp.sample_exists(tmp_path, nfd) and cihp.read_sample(tmp_path, nfd).category_ids.max() == 1
 
 
+@pytest.mark.one_backend
 def test_an_id_differing_only_in_case_from_a_listed_one_is_refused(tmp_path):
     cihp.write_sample(tmp_path, "Photo1", np.ones(SHAPE, np.uint8))
     with pytest.raises(cihp.DatasetError, match="differs only in case from the listed sample Photo1"):
@@ -430,6 +432,7 @@ def test_read_only_media_with_a_pending_journal_reads_as_its_last_complete_state
     assert not (root / "Training" / cihp.JOURNAL_NAME).exists()
 
 
+@pytest.mark.one_backend
 def test_a_reader_without_write_permission_reads_the_last_complete_state(tmp_path):
     """The same without a mount: the reader runs as ``nobody`` on a folder it may not write."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"):

@@ -6,6 +6,8 @@ from scipy import ndimage
 
 from napari_deeplab.inference import model_input, segment, segment_stack, to_rgb, upsample_logits
 
+pytestmark = pytest.mark.keras
+
 
 def _smooth_logits(seed=0, size=64, classes=20):
     rng = np.random.default_rng(seed)

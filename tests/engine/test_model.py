@@ -20,6 +20,7 @@ from napari_deeplab.model import (
 )
 
 
+@pytest.mark.keras
 def test_architecture_has_the_seeds_parameter_count():
     model = build_model()
     assert model.count_params() == 11_857_236
@@ -76,6 +77,7 @@ def test_damaged_cache_entry_is_rebuilt(seed_checkpoint, model):
     keras.saving.load_model(entry)  # rewritten whole
 
 
+@pytest.mark.keras
 def test_keras_file_round_trip_keeps_class_names(tmp_path):
     names = [f"part {i}" for i in range(5)]
     original = build_model(5, class_names=names, input_size=256)
@@ -97,6 +99,7 @@ def test_folded_batch_norm_computes_the_same_function(model, cihp_photo):
     np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-3)
 
 
+@pytest.mark.keras
 def test_offline_without_cache_names_the_model_option():
     with pytest.raises(ModelError, match=r"--model PATH") as error:
         load_model()
@@ -104,6 +107,7 @@ def test_offline_without_cache_names_the_model_option():
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.keras
 def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"x")
     with pytest.raises(ModelError, match="not a model folder"):
@@ -126,6 +130,7 @@ def test_truncated_checkpoint_gives_one_line(seed_checkpoint, tmp_path):
         load_model(broken)
 
 
+@pytest.mark.keras
 def test_truncated_keras_file(tmp_path):
     path = tmp_path / "cut.keras"
     build_model(3).save(path)
@@ -134,6 +139,7 @@ def test_truncated_keras_file(tmp_path):
         load_model(path)
 
 
+@pytest.mark.keras
 def test_precision_is_chosen_at_load_whatever_the_file_holds(tmp_path):
     path = tmp_path / "mixed.keras"
     with_precision(build_model(3), "bfloat16").save(path)  # plain Keras keeps the dtype policies
@@ -145,6 +151,7 @@ def test_precision_is_chosen_at_load_whatever_the_file_holds(tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.keras
 def test_a_model_of_another_class_count_is_refused_at_load(tmp_path):
     for classes in (5, 30):
         path = tmp_path / f"m{classes}.keras"
@@ -156,6 +163,7 @@ def test_a_model_of_another_class_count_is_refused_at_load(tmp_path):
         assert str(path) in message and f"has {classes} classes" in message and "\n" not in message
 
 
+@pytest.mark.keras
 def test_a_truncated_keras_file_is_called_truncated_not_missing(tmp_path):
     path = tmp_path / "whole.keras"
     build_model(3).save(path)
@@ -168,6 +176,7 @@ def test_a_truncated_keras_file_is_called_truncated_not_missing(tmp_path):
         assert "truncated" in str(error.value) and "not found" not in str(error.value).lower()
 
 
+@pytest.mark.one_backend
 def test_an_unwritable_or_full_cache_is_one_line(seed_checkpoint, tmp_path, monkeypatch):
     from tests.engine.filesystems import small_filesystem
 
@@ -184,6 +193,7 @@ def test_an_unwritable_or_full_cache_is_one_line(seed_checkpoint, tmp_path, monk
         assert list((full / "converted").iterdir()) == []  # its scratch folder removed
 
 
+@pytest.mark.one_backend
 def test_scratch_folders_of_killed_conversions_are_swept(tmp_path):
     import os
 

@@ -117,6 +117,7 @@ def serial_results(process, jobs) -> list[list]:
     return [_frames(process.segment(*job)) for job in jobs]
 
 
+@pytest.mark.keras
 def test_concurrent_segment_jobs_get_exactly_their_own_results(process, jobs, serial_results):
     identical_rounds = 0
     with ThreadPoolExecutor(len(jobs)) as pool:
@@ -130,6 +131,7 @@ def test_concurrent_segment_jobs_get_exactly_their_own_results(process, jobs, se
     assert identical_rounds == ROUNDS
 
 
+@pytest.mark.keras
 def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(process, models, photos, jobs,
                                                                  serial_results):
     long_stack = photos * 30  # 270 photos: many seconds of work if the cancel were ignored
@@ -153,6 +155,7 @@ def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(process, models
     assert time.monotonic() - started < 5, "the child went on with the cancelled stack"
 
 
+@pytest.mark.keras
 def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jobs,
                                                     serial_results):
     first_result = threading.Event()
@@ -175,6 +178,7 @@ def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jo
     _assert_same_frames(_frames(items), serial_results[0])
 
 
+@pytest.mark.one_backend
 def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_segment_jobs(
         process, dataset, models, jobs, serial_results, tmp_path):
     out = tmp_path / "tuned.keras"
@@ -225,6 +229,7 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
     assert (tmp_path / "second.keras").is_file()
 
 
+@pytest.mark.one_backend
 def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
         process, models, photos, jobs, serial_results):
     results = process.segment(photos * 30, models[0])
@@ -241,6 +246,7 @@ def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
     assert process.pid not in (None, killed_pid)
 
 
+@pytest.mark.one_backend
 def test_a_killed_training_process_names_the_log(process, dataset, models, tmp_path):
     reports = process.finetune(root=str(dataset), source=models[0], out=str(tmp_path / "k.keras"),
                                epochs=1, **TRAINING)
@@ -254,6 +260,7 @@ def test_a_killed_training_process_names_the_log(process, dataset, models, tmp_p
     assert not process._trainers
 
 
+@pytest.mark.keras
 def test_a_source_that_cannot_exist_is_refused_at_once(tmp_path, photos):
     process = ModelProcess()
     missing = tmp_path / "missing.keras"
@@ -285,6 +292,7 @@ def test_check_model_source(tmp_path):
     assert looks_like_hub_id(DEFAULT_MODEL) and not looks_like_hub_id("C:/models")
 
 
+@pytest.mark.keras
 def test_the_log_is_private_and_a_planted_link_is_never_followed(tmp_path, monkeypatch):
     process = ModelProcess()
     victim = tmp_path / "victim.txt"
@@ -329,6 +337,7 @@ input()
 """
 
 
+@pytest.mark.keras
 def test_the_child_exits_when_its_parent_dies():
     parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -360,6 +369,7 @@ def _eventually(condition, seconds: float = 10.0) -> bool:
     return condition()
 
 
+@pytest.mark.keras
 def test_a_cold_start_and_a_fine_tuning_report_their_stages(models, photos, dataset, tmp_path):
     """Issue 17, item 7: a wait over a second says what it waits for, from the child."""
     process = ModelProcess()

@@ -5,6 +5,8 @@ import importlib.metadata
 import re
 from pathlib import Path
 
+import pytest
+
 import napari_deeplab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -12,6 +14,7 @@ PYPROJECT = (REPO / "pyproject.toml").read_text()
 METADATA = importlib.metadata.metadata("napari-deeplab")
 
 
+@pytest.mark.keras
 def test_the_license_is_mit_and_shipped():
     license_text = (REPO / "LICENSE").read_text()
     assert license_text.startswith("MIT License")
@@ -21,6 +24,7 @@ def test_the_license_is_mit_and_shipped():
     assert "LICENSE" in METADATA.get_all("License-File")
 
 
+@pytest.mark.keras
 def test_the_version_is_written_in_one_place():
     project_table = PYPROJECT.split("\n[project]\n", 1)[1].split("\n[", 1)[0]
     assert 'dynamic = ["version"]' in project_table

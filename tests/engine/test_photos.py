@@ -28,6 +28,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
+@pytest.mark.keras
 def test_a_decompression_bomb_is_refused_naming_the_limit(tmp_path):
     bomb = _png_header_only(tmp_path / "bomb.png", 40_000, 40_000)
     for read in (read_photo, photos.open_image):
@@ -38,6 +39,7 @@ def test_a_decompression_bomb_is_refused_naming_the_limit(tmp_path):
         assert photos.MAX_PIXELS_ENV in message and "\n" not in message
 
 
+@pytest.mark.keras
 def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch, cihp_samples):
     photo = cihp_samples / "Images" / "0002190.jpg"  # 300 x 200
     monkeypatch.setenv(photos.MAX_PIXELS_ENV, "59999")
@@ -52,6 +54,7 @@ def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch, cihp_sample
         read_photo(photo)
 
 
+@pytest.mark.keras
 def test_a_raised_limit_also_lifts_pillows_own(tmp_path, monkeypatch, cihp_samples):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would call 60,000 pixels a bomb
     photo = cihp_samples / "Images" / "0002190.jpg"
@@ -92,6 +95,7 @@ print(peak[0] - before)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="measures memory with /proc (Linux)")
+@pytest.mark.keras
 def test_prelabelling_a_large_photo_stays_within_the_stated_memory(tmp_path):
     side = 4000
     ramp = np.add.outer(np.arange(side), np.arange(side)) % 251
@@ -153,6 +157,7 @@ def _photos_of_every_kind(folder: Path) -> dict[str, np.ndarray]:
     return expected
 
 
+@pytest.mark.one_backend
 def test_every_kind_of_photo_decodes_to_the_same_rgb_in_predict_and_in_training(tmp_path):
     from napari_deeplab import photos
     from napari_deeplab.training import SampleCache, locate_dataset
@@ -186,6 +191,7 @@ def test_every_kind_of_photo_decodes_to_the_same_rgb_in_predict_and_in_training(
     assert np.abs(np.asarray(cmyk)[..., :3].astype(int) - original).mean() > 60
 
 
+@pytest.mark.one_backend
 def test_multi_page_photos_are_refused_with_one_line(tmp_path):
     import tifffile
 
@@ -198,6 +204,7 @@ def test_multi_page_photos_are_refused_with_one_line(tmp_path):
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.one_backend
 def test_a_truncated_photo_and_a_fifo_are_named_for_what_they_are(tmp_path):
     whole = tmp_path / "whole.jpg"
     Image.fromarray(_rgb(400, 400)).save(whole, quality=90)
@@ -219,6 +226,7 @@ def test_a_truncated_photo_and_a_fifo_are_named_for_what_they_are(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
                     reason="needs root and setpriv to read as another user")
+@pytest.mark.one_backend
 def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
     import shutil
     import tempfile
@@ -255,6 +263,7 @@ print(outcome)
 """
 
 
+@pytest.mark.one_backend
 def test_a_tiff_bomb_that_pillow_cannot_open_is_refused_from_its_header(tmp_path):
     import tifffile
 

@@ -84,6 +84,7 @@ def test_pipelined_predict_writes_the_same_bytes_as_serial(many_photos, model, t
     assert not _pipeline_threads()
 
 
+@pytest.mark.keras
 def test_the_pipeline_reads_at_most_max_in_flight_photos_ahead(small_model, cihp_photo):
     pulled = []
 
@@ -116,6 +117,7 @@ def _assert_complete(out, yielded):
     return listed
 
 
+@pytest.mark.keras
 def test_closing_the_generator_stops_the_pipeline_and_keeps_committed_samples(many_photos,
                                                                                small_model, tmp_path):
     out = tmp_path / "out"
@@ -141,6 +143,7 @@ def test_ctrl_c_in_the_calling_thread_stops_the_pipeline(many_photos, model, tmp
     _assert_complete(out, yielded)
 
 
+@pytest.mark.one_backend
 def test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept(many_photos,
                                                                                small_model, tmp_path):
     photos = [path for path in many_photos if "corrupt" not in path.name][:5]

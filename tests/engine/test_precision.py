@@ -19,6 +19,8 @@ from napari_deeplab.model import load_model, model_precision, with_precision
 from napari_deeplab.training import finetune, training_and_validation
 from tests.conftest import SAMPLE_IDS
 
+pytestmark = pytest.mark.keras
+
 
 @pytest.fixture(scope="module")
 def photos(cihp_samples) -> list[np.ndarray]:

@@ -116,6 +116,7 @@ def test_output_is_the_local_engines_byte_for_byte(ray_cluster, photos, model_fi
     assert_same_dataset(out, local_dataset)
 
 
+@pytest.mark.one_backend
 def test_a_worker_killed_mid_job_is_replaced_and_its_photos_redone(
         ray_cluster, photos, model_file, local_dataset, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
@@ -129,6 +130,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_photos_redone(
     assert_same_dataset(out, local_dataset)
 
 
+@pytest.mark.one_backend
 def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_file,
                                                       local_dataset, tmp_path):
     out = tmp_path / "dataset"
@@ -150,6 +152,7 @@ def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_
     assert_same_dataset(out, local_dataset)
 
 
+@pytest.mark.one_backend
 def test_a_job_that_cannot_progress_fails_with_a_clear_message(ray_cluster, photos, model_file,
                                                                 tmp_path):
     """A model actor asking for a GPU that this cluster lacks can never start: the job is
@@ -160,6 +163,7 @@ def test_a_job_that_cannot_progress_fails_with_a_clear_message(ray_cluster, phot
     assert not os.path.exists(tmp_path / "dataset" / "Training" / "train_id.txt")
 
 
+@pytest.mark.keras
 def test_photo_decoding_is_read_photos(photos):
     """The read stage decodes with read_photo's rules from bytes (no cluster needed)."""
     from napari_deeplab.prelabel import read_photo

@@ -1,20 +1,15 @@
 """The refinement operations on real CIHP masks, each against the mistake it is for, and the
 guarantees they keep: the clean-up operations never harm a correct mask (at the samples' size,
 scaled down to 1/2 and 1/3, flipped), small true parts survive, scribbles fix what they cross
-and nothing else. The full evaluation (and the timings) is ``benchmarks/refine.py``."""
-
-import sys
-from pathlib import Path
+and nothing else. The full evaluation (and the timings) is ``benchmarks/refinement.py``."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage import measure
 
+from benchmarks import refinement as bench  # the benchmark's corruptions, scales and mean IoU
 from napari_deeplab import refine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import refine as bench  # noqa: E402  the benchmark's corruptions, scales and mean IoU
 
 mean_iou = bench.mean_iou
 CLEAN_BOUND = {"remove_small_regions": 0.02, "fill_holes": 0.01, "smooth": 0.01}

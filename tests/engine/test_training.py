@@ -35,6 +35,7 @@ from tests.conftest import SAMPLE_IDS
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.keras
 def test_flip_matches_the_official_flipped_masks(cihp_samples):
     for sample_id in SAMPLE_IDS:
         labels = np.asarray(Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
@@ -45,6 +46,7 @@ def test_flip_matches_the_official_flipped_masks(cihp_samples):
         np.testing.assert_array_equal(flipped_photo, photo[:, ::-1])
 
 
+@pytest.mark.keras
 def test_masks_are_resized_without_blending_class_ids(cihp_samples):
     labels = np.asarray(Image.open(cihp_samples / "Category_ids" / "0005008.png"))
     small = resize_labels(labels, 64)
@@ -55,6 +57,7 @@ def test_masks_are_resized_without_blending_class_ids(cihp_samples):
     assert y.shape == (96, 96) and set(np.unique(y)) <= set(np.unique(labels)) | {14, 15, 16, 17, 18, 19}
 
 
+@pytest.mark.keras
 def test_the_opencv_resize_is_the_model_input(cihp_photo):
     for size in (96, 256, 700):  # down and up
         np.testing.assert_allclose(resize_photo(cihp_photo, size), model_input(cihp_photo, size),
@@ -69,6 +72,7 @@ def _batches(cache, pool, epochs=2, **options):
     return batches
 
 
+@pytest.mark.keras
 def test_augmented_batches_are_the_same_for_any_number_of_threads_and_processes(cihp_samples):
     cache = SampleCache(locate_dataset(cihp_samples, "Training"), 86)
     with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(3) as three:
@@ -84,6 +88,7 @@ def test_augmented_batches_are_the_same_for_any_number_of_threads_and_processes(
     assert serial[0][0].min() >= 0 and serial[0][0].max() <= 255
 
 
+@pytest.mark.keras
 def test_samples_are_decoded_once_and_shrunk_in_memory_or_on_disk(cihp_samples, tmp_path):
     split = tmp_path / "d" / "Training"
     shutil.copytree(cihp_samples / "Images", split / "Images")
@@ -113,11 +118,13 @@ def test_samples_are_decoded_once_and_shrunk_in_memory_or_on_disk(cihp_samples, 
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3  # ...its old file removed
 
 
+@pytest.mark.keras
 def test_validation_is_held_out_when_there_is_no_split(cihp_samples):
     train, val = training_and_validation(cihp_samples, "Training", "Validation")
     assert len(val.ids) == 1 and len(train.ids) == 2 and not set(val.ids) & set(train.ids)
 
 
+@pytest.mark.keras
 def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samples, tmp_path):
     keras.utils.set_random_seed(0)
     model = build_model()
@@ -151,6 +158,7 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     assert read_id_list(predicted, "Training") == ["0005008"]
 
 
+@pytest.mark.keras
 def test_evaluate_command_prints_json(cihp_samples, tmp_path, capsys):
     path = tmp_path / "m.keras"
     build_model().save(path)
@@ -177,6 +185,7 @@ def _dataset_with_bad_samples(tmp_path, cihp_samples):
     return split.parent
 
 
+@pytest.mark.keras
 def test_bad_samples_are_each_named_on_one_line_before_any_work(cihp_samples, tmp_path, capsys):
     root = _dataset_with_bad_samples(tmp_path, cihp_samples)
     never_loaded = str(tmp_path / "no-such-model.keras")  # the checks come before the model
@@ -193,11 +202,13 @@ def test_bad_samples_are_each_named_on_one_line_before_any_work(cihp_samples, tm
     assert not (tmp_path / "t.keras").exists()
 
 
+@pytest.mark.keras
 def test_255_is_left_out_of_the_score(cihp_samples, tmp_path):
     matrix = confusion(np.array([[1, 255], [2, 2]]), np.array([[1, 7], [2, 3]]), 20)
     assert matrix.sum() == 3 and matrix[1, 1] == matrix[2, 2] == matrix[2, 3] == 1
 
 
+@pytest.mark.keras
 def test_an_existing_out_is_refused_or_kept_until_a_better_model(cihp_samples, tmp_path, capsys):
     out = tmp_path / "tuned.keras"
     out.write_bytes(b"the previous good model")
@@ -232,6 +243,7 @@ for report in finetune(start, train, val, sys.argv[2], epochs=3, batch_size=2,
 """
 
 
+@pytest.mark.keras
 def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(cihp_samples, tmp_path):
     from napari_deeplab import files
 
@@ -269,6 +281,7 @@ def _constant_model(class_id: int, path: Path) -> Path:
     return path
 
 
+@pytest.mark.one_backend
 def test_overwrite_never_replaces_a_better_model_by_a_worse_one(cihp_samples, tmp_path, capsys):
     root = tmp_path / "d"
     _copy_split(cihp_samples, root)
@@ -308,6 +321,7 @@ def _copy_split(cihp_samples, root: Path) -> Path:
     return split
 
 
+@pytest.mark.one_backend
 def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     whole = (split / "Images" / "0005008.jpg").read_bytes()
@@ -338,6 +352,7 @@ def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str
              "--image-size", "64", "--epochs", "1"]]
 
 
+@pytest.mark.one_backend
 def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     for path in (split / "Category_ids").iterdir():
@@ -351,6 +366,7 @@ def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_pat
     assert not (tmp_path / "t.keras").exists()
 
 
+@pytest.mark.one_backend
 def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     model = tmp_path / "m.keras"
@@ -379,6 +395,7 @@ except DatasetError as error:
 """
 
 
+@pytest.mark.one_backend
 def test_an_id_list_that_is_a_folder_or_unreadable_is_one_line(cihp_samples, tmp_path, capsys):
     import tempfile
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from . import gui
+
 MAKE_MODEL = """
 import sys, keras
 from napari_deeplab.model import build_model
@@ -55,13 +57,9 @@ JOB_TIMEOUT_MS = 240_000
 
 @pytest.fixture
 def dock_plugin():
-    """``dock_plugin(viewer, "Human parts")`` -> (dock, widget), as Plugins > napari-deeplab >
-    Human parts opens it (the widget gets napari's proxy viewer)."""
-
-    def dock(viewer, display_name: str):
-        return viewer.window.add_plugin_dock_widget("napari-deeplab", display_name)
-
-    return dock
+    """:func:`tests.napari.gui.dock_plugin`: ``dock_plugin(viewer, "Human parts")`` ->
+    (dock, widget), as the Plugins menu opens it."""
+    return gui.dock_plugin
 
 
 @pytest.fixture
@@ -80,16 +78,10 @@ def run_job(qtbot):
 
 @pytest.fixture
 def press_key(qtbot):
-    """``press_key(viewer, Qt.Key.Key_R, Qt.KeyboardModifier.ShiftModifier)``: a real key event
-    on the canvas, as the keyboard sends it."""
-    from qtpy.QtCore import Qt
-
-    def press(viewer, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
-        canvas = viewer.window._qt_viewer.canvas.native
-        canvas.setFocus()
-        qtbot.keyClick(canvas, key, modifiers)
-
-    return press
+    """:func:`tests.napari.gui.press_key`: ``press_key(viewer, Qt.Key.Key_R,
+    Qt.KeyboardModifier.ShiftModifier)``, a real key event on the canvas (with a QApplication:
+    qtbot)."""
+    return gui.press_key
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import traceback
 import napari
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QApplication
 
 import napari_deeplab._napari.review_widget as review_widget
+from tests.napari.gui import press_key
 
 review_widget.CLAIM_HEARTBEAT_S = float(sys.argv[1]) if len(sys.argv) > 1 else 0.5
 
@@ -54,11 +54,9 @@ def main() -> None:
             widget.photos.value, widget.dataset.value, widget.model.source = args
             widget.open_button.native.click()
         elif name == "key":
-            canvas = viewer.window._qt_viewer.canvas.native
-            canvas.setFocus()
             key = getattr(Qt.Key, f"Key_{args[0]}")
-            for _ in range(args[2] if len(args) > 2 else 1):  # a double press: no wait between
-                QTest.keyClick(canvas, key, MODIFIERS[args[1]])
+            times = args[2] if len(args) > 2 else 1  # a double press: no wait between
+            press_key(viewer, key, MODIFIERS[args[1]], times)
         elif name == "click":
             getattr(widget, args[0]).native.click()
         elif name == "paint":

@@ -14,6 +14,8 @@ from napari_deeplab import cihp
 from napari_deeplab._napari.io import SaveRefused, get_reader
 from napari_deeplab.cihp import CLASS_NAMES, PALETTE
 
+from .gui import drop_files
+
 
 def test_open_a_split_folder_and_a_mask(make_napari_viewer, cihp_samples):
     viewer = make_napari_viewer()
@@ -84,7 +86,7 @@ def reader_dialog(monkeypatch):
 
 def file_open(viewer, path):
     """What File > Open and dropping a file on the canvas do."""
-    viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+    drop_files(viewer, [path])
 
 
 def test_a_photo_opens_with_napari_without_asking(make_napari_viewer, cihp_samples, reader_dialog):

@@ -25,6 +25,7 @@ from napari_deeplab.inference import Segmentation
 from napari_deeplab.worker import ModelProcess
 
 from .conftest import JOB_TIMEOUT_MS
+from .gui import canvas_widget, main_window
 
 SHIFT, CONTROL = Qt.KeyboardModifier.ShiftModifier, Qt.KeyboardModifier.ControlModifier
 PHOTO = "CIHP 0005008"  # the sample's layer name
@@ -48,7 +49,7 @@ def _predict_directly(photo, model):
 
 def _canvas_point(viewer, row: float, col: float) -> QPoint:
     """Where the data pixel (row, col) of an unscaled 2D layer is on the canvas."""
-    canvas = viewer.window._qt_viewer.canvas.native
+    canvas = canvas_widget(viewer)
     camera = viewer.scene.camera
     center, zoom = camera.center, camera.zoom
     return QPoint(round((col - center[-1]) * zoom + canvas.width() / 2),
@@ -57,7 +58,7 @@ def _canvas_point(viewer, row: float, col: float) -> QPoint:
 
 def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
     """A mouse drag with the left button, as a hand on the mouse makes it."""
-    canvas = viewer.window._qt_viewer.canvas.native
+    canvas = canvas_widget(viewer)
     points = [_canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
               for i in range(steps + 1)]
     qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
@@ -312,7 +313,7 @@ def test_layout_legend_rows_and_long_model_path(make_napari_viewer, dock_plugin,
     """Issue 9, item 9: the legend stays readable beside Refine parts; a long model path does
     not widen the dock over the canvas."""
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1200, 800)
+    viewer.window.resize(1200, 800)
     viewer.open_sample("napari-deeplab", "cihp-photo")
     dock, widget = dock_plugin(viewer, "Human parts")
     dock_plugin(viewer, "Refine parts")
@@ -420,7 +421,7 @@ def test_keys_work_after_a_button_click_escape_returns_to_the_canvas_and_typing_
     viewer = make_napari_viewer(show=True)
     photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
     widget.legend.list.setCurrentRow(5)
-    window, canvas = viewer.window._qt_window, viewer.window._qt_viewer.canvas.native
+    window, canvas = main_window(viewer), canvas_widget(viewer)
     window.activateWindow()
     canvas.setFocus()
     qtbot.waitUntil(canvas.hasFocus)

@@ -23,13 +23,10 @@ from napari_deeplab import refine
 from napari_deeplab._napari.parts_layer import edit_tracker, parts_colormap, parts_features
 from napari_deeplab._napari.refine_widget import OPERATIONS, SHORTCUTS, _remember_click
 
+from .gui import canvas_widget, dock_plugin, main_window
+
 CROP = (slice(40, 200), slice(120, 320))  # 160 x 200 of 0005008: coats, upper clothes, arms
 COAT, UPPER_CLOTHES = 7, 5
-
-
-def open_refine(viewer):
-    """Plugins > napari-deeplab > Refine parts: the widget gets napari's proxy viewer."""
-    return viewer.window.add_plugin_dock_widget("napari-deeplab", "Refine parts")
 
 
 def press(widget, qtbot, name):
@@ -41,7 +38,7 @@ def press(widget, qtbot, name):
 def send_key(viewer, qtbot, key):
     """A real Qt key event on the canvas, e.g. "Shift-H" as Shift + the H key."""
     letter = key.split("-")[1]
-    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, getattr(Qt.Key, f"Key_{letter}"),
+    qtbot.keyClick(canvas_widget(viewer), getattr(Qt.Key, f"Key_{letter}"),
                    Qt.KeyboardModifier.ShiftModifier)
 
 
@@ -51,7 +48,7 @@ def click_canvas(viewer, qtbot, row, col):
     height, width = viewer.canvas.size
     y = (row - camera.center[-2]) * camera.zoom + height / 2
     x = (col - camera.center[-1]) * camera.zoom + width / 2
-    qtbot.mouseClick(viewer.window._qt_viewer.canvas.native, Qt.MouseButton.LeftButton,
+    qtbot.mouseClick(canvas_widget(viewer), Qt.MouseButton.LeftButton,
                      Qt.KeyboardModifier.NoModifier, QPoint(round(x), round(y)))
 
 
@@ -84,7 +81,7 @@ def session(make_napari_viewer, crop, qtbot):
     viewer.add_labels(np.zeros(truth.shape, np.uint8), name="scratch")
     viewer.add_image(photo, name="photo")
     parts = add_parts(viewer, speckled.copy())
-    dock, widget = open_refine(viewer)
+    dock, widget = dock_plugin(viewer, "Refine parts")
     return SimpleNamespace(viewer=viewer, dock=dock, widget=widget, parts=parts, photo=photo,
                            truth=truth, speckled=speckled)
 
@@ -129,7 +126,7 @@ def test_clicked_region_is_taken_in_the_frame_it_was_clicked_in(make_napari_view
     frames = np.stack([truth, np.full_like(truth, UPPER_CLOTHES)])  # frame 1: all upper clothes
     viewer.add_image(np.stack([photo, photo]), name="clip")
     parts = add_parts(viewer, frames.copy(), name="clip parts")
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     parts.mode = "pan_zoom"
     viewer.layers.selection.active = parts
     row, col = np.argwhere(truth == COAT)[len(np.argwhere(truth == COAT)) // 2]
@@ -204,7 +201,7 @@ def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_view
     taken |= {coerce_keybinding(str(binding.keybinding))
               for binding in get_app_model().keybindings}  # menus
     assert {coerce_keybinding(key) for key in ("1", "Shift-L", "Shift-V", "Ctrl-O")} <= taken
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     for operation in OPERATIONS:
         modifier, letter = operation.key.split("-")
         assert modifier == "Shift" and letter.isalpha() and len(letter) == 1, operation
@@ -220,7 +217,7 @@ def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_view
 def test_without_a_parts_layer_every_action_says_what_to_do(make_napari_viewer, crop, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(crop[0], name="photo")
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     assert widget.parts.value is None
     for button in (widget.draw_selection, widget.scribbles,
                    widget.buttons["next_low_confidence"], widget.buttons["fill_holes"]):
@@ -241,7 +238,7 @@ def test_low_confidence_review_outlines_zooms_and_follows_frame_threshold_and_da
     confidence[0, 100:110, 150:170] = 0.3  # and 200
     confidence[1, 60:70, 10:20] = 0.1  # frame 1: 100
     confidence_layer = viewer.add_image(confidence, name="clip confidence", visible=False)
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     viewer.layers.selection.active = parts
 
     def next_region():
@@ -353,11 +350,11 @@ def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
     """Refine's form is compact: docked under Human parts in a 1280 x 900 window, both fit
     without growing the window, and Human parts' class legend shows at least 10 classes."""
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     window.resize(1280, 900)
     viewer.add_image(crop[0], name="photo")
     _, human_parts = viewer.window.add_plugin_dock_widget("napari-deeplab", "Human parts")
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     qtbot.waitUntil(lambda: widget.native.isVisible())
     qtbot.wait(200)
     legend = human_parts.native.findChild(QListWidget)  # the class legend
@@ -382,7 +379,7 @@ def test_clean_up_defaults_follow_the_people_and_keep_a_correct_mask(make_napari
     truth = np.ascontiguousarray(truth[::scale, ::scale])
     viewer = make_napari_viewer()
     parts = add_parts(viewer, truth.copy())
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     assert widget.min_size.native.suffix() == " %" and widget.max_hole.native.suffix() == " %"
     press(widget, qtbot, "remove_small_regions")
     assert mean_iou(parts.data, truth) >= 1 - 0.02, widget.runner.status.value
@@ -428,7 +425,7 @@ def _large_session(make_napari_viewer, cihp_samples, size=(2000, 1500)):
                           0.9).astype(np.float32)
     confidence[rng.random(truth.shape) < 0.01] = 0.2
     viewer.add_image(confidence, name="photo confidence", visible=False)
-    _, widget = open_refine(viewer)
+    _, widget = dock_plugin(viewer, "Refine parts")
     viewer.layers.selection.active = parts
     return viewer, widget, parts
 

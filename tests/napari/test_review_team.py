@@ -23,10 +23,13 @@ from napari_deeplab._napari.review_widget import AUTOSAVE_S, MIN_SEEN_S
 from napari_deeplab.cihp import ANNOTATOR_ENV
 from napari_deeplab.review import ReviewQueue
 
+from .gui import press_key
+
 ALT = Qt.KeyboardModifier.AltModifier
 SEEN_S = MIN_SEEN_S + 0.2
 TIMEOUT_MS = 240_000
-DRIVER = Path(__file__).with_name("review_driver.py")
+DRIVER = "tests.napari.review_driver"  # run as a module, so that it imports tests.napari.gui
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Annotator:
@@ -35,7 +38,7 @@ class Annotator:
     def __init__(self, user: str, log: Path):
         env = {**os.environ, ANNOTATOR_ENV: user}
         self.log = log.open("a")
-        self.process = subprocess.Popen([sys.executable, str(DRIVER), "0.5"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", DRIVER, "0.5"], env=env, cwd=REPO,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.log, text=True, bufsize=1)
         self.replies: queue.Queue = queue.Queue()
@@ -100,16 +103,6 @@ def _photos(cihp_samples, folder: Path, names) -> Path:
     return folder
 
 
-def _press(qtbot, viewer, key, modifiers=ALT, times: int = 1) -> float:
-    """Real key presses on the canvas; returns how long the last one took (the GUI stall)."""
-    canvas = viewer.window._qt_viewer.canvas.native
-    canvas.setFocus()
-    for _ in range(times):
-        start = time.perf_counter()
-        qtbot.keyClick(canvas, key, modifiers)
-    return time.perf_counter() - start
-
-
 def _open(widget, photos, root, model) -> None:
     widget.photos.value, widget.dataset.value = photos, root
     widget.model.source = str(model)
@@ -159,11 +152,11 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     cihp.write_sample(root, "a", np.full(parts.data.shape, 2, np.uint8),
                       image=np.zeros((*parts.data.shape, 3), np.uint8))
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_A)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert alice.shown_id == "a" and alice.choice_row.visible
     assert alice.status.value.startswith("a was not exported: ") and "\n" not in alice.status.value
     assert cihp.read_sample(root, "a").category_ids.max() == 2
-    _press(qtbot, viewer, Qt.Key.Key_A)  # Accept again does not decide for her
+    press_key(viewer, Qt.Key.Key_A, ALT)  # Accept again does not decide for her
     assert cihp.read_sample(root, "a").category_ids.max() == 2
     alice.keep_mine_button.native.click()
     assert cihp.read_sample(root, "a").category_ids[9, 9] == 7
@@ -176,7 +169,7 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     assert cihp.find_image(root, "a").suffix == ".png"
     assert alice.shown_id == "a" and viewer.layers["a parts"].data[9, 9] == 7  # hers, in hand
     qtbot.wait(int(SEEN_S * 1000))
-    stall = _press(qtbot, viewer, Qt.Key.Key_A)  # now based on the restored version: exported
+    stall = press_key(viewer, Qt.Key.Key_A, ALT)  # now based on the restored version: exported
     assert cihp.read_sample(root, "a").category_ids[9, 9] == 7 and alice.shown_id == "d"
 
     # bob edits c, the autosave runs, and his napari is killed (kill -9): reopening resumes on
@@ -201,7 +194,7 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     assert parts.data[7, 7] == 9 and parts.data[40, 40] == 4
     parts.data_setitem(np.nonzero(parts.data), 0)
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_A)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert alice.choice_row.visible and "every pixel is background" in alice.status.value
     assert "c" not in _ids_of(root)
     alice.export_empty_button.native.click()
@@ -274,17 +267,17 @@ def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_p
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
     _open(widget, photos, root, tmp_path / "no-model.keras")
     assert widget.progress.value == "0 of 3 exported"
-    _press(qtbot, viewer, Qt.Key.Key_Right)  # a left at once: still only pre-labelled
+    press_key(viewer, Qt.Key.Key_Right, ALT)  # a left at once: still only pre-labelled
     assert widget.queue.full_state("a") == "pre-labelled"
     qtbot.wait(int(SEEN_S * 1000))
-    stall = _press(qtbot, viewer, Qt.Key.Key_Right)  # b looked at, not edited
+    stall = press_key(viewer, Qt.Key.Key_Right, ALT)  # b looked at, not edited
     print(f"\nNext key press: {stall * 1000:.0f} ms")
     assert widget.queue.full_state("b") == "seen" and widget.photo_list.item(1).text() == "b — seen"
     widget.flag_button.native.click()
     assert widget.photo_list.item(2).text() == "c — flagged"
     assert widget.status.value.startswith("c: flagged by ")
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_A)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.full_state("c") == "exported-reviewed"
     assert widget.status.value.startswith("Exported c — Undo") and widget.progress.value == \
         "1 of 3 exported"
@@ -304,7 +297,7 @@ def test_open_theirs_shows_the_newer_sample_and_keeps_yours_aside(make_napari_vi
     theirs = np.full(parts.data.shape, 3, np.uint8)
     cihp.write_sample(root, "a", theirs, image_path=photos / "a.jpg", writer_tool="predict")
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_A)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert "written by" in widget.status.value and "with predict at" in widget.status.value
     parts.paint((30, 60), 6)  # painted after the refusal: kept aside too
     widget.open_theirs_button.native.click()
@@ -315,5 +308,5 @@ def test_open_theirs_shows_the_newer_sample_and_keeps_yours_aside(make_napari_vi
     assert mine[20, 20] == 5 and mine[30, 60] == 6
     # theirs is now what Accept starts from: no refusal
     qtbot.wait(int(SEEN_S * 1000))
-    _press(qtbot, viewer, Qt.Key.Key_A)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.shown_id == "b" and widget.queue.full_state("a") == "exported-reviewed"

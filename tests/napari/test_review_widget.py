@@ -17,23 +17,14 @@ from napari_deeplab._napari.parts_layer import edit_tracker
 from napari_deeplab._napari.recent_datasets import recent_datasets
 from napari_deeplab._napari.review_widget import ACCEPT_KEY, MIN_SEEN_S, NEXT_KEY, PREVIOUS_KEY
 
+from .gui import dock_plugin, main_window, press_key
+
 TIMEOUT_MS = 240_000  # model work on 2 shared cores, with a cold model process
 ALT, SHIFT, CONTROL = (Qt.KeyboardModifier.AltModifier, Qt.KeyboardModifier.ShiftModifier,
                        Qt.KeyboardModifier.ControlModifier)
 UNREADABLE = "0000001"  # sorts before the CIHP photos: the first photo of the queue
 IDS = [UNREADABLE, "0002190", "0005008", "0026375"]
 SEEN_MS = int(MIN_SEEN_S * 1000) + 100  # Accept applies to a photo on screen this long
-
-
-def _dock(viewer):
-    return viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
-
-
-def _press(qtbot, viewer, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
-    """A real key press on the canvas, as the keyboard sends it."""
-    canvas = viewer.window._qt_viewer.canvas.native
-    canvas.setFocus()
-    qtbot.keyClick(canvas, key, modifiers)
 
 
 def _click_row(qtbot, list_widget, row: int, double: bool = False) -> None:
@@ -65,7 +56,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     broken_model.write_bytes(b"not a model")
     root = tmp_path / "dataset"
     viewer = make_napari_viewer(show=True)
-    dock, widget = _dock(viewer)
+    dock, widget = dock_plugin(viewer, "Review queue")
     errors_before = len(_errors())
 
     # the unreadable photo is shown as an error; pre-labelling starts at once, and says so
@@ -85,11 +76,11 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert len(_errors()) == errors_before + 2  # the unreadable photo, the model
 
     # moving on asks again (one more error); an empty parts layer cannot be accepted
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    press_key(viewer, Qt.Key.Key_Right, ALT)
     assert widget.shown_id == IDS[1]
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     assert len(_errors()) == errors_before + 3
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert len(_errors()) == errors_before + 4 and "No parts to export" in widget.status.value
     assert queue.state(IDS[1]) == "new"
     assert not (root / "Training" / "Images" / f"{IDS[1]}.jpg").exists()
@@ -112,7 +103,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     # a painted stroke makes the photo "corrected" on Next
     parts.paint((40, 50), 13)
     layer_ids = [photo.unique_id, parts.unique_id]
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    press_key(viewer, Qt.Key.Key_Right, ALT)
     assert queue.state(IDS[1]) == "corrected"
     assert queue.load_draft(IDS[1])[40, 50] == queue.load_draft(IDS[1])[10, 10] == 13
     # the same two layers show the next photo (no removing and re-adding), and its parts
@@ -121,13 +112,13 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert [layer.unique_id for layer in viewer.layers] == layer_ids
     parts = viewer.layers[f"{IDS[2]} parts"]
     parts.paint((30, 30), 7)
-    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)  # undoes the stroke
+    press_key(viewer, Qt.Key.Key_Z, CONTROL)  # undoes the stroke
     np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[2]))
-    _press(qtbot, viewer, Qt.Key.Key_Z, CONTROL)  # nothing left to undo
+    press_key(viewer, Qt.Key.Key_Z, CONTROL)  # nothing left to undo
     np.testing.assert_array_equal(parts.data, queue.load_draft(IDS[2]))
 
     # back (Alt+Left): the corrected draft keeps its protection and its state
-    _press(qtbot, viewer, Qt.Key.Key_Left, ALT)
+    press_key(viewer, Qt.Key.Key_Left, ALT)
     parts = viewer.layers[f"{IDS[1]} parts"]
     assert parts.data[40, 50] == 13
     assert edit_tracker(parts).mask.all()
@@ -135,7 +126,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     # the class legend acts on the parts layer shown
     _click_row(qtbot, widget.legend.list, 5)
     assert parts.selected_label == 5
-    _press(qtbot, viewer, Qt.Key.Key_Down, SHIFT)
+    press_key(viewer, Qt.Key.Key_Down, SHIFT)
     assert NEXT_CLASS_KEY == "Shift-Down" and parts.selected_label == 6
 
     # double-click a photo in the list to go to it
@@ -149,7 +140,7 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     assert people.data.max() >= 1
     expected_parts, expected_people = viewer.layers[f"{IDS[2]} parts"].data.copy(), people.data.copy()
     qtbot.wait(SEEN_MS)  # looked at
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert queue.state(IDS[2]) == "exported"
     sample = cihp.read_sample(root, IDS[2])
     np.testing.assert_array_equal(sample.category_ids, expected_parts)
@@ -163,17 +154,17 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     # close the widget and open the queue again: it resumes from the dataset folder
     viewer.window.remove_dock_widget(dock)
     viewer.layers.clear()
-    _, again = _dock(viewer)
+    _, again = dock_plugin(viewer, "Review queue")
     _open(again, photos, root, model_file)
     assert again.queue.position == 3 and again.shown_id == IDS[3]
     assert [again.queue.state(i) for i in IDS] == ["new", "corrected", "exported", "pre-labelled"]
-    _press(qtbot, viewer, Qt.Key.Key_Left, ALT)  # the exported photo is skipped
+    press_key(viewer, Qt.Key.Key_Left, ALT)  # the exported photo is skipped
     assert again.shown_id == IDS[1]
     assert viewer.layers[f"{IDS[1]} parts"].data[40, 50] == 13
     again.skip_exported.value = False  # an exported photo only looked at stays exported
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    press_key(viewer, Qt.Key.Key_Right, ALT)
     assert again.shown_id == IDS[2]
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    press_key(viewer, Qt.Key.Key_Right, ALT)
     assert [again.queue.state(i) for i in IDS] == ["new", "corrected", "exported", "pre-labelled"]
     qtbot.waitUntil(lambda: not again.prelabelling, timeout=TIMEOUT_MS)
 
@@ -182,7 +173,7 @@ def test_an_empty_dataset_field_is_refused_and_nothing_written(make_napari_viewe
                                                                 tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the state would have been written
     viewer = make_napari_viewer()
-    _, widget = _dock(viewer)
+    _, widget = dock_plugin(viewer, "Review queue")
     widget.photos.value = cihp_samples / "Images"
     widget.open_button.native.click()
     assert widget.queue is None and not widget.prelabelling
@@ -204,14 +195,14 @@ def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, 
     napari_keys |= {str(binding.keybinding) for binding in get_app_model().keybindings}
     mnemonics = {text[text.index("&") + 1].upper()
                  for text in (action.text() for action in
-                              viewer.window._qt_window.menuBar().actions()) if "&" in text}
+                              main_window(viewer).menuBar().actions()) if "&" in text}
     for key in keys:
         assert str(coerce_keybinding(key)) not in napari_keys
         modifiers, _, name = key.rpartition("-")
         assert not (name.isdigit() and "Shift" in modifiers)
         assert not ("Alt" in modifiers and name.upper() in mnemonics)
 
-    dock, widget = _dock(viewer)
+    dock, widget = dock_plugin(viewer, "Review queue")
     for button, key in ((widget.next_button, NEXT_KEY), (widget.previous_button, PREVIOUS_KEY),
                         (widget.accept_button, ACCEPT_KEY)):
         assert key in button.tooltip
@@ -223,7 +214,7 @@ def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, 
     viewer.window.remove_dock_widget(dock)
     del widget, dock, button
     assert not any(coerce_keybinding(key) in viewer.keymap for key in keys)
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)  # nothing happens, nothing fails
+    press_key(viewer, Qt.Key.Key_Right, ALT)  # nothing happens, nothing fails
     qtbot.wait(50)
     gc.collect()
     assert gone() is None
@@ -239,7 +230,7 @@ def test_a_damaged_queue_state_is_shown_as_a_warning(make_napari_viewer, cihp_sa
     engine_queue.save_draft(IDS[1], np.full((200, 300), 5, np.uint8), corrected=True)
     (engine_queue.folder / "queue.json").write_text("{ truncated")
     viewer = make_napari_viewer()
-    _, widget = _dock(viewer)
+    _, widget = dock_plugin(viewer, "Review queue")
     widget.photos.value, widget.dataset.value = photos, root
     widget.open_button.native.click()
     warnings = [n.message for n in notification_manager.records
@@ -258,9 +249,9 @@ def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_rem
     photos.mkdir()
     PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / "small.jpg")
     viewer = make_napari_viewer(show=True)
-    _, widget = _dock(viewer)
-    for press in (lambda: _press(qtbot, viewer, Qt.Key.Key_A, ALT),
-                  lambda: _press(qtbot, viewer, Qt.Key.Key_Right, ALT),
+    _, widget = dock_plugin(viewer, "Review queue")
+    for press in (lambda: press_key(viewer, Qt.Key.Key_A, ALT),
+                  lambda: press_key(viewer, Qt.Key.Key_Right, ALT),
                   widget.accept_button.native.click, widget.people_button.native.click):
         widget.status.value = ""
         press()
@@ -288,7 +279,7 @@ def _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_pa
     for name in ("a", "b"):
         PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / f"{name}.jpg")
     viewer = make_napari_viewer(show=True)
-    _, widget = _dock(viewer)
+    _, widget = dock_plugin(viewer, "Review queue")
     _open(widget, photos, tmp_path / "dataset", model_file)
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     qtbot.wait(SEEN_MS)  # the first photo's pre-label looked at
@@ -300,13 +291,13 @@ def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer
     """A double press of Alt+A must not export the next photo, which nobody has looked at."""
     viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file,
                                       tmp_path)
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.shown_id == "b"
     assert [widget.queue.state(i) for i in "ab"] == ["exported", "pre-labelled"]
     assert widget.status.value == "Accept pressed twice: b was not exported; look at it, then Accept"
     qtbot.wait(SEEN_MS)
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.state("b") == "exported"
 
 
@@ -323,14 +314,14 @@ def test_a_dataset_that_cannot_be_written_keeps_the_photo_and_its_edits(
     parts.data_setitem((np.array([1, 2]), np.array([1, 2])), np.array([3, 3]))
     edited = np.array(parts.data)
     for _ in range(2):  # a second Next must not take the edits as saved
-        _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+        press_key(viewer, Qt.Key.Key_Right, ALT)
         assert widget.shown_id == "a"
         assert widget.status.value.startswith("a: your edits are not saved (")
         assert widget.status.value.endswith("make the dataset folder writable, then try again")
         np.testing.assert_array_equal(viewer.layers["a parts"].data, edited)
-    _press(qtbot, viewer, Qt.Key.Key_A, ALT)
+    press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.shown_id == "a" and widget.status.value.startswith("a: Accept did not complete (")
     drafts.unlink()
-    _press(qtbot, viewer, Qt.Key.Key_Right, ALT)
+    press_key(viewer, Qt.Key.Key_Right, ALT)
     assert widget.shown_id == "b"
     np.testing.assert_array_equal(widget.queue.load_draft("a"), edited)

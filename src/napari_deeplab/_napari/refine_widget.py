@@ -14,7 +14,6 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-from magicgui.type_map import get_widget_class
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
@@ -66,6 +65,7 @@ HELP_LINE = "⇧X on a button: Shift+X presses it (on the canvas)"
 RELATIVE_SIZES = ("min_size", "max_hole")
 """Sizes in % of the people's area (``refine.person_area``: the labelled pixels of the frame), so
 one setting fits a person close up and one three times smaller (docs/benchmarks.md)."""
+REVIEW_REGION_SHARE = 0.4  # of the canvas a region to review is zoomed to fill
 
 
 class OperationButton(PushButton):
@@ -90,10 +90,8 @@ class RefineWidget(Container):
         self._review_for, self._review_regions = None, []  # the list, and what it was made for
         self._review_status = ""
         self._click_watch = partial(_remember_click, weakref.ref(self))
-        labels_layers = get_widget_class(annotation=Labels)[1]["choices"]  # napari's picker's
-        self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True, choices=(
-            lambda widget: [layer for layer in labels_layers(widget)
-                            if not layer.name.endswith(SCRIBBLES_SUFFIX)]))
+        self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True,
+                              choices=self._parts_choices)
         self.scope = ComboBox(choices=[WHOLE, SELECTION, REGION], tooltip="Every pixel (of the "
                               "frame shown), the selection's shapes, or the region last clicked")
         self.draw_selection = PushButton(text="Draw selection",
@@ -169,6 +167,12 @@ class RefineWidget(Container):
         for layer in layers if self.native.parent() is not None else ():  # once per layer
             if self._click_watch not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._click_watch)
+
+    def _parts_choices(self, _widget=None) -> list[Labels]:
+        """The viewer's Labels layers but the scribbles (painted on, not refined), in the layer
+        list's order: what napari's own Labels picker offers, less those."""
+        return [layer for layer in self.viewer.layers  # iterating gives the layers themselves
+                if isinstance(layer, Labels) and not layer.name.endswith(SCRIBBLES_SUFFIX)]
 
     def _stop_watching_clicks(self) -> None:
         for layer in self.viewer.layers:
@@ -339,12 +343,12 @@ class RefineWidget(Container):
         review.data = []
         review.add_rectangles(rectangle)
         self.viewer.layers.selection.active = parts  # keep painting and shortcuts on the parts
-        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9: scene.camera
+        camera = self.viewer.scene.camera
         corners = np.array([review.data_to_world(corner)[-2:] for corner in rectangle])
         camera.center = tuple(corners.mean(axis=0))
-        if (canvas := getattr(getattr(self.viewer, "canvas", None), "size", None)) is not None:
-            extent = np.maximum(np.abs(corners[1] - corners[0]), 1)  # napari >= 0.9
-            camera.zoom = 0.4 * float(np.min(np.asarray(canvas) / extent))  # 40% of the view
+        extent = np.maximum(np.abs(corners[1] - corners[0]), 1)
+        canvas = np.asarray(self.viewer.canvas.size)
+        camera.zoom = REVIEW_REGION_SHARE * float(np.min(canvas / extent))
         row, col = regions.inside(number - 1)  # a pixel inside the region
         self._clicked = (parts.unique_id, frame, int(row), int(col))
         self._review_status = (f"Region {number} of {regions.total}: {int(area):,} pixels, mean "

@@ -1,7 +1,7 @@
 """Each refinement operation against the model mistake it is for, on real CIHP ground truth.
 
-    .venv/bin/python benchmarks/refine.py          # everything
-    .venv/bin/python benchmarks/refine.py --snap   # Snap to image at 3 and 12 MP only
+    .venv/bin/python -m benchmarks.refinement          # everything
+    .venv/bin/python -m benchmarks.refinement --snap   # Snap to image at 3 and 12 MP only
 
 For every CIHP sample in tests/data/cihp_samples, at four scales: the mask as it is, scaled down
 to 1/2 and 1/3 with nearest neighbour (people two or three times smaller: thin parts 1 to 3
