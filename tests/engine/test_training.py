@@ -35,15 +35,6 @@ from tests.conftest import SAMPLE_IDS
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def random_model_file(tmp_path_factory) -> Path:
-    """A random-weight model (``build_model()``) saved once, for the tests that only need some
-    model to evaluate or to start from; none of them writes to it."""
-    path = tmp_path_factory.mktemp("random-model") / "m.keras"
-    build_model().save(path)
-    return path
-
-
 def test_flip_matches_the_official_flipped_masks(cihp_samples):
     for sample_id in SAMPLE_IDS:
         labels = np.asarray(Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
@@ -160,8 +151,8 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     assert read_id_list(predicted, "Training") == ["0005008"]
 
 
-def test_evaluate_command_prints_json(cihp_samples, random_model_file, capsys):
-    assert main(["evaluate", str(cihp_samples), "--model", str(random_model_file), "--json"]) == 0
+def test_evaluate_command_prints_json(cihp_samples, model_file, capsys):
+    assert main(["evaluate", str(cihp_samples), "--model", str(model_file), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"miou", "pixel_accuracy", "per_class"}
     assert set(result["per_class"]) == set(CLASS_NAMES)
@@ -316,14 +307,14 @@ def _copy_split(cihp_samples, root: Path) -> Path:
 
 
 def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path,
-                                                                          random_model_file, capsys):
+                                                                          model_file, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     whole = (split / "Images" / "0005008.jpg").read_bytes()
     (split / "Images" / "0005008.jpg").write_bytes(whole[:len(whole) // 3])  # truncated
     grey = np.asarray(Image.open(split / "Images" / "0026375.jpg").convert("L"))
     (split / "Images" / "0026375.jpg").unlink()
     Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(split / "Images" / "0026375.png")
-    model = random_model_file
+    model = model_file
     for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -346,11 +337,11 @@ def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str
 
 
 def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path,
-                                                           random_model_file, capsys):
+                                                           model_file, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     for path in (split / "Category_ids").iterdir():
         Image.fromarray(np.full_like(np.asarray(Image.open(path)), 255)).save(path)
-    model = random_model_file
+    model = model_file
     for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -358,10 +349,10 @@ def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_pat
     assert not (tmp_path / "t.keras").exists()
 
 
-def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, random_model_file,
+def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, model_file,
                                                      capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
-    model = random_model_file
+    model = model_file
     args = ["evaluate", str(split.parent), "--split", "Training", "--model", str(model), "--json"]
     assert main(args) == 0
     once = json.loads(capsys.readouterr().out)
