@@ -164,12 +164,10 @@ def test_convert_on_a_full_disk_is_one_line_and_sweeps_killed_temporaries(tmp_pa
 
 
 @pytest.mark.one_backend
-def test_finetune_on_a_full_disk_is_one_line(cihp_samples, tmp_path, capsys):
-    from napari_deeplab.model import build_model
+def test_finetune_on_a_full_disk_is_one_line(cihp_samples, model_file, tmp_path, capsys):
     from tests.engine.filesystems import small_filesystem
 
-    source = tmp_path / "source.keras"
-    build_model().save(source)
+    source = model_file  # the session's model: only read
     with small_filesystem(tmp_path / "full") as full:
         out = full / "tuned.keras"
         assert main(["finetune", str(cihp_samples), "--model", str(source), "--out", str(out),

@@ -1,8 +1,10 @@
 """The dataset's commit protocol under crashes and concurrent writers (real files, real
 processes): a sample is never lost, mixed or half-visible."""
 
+import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,74 @@ def _env(**extra):
     return env
 
 
+# Forks one process per writer script from a Python that imported the engine once (a fresh
+# interpreter spends about a second importing numpy and cihp before the first commit step):
+# each script still runs in its own process, which dies at its crash point.
+FORK_SERVER = """
+import json, os, sys, tempfile, traceback
+import numpy as np
+from PIL import Image
+from napari_deeplab import cihp, files
+for line in sys.stdin:
+    script, args, env = json.loads(line)
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        os.environ.update(env)
+        sys.argv = ["-c", *args]
+        code = 0
+        try:
+            exec(compile(script, "<string>", "exec"), {"__name__": "__main__"})
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    status = os.waitpid(pid, 0)[1]
+    out.seek(0)
+    err.seek(0)
+    print(json.dumps([os.waitstatus_to_exitcode(status), out.read().decode(errors="replace"),
+                      err.read().decode(errors="replace")]), flush=True)
+"""
+
+
+class ForkedScripts:
+    """``run(script, *args, **env)``: the script in a process of its own (forked from
+    :data:`FORK_SERVER`), as ``python -c script *args`` with ``env`` added to :func:`_env`;
+    returns a :class:`subprocess.CompletedProcess` (text ``stdout`` and ``stderr``)."""
+
+    def __init__(self):
+        self.server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], env=_env(),
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, script: str, *args, timeout: float = 60, **env) -> subprocess.CompletedProcess:
+        self.server.stdin.write(json.dumps([script, [str(a) for a in args], env]) + "\n")
+        self.server.stdin.flush()
+        if not select.select([self.server.stdout], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(script, timeout)
+        returncode, stdout, stderr = json.loads(self.server.stdout.readline())
+        return subprocess.CompletedProcess(args, returncode, stdout, stderr)
+
+    def __enter__(self) -> "ForkedScripts":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.server.stdin.close()
+        self.server.wait(60)
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """One :class:`ForkedScripts` for the module."""
+    with ForkedScripts() as forked:
+        yield forked
+
+
 def _photo(path: Path, value: int) -> Path:
     """A small photo whose pixels say which version of the sample it belongs to."""
     Image.fromarray(np.full(SHAPE + (3,), value * 40, np.uint8)).save(path)
@@ -103,19 +173,17 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
     return set(listed)
 
 
-def _run_crashing_at(number: int, script: str, *args) -> str | None:
+def _run_crashing_at(scripts, number: int, script: str, *args) -> str | None:
     """Run ``script`` with ``args`` in a process stopped at commit step ``number``: the name of
     the step it crashed at, or None when it completed."""
-    run = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                         env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
-                         text=True, timeout=60)
+    run = scripts.run(script, *args, **{files.CRASH_ENV: str(number)})
     if run.returncode == 0:
         return None
     assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
     return run.stderr.strip().rsplit("(", 1)[-1].rstrip(")")
 
 
-def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions,
+def _crash_at_every_step(scripts, tmp_path, base: Path, photo: Path, value: int, versions,
                          tool: str | None = None) -> list[str]:
     """Run the writer stopped at step 1, 2, ... until it completes; after each crash check the
     dataset, re-run the write and check again. Returns the names of the steps crashed at.
@@ -124,7 +192,8 @@ def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions
     for number in range(1, 100):
         root = tmp_path / f"crash-{base.name}-{tool}-{number}"
         shutil.copytree(base, root)
-        step = _run_crashing_at(number, WRITER, root, "s", value, photo, *([tool] if tool else []))
+        step = _run_crashing_at(scripts, number, WRITER, root, "s", value, photo,
+                                *([tool] if tool else []))
         if step is None:
             return steps
         steps.append(step)
@@ -143,7 +212,7 @@ def _crash_at_every_step(tmp_path, base: Path, photo: Path, value: int, versions
     raise AssertionError("the writer never completed")
 
 
-def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_path):
+def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scripts, tmp_path):
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     keep_photo = _photo(tmp_path / "keep.png", 3)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes(), 3: keep_photo.read_bytes()}
@@ -155,24 +224,24 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
     cihp.write_sample(with_old, "s", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
                       human_ids=np.full(SHAPE, 1, np.uint8))
 
-    new_sample_steps = _crash_at_every_step(tmp_path, empty, new_photo, 2, versions)
+    new_sample_steps = _crash_at_every_step(scripts, tmp_path, empty, new_photo, 2, versions)
     # an overwrite that changes the photo's suffix (.jpg -> .png): the old photo must go too
-    overwrite_steps = _crash_at_every_step(tmp_path, with_old, new_photo, 2, versions)
+    overwrite_steps = _crash_at_every_step(scripts, tmp_path, with_old, new_photo, 2, versions)
 
     # a crash while completing another writer's crashed commit (the roll-forward is idempotent)
     interrupted = tmp_path / "base-interrupted"
     shutil.copytree(with_old, interrupted)
-    subprocess.run([sys.executable, "-c", WRITER, str(interrupted), "s", "2", str(new_photo)],
-                   env=_env(**{files.CRASH_ENV: "journal written"}), capture_output=True, timeout=60)
+    scripts.run(WRITER, interrupted, "s", 2, new_photo, **{files.CRASH_ENV: "journal written"})
     assert (interrupted / "Training" / cihp.JOURNAL_NAME).exists()
-    recovery_steps = _crash_at_every_step(tmp_path, interrupted, new_photo, 2, versions)
+    recovery_steps = _crash_at_every_step(scripts, tmp_path, interrupted, new_photo, 2, versions)
 
     expected = {"staged Images", "staged Category_ids", "staged Categories", "staged Human_ids",
                 "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
                 "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
     assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
     # an interactive writer (the review queue) also commits its writer record
-    review_steps = _crash_at_every_step(tmp_path, with_old, new_photo, 2, versions, tool="review")
+    review_steps = _crash_at_every_step(scripts, tmp_path, with_old, new_photo, 2, versions,
+                                        tool="review")
     assert expected | {"staged writer record", f"renamed {cihp.WRITERS_FOLDER}/s.json",
                        "removed Images/s.jpg"} <= set(review_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
@@ -182,7 +251,7 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(tmp_
           "a crashed commit), all consistent and completed by a re-run")
 
 
-def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp_path):
+def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(scripts, tmp_path):
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes()}
     base = tmp_path / "base"
@@ -192,7 +261,7 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp
     for number in range(1, 200):
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
-        step = _run_crashing_at(number, GROUP_WRITER, root, 2, new_photo)
+        step = _run_crashing_at(scripts, number, GROUP_WRITER, root, 2, new_photo)
         if step is None:
             break
         steps.append(step)
@@ -201,8 +270,8 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(tmp
         # both new (recovered), or g0 old and g1 absent
         assert (listed, values) in (({"g0"}, {1}), ({"g0", "g1"}, {2}))
         assert not _temporaries(root)
-        assert subprocess.run([sys.executable, "-c", GROUP_WRITER, str(root), "2", str(new_photo)],
-                              env=_env(), timeout=60).returncode == 0
+        rerun = scripts.run(GROUP_WRITER, root, 2, new_photo)
+        assert rerun.returncode == 0, rerun.stderr
         assert _assert_consistent(root, versions) == {"g0", "g1"}
         assert {cihp.read_sample(root, i).category_ids[0, 0] for i in ("g0", "g1")} == {2}
     else:
@@ -542,7 +611,7 @@ cihp.remove_sample(sys.argv[1], "s")
 """
 
 
-def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_path):
+def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(scripts, tmp_path):
     photo = _photo(tmp_path / "p.jpg", 1)
     keep = _photo(tmp_path / "keep.png", 3)
     versions = {1: photo.read_bytes(), 3: keep.read_bytes()}
@@ -555,7 +624,7 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(tmp_pa
     for number in range(1, 100):
         root = tmp_path / f"crash-{number}"
         shutil.copytree(base, root)
-        step = _run_crashing_at(number, REMOVER, root)
+        step = _run_crashing_at(scripts, number, REMOVER, root)
         if step is None:
             break
         steps.append(step)

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from napari_deeplab import cihp, files
-from tests.engine.test_commit import SHAPE, WRITER, _env, _photo, _temporaries
+from tests.engine.test_commit import SHAPE, WRITER, ForkedScripts, _env, _photo, _temporaries
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """One :class:`~tests.engine.test_commit.ForkedScripts` for the module."""
+    with ForkedScripts() as forked:
+        yield forked
 
 
 def _victim(tmp_path: Path) -> dict[Path, bytes]:
@@ -338,7 +345,7 @@ def _seed_pairs(split: Path) -> tuple[list[str], list[str]]:
             [Path(p).stem for p in sorted(glob(str(split / "Category_ids" / "*")))])
 
 
-def test_a_foreign_loader_never_pairs_a_photo_with_another_samples_mask(tmp_path):
+def test_a_foreign_loader_never_pairs_a_photo_with_another_samples_mask(scripts, tmp_path):
     """At every crash point of a commit (a new sample, and an overwrite that changes the
     photo's suffix), the seed's pairing of two sorted globs either has lists of unequal length
     (``from_tensor_slices`` refuses) or pairs each photo with its own mask."""
@@ -354,9 +361,7 @@ def test_a_foreign_loader_never_pairs_a_photo_with_another_samples_mask(tmp_path
         for number in range(1, 100):
             root = tmp_path / f"crash-{base.name}-{number}"
             shutil.copytree(base, root)
-            run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo)],
-                                 env=_env(**{files.CRASH_ENV: str(number)}), capture_output=True,
-                                 text=True, timeout=60)
+            run = scripts.run(WRITER, root, "s", 2, new_photo, **{files.CRASH_ENV: str(number)})
             photos, masks = _seed_pairs(root / "Training")  # before any reader rolls forward
             if len(photos) == len(masks):
                 assert photos == masks, f"{run.stderr.strip()}: {photos} paired with {masks}"

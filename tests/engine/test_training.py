@@ -158,11 +158,8 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     assert read_id_list(predicted, "Training") == ["0005008"]
 
 
-@pytest.mark.keras
-def test_evaluate_command_prints_json(cihp_samples, tmp_path, capsys):
-    path = tmp_path / "m.keras"
-    build_model().save(path)
-    assert main(["evaluate", str(cihp_samples), "--model", str(path), "--json"]) == 0
+def test_evaluate_command_prints_json(cihp_samples, model_file, capsys):
+    assert main(["evaluate", str(cihp_samples), "--model", str(model_file), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"miou", "pixel_accuracy", "per_class"}
     assert set(result["per_class"]) == set(CLASS_NAMES)
@@ -271,9 +268,8 @@ def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
 
 # --- an existing --out is scored, bad photos and masks are named --------------------------------
 
-def _constant_model(class_id: int, path: Path) -> Path:
-    """A real model that predicts ``class_id`` everywhere, saved to ``path``."""
-    model = build_model()
+def _constant_model(model, class_id: int, path: Path) -> Path:
+    """``model`` (a real one) made to predict ``class_id`` everywhere, saved to ``path``."""
     logits = model.get_layer("logits")
     kernel, bias = logits.get_weights()
     logits.set_weights([np.zeros_like(kernel), np.eye(len(bias), dtype=bias.dtype)[class_id] * 1e-3])
@@ -292,8 +288,9 @@ def test_overwrite_never_replaces_a_better_model_by_a_worse_one(cihp_samples, tm
         size = Image.open(photo).size
         Image.fromarray(np.zeros(size[::-1], np.uint8)).save(val / "Category_ids" / f"{photo.stem}.png")
     (val / "val_id.txt").write_text("".join(f"{p.stem}\n" for p in sorted((val / "Images").iterdir())))
-    start = _constant_model(3, tmp_path / "start.keras")  # glove everywhere: mean IoU 0
-    out = _constant_model(0, tmp_path / "tuned.keras")  # background everywhere: 1
+    model = build_model()  # its logits decide alone: one model makes both files
+    start = _constant_model(model, 3, tmp_path / "start.keras")  # glove everywhere: mean IoU 0
+    out = _constant_model(model, 0, tmp_path / "tuned.keras")  # background everywhere: 1
     better = out.read_bytes()
     common = ["finetune", str(root), "--model", str(start), "--out", str(out), "--image-size", "64",
               "--batch-size", "2", "--learning-rate", "1e-3", "--epochs", "1", "--overwrite"]
@@ -322,15 +319,15 @@ def _copy_split(cihp_samples, root: Path) -> Path:
 
 
 @pytest.mark.one_backend
-def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path, capsys):
+def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path,
+                                                                          model_file, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     whole = (split / "Images" / "0005008.jpg").read_bytes()
     (split / "Images" / "0005008.jpg").write_bytes(whole[:len(whole) // 3])  # truncated
     grey = np.asarray(Image.open(split / "Images" / "0026375.jpg").convert("L"))
     (split / "Images" / "0026375.jpg").unlink()
     Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(split / "Images" / "0026375.png")
-    model = tmp_path / "m.keras"
-    build_model().save(model)
+    model = model_file
     for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -353,12 +350,12 @@ def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str
 
 
 @pytest.mark.one_backend
-def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path, capsys):
+def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path,
+                                                           model_file, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     for path in (split / "Category_ids").iterdir():
         Image.fromarray(np.full_like(np.asarray(Image.open(path)), 255)).save(path)
-    model = tmp_path / "m.keras"
-    build_model().save(model)
+    model = model_file
     for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -367,10 +364,10 @@ def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_pat
 
 
 @pytest.mark.one_backend
-def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, capsys):
+def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, model_file,
+                                                     capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
-    model = tmp_path / "m.keras"
-    build_model().save(model)
+    model = model_file
     args = ["evaluate", str(split.parent), "--split", "Training", "--model", str(model), "--json"]
     assert main(args) == 0
     once = json.loads(capsys.readouterr().out)

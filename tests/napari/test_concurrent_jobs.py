@@ -27,21 +27,17 @@ def _photos(cihp_samples, count: int) -> dict[str, np.ndarray]:
     return photos
 
 
-def _serial_labels(photos: dict[str, np.ndarray], model: str) -> dict[str, np.ndarray]:
+def _serial_results(photos: dict[str, np.ndarray], model: str, root,
+                    out) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The jobs run one after another in one model process of the test's own: ({id: labels}
+    of each photo, then the training's reports)."""
     process = ModelProcess()
     try:
-        return {sample_id: next(r for r in process.segment([photo], model)
-                                if isinstance(r, Segmentation)).labels
-                for sample_id, photo in photos.items()}
-    finally:
-        process.close()
-
-
-def _serial_training(root, model: str, out) -> list[dict]:
-    process = ModelProcess()
-    try:
-        return [r for r in process.finetune(root=str(root), source=model, out=str(out), **TRAINING)
-                if isinstance(r, dict)]
+        labels = {sample_id: next(r for r in process.segment([photo], model)
+                                  if isinstance(r, Segmentation)).labels
+                  for sample_id, photo in photos.items()}
+        return labels, [r for r in process.finetune(root=str(root), source=model, out=str(out),
+                                                    **TRAINING) if isinstance(r, dict)]
     finally:
         process.close()
 
@@ -58,8 +54,8 @@ def test_review_queue_human_parts_and_fine_tune_at_once(make_napari_viewer, dock
         sample = cihp.read_sample(cihp_samples, sample_id, split=None)
         cihp.write_sample(training_root, sample_id, sample.category_ids,
                           image_path=sample.image_path)
-    expected = _serial_labels(photos, model_file)
-    expected_training = _serial_training(training_root, model_file, tmp_path / "serial.keras")
+    expected, expected_training = _serial_results(photos, model_file, training_root,
+                                                  tmp_path / "serial.keras")
     assert [r["epoch"] for r in expected_training] == [0, 1]
 
     viewer = make_napari_viewer()

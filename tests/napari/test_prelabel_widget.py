@@ -39,12 +39,17 @@ def sample_viewer(make_napari_viewer):
     return viewer
 
 
-def _predict_directly(photo, model):
+@pytest.fixture(scope="module")
+def direct_process():
+    """A model process of the tests' own (not the widgets' shared one), started once for the
+    module, for the predictions made directly."""
     process = ModelProcess()
-    try:
-        return next(r for r in process.segment([photo], model) if isinstance(r, Segmentation))
-    finally:
-        process.close()
+    yield process
+    process.close()
+
+
+def _predict_directly(process, photo, model):
+    return next(r for r in process.segment([photo], model) if isinstance(r, Segmentation))
 
 
 def _canvas_point(viewer, row: float, col: float) -> QPoint:
@@ -68,7 +73,8 @@ def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
     qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
 
 
-def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run_job, model_file):
+def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run_job, model_file,
+                                                 direct_process):
     _, widget = dock_plugin(sample_viewer, "Human parts")
     assert widget.image.value.name == PHOTO
     widget.model.source = model_file
@@ -89,12 +95,12 @@ def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run
     assert not confidence.visible and confidence.data.shape == photo.shape[:2]
     assert confidence.data.min() > 0 and confidence.data.max() <= 1
     assert [w.name for w in widget.image.choices] == [PHOTO]  # no confidence layer offered
-    np.testing.assert_array_equal(parts.data, _predict_directly(photo, model_file).labels)
+    np.testing.assert_array_equal(parts.data, _predict_directly(direct_process, photo, model_file).labels)
 
 
 def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock_plugin, run_job,
                                                        press_key, qtbot, model_file,
-                                                       other_model_file, capsys):
+                                                       other_model_file, direct_process, capsys):
     """Issue 9, item 1: the Plugins-menu path, a real mouse stroke, Run again, Ctrl+Z."""
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-deeplab", "cihp-photo")
@@ -116,7 +122,8 @@ def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock
     widget.model.source = other_model_file  # e.g. after fine-tuning
     run_job(widget.runner)
     kept = (parts.data[stroke] == 13).mean()
-    new_prediction = _predict_directly(viewer.layers[PHOTO].data, other_model_file).labels
+    new_prediction = _predict_directly(direct_process, viewer.layers[PHOTO].data,
+                                       other_model_file).labels
     np.testing.assert_array_equal(parts.data[~stroke], new_prediction[~stroke])
     assert (new_prediction != first_run)[~stroke].any()  # the second model changed pixels
     second_run = parts.data.copy()
