@@ -48,13 +48,13 @@ def _import_tensorflow_quietly() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line. Its choices come from the engine (:data:`~napari_deeplab.model.PRECISIONS`,
+    """The command line. Its choices come from the engine (:data:`~napari_deeplab.PRECISIONS`,
     the splits of :data:`~napari_deeplab.cihp.SPLIT_ID_FILES`, the defaults of
-    :class:`~napari_deeplab.training.FinetuneSettings`), so importing the model loads Keras:
-    call :func:`_import_tensorflow_quietly` first."""
+    :class:`~napari_deeplab.training.FinetuneSettings`), none of which loads Keras, so that
+    ``--help`` and a mistyped option answer at once."""
     from . import DEFAULT_MODEL
     from .cihp import SPLIT_ID_FILES
-    from .model import PRECISIONS
+    from . import PRECISIONS
     from .training import (
         IMAGE_SIZE_MULTIPLE,
         TRAINING_SPLIT,
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    _import_tensorflow_quietly()  # before the parser, which takes its choices from the model
     args = build_parser().parse_args(argv)
+    _import_tensorflow_quietly()
     from .cihp import DatasetError
     from .model import ModelError
     from .prelabel import InputError

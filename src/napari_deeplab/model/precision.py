@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import keras
 
-PRECISIONS = ("float32", "bfloat16")
-"""What :func:`~napari_deeplab.model.load_model` and :func:`with_precision` take. ``bfloat16`` is Keras's
-``mixed_bfloat16``: variables stay float32, layers compute in bfloat16, and the logits are
-cast to float32 before the last upsampling, so the loss, the argmax and the softmax work
-in float32."""
+from .. import PRECISIONS
 
 _FLOAT32_OUTPUT_LAYERS = ("output_upsample", "model_info")
 """Layers that keep float32 in a bfloat16 model (the logits' upsampling and the output)."""

@@ -169,12 +169,10 @@ def locate_dataset(root: str | os.PathLike, split: str) -> Dataset:
 
     An id listed twice is kept once (and named in ``duplicates``). An id list that cannot be
     read (a folder, no permission) raises :class:`~napari_deeplab.cihp.DatasetError`."""
-    root = Path(root)
-    if (root / "Images").is_dir() and not (root / split).is_dir():
-        return _listed_dataset(root, None)
-    if not (root / split).is_dir():
-        return Dataset(root, split, [])
-    return _listed_dataset(root, split)
+    location = cihp.locate(root, split)
+    if location.split is not None and not location.folder.is_dir():
+        return Dataset(location.root, split, [])
+    return _listed_dataset(location.root, location.split)
 
 
 def _listed_dataset(root: Path, split: str | None) -> Dataset:
