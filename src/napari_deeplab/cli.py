@@ -52,9 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     the splits of :data:`~napari_deeplab.cihp.SPLIT_ID_FILES`, the defaults of
     :class:`~napari_deeplab.training.FinetuneSettings`), none of which loads Keras, so that
     ``--help`` and a mistyped option answer at once."""
-    from . import DEFAULT_MODEL
+    from . import DEFAULT_MODEL, PRECISIONS
     from .cihp import SPLIT_ID_FILES
-    from . import PRECISIONS
     from .training import (
         IMAGE_SIZE_MULTIPLE,
         TRAINING_SPLIT,
