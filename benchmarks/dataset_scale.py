@@ -74,8 +74,9 @@ def time_group(root: Path, group: int, rounds: int = 3) -> float:
     best = float("inf")
     for r in range(rounds):
         start = time.perf_counter()
-        staged = [cihp.stage_sample(root, f"g-{r}-{i:04d}", labels, image=image)
-                  for i in range(group)]
+        staged = [
+            cihp.stage_sample(root, f"g-{r}-{i:04d}", labels, image=image) for i in range(group)
+        ]
         assert cihp.commit_samples(staged) == [None] * group
         best = min(best, (time.perf_counter() - start) / group)
     return 1000 * best
@@ -85,7 +86,9 @@ def time_check(root: Path, ids: list[str], limit: int | None) -> tuple[float, bo
     """Seconds to check the split (scaled from ``limit`` samples when given and smaller)."""
     from napari_deeplab import training
 
-    chosen = ids if limit is None or limit >= len(ids) else ids[:: max(1, len(ids) // limit)][:limit]
+    chosen = (
+        ids if limit is None or limit >= len(ids) else ids[:: max(1, len(ids) // limit)][:limit]
+    )
     start = time.perf_counter()
     problems = training.check_samples(training.Dataset(root, "Training", chosen))
     elapsed = time.perf_counter() - start
@@ -113,9 +116,11 @@ def main(argv=None) -> None:
             group_ms = time_group(root, args.group)
             ids = cihp.list_samples(root, "Training")
             check_s, scaled = time_check(root, ids, args.check_limit) if count else (0.0, False)
-            print(f"{count:>8} {write_ms:>16.1f} {group_ms:>16.1f} "
-                  f"{('~' if scaled else '') + f'{check_s:.2f}':>14}   (split made in {made:.0f} s)",
-                  flush=True)
+            print(
+                f"{count:>8} {write_ms:>16.1f} {group_ms:>16.1f} "
+                f"{('~' if scaled else '') + f'{check_s:.2f}':>14}   (split made in {made:.0f} s)",
+                flush=True,
+            )
             shutil.rmtree(root)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -48,7 +48,7 @@ def measure(app, start_job, runner) -> tuple[float, float, list[float], list[str
     from qtpy.QtCore import QEventLoop
 
     loop = QEventLoop()  # Qt's own loop, idle between events, as in napari (no busy polling,
-    done = QTimer()      # which would take the GIL from the worker threads 1000 times a second)
+    done = QTimer()  # which would take the GIL from the worker threads 1000 times a second)
     done.setInterval(20)
     done.timeout.connect(lambda: None if runner.running else loop.quit())
     start = time.perf_counter()
@@ -67,8 +67,11 @@ def measure(app, start_job, runner) -> tuple[float, float, list[float], list[str
 
 def report(label: str, result) -> None:
     seconds, worst, top, statuses = result
-    print(f"{label}: {seconds:.2f} s; longest event-loop stall {worst:.0f} ms "
-          f"(five longest: {', '.join(f'{g:.0f}' for g in top)} ms)", flush=True)
+    print(
+        f"{label}: {seconds:.2f} s; longest event-loop stall {worst:.0f} ms "
+        f"(five longest: {', '.join(f'{g:.0f}' for g in top)} ms)",
+        flush=True,
+    )
     if len(statuses) > 2:
         print("    status lines: " + " | ".join(statuses), flush=True)
 
@@ -80,8 +83,10 @@ def photo_and_mask(megapixels: float):
     width = int(height * 4 / 3)
     photo = Image.open(SAMPLES / "Images" / "0005008.jpg")
     mask = Image.open(SAMPLES / "Category_ids" / "0005008.png")
-    return (np.asarray(photo.resize((width, height), Image.BILINEAR)),
-            np.array(mask.resize((width, height), Image.NEAREST)))
+    return (
+        np.asarray(photo.resize((width, height), Image.BILINEAR)),
+        np.array(mask.resize((width, height), Image.NEAREST)),
+    )
 
 
 def refine_stalls(viewer, app, megapixels: float) -> None:
@@ -92,28 +97,35 @@ def refine_stalls(viewer, app, megapixels: float) -> None:
     viewer.add_image(photo, name="photo")
     parts = viewer.add_labels(np.roll(mask, (8, 8), axis=(0, 1)), name="photo parts")
     rng = np.random.default_rng(0)
-    confidence = np.where(ndi.binary_dilation(find_boundaries(mask), iterations=3), 0.3,
-                          0.9).astype(np.float32)
+    confidence = np.where(
+        ndi.binary_dilation(find_boundaries(mask), iterations=3), 0.3, 0.9
+    ).astype(np.float32)
     confidence[rng.random(mask.shape) < 0.01] = 0.2
     viewer.add_image(confidence, name="photo confidence", visible=False)
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Refine parts")
     viewer.layers.selection.active = parts
-    print(f"photo {photo.shape[0]} x {photo.shape[1]} ({photo.shape[0] * photo.shape[1] / 1e6:.1f}"
-          " MP)")
+    print(
+        f"photo {photo.shape[0]} x {photo.shape[1]} ({photo.shape[0] * photo.shape[1] / 1e6:.1f}"
+        " MP)"
+    )
     button = widget.buttons["next_low_confidence"].native
-    report("Next low-confidence (first: also makes the review layer)",
-           measure(app, button.click, widget.runner))
+    report(
+        "Next low-confidence (first: also makes the review layer)",
+        measure(app, button.click, widget.runner),
+    )
     widget.threshold.value = 0.4
     report("Next low-confidence (found again)", measure(app, button.click, widget.runner))
-    report("Snap to image", measure(app, widget.buttons["snap_to_image"].native.click,
-                                    widget.runner))
+    report(
+        "Snap to image", measure(app, widget.buttons["snap_to_image"].native.click, widget.runner)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model source (default: a random-weight .keras made here)")
-    parser.add_argument("--megapixels", type=float, default=None,
-                        help="photo size (default 12, or 3 with --refine)")
+    parser.add_argument(
+        "--megapixels", type=float, default=None, help="photo size (default 12, or 3 with --refine)"
+    )
     parser.add_argument("--refine", action="store_true", help="Refine parts instead of Run")
     args = parser.parse_args()
 
@@ -130,16 +142,20 @@ def main() -> None:
         model = args.model
         if model is None:
             model = str(Path(scratch) / "random.keras")
-            make = ("import sys; from napari_deeplab.model import build_model; "
-                    "build_model().save(sys.argv[1])")
+            make = (
+                "import sys; from napari_deeplab.model import build_model; "
+                "build_model().save(sys.argv[1])"
+            )
             subprocess.run([sys.executable, "-c", make, model], check=True, capture_output=True)
         photo, _ = photo_and_mask(args.megapixels or 12.0)
         viewer.add_image(photo, name="photo")
         _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Human parts")
         widget.model.source = model
         print(f"photo {photo.shape[0]} x {photo.shape[1]}; model {model}")
-        for label in ("first run (process start, model load, new layers)",
-                      "second run (warm, merged into the layer)"):
+        for label in (
+            "first run (process start, model load, new layers)",
+            "second run (warm, merged into the layer)",
+        ):
             report(label, measure(app, widget.runner.run, widget.runner))
         viewer.close()
 

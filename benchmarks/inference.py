@@ -98,20 +98,38 @@ def main() -> None:
             checkpoint = str(save_seed_checkpoint(scratch / "seed"))
         photos = _make_photos(scratch)
         print(f"checkpoint: {checkpoint}; {os.cpu_count()} CPUs; median of {args.repeats} runs")
-        print(f"{'photo':>8} | {'ours s':>7} | {'seed s':>7} | {'speed-up':>8} | "
-              f"{'ours peak GB':>12} | {'seed peak GB':>12}")
+        print(
+            f"{'photo':>8} | {'ours s':>7} | {'seed s':>7} | {'speed-up':>8} | "
+            f"{'ours peak GB':>12} | {'seed peak GB':>12}"
+        )
         for name, photo in photos.items():
             result = {}
             for kind in ("ours", "seed"):
                 out = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.inference", "--repeats", str(args.repeats),
-                     "--child", kind, checkpoint, str(photo)], cwd=REPO, capture_output=True,
-                    text=True, check=True)
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.inference",
+                        "--repeats",
+                        str(args.repeats),
+                        "--child",
+                        kind,
+                        checkpoint,
+                        str(photo),
+                    ],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 result[kind] = json.loads(out.stdout.strip().splitlines()[-1])
             ours, seed = result["ours"], result["seed"]
-            print(f"{name:>8} | {ours['seconds']:7.3f} | {seed['seconds']:7.3f} | "
-                  f"{seed['seconds'] / ours['seconds']:7.2f}x | {ours['peak_bytes'] / 1e9:12.2f} | "
-                  f"{seed['peak_bytes'] / 1e9:12.2f}", flush=True)
+            print(
+                f"{name:>8} | {ours['seconds']:7.3f} | {seed['seconds']:7.3f} | "
+                f"{seed['seconds'] / ours['seconds']:7.2f}x | {ours['peak_bytes'] / 1e9:12.2f} | "
+                f"{seed['peak_bytes'] / 1e9:12.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

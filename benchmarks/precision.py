@@ -62,8 +62,14 @@ def _child(model_source: str, size: int, batch: int, repeats: int, labels_out: s
             runnable.predict_on_batch(inputs)
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
-        rows.append({"backend": keras.backend.backend(), "precision": precision,
-                     "batch_s": seconds, "photos_per_s": batch / seconds})
+        rows.append(
+            {
+                "backend": keras.backend.backend(),
+                "precision": precision,
+                "batch_s": seconds,
+                "photos_per_s": batch / seconds,
+            }
+        )
         for sample_id, photo in zip(SAMPLE_IDS, photos, strict=True):
             labels[f"{precision}/{sample_id}"] = segment(photo, model)[0]
     np.savez_compressed(labels_out, **labels)
@@ -81,10 +87,24 @@ def _cpu() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
-                      if line.startswith("flags")), []))
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    flags = set(
+        next(
+            (
+                line.split(":", 1)[1].split()
+                for line in info.splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
+    )
     features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{name}, {os.cpu_count()} cores, {' '.join(features) or 'no AVX2'}"
 
@@ -114,9 +134,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "NAPARI_DEEPLAB_CACHE": str(scratch / "cache"),
-               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "NAPARI_DEEPLAB_CACHE": str(scratch / "cache"),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
         model = args.model or _default_model(scratch)
         rows, labels = [], {}
         for backend in BACKENDS:
@@ -125,9 +148,23 @@ def main() -> None:
                 continue
             out = scratch / f"{backend}.npz"
             run = subprocess.run(
-                [sys.executable, __file__, "--child", model, str(out), "--size", str(args.size),
-                 "--batch", str(args.batch), "--repeats", str(args.repeats)],
-                env={**env, "KERAS_BACKEND": backend}, capture_output=True, text=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    model,
+                    str(out),
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                env={**env, "KERAS_BACKEND": backend},
+                capture_output=True,
+                text=True,
+            )
             if run.returncode:
                 sys.exit(f"{backend} failed:\n{run.stderr[-3000:]}")
             rows += json.loads(run.stdout.strip().splitlines()[-1])
@@ -136,18 +173,26 @@ def main() -> None:
                     labels[backend, precision] = {i: saved[f"{precision}/{i}"] for i in SAMPLE_IDS}
 
     print(f"CPU: {_cpu()}")
-    print(f"model: {args.model or 'seed architecture, random weights'}; input {args.size} x "
-          f"{args.size}, batch {args.batch}, median of {args.repeats}")
+    print(
+        f"model: {args.model or 'seed architecture, random weights'}; input {args.size} x "
+        f"{args.size}, batch {args.batch}, median of {args.repeats}"
+    )
     reference = labels.get(("tensorflow", "float32"))
-    print("| backend | precision | photos/s | ms per batch | labels = float32 (same backend) "
-          "| labels = TensorFlow float32 |")
+    print(
+        "| backend | precision | photos/s | ms per batch | labels = float32 (same backend) "
+        "| labels = TensorFlow float32 |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
         key = row["backend"], row["precision"]
         same_backend = _agreement(labels[key], labels[row["backend"], "float32"])
-        against_tf = "-" if reference is None else f"{100 * _agreement(labels[key], reference):.3f}%"
-        print(f"| {row['backend']} | {row['precision']} | {row['photos_per_s']:.2f} | "
-              f"{1000 * row['batch_s']:.0f} | {100 * same_backend:.3f}% | {against_tf} |")
+        against_tf = (
+            "-" if reference is None else f"{100 * _agreement(labels[key], reference):.3f}%"
+        )
+        print(
+            f"| {row['backend']} | {row['precision']} | {row['photos_per_s']:.2f} | "
+            f"{1000 * row['batch_s']:.0f} | {100 * same_backend:.3f}% | {against_tf} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("engine", "photos", "workers", "batch", "start s", "one-batch job s", "job s",
-           "photos/s", "beyond one batch photos/s")
+COLUMNS = (
+    "engine",
+    "photos",
+    "workers",
+    "batch",
+    "start s",
+    "one-batch job s",
+    "job s",
+    "photos/s",
+    "beyond one batch photos/s",
+)
 
 
 def timed_job(outcomes, count: int) -> float:
@@ -47,12 +56,21 @@ def timed_job(outcomes, count: int) -> float:
     return seconds
 
 
-def row(engine: str, photos: int, workers: int, batch: int, start: float, one_batch: float,
-        job: float) -> dict:
+def row(
+    engine: str, photos: int, workers: int, batch: int, start: float, one_batch: float, job: float
+) -> dict:
     beyond = (photos - batch) / (job - one_batch) if photos > batch and job > one_batch else None
-    return {"engine": engine, "photos": photos, "workers": workers, "batch": batch,
-            "start s": start, "one-batch job s": one_batch, "job s": job,
-            "photos/s": photos / job, "beyond one batch photos/s": beyond}
+    return {
+        "engine": engine,
+        "photos": photos,
+        "workers": workers,
+        "batch": batch,
+        "start s": start,
+        "one-batch job s": one_batch,
+        "job s": job,
+        "photos/s": photos / job,
+        "beyond one batch photos/s": beyond,
+    }
 
 
 def run_local(photos, model_file, work: Path, batch, workers) -> dict:
@@ -62,10 +80,16 @@ def run_local(photos, model_file, work: Path, batch, workers) -> dict:
     started = time.perf_counter()
     model = load_model(model_file)
     start = time.perf_counter() - started
-    one_batch = timed_job(prelabel_files(photos[:batch], model, work / "one-batch",
-                                         batch_size=batch, workers=workers), len(photos[:batch]))
-    job = timed_job(prelabel_files(photos, model, work / "dataset", batch_size=batch,
-                                   workers=workers), len(photos))
+    one_batch = timed_job(
+        prelabel_files(
+            photos[:batch], model, work / "one-batch", batch_size=batch, workers=workers
+        ),
+        len(photos[:batch]),
+    )
+    job = timed_job(
+        prelabel_files(photos, model, work / "dataset", batch_size=batch, workers=workers),
+        len(photos),
+    )
     return row("local", len(photos), workers, batch, start, one_batch, job)
 
 
@@ -78,13 +102,19 @@ def run_ray(photos, model_file, work: Path, batch, actors, ray_cpus, address) ->
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        ray.init(
+            num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
+        )
     start = time.perf_counter() - started
     try:
+
         def job(some, out):
-            return timed_job(prelabel_with_ray([str(path) for path in some], model_file, out,
-                                               batch_size=batch, workers=actors), len(some))
+            return timed_job(
+                prelabel_with_ray(
+                    [str(path) for path in some], model_file, out, batch_size=batch, workers=actors
+                ),
+                len(some),
+            )
 
         one_batch = job(photos[:batch], work / "one-batch")
         seconds = job(photos, work / "dataset")
@@ -95,27 +125,43 @@ def run_ray(photos, model_file, work: Path, batch, actors, ray_cpus, address) ->
 
 def same_folders(left: Path, right: Path) -> bool:
     """Whether two dataset folders hold the same files with the same bytes (lock files aside)."""
+
     def files(root):
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                      if p.is_file() and not p.name.startswith(".napari-deeplab.lock"))
+        return sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".napari-deeplab.lock")
+        )
 
     names = files(left)
     return names == files(right) and all(
-        filecmp.cmp(left / name, right / name, shallow=False) for name in names)
+        filecmp.cmp(left / name, right / name, shallow=False) for name in names
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="CIHP-sized photos (default 200)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="threads of the local engine (default: the cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of the local engine (default: the cores)",
+    )
     parser.add_argument("--actors", type=int, default=1, help="Ray model actors (default 1)")
-    parser.add_argument("--ray-cpus", type=int, default=2 * (os.cpu_count() or 1),
-                        help="logical CPUs of the local Ray cluster (default: twice the cores)")
-    parser.add_argument("--address", default=None,
-                        help="join this Ray cluster instead of starting one (it must see the "
-                             "temporary folder: run on its head node)")
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="logical CPUs of the local Ray cluster (default: twice the cores)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster instead of starting one (it must see the "
+        "temporary folder: run on its head node)",
+    )
     parser.add_argument("--model", default=None, help="a .keras model (default: random weights)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -131,18 +177,31 @@ def main() -> None:
 
             model_file = str(work / "random.keras")
             build_model().save(model_file)
-        rows = [run_local(photos, model_file, work / "local", args.batch_size, args.workers),
-                run_ray(photos, model_file, work / "ray", args.batch_size, args.actors,
-                        args.ray_cpus, args.address)]
+        rows = [
+            run_local(photos, model_file, work / "local", args.batch_size, args.workers),
+            run_ray(
+                photos,
+                model_file,
+                work / "ray",
+                args.batch_size,
+                args.actors,
+                args.ray_cpus,
+                args.address,
+            ),
+        ]
         identical = same_folders(work / "local" / "dataset", work / "ray" / "dataset")
         print("| " + " | ".join(COLUMNS) + " |")
         print("|" + "---|" * len(COLUMNS))
         for values in rows:
-            print("| " + " | ".join(throughput._format(values[column]) for column in COLUMNS) + " |")
+            print(
+                "| " + " | ".join(throughput._format(values[column]) for column in COLUMNS) + " |"
+            )
         per_job = rows[1]["one-batch job s"] - rows[0]["one-batch job s"]
-        print(f"\nRay's fixed overhead: {rows[1]['start s'] + per_job:.1f} s (ray.init "
-              f"{rows[1]['start s']:.1f} s, then {per_job:.1f} s per job); "
-              f"output identical to the local engine's: {'yes' if identical else 'NO'}")
+        print(
+            f"\nRay's fixed overhead: {rows[1]['start s'] + per_job:.1f} s (ray.init "
+            f"{rows[1]['start s']:.1f} s, then {per_job:.1f} s per job); "
+            f"output identical to the local engine's: {'yes' if identical else 'NO'}"
+        )
         if not identical:
             raise SystemExit(1)
     finally:

@@ -45,8 +45,9 @@ USER_SIZES = {"min_size": 40, "max_size": 60, "radius": 1}
 """What a user picks for a whole person at the samples' full size; scaled with the mask."""
 
 
-def snap_to_image_reference(labels: np.ndarray, image: np.ndarray, band: int = 3,
-                            beta: float = 3000.0) -> np.ndarray:
+def snap_to_image_reference(
+    labels: np.ndarray, image: np.ndarray, band: int = 3, beta: float = 3000.0
+) -> np.ndarray:
     """Snap to image as it was before it was made fast: scikit-image's ``random_walker`` over
     the bounding box of the band (the whole photo's graph built), the band from a full distance
     transform. ``refine.snap_to_image`` must give the same labels."""
@@ -62,7 +63,10 @@ def snap_to_image_reference(labels: np.ndarray, image: np.ndarray, band: int = 3
     if seeded.all():
         return labels.copy()
     rows, cols = np.nonzero(~seeded)
-    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+    box = (
+        slice(max(rows.min() - 1, 0), rows.max() + 2),
+        slice(max(cols.min() - 1, 0), cols.max() + 2),
+    )
     seeds = np.where(seeded[box], labels[box].astype(np.int32) + 1, 0)
     out = labels.copy()
     out[box] = refine._random_walk(image[box], seeds, beta)
@@ -72,8 +76,14 @@ def snap_to_image_reference(labels: np.ndarray, image: np.ndarray, band: int = 3
 def mean_iou(labels: np.ndarray, truth: np.ndarray) -> float:
     """Mean over the classes present in either of the per-class intersection over union."""
     classes = np.union1d(np.unique(labels), np.unique(truth))
-    return float(np.mean([((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
-                          for c in classes]))
+    return float(
+        np.mean(
+            [
+                ((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+                for c in classes
+            ]
+        )
+    )
 
 
 def variants(samples: Path = SAMPLES, names=tuple(SCALES)):
@@ -84,20 +94,31 @@ def variants(samples: Path = SAMPLES, names=tuple(SCALES)):
         for name in names:
             scale = SCALES[name]
             if name == "flipped":
-                yield name, scale, path.stem, np.asarray(Image.open(
-                    samples / "Category_ids_flipped" / path.name)), np.ascontiguousarray(photo[:, ::-1])
+                yield (
+                    name,
+                    scale,
+                    path.stem,
+                    np.asarray(Image.open(samples / "Category_ids_flipped" / path.name)),
+                    np.ascontiguousarray(photo[:, ::-1]),
+                )
             else:
                 size = (round(truth.shape[1] * scale), round(truth.shape[0] * scale))
-                yield (name, scale, path.stem,
-                       np.asarray(Image.fromarray(truth).resize(size, Image.NEAREST)),
-                       np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR)))
+                yield (
+                    name,
+                    scale,
+                    path.stem,
+                    np.asarray(Image.fromarray(truth).resize(size, Image.NEAREST)),
+                    np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR)),
+                )
 
 
 def sizes(scale: float, base=USER_SIZES) -> dict:
     """The sizes a user would pick for a person ``scale`` times the samples' size."""
-    return {"min_size": max(1, math.ceil(base["min_size"] * scale ** 2)),
-            "max_size": max(1, math.ceil(base["max_size"] * scale ** 2)),
-            "radius": max(1, round(base["radius"] * scale))}
+    return {
+        "min_size": max(1, math.ceil(base["min_size"] * scale**2)),
+        "max_size": max(1, math.ceil(base["max_size"] * scale**2)),
+        "radius": max(1, round(base["radius"] * scale)),
+    }
 
 
 def _px(value: float, scale: float) -> int:
@@ -109,10 +130,10 @@ def speckle(truth, rng, scale=1.0):
     leaves; as many per area at every scale."""
     out = truth.copy()
     low, high = _px(3, scale), _px(5, scale)
-    for _ in range(truth.size // round(2000 * scale ** 2)):
+    for _ in range(truth.size // round(2000 * scale**2)):
         y, x = rng.integers(0, truth.shape[0] - high), rng.integers(0, truth.shape[1] - high)
         size = rng.integers(low, high + 1)
-        out[y:y + size, x:x + size] = rng.integers(0, 20)
+        out[y : y + size, x : x + size] = rng.integers(0, 20)
     return out
 
 
@@ -121,10 +142,11 @@ def holes(truth, rng, scale=1.0):
     out = truth.copy()
     ys, xs = np.nonzero(ndi.binary_erosion(truth > 0, iterations=_px(4, scale)))
     low, high = _px(3, scale), _px(6, scale)
-    for i in rng.choice(len(ys), size=min(len(ys), truth.size // round(3000 * scale ** 2)),
-                        replace=False):
+    for i in rng.choice(
+        len(ys), size=min(len(ys), truth.size // round(3000 * scale**2)), replace=False
+    ):
         size = rng.integers(low, high + 1)
-        out[ys[i]:ys[i] + size, xs[i]:xs[i] + size] = 0
+        out[ys[i] : ys[i] + size, xs[i] : xs[i] + size] = 0
     return out
 
 
@@ -135,7 +157,10 @@ def jagged(truth, rng, scale=1.0):
     edge = np.nonzero(ndi.morphological_gradient(truth, size=3) > 0)
     pick = rng.random(len(edge[0])) < 0.5
     reach = _px(2, scale)
-    dy, dx = rng.integers(-reach, reach + 1, pick.sum()), rng.integers(-reach, reach + 1, pick.sum())
+    dy, dx = (
+        rng.integers(-reach, reach + 1, pick.sum()),
+        rng.integers(-reach, reach + 1, pick.sum()),
+    )
     y = np.clip(edge[0][pick] + dy, 0, truth.shape[0] - 1)
     x = np.clip(edge[1][pick] + dx, 0, truth.shape[1] - 1)
     out[edge[0][pick], edge[1][pick]] = truth[y, x]
@@ -220,7 +245,11 @@ CASES = (
     ("snap_to_image", "boundaries 3 px off", shifted),
     ("swap_left_right(mask=limb)", "one limb swapped", limb_swapped),
     ("refine_with_scribbles", "a region of the wrong class, short stroke", wrong_region),
-    ("refine_with_scribbles", "a region of the wrong class, one straight stroke", wrong_region_stroke),
+    (
+        "refine_with_scribbles",
+        "a region of the wrong class, one straight stroke",
+        wrong_region_stroke,
+    ),
 )
 
 
@@ -259,18 +288,31 @@ def table() -> list[tuple]:
     for case in CASES:
         for scale_name, scale in SCALES.items():
             rng = np.random.default_rng(0)
-            values = [evaluate(case, truth, photo, scale, rng)
-                      for name, s, _, truth, photo in data if name == scale_name]
+            values = [
+                evaluate(case, truth, photo, scale, rng)
+                for name, s, _, truth, photo in data
+                if name == scale_name
+            ]
             corrupted, fixed = (float(np.mean([v[i] for v in values])) for i in (0, 1))
             won = (fixed - corrupted) / (1 - corrupted) if corrupted < 1 else 1.0
             clean = [v[2] for v in values if v[2] is not None]
             widget = [v[3] for v in values if v[3] is not None]
             relative = [v[4] for v in values if v[4] is not None]
             worst_won = min((v[1] - v[0]) / (1 - v[0]) if v[0] < 1 else 1.0 for v in values)
-            rows.append((f"{case[0]} vs {case[1]}", scale_name, corrupted, fixed, won,
-                         float(np.mean(clean)) if clean else None,
-                         min(clean) if clean else None, min(widget) if widget else None,
-                         min(relative) if relative else None, worst_won))
+            rows.append(
+                (
+                    f"{case[0]} vs {case[1]}",
+                    scale_name,
+                    corrupted,
+                    fixed,
+                    won,
+                    float(np.mean(clean)) if clean else None,
+                    min(clean) if clean else None,
+                    min(widget) if widget else None,
+                    min(relative) if relative else None,
+                    worst_won,
+                )
+            )
     return rows
 
 
@@ -281,8 +323,11 @@ def snap_timings() -> None:
     paths = sorted((SAMPLES / "Category_ids").glob("*.png"))
     truth = np.asarray(Image.open(paths[1]))
     photo = np.asarray(Image.open(SAMPLES / "Images" / f"{paths[1].stem}.jpg"))
-    cases = [(size, corruption) for size in (("3 MP", (2000, 1500)), ("12 MP", (4000, 3000)))
-             for corruption in ("off 3 px", "off 3 px, frayed")]
+    cases = [
+        (size, corruption)
+        for size in (("3 MP", (2000, 1500)), ("12 MP", (4000, 3000)))
+        for corruption in ("off 3 px", "off 3 px, frayed")
+    ]
     for (name, size), corruption in cases:
         big = np.asarray(Image.fromarray(truth).resize(size, Image.NEAREST))
         big_photo = np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR))
@@ -299,9 +344,11 @@ def snap_timings() -> None:
             if label == "fast":
                 fast = out
         same = bool(np.array_equal(fast, out))
-        print(f"snap_to_image, {name:<24} fast {times['fast'][0]:6.2f} s ({times['fast'][1]:.2f} s "
-              f"CPU)   reference {times['reference'][0]:6.2f} s ({times['reference'][1]:.2f} s CPU)"
-              f"   same labels: {same}")
+        print(
+            f"snap_to_image, {name:<24} fast {times['fast'][0]:6.2f} s ({times['fast'][1]:.2f} s "
+            f"CPU)   reference {times['reference'][0]:6.2f} s ({times['reference'][1]:.2f} s CPU)"
+            f"   same labels: {same}"
+        )
 
 
 def main() -> None:
@@ -309,16 +356,24 @@ def main() -> None:
         snap_timings()
         return
     rows = table()
-    print("mean IoU against the ground truth, mean over the 3 CIHP samples; clean: the operation "
-          "on the uncorrupted mask (mean / worst sample; px: the widget's pixel defaults 40, 200, "
-          "1; rel: the relative defaults 1/2000, 1/500 of the person, radius 1; worst sample)")
-    print(f"{'operation vs corruption':<72} | scale   | corrupted | after  | won back | "
-          "clean  | worst  | px     | rel")
+    print(
+        "mean IoU against the ground truth, mean over the 3 CIHP samples; clean: the operation "
+        "on the uncorrupted mask (mean / worst sample; px: the widget's pixel defaults 40, 200, "
+        "1; rel: the relative defaults 1/2000, 1/500 of the person, radius 1; worst sample)"
+    )
+    print(
+        f"{'operation vs corruption':<72} | scale   | corrupted | after  | won back | "
+        "clean  | worst  | px     | rel"
+    )
     for name, scale, corrupted, fixed, won, clean, worst, widget, relative, _ in rows:
-        text = [f"{value:.4f}" if value is not None else "  -   "
-                for value in (clean, worst, widget, relative)]
-        print(f"{name:<72} | {scale:<7} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%}  | "
-              + " | ".join(text))
+        text = [
+            f"{value:.4f}" if value is not None else "  -   "
+            for value in (clean, worst, widget, relative)
+        ]
+        print(
+            f"{name:<72} | {scale:<7} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%}  | "
+            + " | ".join(text)
+        )
 
     rng = np.random.default_rng(0)
     paths = sorted((SAMPLES / "Category_ids").glob("*.png"))
@@ -333,8 +388,12 @@ def main() -> None:
     timings = [
         ("remove_small_regions, 12 MP", lambda: refine.remove_small_regions(big, 40)),
         ("remove_small_regions, 12 MP speckled", lambda: refine.remove_small_regions(noisy, 40)),
-        ("remove_small_regions min_fraction, 12 MP", lambda: refine.remove_small_regions(
-            big, min_fraction=RELATIVE_DEFAULTS["min_fraction"])),
+        (
+            "remove_small_regions min_fraction, 12 MP",
+            lambda: refine.remove_small_regions(
+                big, min_fraction=RELATIVE_DEFAULTS["min_fraction"]
+            ),
+        ),
         ("fill_holes, 12 MP", lambda: refine.fill_holes(big, 200)),
         ("fill_holes, 12 MP speckled", lambda: refine.fill_holes(noisy, 200)),
         ("smooth, 12 MP", lambda: refine.smooth(big, 1)),
@@ -342,10 +401,16 @@ def main() -> None:
         ("smooth radius 3, 12 MP", lambda: refine.smooth(big, 3)),
         ("swap_left_right, 12 MP", lambda: refine.swap_left_right(big)),
         ("relabel, 12 MP", lambda: refine.relabel(big, 5, 7)),
-        ("snap_to_image, 1 MP selection", lambda: refine.snap_to_image(
-            big[selection], big_photo[selection])),
-        ("refine_with_scribbles, 1 MP selection", lambda: refine.refine_with_scribbles(
-            big[selection], big_photo[selection], scribble[selection])),
+        (
+            "snap_to_image, 1 MP selection",
+            lambda: refine.snap_to_image(big[selection], big_photo[selection]),
+        ),
+        (
+            "refine_with_scribbles, 1 MP selection",
+            lambda: refine.refine_with_scribbles(
+                big[selection], big_photo[selection], scribble[selection]
+            ),
+        ),
     ]
     print()
     for name, run in timings:

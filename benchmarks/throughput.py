@@ -51,8 +51,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "cihp_samples" / "Images"
 STAGES = ("read", "resize", "model", "upsample", "encode", "commit")
-COLUMNS = ("task", "backend", "precision", "photos", "size", "mode", "workers", "batch",
-           "photos/s", *STAGES, "host")
+COLUMNS = (
+    "task",
+    "backend",
+    "precision",
+    "photos",
+    "size",
+    "mode",
+    "workers",
+    "batch",
+    "photos/s",
+    *STAGES,
+    "host",
+)
 """The table's columns: per-stage figures are CPU milliseconds per photo."""
 MEGAPIXEL_SHAPE = (866, 1155)
 
@@ -74,7 +85,9 @@ def make_photos(folder: Path, count: int, megapixel: bool, seed: int = 0) -> lis
             pixels, aspect = rng.uniform(0.06e6, 0.25e6), rng.uniform(0.6, 1.6)
             height, width = int((pixels * aspect) ** 0.5), int((pixels / aspect) ** 0.5)
         path = folder / f"photo{number:05d}.jpg"
-        sources[number % len(sources)].resize((width, height), Image.BILINEAR).save(path, quality=90)
+        sources[number % len(sources)].resize((width, height), Image.BILINEAR).save(
+            path, quality=90
+        )
         paths.append(path)
     return paths
 
@@ -132,18 +145,27 @@ def _child(options: dict) -> None:
             clock = StageClock(process=workers == 1)
             out = work / f"{size}-{mode}"
             start = time.perf_counter()
-            outcomes = list(prelabel_files(photos, model, out, batch_size=options["batch"],
-                                           workers=workers, clock=clock))
+            outcomes = list(
+                prelabel_files(
+                    photos, model, out, batch_size=options["batch"], workers=workers, clock=clock
+                )
+            )
             seconds = time.perf_counter() - start
             assert all(outcome.status == "written" for outcome in outcomes), outcomes
             stages = clock.milliseconds_per_item()
-            row = {"task": "predict (stand-in model)" if options["stand_in"] else "predict",
-                   "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
-                   "precision": options["precision"], "photos": len(photos), "size": size,
-                   "mode": mode, "workers": workers, "batch": options["batch"],
-                   "photos/s": len(photos) / seconds,
-                   **{stage: stages.get(stage) for stage in STAGES},
-                   "host": sum(stages.get(stage, 0.0) for stage in STAGES if stage != "model")}
+            row = {
+                "task": "predict (stand-in model)" if options["stand_in"] else "predict",
+                "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+                "precision": options["precision"],
+                "photos": len(photos),
+                "size": size,
+                "mode": mode,
+                "workers": workers,
+                "batch": options["batch"],
+                "photos/s": len(photos) / seconds,
+                **{stage: stages.get(stage) for stage in STAGES},
+                "host": sum(stages.get(stage, 0.0) for stage in STAGES if stage != "model"),
+            }
             print("ROW " + json.dumps(row), flush=True)
             shutil.rmtree(out)
     if os.environ.get("KERAS_BACKEND") == "jax" and "tensorflow" in sys.modules:
@@ -157,9 +179,15 @@ def _make_model(path: str) -> None:
 
 
 def _run_child(args: list[str], backend: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True
+    )
 
 
 def _format(value) -> str:
@@ -190,22 +218,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="CIHP-sized photos (0 for none)")
     parser.add_argument("--megapixel-photos", type=int, default=50, help="1-MP photos (0 for none)")
-    parser.add_argument("--backend", nargs="+", default=["tensorflow", "jax"],
-                        choices=("tensorflow", "jax"))
-    parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
-                        choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--backend", nargs="+", default=["tensorflow", "jax"], choices=("tensorflow", "jax")
+    )
+    parser.add_argument(
+        "--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16")
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="threads of the pipelined runs (default: the cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of the pipelined runs (default: the cores)",
+    )
     parser.add_argument("--model", default=None, help="a .keras model (default: random weights)")
     parser.add_argument("--no-training", action="store_true", help="leave out the training rows")
-    parser.add_argument("--stand-in-model", action="store_true",
-                        help="a model of negligible cost instead of DeepLabV3+: the photos/s the "
-                             "host side alone sustains (what feeds a GPU)")
-    for name, meaning in (("size", "square side (px)"), ("batch", "batch size"),
-                          ("steps", "timed steps"), ("photos", "photos in the dataset")):
-        parser.add_argument(f"--training-{name}", type=int, default=argparse.SUPPRESS,
-                            help=f"training rows: {meaning} (see training_throughput.py)")
+    parser.add_argument(
+        "--stand-in-model",
+        action="store_true",
+        help="a model of negligible cost instead of DeepLabV3+: the photos/s the "
+        "host side alone sustains (what feeds a GPU)",
+    )
+    for name, meaning in (
+        ("size", "square side (px)"),
+        ("batch", "batch size"),
+        ("steps", "timed steps"),
+        ("photos", "photos in the dataset"),
+    ):
+        parser.add_argument(
+            f"--training-{name}",
+            type=int,
+            default=argparse.SUPPRESS,
+            help=f"training rows: {meaning} (see training_throughput.py)",
+        )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--make-model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,18 +280,30 @@ def main() -> None:
         rows = []
         for backend in args.backend if sets else []:
             for precision in args.precision:
-                options = {"model": model, "precision": precision, "sets": sets,
-                           "work": str(work / f"{backend}-{precision}"), "batch": args.batch_size,
-                           "workers": args.workers, "warm_up": str(work / "warm-up"),
-                           "stand_in": args.stand_in_model}
+                options = {
+                    "model": model,
+                    "precision": precision,
+                    "sets": sets,
+                    "work": str(work / f"{backend}-{precision}"),
+                    "batch": args.batch_size,
+                    "workers": args.workers,
+                    "warm_up": str(work / "warm-up"),
+                    "stand_in": args.stand_in_model,
+                }
                 run = _run_child(["--child", json.dumps(options)], backend)
-                found = [json.loads(line[4:]) for line in run.stdout.splitlines()
-                         if line.startswith("ROW ")]
+                found = [
+                    json.loads(line[4:])
+                    for line in run.stdout.splitlines()
+                    if line.startswith("ROW ")
+                ]
                 if run.returncode or not found:
                     print(f"{backend} {precision}: failed\n{run.stderr[-3000:]}", file=sys.stderr)
                 for row in found:
-                    print(" ".join(f"{key}={_format(value)}" for key, value in row.items()),
-                          file=sys.stderr, flush=True)
+                    print(
+                        " ".join(f"{key}={_format(value)}" for key, value in row.items()),
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 rows += found
         rows += _training_rows(args)
         print_table(rows)

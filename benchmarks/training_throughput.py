@@ -36,8 +36,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "cihp_samples"
-COLUMNS = ("task", "backend", "precision", "photos", "size", "mode", "workers", "batch",
-           "photos/s", "vs fit")
+COLUMNS = (
+    "task",
+    "backend",
+    "precision",
+    "photos",
+    "size",
+    "mode",
+    "workers",
+    "batch",
+    "photos/s",
+    "vs fit",
+)
 
 
 def make_dataset(folder: Path, count: int) -> Path:
@@ -50,8 +60,9 @@ def make_dataset(folder: Path, count: int) -> Path:
     for i, sample_id in enumerate(ids):
         source = sources[i % len(sources)]
         shutil.copy(SAMPLES / "Images" / f"{source}.jpg", split / "Images" / f"{sample_id}.jpg")
-        shutil.copy(SAMPLES / "Category_ids" / f"{source}.png",
-                    split / "Category_ids" / f"{sample_id}.png")
+        shutil.copy(
+            SAMPLES / "Category_ids" / f"{source}.png", split / "Category_ids" / f"{sample_id}.png"
+        )
     (split / "train_id.txt").write_text("".join(f"{i}\n" for i in ids))
     return folder
 
@@ -82,12 +93,20 @@ def _child(options: dict) -> None:
     keras.utils.set_random_seed(0)
     model = with_precision(build_model(), options["precision"])
     freeze_batch_norm(model)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                  ignore_class=IGNORE_CLASS))
-    row = {"task": "training", "backend": keras.backend.backend(),
-           "precision": options["precision"], "photos": len(dataset.ids), "size": f"{size} px",
-           "batch": batch}
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=IGNORE_CLASS
+        ),
+    )
+    row = {
+        "task": "training",
+        "backend": keras.backend.backend(),
+        "precision": options["precision"],
+        "photos": len(dataset.ids),
+        "size": f"{size} px",
+        "batch": batch,
+    }
 
     samples = [cihp.read_sample(dataset.root, i, dataset.split) for i in dataset.ids]
     x = np.stack([resize_photo(s.image, size) for s in samples])
@@ -98,21 +117,42 @@ def _child(options: dict) -> None:
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=epochs, steps_per_epoch=per_epoch, verbose=0)
     fit_rate = epochs * per_epoch * batch / (time.perf_counter() - start)
-    print("ROW " + json.dumps({**row, "mode": "fit (arrays in memory)", "workers": "-",
-                               "photos/s": round(fit_rate, 2)}), flush=True)
+    print(
+        "ROW "
+        + json.dumps(
+            {
+                **row,
+                "mode": "fit (arrays in memory)",
+                "workers": "-",
+                "photos/s": round(fit_rate, 2),
+            }
+        ),
+        flush=True,
+    )
 
     with ThreadPoolExecutor(workers) as pool:
-        augmented = AugmentedBatches(SampleCache(dataset, training_cache_side(size)), size, batch,
-                                     pool)
+        augmented = AugmentedBatches(
+            SampleCache(dataset, training_cache_side(size)), size, batch, pool
+        )
         batches = augmented.batches()
         train_epoch(model, batches, augmented.steps_per_epoch)  # decodes every sample once
         start = time.perf_counter()
         train_epoch(model, batches, steps)
         rate = steps * batch / (time.perf_counter() - start)
         batches.close()
-    print("ROW " + json.dumps({**row, "mode": "pipeline", "workers": workers,
-                               "photos/s": round(rate, 2), "vs fit": round(rate / fit_rate, 3)}),
-          flush=True)
+    print(
+        "ROW "
+        + json.dumps(
+            {
+                **row,
+                "mode": "pipeline",
+                "workers": workers,
+                "photos/s": round(rate, 2),
+                "vs fit": round(rate / fit_rate, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 def training_rows(args) -> list[dict]:
@@ -128,19 +168,37 @@ def training_rows(args) -> list[dict]:
         root = make_dataset(work / "dataset", photos)
         for backend in option["backend"]:
             for precision in option["precision"]:
-                child = {"root": str(root), "precision": precision,
-                         "size": option["training_size"], "batch": option["training_batch"],
-                         "steps": option["training_steps"], "workers": option["workers"]}
-                env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-                       "PYTHONPATH": str(REPO / "src"),
-                       "NAPARI_DEEPLAB_CACHE": str(work / "cache")}
-                run = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)],
-                                     capture_output=True, text=True, env=env)
-                found = [json.loads(line[4:]) for line in run.stdout.splitlines()
-                         if line.startswith("ROW ")]
+                child = {
+                    "root": str(root),
+                    "precision": precision,
+                    "size": option["training_size"],
+                    "batch": option["training_batch"],
+                    "steps": option["training_steps"],
+                    "workers": option["workers"],
+                }
+                env = {
+                    **os.environ,
+                    "KERAS_BACKEND": backend,
+                    "TF_CPP_MIN_LOG_LEVEL": "3",
+                    "PYTHONPATH": str(REPO / "src"),
+                    "NAPARI_DEEPLAB_CACHE": str(work / "cache"),
+                }
+                run = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(child)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                found = [
+                    json.loads(line[4:])
+                    for line in run.stdout.splitlines()
+                    if line.startswith("ROW ")
+                ]
                 if run.returncode or len(found) < 2:
-                    print(f"training {backend} {precision}: failed\n{run.stderr[-3000:]}",
-                          file=sys.stderr)
+                    print(
+                        f"training {backend} {precision}: failed\n{run.stderr[-3000:]}",
+                        file=sys.stderr,
+                    )
                 rows += found
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -152,14 +210,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--training-size", type=int, default=256, help="square side (px)")
     parser.add_argument("--training-batch", type=int, default=4)
     parser.add_argument("--training-steps", type=int, default=12, help="timed steps")
-    parser.add_argument("--training-photos", type=int, default=24,
-                        help="samples in the dataset (copies of the three CIHP samples)")
-    parser.add_argument("--backend", nargs="+", default=["tensorflow", "jax"],
-                        choices=("tensorflow", "jax"))
-    parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
-                        choices=("float32", "bfloat16"))
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="augmentation threads (default: the cores)")
+    parser.add_argument(
+        "--training-photos",
+        type=int,
+        default=24,
+        help="samples in the dataset (copies of the three CIHP samples)",
+    )
+    parser.add_argument(
+        "--backend", nargs="+", default=["tensorflow", "jax"], choices=("tensorflow", "jax")
+    )
+    parser.add_argument(
+        "--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16")
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="augmentation threads (default: the cores)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
 

@@ -52,12 +52,23 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "cihp_samples"
 PHOTO_ID = "0005008"
 WINDOW = (1400, 900)
-SHOTS = ("human-parts", "refine-parts", "review-queue", "fine-tune", "review-claimed",
-         "review-refused")
+SHOTS = (
+    "human-parts",
+    "refine-parts",
+    "review-queue",
+    "fine-tune",
+    "review-claimed",
+    "review-refused",
+)
 TEAM_SHOTS = ("review-claimed", "review-refused")  # no model: the drafts are saved beforehand
 ME, OTHER = "alice", "bob"  # the annotator in this napari, and the one in the second process
 DEMO_MODEL = "models/demo.keras"  # the paths as typed in the fields, relative to the scratch folder
-DATASET, PHOTOS, TUNED, REVIEWED = "datasets/cihp", "photos", "models/tuned.keras", "datasets/reviewed"
+DATASET, PHOTOS, TUNED, REVIEWED = (
+    "datasets/cihp",
+    "photos",
+    "models/tuned.keras",
+    "datasets/reviewed",
+)
 TEAM = "datasets/team"
 
 FIT = """
@@ -110,6 +121,7 @@ else:
 
 # --- the scratch folder ------------------------------------------------------------------------
 
+
 def make_scratch(model: Path | None) -> Path:
     """A scratch folder with ``photos/`` (the three CIHP photos), ``datasets/cihp`` (the three
     samples as Training and Validation splits), ``models/demo.keras`` (if a model is given)
@@ -135,6 +147,7 @@ def make_scratch(model: Path | None) -> Path:
 
 
 # --- driving the viewer ------------------------------------------------------------------------
+
 
 def settle(seconds: float = 0.5) -> None:
     """Let Qt process events (repaints, results handed over in later turns) for a while."""
@@ -210,6 +223,7 @@ def prelabel(viewer, widget) -> str:
 
 # --- the four pictures -------------------------------------------------------------------------
 
+
 def human_parts(viewer) -> str:
     open_photo(viewer)
     _, widget = dock(viewer, "Human parts")
@@ -254,8 +268,11 @@ def other_annotator(action: str, sample_id: str, **popen) -> subprocess.Popen:
     writer records)."""
     env = {**os.environ, ANNOTATOR_ENV: OTHER}
     mask = SAMPLES / "Category_ids" / f"{sample_id}.png"
-    return subprocess.Popen([sys.executable, "-c", OTHER_ANNOTATOR, action, PHOTOS, TEAM,
-                             sample_id, str(mask)], env=env, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", OTHER_ANNOTATOR, action, PHOTOS, TEAM, sample_id, str(mask)],
+        env=env,
+        **popen,
+    )
 
 
 def open_team_queue(viewer):
@@ -281,8 +298,9 @@ def open_team_queue(viewer):
 
 def review_claimed(viewer) -> Iterator[str]:
     # bob holds 0002190 (the first photo) in his process, so alice's queue starts on 0005008
-    bob = other_annotator("claim", "0002190", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True)
+    bob = other_annotator(
+        "claim", "0002190", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         answer = bob.stdout.readline().strip()
         if answer != "claimed":
@@ -332,8 +350,11 @@ def fine_tune(viewer, epochs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a .keras model to run in the widgets")
-    parser.add_argument("--fit-demo-model", metavar="OUT.keras",
-                        help="first fit a demo model to the CIHP sample photos, save and use it")
+    parser.add_argument(
+        "--fit-demo-model",
+        metavar="OUT.keras",
+        help="first fit a demo model to the CIHP sample photos, save and use it",
+    )
     parser.add_argument("--steps", type=int, default=400, help="of the demo model's fit")
     parser.add_argument("--epochs", type=int, default=6, help="of the Fine-tune picture")
     parser.add_argument("--only", nargs="+", choices=SHOTS, default=list(SHOTS))
@@ -342,8 +363,10 @@ def main() -> None:
     started = time.time()
     model = args.model
     if args.fit_demo_model:
-        subprocess.run([sys.executable, "-c", FIT, args.fit_demo_model, str(SAMPLES),
-                        str(args.steps)], check=True)
+        subprocess.run(
+            [sys.executable, "-c", FIT, args.fit_demo_model, str(SAMPLES), str(args.steps)],
+            check=True,
+        )
         model = args.fit_demo_model
         print(f"fitted {model} in {time.time() - started:.0f} s", flush=True)
     needs_model = any(name not in TEAM_SHOTS for name in args.only)
@@ -355,10 +378,14 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.chdir(scratch)
-    takes = {"human-parts": human_parts, "refine-parts": refine_parts,
-             "review-queue": review_queue,
-             "fine-tune": lambda viewer: fine_tune(viewer, args.epochs),
-             "review-claimed": review_claimed, "review-refused": review_refused}
+    takes = {
+        "human-parts": human_parts,
+        "refine-parts": refine_parts,
+        "review-queue": review_queue,
+        "fine-tune": lambda viewer: fine_tune(viewer, args.epochs),
+        "review-claimed": review_claimed,
+        "review-refused": review_refused,
+    }
     try:
         for name in args.only:
             shot = time.time()

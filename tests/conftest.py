@@ -33,5 +33,7 @@ def pytest_collection_modifyitems(config, items):
     """TensorFlow (engine tests) and napari's OpenGL (napari tests) crash in one process."""
     suites = {Path(str(item.fspath)).parent.name for item in items} & {"engine", "napari"}
     if len(suites) > 1:
-        raise pytest.UsageError("run tests/engine and tests/napari in separate pytest processes "
-                                "(TensorFlow crashes napari's OpenGL): see README.md")
+        raise pytest.UsageError(
+            "run tests/engine and tests/napari in separate pytest processes "
+            "(TensorFlow crashes napari's OpenGL): see README.md"
+        )

@@ -29,11 +29,17 @@ def build_seed_model(image_size: int = SEED_IMAGE_SIZE, num_classes: int = 20, s
     # process and with the tests run before it (one draw labelled a whole photo as class 18).
     keras.utils.set_random_seed(seed)
 
-    def convolution_block(block_input, num_filters=256, kernel_size=3, dilation_rate=1,
-                          padding="same", use_bias=False):
-        x = layers.Conv2D(num_filters, kernel_size=kernel_size, dilation_rate=dilation_rate,
-                          padding="same", use_bias=use_bias,
-                          kernel_initializer=keras.initializers.HeNormal())(block_input)
+    def convolution_block(
+        block_input, num_filters=256, kernel_size=3, dilation_rate=1, padding="same", use_bias=False
+    ):
+        x = layers.Conv2D(
+            num_filters,
+            kernel_size=kernel_size,
+            dilation_rate=dilation_rate,
+            padding="same",
+            use_bias=use_bias,
+            kernel_initializer=keras.initializers.HeNormal(),
+        )(block_input)
         x = layers.BatchNormalization()(x)
         return tf.nn.relu(x)
 
@@ -41,8 +47,9 @@ def build_seed_model(image_size: int = SEED_IMAGE_SIZE, num_classes: int = 20, s
         dims = dspp_input.shape
         x = layers.AveragePooling2D(pool_size=(dims[-3], dims[-2]))(dspp_input)
         x = convolution_block(x, kernel_size=1, use_bias=True)
-        out_pool = layers.UpSampling2D(size=(dims[-3] // x.shape[1], dims[-2] // x.shape[2]),
-                                       interpolation="bilinear")(x)
+        out_pool = layers.UpSampling2D(
+            size=(dims[-3] // x.shape[1], dims[-2] // x.shape[2]), interpolation="bilinear"
+        )(x)
         out_1 = convolution_block(dspp_input, kernel_size=1, dilation_rate=1)
         out_6 = convolution_block(dspp_input, kernel_size=3, dilation_rate=6)
         out_12 = convolution_block(dspp_input, kernel_size=3, dilation_rate=12)
@@ -51,18 +58,23 @@ def build_seed_model(image_size: int = SEED_IMAGE_SIZE, num_classes: int = 20, s
         return convolution_block(x, kernel_size=1)
 
     model_input = keras.Input(shape=(image_size, image_size, 3))
-    resnet50 = keras.applications.ResNet50(weights=None, include_top=False, input_tensor=model_input)
+    resnet50 = keras.applications.ResNet50(
+        weights=None, include_top=False, input_tensor=model_input
+    )
     x = resnet50.get_layer("conv4_block6_2_relu").output
     x = dilated_spatial_pyramid_pooling(x)
-    input_a = layers.UpSampling2D(size=(image_size // 4 // x.shape[1], image_size // 4 // x.shape[2]),
-                                  interpolation="bilinear")(x)
+    input_a = layers.UpSampling2D(
+        size=(image_size // 4 // x.shape[1], image_size // 4 // x.shape[2]),
+        interpolation="bilinear",
+    )(x)
     input_b = resnet50.get_layer("conv2_block3_2_relu").output
     input_b = convolution_block(input_b, num_filters=48, kernel_size=1)
     x = layers.Concatenate(axis=-1)([input_a, input_b])
     x = convolution_block(x)
     x = convolution_block(x)
-    x = layers.UpSampling2D(size=(image_size // x.shape[1], image_size // x.shape[2]),
-                            interpolation="bilinear")(x)
+    x = layers.UpSampling2D(
+        size=(image_size // x.shape[1], image_size // x.shape[2]), interpolation="bilinear"
+    )(x)
     model_output = layers.Conv2D(num_classes, kernel_size=(1, 1), padding="same")(x)
     model = keras.Model(inputs=model_input, outputs=model_output)
 
@@ -70,12 +82,14 @@ def build_seed_model(image_size: int = SEED_IMAGE_SIZE, num_classes: int = 20, s
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                rng.normal(0.0, 0.1, beta.shape).astype("float32"),
-                rng.normal(0.0, 0.1, mean.shape).astype("float32"),
-                rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-            ])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0.0, 0.1, beta.shape).astype("float32"),
+                    rng.normal(0.0, 0.1, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
+                ]
+            )
         elif isinstance(layer, layers.Conv2D) and layer.use_bias:
             kernel, bias = layer.get_weights()
             layer.set_weights([kernel, rng.normal(0.0, 0.1, bias.shape).astype("float32")])

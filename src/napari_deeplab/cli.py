@@ -41,9 +41,12 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
     if missing:
-        print("napari-deeplab: error: TensorFlow is not installed (Keras's default backend): "
-              "pip install tensorflow, or set KERAS_BACKEND=jax with JAX installed "
-              "(pip install 'napari-deeplab[jax]') to run .keras models", file=sys.stderr)
+        print(
+            "napari-deeplab: error: TensorFlow is not installed (Keras's default backend): "
+            "pip install tensorflow, or set KERAS_BACKEND=jax with JAX installed "
+            "(pip install 'napari-deeplab[jax]') to run .keras models",
+            file=sys.stderr,
+        )
         raise SystemExit(EXIT_ERROR)
 
 
@@ -66,97 +69,179 @@ def build_parser() -> argparse.ArgumentParser:
     other_precisions = " or ".join(PRECISIONS[1:])
     parser = argparse.ArgumentParser(
         prog="napari-deeplab",
-        description="Pre-label human body parts (CIHP, 20 classes) with DeepLabV3+.")
+        description="Pre-label human body parts (CIHP, 20 classes) with DeepLabV3+.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    model_help = (f"model: a Hugging Face hub id (default {DEFAULT_MODEL}, cached after the "
-                  "first download), a SavedModel folder in the seed's format, or a .keras file")
+    model_help = (
+        f"model: a Hugging Face hub id (default {DEFAULT_MODEL}, cached after the "
+        "first download), a SavedModel folder in the seed's format, or a .keras file"
+    )
 
     predict = commands.add_parser(
-        "predict", help="pre-label photos into a CIHP dataset folder",
+        "predict",
+        help="pre-label photos into a CIHP dataset folder",
         description="Segment each photo at full resolution and write it into OUT in the CIHP "
-                    "layout: <split>/Images (the photo as is), Category_ids, Categories, and "
-                    "the split's id list. Ids are the file stems.")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="photo files, folders of photos, or glob patterns ('photos/*.jpg')")
+        "layout: <split>/Images (the photo as is), Category_ids, Categories, and "
+        "the split's id list. Ids are the file stems.",
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="photo files, folders of photos, or glob patterns ('photos/*.jpg')",
+    )
     predict.add_argument("--out", required=True, metavar="DIR", help="dataset root to write into")
     predict.add_argument("--model", metavar="PATH", default=None, help=model_help)
-    predict.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
-                         help="photos per model call (default 4)")
-    predict.add_argument("--precision", choices=PRECISIONS, default=default_precision,
-                         help=f"{default_precision} (default) or {other_precisions} (faster where "
-                              "the hardware has it)")
-    predict.add_argument("--split", default=TRAINING_SPLIT, choices=tuple(SPLIT_ID_FILES),
-                         help=f"split folder to write (default {TRAINING_SPLIT})")
-    predict.add_argument("--overwrite", action="store_true",
-                         help="replace samples that already exist (default: keep them)")
-    predict.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
-                         help="parallel workers reading, preparing and writing photos (default: "
-                              "the machine's cores; with --engine ray, the number of model actors)")
-    predict.add_argument("--engine", choices=("local", "ray"), default="local",
-                         help="local (default): this process; ray: a Ray cluster (pip install "
-                              "'napari-deeplab[ray]'), see docs/scale.md")
-    predict.add_argument("--address", default=None, metavar="auto|HOST:PORT",
-                         help="with --engine ray: the cluster to join (default: start a local one)")
-    predict.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
-                         help="with --engine ray: GPUs per model actor (default 0: CPU)")
+    predict.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="photos per model call (default 4)",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default_precision,
+        help=f"{default_precision} (default) or {other_precisions} (faster where "
+        "the hardware has it)",
+    )
+    predict.add_argument(
+        "--split",
+        default=TRAINING_SPLIT,
+        choices=tuple(SPLIT_ID_FILES),
+        help=f"split folder to write (default {TRAINING_SPLIT})",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace samples that already exist (default: keep them)",
+    )
+    predict.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="parallel workers reading, preparing and writing photos (default: "
+        "the machine's cores; with --engine ray, the number of model actors)",
+    )
+    predict.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this process; ray: a Ray cluster (pip install "
+        "'napari-deeplab[ray]'), see docs/scale.md",
+    )
+    predict.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="with --engine ray: the cluster to join (default: start a local one)",
+    )
+    predict.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="with --engine ray: GPUs per model actor (default 0: CPU)",
+    )
 
     finetune = commands.add_parser(
-        "finetune", help="fine-tune a model on a CIHP-format folder",
+        "finetune",
+        help="fine-tune a model on a CIHP-format folder",
         description="Train DeepLabV3+ on the corrected masks of a CIHP-format folder (ours or the "
-                    "official dataset), starting from any model --model accepts. Batch norm stays "
-                    "in inference mode; augmentation: random crop, horizontal flip with left/right "
-                    "classes swapped, colour jitter. After each epoch the mean IoU on the "
-                    "validation split (or a held-out fifth of the training samples) is measured "
-                    "and the best model so far is written to --out (atomically); Ctrl+C keeps it. "
-                    "Every sample is checked first; 255 in a mask means 'ignore'.")
+        "official dataset), starting from any model --model accepts. Batch norm stays "
+        "in inference mode; augmentation: random crop, horizontal flip with left/right "
+        "classes swapped, colour jitter. After each epoch the mean IoU on the "
+        "validation split (or a held-out fifth of the training samples) is measured "
+        "and the best model so far is written to --out (atomically); Ctrl+C keeps it. "
+        "Every sample is checked first; 255 in a mask means 'ignore'.",
+    )
     finetune.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     finetune.add_argument("--model", metavar="SRC", default=None, help=model_help)
     finetune.add_argument("--out", required=True, metavar="OUT.keras", help="file to write")
-    finetune.add_argument("--split", default=TRAINING_SPLIT,
-                          help=f"training split (default {TRAINING_SPLIT})")
-    finetune.add_argument("--val-split", default=VALIDATION_SPLIT,
-                          help=f"validation split (default {VALIDATION_SPLIT}; held out if absent)")
+    finetune.add_argument(
+        "--split", default=TRAINING_SPLIT, help=f"training split (default {TRAINING_SPLIT})"
+    )
+    finetune.add_argument(
+        "--val-split",
+        default=VALIDATION_SPLIT,
+        help=f"validation split (default {VALIDATION_SPLIT}; held out if absent)",
+    )
     finetune.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
     finetune.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    finetune.add_argument("--image-size", type=_positive_int, default=defaults.image_size,
-                          help=f"square training size, a multiple of {IMAGE_SIZE_MULTIPLE} "
-                               f"(default {defaults.image_size}, as the seed)")
+    finetune.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=defaults.image_size,
+        help=f"square training size, a multiple of {IMAGE_SIZE_MULTIPLE} "
+        f"(default {defaults.image_size}, as the seed)",
+    )
     finetune.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    finetune.add_argument("--overwrite", action="store_true",
-                          help="replace an existing OUT.keras, but only with a model better than "
-                               "both it (scored on the same validation) and the starting model "
-                               "(default: refuse an existing file)")
-    finetune.add_argument("--replace-better", action="store_true",
-                          help="with --overwrite: replace OUT.keras by a model better than the "
-                               "starting one even if OUT.keras scores higher")
-    finetune.add_argument("--eval-every", type=int, default=defaults.eval_every, metavar="N",
-                          help="also score the validation split at full resolution every N epochs "
-                               "(default 0: once, at the end; every epoch is scored at the "
-                               "model's resolution to pick the best model)")
-    finetune.add_argument("--devices", default=defaults.devices, metavar="all|N",
-                          help="train data-parallel on all or N local devices (JAX backend, "
-                               "keras.distribution; across machines when its environment is set)")
-    finetune.add_argument("--precision", choices=PRECISIONS, default=default_precision,
-                          help=f"{default_precision} (default) or {other_precisions} mixed precision "
-                               "(weights stay float32)")
+    finetune.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT.keras, but only with a model better than "
+        "both it (scored on the same validation) and the starting model "
+        "(default: refuse an existing file)",
+    )
+    finetune.add_argument(
+        "--replace-better",
+        action="store_true",
+        help="with --overwrite: replace OUT.keras by a model better than the "
+        "starting one even if OUT.keras scores higher",
+    )
+    finetune.add_argument(
+        "--eval-every",
+        type=int,
+        default=defaults.eval_every,
+        metavar="N",
+        help="also score the validation split at full resolution every N epochs "
+        "(default 0: once, at the end; every epoch is scored at the "
+        "model's resolution to pick the best model)",
+    )
+    finetune.add_argument(
+        "--devices",
+        default=defaults.devices,
+        metavar="all|N",
+        help="train data-parallel on all or N local devices (JAX backend, "
+        "keras.distribution; across machines when its environment is set)",
+    )
+    finetune.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default_precision,
+        help=f"{default_precision} (default) or {other_precisions} mixed precision "
+        "(weights stay float32)",
+    )
 
     evaluate = commands.add_parser(
-        "evaluate", help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
+        "evaluate",
+        help="per-class IoU, mean IoU and pixel accuracy of a model on a split",
         description="Predict every sample of the split at full resolution and compare with its "
-                    "Category_ids masks.")
+        "Category_ids masks.",
+    )
     evaluate.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
     evaluate.add_argument("--model", metavar="SRC", default=None, help=model_help)
-    evaluate.add_argument("--split", default=VALIDATION_SPLIT,
-                          help=f"split (default {VALIDATION_SPLIT})")
-    evaluate.add_argument("--precision", choices=PRECISIONS, default=default_precision,
-                          help=f"{default_precision} (default) or {other_precisions}")
-    evaluate.add_argument("--json", action="store_true",
-                          help="print JSON with keys miou, pixel_accuracy, per_class")
+    evaluate.add_argument(
+        "--split", default=VALIDATION_SPLIT, help=f"split (default {VALIDATION_SPLIT})"
+    )
+    evaluate.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default_precision,
+        help=f"{default_precision} (default) or {other_precisions}",
+    )
+    evaluate.add_argument(
+        "--json", action="store_true", help="print JSON with keys miou, pixel_accuracy, per_class"
+    )
 
     convert = commands.add_parser(
-        "convert", help="convert a model (e.g. the seed SavedModel) into a .keras file",
+        "convert",
+        help="convert a model (e.g. the seed SavedModel) into a .keras file",
         description="Load any model that --model accepts and save it as a native Keras 3 "
-                    ".keras file that carries its class names and preprocessing.")
+        ".keras file that carries its class names and preprocessing.",
+    )
     convert.add_argument("source", metavar="SRC", help=model_help)
     convert.add_argument("--out", required=True, metavar="FILE.keras", help="file to write")
     return parser
@@ -175,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("napari-deeplab: interrupted before any work started; nothing was written",
-              file=sys.stderr)
+        print(
+            "napari-deeplab: interrupted before any work started; nothing was written",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
@@ -189,8 +276,12 @@ def _main(argv: list[str] | None) -> int:
     from .training import SampleProblems
 
     try:
-        command = {"predict": _predict, "finetune": _finetune, "evaluate": _evaluate,
-                   "convert": _convert}[args.command]
+        command = {
+            "predict": _predict,
+            "finetune": _finetune,
+            "evaluate": _evaluate,
+            "convert": _convert,
+        }[args.command]
         return command(args)
     except SampleProblems as error:
         for problem in error.problems:
@@ -202,12 +293,16 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_ERROR
     except OSError as error:  # e.g. an output folder or id list this user cannot write or read
         where = f"{error.filename}: " if error.filename else ""
-        print(f"napari-deeplab: error: {where}{error.strerror or error}; check that the path "
-              "exists, is of the right kind and is readable and writable by this user",
-              file=sys.stderr)
+        print(
+            f"napari-deeplab: error: {where}{error.strerror or error}; check that the path "
+            "exists, is of the right kind and is readable and writable by this user",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr)
+        print(
+            "napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
 
 
@@ -233,29 +328,46 @@ def _predict(args) -> int:
         return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
-            paths, args.model, args.out, split=args.split, batch_size=args.batch_size,
-            overwrite=args.overwrite, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-            address=args.address, precision=args.precision)
+            paths,
+            args.model,
+            args.out,
+            split=args.split,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            address=args.address,
+            precision=args.precision,
+        )
     else:
         check_unique_ids(paths)
         model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
-        outcomes = prelabel_files(paths, model, args.out,
-                                  split=args.split, batch_size=args.batch_size,
-                                  overwrite=args.overwrite, workers=args.workers)
+        outcomes = prelabel_files(
+            paths,
+            model,
+            args.out,
+            split=args.split,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:
         with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
             for outcome in outcomes:
                 counts[outcome.status] += 1
                 if outcome.status != "written":
-                    bar.write(f"{outcome.path}: {outcome.status}: {outcome.message}",
-                              file=sys.stderr)
+                    bar.write(
+                        f"{outcome.path}: {outcome.status}: {outcome.message}", file=sys.stderr
+                    )
                 bar.update()
     except engine_errors as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
-          f"-> {os.path.join(args.out, args.split)}")
+    print(
+        f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
+        f"-> {os.path.join(args.out, args.split)}"
+    )
     return EXIT_SOME_FAILED if counts["failed"] or problems else EXIT_OK
 
 
@@ -277,12 +389,17 @@ def _finetune(args) -> int:
         print("napari-deeplab: error: --out must end in .keras", file=sys.stderr)
         return EXIT_ERROR
     if args.image_size % IMAGE_SIZE_MULTIPLE:
-        print(f"napari-deeplab: error: --image-size must be a multiple of {IMAGE_SIZE_MULTIPLE}",
-              file=sys.stderr)
+        print(
+            f"napari-deeplab: error: --image-size must be a multiple of {IMAGE_SIZE_MULTIPLE}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     if os.path.exists(args.out) and not args.overwrite:
-        print(f"napari-deeplab: error: {args.out} exists; choose another --out, or add --overwrite "
-              "(it is then replaced only by a model better than the starting one)", file=sys.stderr)
+        print(
+            f"napari-deeplab: error: {args.out} exists; choose another --out, or add --overwrite "
+            "(it is then replaced only by a model better than the starting one)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     if args.replace_better and not args.overwrite:
         print("napari-deeplab: error: --replace-better goes with --overwrite", file=sys.stderr)
@@ -297,10 +414,16 @@ def _finetune(args) -> int:
         distribution = data_parallel(args.devices)  # the model's variables are made under it
         with distribution.scope() if distribution is not None else nullcontext():
             model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
-        settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                    image_size=args.image_size, learning_rate=args.learning_rate,
-                                    overwrite=args.overwrite, replace_better=args.replace_better,
-                                    eval_every=args.eval_every, devices=args.devices)
+        settings = FinetuneSettings(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            learning_rate=args.learning_rate,
+            overwrite=args.overwrite,
+            replace_better=args.replace_better,
+            eval_every=args.eval_every,
+            devices=args.devices,
+        )
         for report in finetune(model, train, val, args.out, settings):
             if report.epoch == 0:
                 start = report.val_miou
@@ -310,32 +433,48 @@ def _finetune(args) -> int:
             else:
                 newest = max(newest, report.val_miou)
             loss = "start" if report.loss is None else f"loss {report.loss:.4f}"
-            full = "" if report.full_resolution_miou is None else \
-                f", at full resolution {report.full_resolution_miou:.4f}"
+            full = (
+                ""
+                if report.full_resolution_miou is None
+                else f", at full resolution {report.full_resolution_miou:.4f}"
+            )
             mark = "  saved" if report.saved else ""
-            print(f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
-                  f"{report.val_miou:.4f} at {report.val_size} px{full}{mark}", flush=True)
+            print(
+                f"epoch {report.epoch}/{report.epochs}: {loss}, validation mean IoU "
+                f"{report.val_miou:.4f} at {report.val_size} px{full}{mark}",
+                flush=True,
+            )
             if report.saved:
                 best = report.val_miou
     except DevicesError as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:  # a full disk while saving: the last saved file is whole
-        kept = (f"{args.out} holds the best model saved before (validation mean IoU {best:.4f})"
-                if best is not None else f"{args.out} is as it was")
-        print(f"napari-deeplab: error: cannot write {error.filename or args.out} "
-              f"({error.strerror or error}); {kept}; free some space or choose another --out",
-              file=sys.stderr)
+        kept = (
+            f"{args.out} holds the best model saved before (validation mean IoU {best:.4f})"
+            if best is not None
+            else f"{args.out} is as it was"
+        )
+        print(
+            f"napari-deeplab: error: cannot write {error.filename or args.out} "
+            f"({error.strerror or error}); {kept}; free some space or choose another --out",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"interrupted; {args.out} holds the best model so far (validation mean IoU "
-              f"{best:.4f})" if best is not None else
-              f"interrupted before any model was saved; {args.out} is as it was", file=sys.stderr)
+        print(
+            f"interrupted; {args.out} holds the best model so far (validation mean IoU {best:.4f})"
+            if best is not None
+            else f"interrupted before any model was saved; {args.out} is as it was",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if best is None and existing is not None and newest > start and not args.replace_better:
-        print(f"no new model beat {args.out} (validation mean IoU {existing:.4f}; the best new "
-              f"one {newest:.4f} at {args.image_size} px); kept as it was (--replace-better "
-              "replaces it by the best model better than the starting one)")
+        print(
+            f"no new model beat {args.out} (validation mean IoU {existing:.4f}; the best new "
+            f"one {newest:.4f} at {args.image_size} px); kept as it was (--replace-better "
+            "replaces it by the best model better than the starting one)"
+        )
     elif best is None:
         print(f"no epoch improved on the starting model; {args.out} kept as it was")
     else:
@@ -346,23 +485,31 @@ def _finetune(args) -> int:
 def _existing_out_line(args, report) -> str:
     """One line comparing the existing ``--out`` with the starting model on the validation."""
     if report.out_miou is None:
-        return (f"{args.out} exists but cannot be scored ({report.out_problem}); it is replaced "
-                f"by a model better than the starting one ({report.val_miou:.4f})")
+        return (
+            f"{args.out} exists but cannot be scored ({report.out_problem}); it is replaced "
+            f"by a model better than the starting one ({report.val_miou:.4f})"
+        )
     bar = report.val_miou if args.replace_better else max(report.val_miou, report.out_miou)
-    return (f"{args.out} exists: validation mean IoU {report.out_miou:.4f}, the starting model "
-            f"{report.val_miou:.4f} (at {report.val_size} px); it is replaced only by a model "
-            f"scoring over {bar:.4f}" + (" (--replace-better)" if args.replace_better else ""))
+    return (
+        f"{args.out} exists: validation mean IoU {report.out_miou:.4f}, the starting model "
+        f"{report.val_miou:.4f} (at {report.val_size} px); it is replaced only by a model "
+        f"scoring over {bar:.4f}" + (" (--replace-better)" if args.replace_better else "")
+    )
 
 
 def _report_duplicates(*datasets) -> None:
     """Name, on one line each, the id lists that list an id twice (it is used once)."""
     for dataset in datasets:
         if dataset.duplicates:
-            shown = ", ".join(dataset.duplicates[:DUPLICATES_SHOWN]) + \
-                (", ..." if len(dataset.duplicates) > DUPLICATES_SHOWN else "")
-            print(f"napari-deeplab: note: the id list of {dataset.root / (dataset.split or '')} "
-                  f"names {len(dataset.duplicates)} id{'s' if len(dataset.duplicates) > 1 else ''} "
-                  f"more than once ({shown}); each sample is used once", file=sys.stderr)
+            shown = ", ".join(dataset.duplicates[:DUPLICATES_SHOWN]) + (
+                ", ..." if len(dataset.duplicates) > DUPLICATES_SHOWN else ""
+            )
+            print(
+                f"napari-deeplab: note: the id list of {dataset.root / (dataset.split or '')} "
+                f"names {len(dataset.duplicates)} id{'s' if len(dataset.duplicates) > 1 else ''} "
+                f"more than once ({shown}); each sample is used once",
+                file=sys.stderr,
+            )
 
 
 def _evaluate(args) -> int:
@@ -375,19 +522,24 @@ def _evaluate(args) -> int:
     dataset = locate_dataset(args.root, args.split)
     _report_duplicates(dataset)
     if not dataset.ids:
-        print(f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
-              file=sys.stderr)
+        print(
+            f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
-    result = evaluate(load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES),
-                      dataset)
+    result = evaluate(
+        load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES), dataset
+    )
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK
     for name, iou in result["per_class"].items():
         print(f"{name:>14}  {'-' if iou is None else f'{iou:.4f}'}")
-    print(f"{'mean IoU':>14}  {result['miou']:.4f}\n{'pixel accuracy':>14}  "
-          f"{result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)")
+    print(
+        f"{'mean IoU':>14}  {result['miou']:.4f}\n{'pixel accuracy':>14}  "
+        f"{result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)"
+    )
     return EXIT_OK
 
 
@@ -404,8 +556,11 @@ def _convert(args) -> int:
     try:
         write_file_atomically(out, lambda path: save_model(model, path))
     except OSError as error:  # a full disk: the temporary is removed, the file left as it was
-        print(f"napari-deeplab: error: cannot write {args.out} ({error.strerror or error}); it is "
-              "as it was; free some space or choose another --out", file=sys.stderr)
+        print(
+            f"napari-deeplab: error: cannot write {args.out} ({error.strerror or error}); it is "
+            "as it was; free some space or choose another --out",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     print(f"saved {args.out}")
     return EXIT_OK

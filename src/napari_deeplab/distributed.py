@@ -28,8 +28,11 @@ import os
 
 import numpy as np
 
-DISTRIBUTION_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                    "KERAS_DISTRIBUTION_PROCESS_ID")
+DISTRIBUTION_ENV = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 """The environment of ``keras.distribution.initialize()``; all three start a multi-process run."""
 
 _initialized = False
@@ -48,17 +51,20 @@ def initialize_from_environment() -> bool:
         return False
     if len(present) < len(DISTRIBUTION_ENV):
         missing = ", ".join(name for name in DISTRIBUTION_ENV if name not in present)
-        raise DevicesError(f"multi-process training needs {', '.join(DISTRIBUTION_ENV)}; "
-                           f"{missing} not set")
+        raise DevicesError(
+            f"multi-process training needs {', '.join(DISTRIBUTION_ENV)}; {missing} not set"
+        )
     if not _initialized:
         import keras
 
         try:
             keras.distribution.initialize()
         except RuntimeError as error:  # JAX had already started
-            raise DevicesError("multi-process training must join its peers before JAX runs "
-                               "anything: call napari_deeplab.distributed.data_parallel(devices) "
-                               "before making the model (the command line does)") from error
+            raise DevicesError(
+                "multi-process training must join its peers before JAX runs "
+                "anything: call napari_deeplab.distributed.data_parallel(devices) "
+                "before making the model (the command line does)"
+            ) from error
         _initialized = True
     return True
 
@@ -76,8 +82,10 @@ def data_parallel(devices):
     import keras
 
     if keras.backend.backend() != "jax":
-        raise DevicesError(f"--devices needs the JAX backend (Keras runs on "
-                           f"{keras.backend.backend()}): set KERAS_BACKEND=jax")
+        raise DevicesError(
+            f"--devices needs the JAX backend (Keras runs on "
+            f"{keras.backend.backend()}): set KERAS_BACKEND=jax"
+        )
     count = _device_count(devices)
     initialize_from_environment()
     import jax
@@ -86,8 +94,10 @@ def data_parallel(devices):
     if count is None:
         chosen = jax.devices()
     elif count > len(local):
-        raise DevicesError(f"--devices {count}: this machine has {len(local)} "
-                           f"{local[0].platform.upper()} device{'s' if len(local) > 1 else ''}")
+        raise DevicesError(
+            f"--devices {count}: this machine has {len(local)} "
+            f"{local[0].platform.upper()} device{'s' if len(local) > 1 else ''}"
+        )
     else:
         chosen = _first_local_devices_of_each_process(count)
     return keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False)
@@ -137,11 +147,15 @@ def fitting_batch_size(distribution, batch_size: int, samples: int) -> int:
     are fewer samples than devices."""
     count = device_count(distribution)
     if batch_size % count:
-        raise DevicesError(f"--batch-size {batch_size} is not a multiple of the {count} devices; "
-                           f"choose a multiple of {count}")
+        raise DevicesError(
+            f"--batch-size {batch_size} is not a multiple of the {count} devices; "
+            f"choose a multiple of {count}"
+        )
     if samples < count:
-        raise DevicesError(f"{samples} training sample{'s' if samples > 1 else ''} cannot fill "
-                           f"a batch on {count} devices; use fewer devices")
+        raise DevicesError(
+            f"{samples} training sample{'s' if samples > 1 else ''} cannot fill "
+            f"a batch on {count} devices; use fewer devices"
+        )
     fitting = min(batch_size, samples)
     return fitting - fitting % count
 

@@ -32,8 +32,10 @@ def host_tag() -> str:
     prefix, or that share a host name but not a pid namespace (where a pid means another
     process), never take each other's live writers for dead local processes."""
     parts = [socket.gethostname()]
-    for read in (lambda: os.readlink("/proc/self/ns/pid"),
-                 lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()):
+    for read in (
+        lambda: os.readlink("/proc/self/ns/pid"),
+        lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+    ):
         try:
             parts.append(read())
         except OSError:
@@ -42,8 +44,10 @@ def host_tag() -> str:
 
 
 HOST_TAG = host_tag()
-TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}"
-                            r"\.tmp(\.[^./]*)?$")
+TEMPORARY_NAME = re.compile(
+    r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}"
+    r"\.tmp(\.[^./]*)?$"
+)
 _steps = itertools.count(1)
 
 
@@ -113,8 +117,11 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
             continue
-        if age > STALE_ANY_S or (age > STALE_FOREIGN_S if match["host"] != HOST_TAG
-                                 else not process_alive(int(match["pid"]))):
+        if age > STALE_ANY_S or (
+            age > STALE_FOREIGN_S
+            if match["host"] != HOST_TAG
+            else not process_alive(int(match["pid"]))
+        ):
             unlink_quietly(Path(entry.path))
             removed.append(Path(entry.path))
     return removed
@@ -148,6 +155,7 @@ def fsync_folder(path: Path) -> None:
     """Make renames in ``path`` durable (POSIX; Windows has no folder fsync)."""
     if os.name != "nt":
         fsync_file(path)
+
 
 def unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):

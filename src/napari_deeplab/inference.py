@@ -55,7 +55,9 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
         image = image[..., :3]
     elif image.ndim != 2:
-        raise ValueError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {image.shape}")
+        raise ValueError(
+            f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {image.shape}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"the image is empty (shape {image.shape})")
     if image.ndim == 2 or image.shape[-1] == 1:
@@ -115,7 +117,9 @@ def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     ``height`` x ``width`` x C float32."""
     import cv2
 
-    resized = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(
+        np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR
+    )
     return resized.reshape(height, width, *image.shape[2:])
 
 
@@ -128,9 +132,14 @@ def _bilinear_taps(out_size: int, in_size: int):
     return low, high, (position - low).astype(np.float32)
 
 
-def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None,
-                    grid_confidence=None, *, confidence: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+def upsample_logits(
+    logits: np.ndarray,
+    shape: tuple[int, int],
+    grid_labels=None,
+    grid_confidence=None,
+    *,
+    confidence: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels and confidence at a photo's size from the logits on the model's grid.
 
     ``labels`` is exactly the argmax of the logits upsampled bilinearly with half-pixel
@@ -169,8 +178,11 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
     grid_labels = np.asarray(grid_labels, np.uint8)
     # a grid cell is mixed when the four pixels at its corners do not all share one class
     padded = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
-    mixed = ((padded[:-1, :-1] != padded[1:, :-1]) | (padded[:-1, :-1] != padded[:-1, 1:])
-             | (padded[:-1, :-1] != padded[1:, 1:]))
+    mixed = (
+        (padded[:-1, :-1] != padded[1:, :-1])
+        | (padded[:-1, :-1] != padded[:-1, 1:])
+        | (padded[:-1, :-1] != padded[1:, 1:])
+    )
     y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
     x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
     labels = np.empty((height, width), np.uint8)
@@ -195,7 +207,9 @@ def upsample_logits(logits: np.ndarray, shape: tuple[int, int], grid_labels=None
         labels[rows] = band_labels
     if not confidence:
         return labels, None
-    top_probability = resize_bilinear(np.asarray(grid_confidence, np.float32)[..., None], width, height)
+    top_probability = resize_bilinear(
+        np.asarray(grid_confidence, np.float32)[..., None], width, height
+    )
     return labels, top_probability.reshape(height, width)
 
 
@@ -214,8 +228,14 @@ def inference_model(model):
     if model not in _INFERENCE_MODELS:
         folded = fold_batch_norm(model)
         logits = folded.outputs[0]
-        outputs = [logits, ops.argmax(logits, axis=-1), ops.max(ops.softmax(logits, axis=-1), axis=-1)]
-        _INFERENCE_MODELS[model] = keras.Model(folded.inputs, outputs, name=f"{model.name}_inference")
+        outputs = [
+            logits,
+            ops.argmax(logits, axis=-1),
+            ops.max(ops.softmax(logits, axis=-1), axis=-1),
+        ]
+        _INFERENCE_MODELS[model] = keras.Model(
+            folded.inputs, outputs, name=f"{model.name}_inference"
+        )
     return _INFERENCE_MODELS[model]
 
 
@@ -245,9 +265,16 @@ def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     return result.labels, result.confidence
 
 
-def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
-                  confidence: bool = True, workers: int = 1, clock=None,
-                  max_in_flight: int | None = None) -> Iterator[Segmentation]:
+def segment_stack(
+    images: Iterable[np.ndarray],
+    model,
+    batch_size: int = 4,
+    *,
+    confidence: bool = True,
+    workers: int = 1,
+    clock=None,
+    max_in_flight: int | None = None,
+) -> Iterator[Segmentation]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
     Parameters
@@ -281,16 +308,33 @@ def segment_stack(images: Iterable[np.ndarray], model, batch_size: int = 4, *,
     Closing the generator (napari's Cancel, Ctrl+C) stops the work after the model call and
     photos in hand.
     """
-    return segment_pipeline(images, model, photo_of=lambda index, image: (image, index),
-                            result_of=Segmentation, confidence=confidence, batch_size=batch_size,
-                            workers=workers, max_in_flight=max_in_flight, clock=clock)
+    return segment_pipeline(
+        images,
+        model,
+        photo_of=lambda index, image: (image, index),
+        result_of=Segmentation,
+        confidence=confidence,
+        batch_size=batch_size,
+        workers=workers,
+        max_in_flight=max_in_flight,
+        clock=clock,
+    )
 
 
-def segment_pipeline(items: Iterable, model, *, photo_of: Callable, result_of: Callable,
-                     batch_size: int, workers: int = 1, confidence: bool = True,
-                     commit: Callable[[list], list] | None = None,
-                     discard: Callable | None = None, max_in_flight: int | None = None,
-                     clock=None) -> Iterator:
+def segment_pipeline(
+    items: Iterable,
+    model,
+    *,
+    photo_of: Callable,
+    result_of: Callable,
+    batch_size: int,
+    workers: int = 1,
+    confidence: bool = True,
+    commit: Callable[[list], list] | None = None,
+    discard: Callable | None = None,
+    max_in_flight: int | None = None,
+    clock=None,
+) -> Iterator:
     """Run ``items`` through the three stages of segmentation, prepare (:func:`model_input`,
     clocked as ``resize``), model (:func:`batch_outputs`, ``model``) and finish
     (:func:`finish`, ``upsample``), in :func:`napari_deeplab.pipeline.run_pipeline`; yield one
@@ -325,10 +369,18 @@ def segment_pipeline(items: Iterable, model, *, photo_of: Callable, result_of: C
             labels, top_probability = finish(output, shape, confidence=confidence)
         return result_of(context, labels, top_probability)
 
-    return run_pipeline(items, prepare=prepare, model=lambda inputs: batch_outputs(model, inputs),
-                        finish=finish_photo, commit=commit, discard=discard,
-                        batch_size=batch_size, workers=workers, max_in_flight=max_in_flight,
-                        clock=clock)
+    return run_pipeline(
+        items,
+        prepare=prepare,
+        model=lambda inputs: batch_outputs(model, inputs),
+        finish=finish_photo,
+        commit=commit,
+        discard=discard,
+        batch_size=batch_size,
+        workers=workers,
+        max_in_flight=max_in_flight,
+        clock=clock,
+    )
 
 
 def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -353,8 +405,12 @@ def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
     return list(zip(*(np.asarray(output) for output in outputs), strict=True))
 
 
-def finish(output: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int], *,
-           confidence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def finish(
+    output: tuple[np.ndarray, np.ndarray, np.ndarray],
+    shape: tuple[int, int],
+    *,
+    confidence: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The finish stage: one photo's model output -> its labels and confidence at its size.
 
     Parameters

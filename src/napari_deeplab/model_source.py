@@ -36,10 +36,13 @@ def check_model_source(source: str | os.PathLike | None) -> str:
         return source
     if path.is_file():
         if path.suffix != ".keras":
-            raise ValueError(f"{source}: not a model file: expected a .keras file or a "
-                             "SavedModel folder")
+            raise ValueError(
+                f"{source}: not a model file: expected a .keras file or a SavedModel folder"
+            )
         return source
     if looks_like_hub_id(source):
         return source
-    raise ValueError(f"{source}: no such file or folder; give a .keras file, a SavedModel "
-                     f"folder or a Hugging Face hub id such as {DEFAULT_MODEL}")
+    raise ValueError(
+        f"{source}: no such file or folder; give a .keras file, a SavedModel "
+        f"folder or a Hugging Face hub id such as {DEFAULT_MODEL}"
+    )

@@ -71,6 +71,7 @@ class PhotoTooLargeError(DatasetError):
 
 # --- the pixel limit ---------------------------------------------------------------------------
 
+
 def max_pixels() -> int:
     """The largest photo accepted (width x height): ``$NAPARI_DEEPLAB_MAX_PIXELS`` or
     :data:`DEFAULT_MAX_PIXELS`."""
@@ -78,8 +79,9 @@ def max_pixels() -> int:
     if not text:
         return DEFAULT_MAX_PIXELS
     if not text.isdigit() or int(text) < 1:
-        raise DatasetError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive "
-                           "number of pixels")
+        raise DatasetError(
+            f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive number of pixels"
+        )
     return int(text)
 
 
@@ -91,7 +93,8 @@ def check_pixel_count(path, width: int, height: int) -> None:
         raise PhotoTooLargeError(
             f"{path}: {width} x {height} pixels is over the limit of {limit:,} pixels (a possible "
             f"decompression bomb); if the photo is genuine, set {MAX_PIXELS_ENV} to at least "
-            f"{width * height} (it needs about {PHOTO_BYTES_PER_PIXEL * width * height // 1_000_000} MB)")
+            f"{width * height} (it needs about {PHOTO_BYTES_PER_PIXEL * width * height // 1_000_000} MB)"
+        )
 
 
 def open_image(path) -> Image.Image:
@@ -132,6 +135,7 @@ def pillow_limit_lifted(pixels: int):
 
 # --- the header --------------------------------------------------------------------------------
 
+
 def check_readable_file(path) -> None:
     """Raise :class:`PhotoError` for a path that is not a readable regular file (a FIFO would
     block the reader forever; a folder or device is not a photo). File objects pass."""
@@ -142,15 +146,17 @@ def check_readable_file(path) -> None:
     except FileNotFoundError:
         raise PhotoError("no such file") from None
     except PermissionError:
-        raise PhotoError("permission denied: the file's folder cannot be read by this user") \
-            from None
+        raise PhotoError(
+            "permission denied: the file's folder cannot be read by this user"
+        ) from None
     if stat.S_ISDIR(mode):
         raise PhotoError("a folder, not a photo file")
     if not stat.S_ISREG(mode):
         raise PhotoError("not a regular file (a FIFO, socket or device); give photo files")
     if not os.access(path, os.R_OK):
-        raise PhotoError("permission denied: this user cannot read the file (check its "
-                         "permissions)")
+        raise PhotoError(
+            "permission denied: this user cannot read the file (check its permissions)"
+        )
 
 
 def photo_size(path) -> tuple[int, int]:
@@ -183,8 +189,9 @@ def _tiff_header(path) -> tuple[tuple[int, ...], str]:
         with tifffile.TiffFile(path) as tiff:
             shape, axes = tuple(tiff.series[0].shape), tiff.series[0].axes
     except Exception:  # tifffile raises many types on a file that is not a TIFF
-        raise PhotoError("cannot read this file as an image (corrupt, truncated or of an "
-                         "unknown format)") from None
+        raise PhotoError(
+            "cannot read this file as an image (corrupt, truncated or of an unknown format)"
+        ) from None
     if "X" not in axes or "Y" not in axes:
         raise PhotoError(f"not a 2-D photo (TIFF axes {axes}, shape {shape})")
     return shape, axes
@@ -196,6 +203,7 @@ def _rewind(path) -> None:
 
 
 # --- decoding ----------------------------------------------------------------------------------
+
 
 def read_photo(path) -> np.ndarray:
     """Decode a photo by the module's rules into H x W x 3 uint8 RGB, as stored (no EXIF).
@@ -231,8 +239,9 @@ def read_photo(path) -> np.ndarray:
         except PermissionError:
             raise PhotoError("permission denied: this user cannot read the file") from None
         except (OSError, ValueError, SyntaxError) as error:
-            raise PhotoError(f"cannot decode this photo: it is truncated or corrupt "
-                             f"({_first_line(error)})") from None
+            raise PhotoError(
+                f"cannot decode this photo: it is truncated or corrupt ({_first_line(error)})"
+            ) from None
 
 
 def read_array(path) -> np.ndarray:
@@ -276,14 +285,17 @@ def samples_to_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[-1] != 3:
-        raise PhotoError(f"not a single 2-D photo (pixel array of shape {pixels.shape}); "
-                         f"{SPLIT_ADVICE}")
+        raise PhotoError(
+            f"not a single 2-D photo (pixel array of shape {pixels.shape}); {SPLIT_ADVICE}"
+        )
     if pixels.dtype == np.uint8:
         eight = pixels
     elif pixels.dtype == bool:
         eight = pixels.astype(np.uint8) * 255
     elif pixels.dtype.kind in "ui":
-        eight = (np.clip(pixels, 0, 65535).astype(np.uint16) >> SIXTEEN_TO_EIGHT_SHIFT).astype(np.uint8)
+        eight = (np.clip(pixels, 0, 65535).astype(np.uint16) >> SIXTEEN_TO_EIGHT_SHIFT).astype(
+            np.uint8
+        )
     elif pixels.dtype.kind == "f":
         values = np.nan_to_num(pixels.astype(np.float32))
         scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
@@ -325,11 +337,13 @@ def _read_tiff(path) -> np.ndarray:
     except PhotoError:
         raise
     except Exception as error:
-        raise PhotoError(f"cannot decode this photo: it is truncated or corrupt "
-                         f"({_first_line(error)})") from None
+        raise PhotoError(
+            f"cannot decode this photo: it is truncated or corrupt ({_first_line(error)})"
+        ) from None
     if axes.replace("S", "") != "YX" or pixels.ndim != len(axes):
-        raise PhotoError(f"not a single 2-D photo (TIFF axes {axes}, shape {pixels.shape}); "
-                         f"{SPLIT_ADVICE}")
+        raise PhotoError(
+            f"not a single 2-D photo (TIFF axes {axes}, shape {pixels.shape}); {SPLIT_ADVICE}"
+        )
     if "S" in axes and axes.index("S") == 0:  # planar: samples first
         pixels = np.moveaxis(pixels, 0, -1)
     return samples_to_rgb(pixels)
@@ -342,6 +356,7 @@ def _first_line(error: BaseException) -> str:
 
 # --- the folder lister -------------------------------------------------------------------------
 
+
 def is_photo_name(name: str) -> bool:
     """Whether a file called ``name`` is taken as a photo from a folder: a suffix of
     :data:`~napari_deeplab.cihp.PHOTO_SUFFIXES` in any case, and not hidden (a writer's
@@ -353,5 +368,6 @@ def list_photos(folder: str | os.PathLike) -> list[Path]:
     """The photos of ``folder``, sorted by name: its regular files (or links to them) whose
     names pass :func:`is_photo_name`; not recursive. The one lister of a folder's photos
     (``predict``, the review queue, the Ray engine's local folders)."""
-    return sorted(path for path in Path(folder).iterdir()
-                  if is_photo_name(path.name) and path.is_file())
+    return sorted(
+        path for path in Path(folder).iterdir() if is_photo_name(path.name) and path.is_file()
+    )

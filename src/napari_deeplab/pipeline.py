@@ -83,8 +83,10 @@ class StageClock:
 
     def milliseconds_per_item(self) -> dict[str, float]:
         """Each stage's CPU milliseconds per input it handled."""
-        return {stage: 1000 * seconds / max(self.counts[stage], 1)
-                for stage, seconds in self.seconds.items()}
+        return {
+            stage: 1000 * seconds / max(self.counts[stage], 1)
+            for stage, seconds in self.seconds.items()
+        }
 
 
 def timed(clock: StageClock | None, stage: str, count: int = 1):
@@ -126,12 +128,19 @@ def default_in_flight(batch_size: int, workers: int) -> int:
     return batch_size if workers <= 1 else 3 * batch_size + 2 * workers
 
 
-def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Failed],
-                 model: Callable[[np.ndarray], list], finish: Callable[[Any, Any], Any],
-                 batch_size: int, workers: int,
-                 commit: Callable[[list], list] | None = None,
-                 discard: Callable[[Any], None] | None = None,
-                 max_in_flight: int | None = None, clock: StageClock | None = None) -> Iterator:
+def run_pipeline(
+    items: Iterable,
+    *,
+    prepare: Callable[[int, Any], Prepared | Failed],
+    model: Callable[[np.ndarray], list],
+    finish: Callable[[Any, Any], Any],
+    batch_size: int,
+    workers: int,
+    commit: Callable[[list], list] | None = None,
+    discard: Callable[[Any], None] | None = None,
+    max_in_flight: int | None = None,
+    clock: StageClock | None = None,
+) -> Iterator:
     """Run ``items`` through prepare -> model -> finish [-> commit] (see the module's doc) and
     yield one outcome per item, in order: ``Failed.outcome``, else ``commit``'s outcome for the
     item, else ``finish``'s result. ``model(inputs)`` gets N x S x S x 3 float32 and returns
@@ -141,8 +150,11 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
         raise ValueError("batch_size and workers must be at least 1")
     limit = max(max_in_flight or default_in_flight(batch_size, workers), batch_size)
     pool = ThreadPoolExecutor(workers, "napari-deeplab") if workers > 1 else _CallingThread()
-    committer = (ThreadPoolExecutor(1, "napari-deeplab-commit")
-                 if commit is not None and workers > 1 else _CallingThread())
+    committer = (
+        ThreadPoolExecutor(1, "napari-deeplab-commit")
+        if commit is not None and workers > 1
+        else _CallingThread()
+    )
     inputs = enumerate(items)
     exhausted = False
     slots: deque[_Slot] = deque()  # taken from the input, not yet yielded, in order
@@ -192,8 +204,11 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
                 continue
             if exhausted and not slots:
                 return
-            pending = [slot.finished for slot in slots
-                       if slot.finished is not None and not slot.finished.done()]
+            pending = [
+                slot.finished
+                for slot in slots
+                if slot.finished is not None and not slot.finished.done()
+            ]
             if unbatched:
                 pending.append(unbatched[0].prepared)
             if committing is not None:
@@ -209,9 +224,15 @@ def run_pipeline(items: Iterable, *, prepare: Callable[[int, Any], Prepared | Fa
                 slot.committing = False  # so its staged files are discarded just below
         for slot in slots:
             finished = slot.finished
-            if (discard is not None and finished is not None and not slot.resolved
-                    and not slot.committing and finished.done() and not finished.cancelled()
-                    and finished.exception() is None):
+            if (
+                discard is not None
+                and finished is not None
+                and not slot.resolved
+                and not slot.committing
+                and finished.done()
+                and not finished.cancelled()
+                and finished.exception() is None
+            ):
                 discard(finished.result())
 
 

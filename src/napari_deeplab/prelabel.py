@@ -55,10 +55,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
         elif path.is_file():
             paths.append(path)
         elif path.exists():  # a FIFO would block its reader: not a photo
-            problems.append(f"{entry}: not a regular file (a FIFO, socket or device); give "
-                            "photo files")
+            problems.append(
+                f"{entry}: not a regular file (a FIFO, socket or device); give photo files"
+            )
         elif glob.has_magic(entry):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry)) if Path(p).is_file())
+            found = sorted(
+                Path(p) for p in glob.glob(os.path.expanduser(entry)) if Path(p).is_file()
+            )
             if not found:
                 problems.append(f"{entry}: no file matches this pattern")
             paths += found
@@ -72,8 +75,7 @@ def _file_stem(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
-def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_stem
-                     ) -> list[str]:
+def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_stem) -> list[str]:
     """The sample id of each of ``locations`` (photo paths, or what ``id_of`` takes), in order.
 
     Raises :class:`InputError` if two share an id, ids differing only in case or Unicode
@@ -87,17 +89,28 @@ def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_st
         sample_id = cihp.check_sample_id(id_of(location))
         key = cihp.normal_id(sample_id).casefold()
         if key in seen:
-            raise InputError(f"two inputs have the id {sample_id!r} (ids differing only in case "
-                             f"are one on macOS and Windows): {seen[key]} and {location}; rename "
-                             "one (ids are file stems)")
+            raise InputError(
+                f"two inputs have the id {sample_id!r} (ids differing only in case "
+                f"are one on macOS and Windows): {seen[key]} and {location}; rename "
+                "one (ids are file stems)"
+            )
         seen[key] = location
         ids.append(sample_id)
     return ids
 
 
-def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, split: str = "Training",
-                   batch_size: int = 4, overwrite: bool = False, workers: int = 1,
-                   clock=None, max_in_flight: int | None = None) -> Iterator[FileOutcome]:
+def prelabel_files(
+    paths: Sequence[Path],
+    model,
+    out: str | os.PathLike,
+    *,
+    split: str = "Training",
+    batch_size: int = 4,
+    overwrite: bool = False,
+    workers: int = 1,
+    clock=None,
+    max_in_flight: int | None = None,
+) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
     Photos already in the split are skipped unless ``overwrite``: those listed when the batch
@@ -166,13 +179,30 @@ def prelabel_files(paths: Sequence[Path], model, out: str | os.PathLike, *, spli
         with timed(clock, "commit", len(results)):
             return commit_outcomes(out, split, results)
 
-    yield from segment_pipeline(todo, model, photo_of=read, result_of=stage, confidence=False,
-                                commit=commit, discard=_discard, batch_size=batch_size,
-                                workers=workers, max_in_flight=max_in_flight, clock=clock)
+    yield from segment_pipeline(
+        todo,
+        model,
+        photo_of=read,
+        result_of=stage,
+        confidence=False,
+        commit=commit,
+        discard=_discard,
+        batch_size=batch_size,
+        workers=workers,
+        max_in_flight=max_in_flight,
+        clock=clock,
+    )
 
 
-def stage_photo(out, photo: Path, labels: np.ndarray, *, split: str, overwrite: bool,
-                sample_id: str | None = None) -> tuple[Path, cihp.StagedSample | FileOutcome]:
+def stage_photo(
+    out,
+    photo: Path,
+    labels: np.ndarray,
+    *,
+    split: str,
+    overwrite: bool,
+    sample_id: str | None = None,
+) -> tuple[Path, cihp.StagedSample | FileOutcome]:
     """Encode and stage the sample of one labelled photo, to be committed by
     :func:`commit_outcomes` (``predict``'s two engines both write through these two).
 
@@ -198,23 +228,29 @@ def stage_photo(out, photo: Path, labels: np.ndarray, *, split: str, overwrite: 
         ``"failed"`` outcome saying why it could not be staged.
     """
     try:
-        return photo, cihp.stage_sample(out, sample_id or photo.stem, labels, split=split,
-                                        image_path=photo, overwrite=overwrite)
+        return photo, cihp.stage_sample(
+            out, sample_id or photo.stem, labels, split=split, image_path=photo, overwrite=overwrite
+        )
     except (OSError, cihp.DatasetError) as error:
         return photo, write_failure(photo, error)
 
 
-def listed_outcomes(photos: Sequence[tuple[object, str]], out, split: str,
-                    overwrite: bool) -> dict[str, FileOutcome]:
+def listed_outcomes(
+    photos: Sequence[tuple[object, str]], out, split: str, overwrite: bool
+) -> dict[str, FileOutcome]:
     """The "skipped" outcome, by id, of each of ``photos`` ((what the outcome names, sample id)
     pairs, in order) whose id the split already lists: such photos are not even read. None
     with ``overwrite``. (Listing the split also completes a commit a crashed writer left.)"""
     listed = set(cihp.list_samples(out, split)) if Path(out, split).is_dir() else set()
     if overwrite:
         return {}
-    return {sample_id: FileOutcome(path, sample_id, "skipped",
-                                   f"already in {Path(out) / split}; --overwrite replaces it")
-            for path, sample_id in photos if cihp.normal_id(sample_id) in listed}
+    return {
+        sample_id: FileOutcome(
+            path, sample_id, "skipped", f"already in {Path(out) / split}; --overwrite replaces it"
+        )
+        for path, sample_id in photos
+        if cihp.normal_id(sample_id) in listed
+    }
 
 
 def commit_outcomes(out, split: str, results: list[tuple[Path, object]]) -> list[FileOutcome]:
@@ -246,8 +282,13 @@ def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> Fil
     if error is None:
         return FileOutcome(path, path.stem, "written")
     if isinstance(error, cihp.SampleExistsError):
-        return FileOutcome(path, path.stem, "skipped", f"committed to {Path(out) / split} by "
-                           "another writer while this batch ran; kept (--overwrite replaces it)")
+        return FileOutcome(
+            path,
+            path.stem,
+            "skipped",
+            f"committed to {Path(out) / split} by "
+            "another writer while this batch ran; kept (--overwrite replaces it)",
+        )
     return write_failure(path, error)
 
 

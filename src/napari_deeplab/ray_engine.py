@@ -124,8 +124,10 @@ def expand_ray_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
             problems.append(f"{entry}: cannot list it ({_first_line(error)})")
             continue
         if not found:
-            problems.append(f"{entry}: no such file, or no photos under this prefix "
-                            f"({', '.join(IMAGE_SUFFIXES)})")
+            problems.append(
+                f"{entry}: no such file, or no photos under this prefix "
+                f"({', '.join(IMAGE_SUFFIXES)})"
+            )
         locations += found
     return list(dict.fromkeys(locations)), problems
 
@@ -141,18 +143,29 @@ def _list_uri(uri: str) -> list[str]:
     if info.type != fs.FileType.Directory:
         return []
     scheme = uri.partition("://")[0]
-    return sorted(f"{scheme}://{urllib.parse.quote(entry.path)}" for entry in
-                  filesystem.get_file_info(fs.FileSelector(path, recursive=False))
-                  if entry.type == fs.FileType.File and is_photo_name(entry.base_name))
+    return sorted(
+        f"{scheme}://{urllib.parse.quote(entry.path)}"
+        for entry in filesystem.get_file_info(fs.FileSelector(path, recursive=False))
+        if entry.type == fs.FileType.File and is_photo_name(entry.base_name)
+    )
 
 
-def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLike, *,
-                      split: str = "Training", batch_size: int = 4, overwrite: bool = False,
-                      workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,
-                      precision: str = "float32", cpus_per_worker: float | None = None,
-                      commit_group: int = COMMIT_GROUP,
-                      no_progress_timeout_s: float = NO_PROGRESS_TIMEOUT_S
-                      ) -> Iterator[FileOutcome]:
+def prelabel_with_ray(
+    inputs: Sequence[str],
+    model_source,
+    out: str | os.PathLike,
+    *,
+    split: str = "Training",
+    batch_size: int = 4,
+    overwrite: bool = False,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    precision: str = "float32",
+    cpus_per_worker: float | None = None,
+    commit_group: int = COMMIT_GROUP,
+    no_progress_timeout_s: float = NO_PROGRESS_TIMEOUT_S,
+) -> Iterator[FileOutcome]:
     """Pre-label photo files or URIs into the CIHP dataset ``out`` on a Ray cluster; yield one
     :class:`~napari_deeplab.prelabel.FileOutcome` per photo, as each is committed.
 
@@ -176,8 +189,10 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         raise ValueError("workers, batch_size and commit_group must be at least 1")
     if cpus_per_worker is None:
         cpus_per_worker = GPU_ACTOR_CPUS if gpus_per_worker else ACTOR_CPUS
-    locations = [location if is_uri(location) else os.path.abspath(location)
-                 for location in map(os.fspath, inputs)]
+    locations = [
+        location if is_uri(location) else os.path.abspath(location)
+        for location in map(os.fspath, inputs)
+    ]
     sample_ids = check_unique_ids(locations, id_of=sample_id_of)
     try:
         model_source = check_model_source(model_source)
@@ -187,20 +202,39 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         model_source = os.path.abspath(Path(model_source).expanduser())
     out = os.path.abspath(out)
     pairs = list(zip(locations, sample_ids, strict=True))
-    skipped = listed_outcomes([(_outcome_path(location), sample_id) for location, sample_id in pairs],
-                              out, split, overwrite)
+    skipped = listed_outcomes(
+        [(_outcome_path(location), sample_id) for location, sample_id in pairs],
+        out,
+        split,
+        overwrite,
+    )
     yield from skipped.values()
-    todo = [{"location": location, "sample_id": sample_id} for location, sample_id in pairs
-            if sample_id not in skipped]
+    todo = [
+        {"location": location, "sample_id": sample_id}
+        for location, sample_id in pairs
+        if sample_id not in skipped
+    ]
     if not todo:
         return
     kill_at, kill_marker, own_marker = _kill_hook()
     started_here = _connect(ray, address)
     try:
-        dataset = _pipeline(ray, todo, model_source, out, split=split, batch_size=batch_size,
-                            overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker,
-                            cpus_per_worker=cpus_per_worker, precision=precision,
-                            commit_group=commit_group, kill_at=kill_at, kill_marker=kill_marker)
+        dataset = _pipeline(
+            ray,
+            todo,
+            model_source,
+            out,
+            split=split,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            precision=precision,
+            commit_group=commit_group,
+            kill_at=kill_at,
+            kill_marker=kill_marker,
+        )
         dataset.context.execution_no_progress_timeout_s = no_progress_timeout_s
         dataset.context.enable_progress_bars = False
         dataset.context.print_on_execution_start = False
@@ -208,10 +242,15 @@ def prelabel_with_ray(inputs: Sequence[str], model_source, out: str | os.PathLik
         try:
             for block in blocks:
                 for location, sample_id, status, message in zip(
-                        block["location"], block["sample_id"], block["status"], block["message"],
-                        strict=True):
-                    yield FileOutcome(_outcome_path(str(location)), str(sample_id), str(status),
-                                      str(message))
+                    block["location"],
+                    block["sample_id"],
+                    block["status"],
+                    block["message"],
+                    strict=True,
+                ):
+                    yield FileOutcome(
+                        _outcome_path(str(location)), str(sample_id), str(status), str(message)
+                    )
         except Exception as error:  # Ray wraps what happened on the cluster in its own types
             raise RayEngineError(_job_failure(error, no_progress_timeout_s)) from error
         finally:
@@ -239,9 +278,11 @@ def _quiet_ray_data_logs() -> None:
     the user configured those loggers. The executor's level also works around Ray 2.60
     logging the DataContext at DEBUG with a malformed format string, which prints a "Logging
     error" traceback at every job (and fails it under pytest's log capture)."""
-    for name, level in (("ray.data._internal.execution.streaming_executor", logging.WARNING),
-                        ("ray.data._internal.progress", logging.ERROR),  # "bars disabled"
-                        ("ray.data.exceptions", logging.CRITICAL)):  # the failure's traceback
+    for name, level in (
+        ("ray.data._internal.execution.streaming_executor", logging.WARNING),
+        ("ray.data._internal.progress", logging.ERROR),  # "bars disabled"
+        ("ray.data.exceptions", logging.CRITICAL),
+    ):  # the failure's traceback
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(level)
@@ -253,23 +294,43 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    options = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
-               "configure_logging": True, "logging_level": "WARNING"}
+    options = {
+        "runtime_env": {"env_vars": env},
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": "WARNING",
+    }
     try:
         if address is None:
             ray.init(include_dashboard=False, **options)
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise RayEngineError(f"cannot {'start' if address is None else 'join'} a Ray cluster"
-                             f"{'' if address is None else f' at {address}'} "
-                             f"({_first_line(error)}); see docs/scale.md") from None
+        raise RayEngineError(
+            f"cannot {'start' if address is None else 'join'} a Ray cluster"
+            f"{'' if address is None else f' at {address}'} "
+            f"({_first_line(error)}); see docs/scale.md"
+        ) from None
     return True
 
 
-def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batch_size, overwrite,
-              workers, gpus_per_worker, cpus_per_worker, precision, commit_group, kill_at,
-              kill_marker):
+def _pipeline(
+    ray,
+    todo: list[dict],
+    model_source: str,
+    out: str,
+    *,
+    split,
+    batch_size,
+    overwrite,
+    workers,
+    gpus_per_worker,
+    cpus_per_worker,
+    precision,
+    commit_group,
+    kill_at,
+    kill_marker,
+):
     """The Ray Data plan: read -> segment (actor pool) -> write; rows of outcomes."""
     read_batch = 2  # photos per read call: small blocks stream to the actors early
     blocks = min(-(-len(todo) // read_batch), MAX_INPUT_BLOCKS)
@@ -280,20 +341,34 @@ def _pipeline(ray, todo: list[dict], model_source: str, out: str, *, split, batc
     # them into outcomes); a photo that kills every process reading it stops the job after
     # the no-progress timeout
     labelled = decoded.map_batches(
-        Segmenter, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_worker,
-        compute=ray.data.ActorPoolStrategy(size=workers), fn_constructor_kwargs={
-            "model_source": model_source, "precision": precision, "batch_size": batch_size,
-            "threads": max(1, int(cpus_per_worker)), "kill_at": kill_at,
-            "kill_marker": kill_marker},
-        num_gpus=gpus_per_worker or None)
-    return labelled.map_batches(write_samples, batch_size=commit_group, batch_format="numpy",
-                                fn_kwargs={"out": out, "split": split, "overwrite": overwrite})
+        Segmenter,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={
+            "model_source": model_source,
+            "precision": precision,
+            "batch_size": batch_size,
+            "threads": max(1, int(cpus_per_worker)),
+            "kill_at": kill_at,
+            "kill_marker": kill_marker,
+        },
+        num_gpus=gpus_per_worker or None,
+    )
+    return labelled.map_batches(
+        write_samples,
+        batch_size=commit_group,
+        batch_format="numpy",
+        fn_kwargs={"out": out, "split": split, "overwrite": overwrite},
+    )
 
 
 # --- the stages (run on the cluster's workers) ---------------------------------------------------
 #
 # Rows carry pixels as raw bytes plus their shape and dtype: photos of one batch differ in size,
 # channels and dtype, which Arrow's tensor columns cannot hold together.
+
 
 def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Read and decode each photo of ``batch`` (columns ``location``, ``sample_id``).
@@ -313,8 +388,13 @@ def read_photos(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shapes.append("x".join(map(str, photo.shape)))
         dtypes.append(photo.dtype.str)
         messages.append(message)
-    return {**batch, "pixels": _objects(pixels), "shape": np.array(shapes),
-            "dtype": np.array(dtypes), "message": np.array(messages)}
+    return {
+        **batch,
+        "pixels": _objects(pixels),
+        "shape": np.array(shapes),
+        "dtype": np.array(dtypes),
+        "message": np.array(messages),
+    }
 
 
 def _read_bytes(location: str) -> bytes:
@@ -350,7 +430,9 @@ def _photo_problem(error: BaseException) -> str:
 
 def _pixels(row_pixels, shape: str, dtype: str) -> np.ndarray:
     """The array a row carries (inverse of what :func:`read_photos` stores)."""
-    return np.frombuffer(row_pixels, np.dtype(dtype)).reshape(tuple(int(n) for n in shape.split("x")))
+    return np.frombuffer(row_pixels, np.dtype(dtype)).reshape(
+        tuple(int(n) for n in shape.split("x"))
+    )
 
 
 def _objects(items: list) -> np.ndarray:
@@ -369,8 +451,15 @@ class Segmenter:
     with the reason, so one photo cannot fail the job.
     """
 
-    def __init__(self, model_source: str, precision: str, batch_size: int, threads: int,
-                 kill_at: int | None = None, kill_marker: str | None = None):
+    def __init__(
+        self,
+        model_source: str,
+        precision: str,
+        batch_size: int,
+        threads: int,
+        kill_at: int | None = None,
+        kill_marker: str | None = None,
+    ):
         from .model import load_model
 
         self.model = load_model(model_source, precision=precision)
@@ -383,8 +472,10 @@ class Segmenter:
         self._die_if_asked()
         messages = [str(message) for message in batch["message"]]
         readable = [row for row, message in enumerate(messages) if not message]
-        photos = [_pixels(batch["pixels"][row], str(batch["shape"][row]), str(batch["dtype"][row]))
-                  for row in readable]
+        photos = [
+            _pixels(batch["pixels"][row], str(batch["shape"][row]), str(batch["dtype"][row]))
+            for row in readable
+        ]
         try:
             labels = self._segment(photos)
         except Exception:  # noqa: BLE001  (retried photo by photo just below)
@@ -399,16 +490,27 @@ class Segmenter:
         for row, label in zip(readable, labels, strict=True):
             pixels[row] = b"" if label is None else label.tobytes()
             shapes[row] = "0" if label is None else "x".join(map(str, label.shape))
-        return {"location": batch["location"],
-                "sample_id": batch["sample_id"], "pixels": _objects(pixels),
-                "shape": np.array(shapes), "message": np.array(messages)}
+        return {
+            "location": batch["location"],
+            "sample_id": batch["sample_id"],
+            "pixels": _objects(pixels),
+            "shape": np.array(shapes),
+            "message": np.array(messages),
+        }
 
     def _segment(self, photos: list[np.ndarray]) -> list[np.ndarray]:
         from .inference import segment_stack
 
-        return [result.labels for result in
-                segment_stack(photos, self.model, batch_size=self.batch_size, confidence=False,
-                              workers=self.threads)]
+        return [
+            result.labels
+            for result in segment_stack(
+                photos,
+                self.model,
+                batch_size=self.batch_size,
+                confidence=False,
+                workers=self.threads,
+            )
+        ]
 
     def _die_if_asked(self) -> None:
         """The test hook of :data:`KILL_AT_ENV`: exit like a crashed worker, once per job."""
@@ -422,27 +524,46 @@ class Segmenter:
         os._exit(1)
 
 
-def write_samples(batch: dict[str, np.ndarray], out: str, split: str,
-                  overwrite: bool) -> dict[str, np.ndarray]:
+def write_samples(
+    batch: dict[str, np.ndarray], out: str, split: str, overwrite: bool
+) -> dict[str, np.ndarray]:
     """Encode and stage each labelled photo of ``batch`` as a sample of ``out``, then commit
     them as one group (:func:`~napari_deeplab.prelabel.commit_outcomes`: one lock, journal and
     id-list rewrite for the batch); one outcome row each (columns ``location``,
     ``sample_id``, ``status``, ``message``)."""
     results = []
     for location, sample_id, labels, shape, message in zip(
-            batch["location"], batch["sample_id"], batch["pixels"], batch["shape"],
-            batch["message"], strict=True):
+        batch["location"],
+        batch["sample_id"],
+        batch["pixels"],
+        batch["shape"],
+        batch["message"],
+        strict=True,
+    ):
         location, sample_id = str(location), str(sample_id)
         if message:
-            results.append((Path(location), FileOutcome(location, sample_id, "failed", str(message))))
+            results.append(
+                (Path(location), FileOutcome(location, sample_id, "failed", str(message)))
+            )
             continue
         with _local_copy(location, sample_id) as photo:  # staging copies it: the copy may go
-            results.append(stage_photo(out, photo, _pixels(labels, str(shape), "|u1"),
-                                       split=split, overwrite=overwrite, sample_id=sample_id))
+            results.append(
+                stage_photo(
+                    out,
+                    photo,
+                    _pixels(labels, str(shape), "|u1"),
+                    split=split,
+                    overwrite=overwrite,
+                    sample_id=sample_id,
+                )
+            )
     outcomes = commit_outcomes(out, split, results)
-    return {"location": batch["location"], "sample_id": batch["sample_id"],
-            "status": np.array([outcome.status for outcome in outcomes]),
-            "message": np.array([outcome.message for outcome in outcomes])}
+    return {
+        "location": batch["location"],
+        "sample_id": batch["sample_id"],
+        "status": np.array([outcome.status for outcome in outcomes]),
+        "message": np.array([outcome.message for outcome in outcomes]),
+    }
 
 
 @contextlib.contextmanager
@@ -464,6 +585,7 @@ def _local_copy(location: str, sample_id: str):
 
 # --- helpers of the driver -----------------------------------------------------------------------
 
+
 def _outcome_path(location: str):
     """What an outcome names: a Path for a file, the URI as it is for a URI."""
     return location if is_uri(location) else Path(location)
@@ -480,8 +602,11 @@ def _kill_hook() -> tuple[int | None, str | None, bool]:
         raise ValueError(f"{KILL_AT_ENV}={value!r}: expected N or N:MARKER_FILE (N >= 1)")
     if marker:
         return int(count), os.path.abspath(marker), False
-    return int(count), os.path.join(tempfile.gettempdir(),
-                                    f"napari-deeplab-ray-killed-{uuid.uuid4().hex}"), True
+    return (
+        int(count),
+        os.path.join(tempfile.gettempdir(), f"napari-deeplab-ray-killed-{uuid.uuid4().hex}"),
+        True,
+    )
 
 
 def _job_failure(error: BaseException, timeout_s: float) -> str:
@@ -489,9 +614,11 @@ def _job_failure(error: BaseException, timeout_s: float) -> str:
     from ray.data.exceptions import ExecutionTimeoutError
 
     if isinstance(error, ExecutionTimeoutError):
-        return (f"the Ray job made no progress for {timeout_s:.0f} s and was stopped: check that "
-                "the cluster has the CPUs and GPUs asked for (--workers x --gpus-per-worker; "
-                "`ray status`) and that every node can read the photos and the model")
+        return (
+            f"the Ray job made no progress for {timeout_s:.0f} s and was stopped: check that "
+            "the cluster has the CPUs and GPUs asked for (--workers x --gpus-per-worker; "
+            "`ray status`) and that every node can read the photos and the model"
+        )
     cause = error
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:
         cause = cause.cause

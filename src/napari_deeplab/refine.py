@@ -17,8 +17,12 @@ from skimage import measure, segmentation
 
 from .cihp import LEFT_RIGHT_SWAP, NUM_CLASSES
 
-_FOUR_NEIGHBOURS = ((slice(None, -1), slice(None)), (slice(1, None), slice(None)),
-                    (slice(None), slice(None, -1)), (slice(None), slice(1, None)))
+_FOUR_NEIGHBOURS = (
+    (slice(None, -1), slice(None)),
+    (slice(1, None), slice(None)),
+    (slice(None), slice(None, -1)),
+    (slice(None), slice(1, None)),
+)
 
 
 def _limit(labels: np.ndarray, changed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -37,7 +41,9 @@ def _check(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return labels
 
 
-def _fill_from_surroundings(labels: np.ndarray, regions: np.ndarray, to_fill: np.ndarray) -> np.ndarray:
+def _fill_from_surroundings(
+    labels: np.ndarray, regions: np.ndarray, to_fill: np.ndarray
+) -> np.ndarray:
     """Give each region with ``to_fill[region]`` the class that borders it most.
 
     ``regions``: H x W region ids (0..R-1); ``to_fill``: R bools. A region bordered only by
@@ -50,10 +56,12 @@ def _fill_from_surroundings(labels: np.ndarray, regions: np.ndarray, to_fill: np
         if not pending.any():
             break
         votes = np.zeros((num_regions, NUM_CLASSES), np.int64)
-        for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]),
-                          (_FOUR_NEIGHBOURS[1], _FOUR_NEIGHBOURS[0]),
-                          (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3]),
-                          (_FOUR_NEIGHBOURS[3], _FOUR_NEIGHBOURS[2])):
+        for near, far in (
+            (_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]),
+            (_FOUR_NEIGHBOURS[1], _FOUR_NEIGHBOURS[0]),
+            (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3]),
+            (_FOUR_NEIGHBOURS[3], _FOUR_NEIGHBOURS[2]),
+        ):
             source, neighbour = regions[near], regions[far]
             voting = pending[source] & ~pending[neighbour]
             np.add.at(votes, (source[voting], out[far][voting]), 1)
@@ -102,7 +110,10 @@ def _smallest_neighbour(regions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """R values: the smallest of ``sizes`` (R values) over the regions each region touches
     (4-connectivity)."""
     smallest = np.full(len(sizes), np.iinfo(np.int64).max, np.int64)
-    for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]), (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3])):
+    for near, far in (
+        (_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]),
+        (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3]),
+    ):
         a, b = regions[near], regions[far]
         differ = a != b
         a, b = a[differ], b[differ]
@@ -123,9 +134,14 @@ def _protected_parts(labels, regions, sizes, region_class, largest, part_fractio
     return parts & ((sizes >= floor) | (20 * sizes >= _smallest_neighbour(regions, big)))
 
 
-def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np.ndarray | None = None,
-                         *, min_fraction: float | None = None,
-                         part_fraction: float | None = 0.001) -> np.ndarray:
+def remove_small_regions(
+    labels: np.ndarray,
+    min_size: int | None = 40,
+    mask: np.ndarray | None = None,
+    *,
+    min_fraction: float | None = None,
+    part_fraction: float | None = 0.001,
+) -> np.ndarray:
     """Connected pieces of one class (4-connectivity) smaller than the size take the class that
     surrounds them most.
 
@@ -146,13 +162,21 @@ def remove_small_regions(labels: np.ndarray, min_size: int | None = 40, mask: np
     if size is None:
         raise ValueError("give min_size or min_fraction")
     regions, sizes, region_class, largest = _regions(labels)
-    small = (sizes < size) & ~_protected_parts(labels, regions, sizes, region_class, largest, part_fraction)
+    small = (sizes < size) & ~_protected_parts(
+        labels, regions, sizes, region_class, largest, part_fraction
+    )
     return _limit(labels, _fill_from_surroundings(labels, regions, small), mask)
 
 
-def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray | None = None,
-               *, max_fraction: float | None = None, part_fraction: float | None = 0.001,
-               gap_fraction: float = 0.002) -> np.ndarray:
+def fill_holes(
+    labels: np.ndarray,
+    max_size: int | None = None,
+    mask: np.ndarray | None = None,
+    *,
+    max_fraction: float | None = None,
+    part_fraction: float | None = 0.001,
+    gap_fraction: float = 0.002,
+) -> np.ndarray:
     """Holes up to the size take the class around them.
 
     ``labels``: H x W integer class ids; ``mask``: H x W bool, the pixels that may change.
@@ -187,7 +211,10 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
     border = np.zeros(num_regions, bool)
     border[np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])] = True
     touching = np.zeros((num_regions, max(NUM_CLASSES, int(labels.max()) + 1)), bool)
-    for near, far in ((_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]), (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3])):
+    for near, far in (
+        (_FOUR_NEIGHBOURS[0], _FOUR_NEIGHBOURS[1]),
+        (_FOUR_NEIGHBOURS[2], _FOUR_NEIGHBOURS[3]),
+    ):
         a, b = regions[near], regions[far]
         differ = a != b
         touching[a[differ], labels[far][differ]] = True
@@ -196,8 +223,10 @@ def fill_holes(labels: np.ndarray, max_size: int | None = None, mask: np.ndarray
     person = region_class > 0
     part = _protected_parts(labels, regions, sizes, region_class, largest, part_fraction)
     holes = ~border & np.where(
-        person, enclosed_by_one & ~part,
-        ~touching[:, 0] & (enclosed_by_one | (sizes < gap_fraction * person_area(labels))))
+        person,
+        enclosed_by_one & ~part,
+        ~touching[:, 0] & (enclosed_by_one | (sizes < gap_fraction * person_area(labels))),
+    )
     if max_size is not None:
         holes &= sizes <= max_size
     return _limit(labels, _fill_from_surroundings(labels, regions, holes), mask)
@@ -218,14 +247,17 @@ def _window_offsets(radius: int):
     shapes = []  # the shapes a part keeps: (radius+1)-squares and centred lines holding the pixel
     for y0 in range(-radius, 1):
         for x0 in range(-radius, 1):
-            shapes.append([index[(y0 + dy, x0 + dx)] for dy in range(radius + 1) for dx in range(radius + 1)])
+            shapes.append(
+                [index[(y0 + dy, x0 + dx)] for dy in range(radius + 1) for dx in range(radius + 1)]
+            )
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
         shapes.append([index[(k * dy, k * dx)] for k in span])
     return offsets, shapes
 
 
-def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
-           keep_fraction: float = 0.5) -> np.ndarray:
+def smooth(
+    labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None, keep_fraction: float = 0.5
+) -> np.ndarray:
     """Majority filter over a (2 ``radius`` + 1)-pixel square that removes jagged edges and speckle,
     keeping thin parts, corners and the parts of small people.
 
@@ -249,13 +281,15 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
     # the pixels whose window holds more than one class: the only ones that can change
     values = labels if labels.dtype.itemsize <= 2 else labels.astype(np.int32)
     mixed = ndi.maximum_filter(values, size=size, mode="nearest") != ndi.minimum_filter(
-        values, size=size, mode="nearest")
+        values, size=size, mode="nearest"
+    )
     if mask is not None:
         mixed &= np.asarray(mask, bool)
     # the pieces that may change: specks, and pieces thick enough to have a jagged edge
     wide = 4 * radius + 2 * _THICK_EXTRA - 1
     interior = ndi.maximum_filter(values, size=wide, mode="nearest") == ndi.minimum_filter(
-        values, size=wide, mode="nearest")
+        values, size=wide, mode="nearest"
+    )
     regions = measure.label(labels, background=-1, connectivity=1)
     may = np.bincount(regions[interior], minlength=regions.max() + 1) > 0
     may |= np.bincount(regions.ravel()) < _SPECK * size * size
@@ -269,7 +303,7 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
     num_classes = max(NUM_CLASSES, int(labels.max()) + 1)
     chunk = max(1, 4_000_000 // len(offsets))
     for start in range(0, len(rows), chunk):
-        r, c = rows[start:start + chunk] + radius, cols[start:start + chunk] + radius
+        r, c = rows[start : start + chunk] + radius, cols[start : start + chunk] + radius
         window = np.stack([padded[r + dy, c + dx] for dy, dx in offsets], axis=1)
         own = window[:, len(offsets) // 2]
         same = window == own[:, None]
@@ -284,11 +318,13 @@ def smooth(labels: np.ndarray, radius: int = 1, mask: np.ndarray | None = None,
         if not change.any():
             continue
         window, own = window[change], own[change]
-        counts = np.bincount((np.arange(len(own))[:, None] * num_classes + window).ravel(),
-                             minlength=len(own) * num_classes).reshape(len(own), num_classes)
+        counts = np.bincount(
+            (np.arange(len(own))[:, None] * num_classes + window).ravel(),
+            minlength=len(own) * num_classes,
+        ).reshape(len(own), num_classes)
         clear = counts.max(axis=1) >= _MAJORITY * len(offsets)
         where = np.flatnonzero(weak)[change][clear]
-        at = (rows[start:start + chunk][where], cols[start:start + chunk][where])
+        at = (rows[start : start + chunk][where], cols[start : start + chunk][where])
         changed[at] = counts.argmax(axis=1)[clear]
     return changed
 
@@ -308,7 +344,9 @@ def swap_left_right(labels: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     return _limit(labels, swapped, mask)
 
 
-def relabel(labels: np.ndarray, source: int, target: int, mask: np.ndarray | None = None) -> np.ndarray:
+def relabel(
+    labels: np.ndarray, source: int, target: int, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Class ``source`` becomes class ``target``."""
     labels = _check(labels, mask)
     return _limit(labels, np.where(labels == source, target, labels), mask)
@@ -329,13 +367,24 @@ def _random_walk(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarra
     photo = photo / max(float(photo.max()), 1e-6)
     with warnings.catch_warnings():  # sharp edges (high beta) leave probabilities a hair off [0, 1]
         warnings.filterwarnings("ignore", "The probability range is outside", UserWarning)
-        walked = random_walker(photo, markers, beta=beta, mode="cg_j", tol=1e-3,
-                               channel_axis=-1 if photo.ndim == 3 else None)
+        walked = random_walker(
+            photo,
+            markers,
+            beta=beta,
+            mode="cg_j",
+            tol=1e-3,
+            channel_axis=-1 if photo.ndim == 3 else None,
+        )
     return classes[walked - 1] - 1
 
 
-def _band_walk(photo: np.ndarray, seeds: np.ndarray, beta: float, tol: float = 1e-3,
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def _band_walk(
+    photo: np.ndarray,
+    seeds: np.ndarray,
+    beta: float,
+    tol: float = 1e-3,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """The random walker of :func:`_random_walk` (scikit-image's, mode ``cg_j``: the same
     edge weights, the same Jacobi-preconditioned conjugate gradient and tolerance per class)
     with the linear system built for the pixels to decide only, not for every pixel of the
@@ -359,8 +408,10 @@ def _band_walk(photo: np.ndarray, seeds: np.ndarray, beta: float, tol: float = 1
     index[unknown] = np.arange(count)
     rows, cols, values, diagonal = [], [], [], np.zeros(count)
     seeded_rows, seeded_class, seeded_weight = [], [], []
-    for first, second in (((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-                          ((slice(None), slice(None, -1)), (slice(None), slice(1, None)))):
+    for first, second in (
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+    ):
         involved = unknown[first] | unknown[second]
         squared = ((photo[first][involved] - photo[second][involved]) ** 2).sum(axis=-1)
         weight = np.exp(scale * squared) + 1e-10
@@ -371,19 +422,29 @@ def _band_walk(photo: np.ndarray, seeds: np.ndarray, beta: float, tol: float = 1
         values += [-weight[both], -weight[both]]
         np.add.at(diagonal, a[a >= 0], weight[a >= 0])
         np.add.at(diagonal, b[b >= 0], weight[b >= 0])
-        for this, other, other_seed in ((a, b, seeds[second][involved]),
-                                        (b, a, seeds[first][involved])):
+        for this, other, other_seed in (
+            (a, b, seeds[second][involved]),
+            (b, a, seeds[first][involved]),
+        ):
             edge = (this >= 0) & (other < 0)
             seeded_rows.append(this[edge])
             seeded_class.append(np.searchsorted(classes, other_seed[edge]))
             seeded_weight.append(weight[edge])
     everything = np.arange(count)
-    laplacian = sparse.csr_array((np.concatenate([*values, diagonal]),
-                                  (np.concatenate([*rows, everything]),
-                                   np.concatenate([*cols, everything]))), shape=(count, count))
-    right = sparse.csc_array((np.concatenate(seeded_weight),
-                              (np.concatenate(seeded_rows), np.concatenate(seeded_class))),
-                             shape=(count, len(classes)))
+    laplacian = sparse.csr_array(
+        (
+            np.concatenate([*values, diagonal]),
+            (np.concatenate([*rows, everything]), np.concatenate([*cols, everything])),
+        ),
+        shape=(count, count),
+    )
+    right = sparse.csc_array(
+        (
+            np.concatenate(seeded_weight),
+            (np.concatenate(seeded_rows), np.concatenate(seeded_class)),
+        ),
+        shape=(count, len(classes)),
+    )
     probability = _class_cg(laplacian, right.toarray(), diagonal, tol, progress)
     out = seeds.astype(np.int32) - 1
     out[unknown] = classes[np.argmax(probability, axis=0)] - 1
@@ -396,8 +457,12 @@ def _distance_below(boundary: np.ndarray, band: int) -> np.ndarray:
     from the few offsets closer than ``band`` rather than a transform of the whole photo."""
     distance = np.full(boundary.shape, float(band))
     height, width = boundary.shape
-    offsets = sorted((dy * dy + dx * dx, dy, dx) for dy in range(-band, band + 1)
-                     for dx in range(-band, band + 1) if dy * dy + dx * dx < band * band)
+    offsets = sorted(
+        (dy * dy + dx * dx, dy, dx)
+        for dy in range(-band, band + 1)
+        for dx in range(-band, band + 1)
+        if dy * dy + dx * dx < band * band
+    )
     for squared, dy, dx in reversed(offsets):  # nearest last: it wins
         target = (slice(max(dy, 0), height + min(dy, 0)), slice(max(dx, 0), width + min(dx, 0)))
         source = (slice(max(-dy, 0), height + min(-dy, 0)), slice(max(-dx, 0), width + min(-dx, 0)))
@@ -405,8 +470,13 @@ def _distance_below(boundary: np.ndarray, band: int) -> np.ndarray:
     return distance
 
 
-def _class_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
-              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def _class_cg(
+    matrix,
+    right: np.ndarray,
+    diagonal: np.ndarray,
+    tol: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """``matrix @ x = right[:, k]`` for every column k, by ``scipy.sparse.linalg.cg`` with the
     Jacobi preconditioner, one column after another, as scikit-image's ``cg_j`` mode solves
     them (one column's vectors stay in the CPU's cache: faster than all columns at once).
@@ -422,9 +492,15 @@ def _class_cg(matrix, right: np.ndarray, diagonal: np.ndarray, tol: float,
     return solution
 
 
-def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None, *,
-                  band: int = 3, beta: float = 3000.0,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def snap_to_image(
+    labels: np.ndarray,
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    band: int = 3,
+    beta: float = 3000.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Move label boundaries onto the image's own edges, keeping each region's class.
 
     Pixels within ``band`` pixels of a label boundary are labelled again by a random walker
@@ -457,7 +533,10 @@ def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None
     if seeded.all():
         return labels.copy()
     rows, cols = np.nonzero(~seeded)
-    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+    box = (
+        slice(max(rows.min() - 1, 0), rows.max() + 2),
+        slice(max(cols.min() - 1, 0), cols.max() + 2),
+    )
     seeds = np.where(seeded[box], labels[box].astype(np.int32) + 1, 0)
     walked = _band_walk(image[box], seeds, beta, progress=progress)
     changed = labels.copy()
@@ -465,8 +544,9 @@ def snap_to_image(labels: np.ndarray, image: np.ndarray, mask: np.ndarray | None
     return _limit(labels, changed, mask)
 
 
-def _crossed_regions(regions: np.ndarray, region_class: np.ndarray, scribbles: np.ndarray,
-                     crossing: float) -> tuple[np.ndarray, list]:
+def _crossed_regions(
+    regions: np.ndarray, region_class: np.ndarray, scribbles: np.ndarray, crossing: float
+) -> tuple[np.ndarray, list]:
     """(R x classes bools: the regions each stroke class crosses, see refine_with_scribbles;
     the strokes drawn on the background instead)."""
     from skimage.morphology import skeletonize
@@ -512,9 +592,16 @@ def _diameter(regions: np.ndarray, region: int | np.integer) -> float:
     return 2.0 * float(ndi.distance_transform_edt(inside).max())
 
 
-def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.ndarray,
-                          mask: np.ndarray | None = None, *, crossing: float = 0.5,
-                          beta: float = 3000.0, margin: int = 6) -> np.ndarray:
+def refine_with_scribbles(
+    labels: np.ndarray,
+    image: np.ndarray,
+    scribbles: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    crossing: float = 0.5,
+    beta: float = 3000.0,
+    margin: int = 6,
+) -> np.ndarray:
     """The regions the annotator's strokes cross take the strokes' class, whole.
 
     ``labels``: H x W integer class ids; ``image``: H x W x 3 (or H x W) photo, any dtype;
@@ -547,7 +634,9 @@ def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.n
     labels = _check(labels, mask)
     scribbles = np.asarray(scribbles)
     if scribbles.shape != labels.shape:
-        raise ValueError(f"scribbles shape {scribbles.shape} differs from labels shape {labels.shape}")
+        raise ValueError(
+            f"scribbles shape {scribbles.shape} differs from labels shape {labels.shape}"
+        )
     if not (scribbles > 0).any():
         return labels.copy()
     regions, _, region_class, _ = _regions(labels)
@@ -571,7 +660,9 @@ def refine_with_scribbles(labels: np.ndarray, image: np.ndarray, scribbles: np.n
     for region, value, box, drawn in grow:  # a part the model missed: grown from the stroke
         grown = tuple(slice(max(b.start - margin, 0), b.stop + margin) for b in box)
         stroke = np.zeros(labels[grown].shape, bool)
-        inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown, strict=True))
+        inner = tuple(
+            slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown, strict=True)
+        )
         stroke[inner] = drawn
         here = regions[grown] == region
         near = ndi.binary_dilation(stroke, iterations=margin) & here & ~stroke
@@ -595,8 +686,14 @@ def _random_walk_inside(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np
     photo = photo / max(float(photo.max()), 1e-6)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The probability range is outside", UserWarning)
-        walked = random_walker(photo, markers, beta=beta, mode="cg_j", tol=1e-3,
-                               channel_axis=-1 if photo.ndim == 3 else None)
+        walked = random_walker(
+            photo,
+            markers,
+            beta=beta,
+            mode="cg_j",
+            tol=1e-3,
+            channel_axis=-1 if photo.ndim == 3 else None,
+        )
     return np.where(walked > 0, classes[np.maximum(walked, 1) - 1] - 1, 0)
 
 
@@ -622,6 +719,8 @@ def people_from_parts(labels: np.ndarray, min_size: int = 200) -> np.ndarray:
     people = number[pieces]
     stray = person & (people == 0)
     if stray.any():
-        nearest = ndi.distance_transform_edt(people == 0, return_distances=False, return_indices=True)
+        nearest = ndi.distance_transform_edt(
+            people == 0, return_distances=False, return_indices=True
+        )
         people[stray] = people[tuple(index[stray] for index in nearest)]
     return np.minimum(people, 255).astype(np.uint8)

@@ -84,6 +84,7 @@ def _clock(iso: str | None) -> str:
 
 _KEEP = object()  # set_state: the base version stays as it is
 
+
 @dataclass
 class QueueItem:
     sample_id: str
@@ -197,22 +198,28 @@ class ReviewQueue:
             return _parse_state(self._state_file.read_bytes(), len(self.items))
         except ValueError as error:
             aside = self._state_file.with_name(
-                f"{self._state_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                f"{self._state_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
             os.replace(self._state_file, aside)
             self.warnings.append(
                 f"{self._state_file}: the review queue's state was damaged ({error}); moved to "
-                f"{aside.name} and rebuilt from the dataset and the drafts (drafts marked corrected)")
+                f"{aside.name} and rebuilt from the dataset and the drafts (drafts marked corrected)"
+            )
             return self._rebuilt_state()
 
     def _rebuilt_state(self) -> dict:
         stored = _empty_state()
-        stored["states"] = {item.sample_id: "corrected" for item in self.items
-                            if self.draft_path(item.sample_id).exists()}
+        stored["states"] = {
+            item.sample_id: "corrected"
+            for item in self.items
+            if self.draft_path(item.sample_id).exists()
+        }
         return stored
 
     def _my_position(self, stored: dict) -> int:
-        position = stored["positions"].get(self.me_key, stored["position"] if not stored[
-            "positions"] else 0)
+        position = stored["positions"].get(
+            self.me_key, stored["position"] if not stored["positions"] else 0
+        )
         return max(0, min(position, len(self.items) - 1))
 
     def _derive(self) -> None:
@@ -231,8 +238,7 @@ class ReviewQueue:
         self._states = states
 
     def _listed(self) -> list[str]:
-        return cihp.list_samples(self.root, self.split) if (self.root / self.split).is_dir() \
-            else []
+        return cihp.list_samples(self.root, self.split) if (self.root / self.split).is_dir() else []
 
     def refresh(self) -> None:
         """Read the state the other annotators wrote (a damaged file is kept as it is)."""
@@ -252,17 +258,21 @@ class ReviewQueue:
             change(stored)
             stored["positions"][self.me_key] = self.position
             stored["position"] = self.position
-            text = json.dumps({"version": STATE_FILE_VERSION, "source": str(self.source),
-                               **stored}, indent=1)
-            files.write_file_atomically(self._state_file,
-                                       lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            text = json.dumps(
+                {"version": STATE_FILE_VERSION, "source": str(self.source), **stored}, indent=1
+            )
+            files.write_file_atomically(
+                self._state_file, lambda tmp: tmp.write_text(text, encoding="utf-8")
+            )
         self._stored = stored
         self._derive()
 
     def _locked(self):
-        return _acquired(self.folder / "queue.json.lock",
-                         "another napari holds the review queue's lock; try again, or remove "
-                         "the file if no napari is running")
+        return _acquired(
+            self.folder / "queue.json.lock",
+            "another napari holds the review queue's lock; try again, or remove "
+            "the file if no napari is running",
+        )
 
     def _save(self) -> None:
         self._update(lambda stored: None)
@@ -315,6 +325,7 @@ class ReviewQueue:
     def set_base_version(self, sample_id: str, version: str | None) -> None:
         def change(stored):
             stored["bases"][sample_id] = version
+
         self._update(change)
 
     def dataset_version(self, sample_id: str) -> str | None:
@@ -355,7 +366,9 @@ class ReviewQueue:
         except (OSError, ValueError, SyntaxError) as error:
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(path, aside)
-            self.warnings.append(f"{path}: the {what} cannot be read ({error}); moved to {aside.name}")
+            self.warnings.append(
+                f"{path}: the {what} cannot be read ({error}); moved to {aside.name}"
+            )
             return None
 
     def save_draft(self, sample_id: str, labels: np.ndarray, corrected: bool) -> bool:
@@ -369,11 +382,13 @@ class ReviewQueue:
         if corrected:
             if self.full_state(sample_id) != "corrected":
                 self.set_state(sample_id, "corrected")
-            files.write_file_atomically(self.draft_path(sample_id),
-                                       lambda tmp: cihp.save_label_png(labels, tmp))
+            files.write_file_atomically(
+                self.draft_path(sample_id), lambda tmp: cihp.save_label_png(labels, tmp)
+            )
             return True
-        if not _create_exclusively(self.draft_path(sample_id),
-                                   lambda tmp: cihp.save_label_png(labels, tmp)):
+        if not _create_exclusively(
+            self.draft_path(sample_id), lambda tmp: cihp.save_label_png(labels, tmp)
+        ):
             return False
         if self.full_state(sample_id) == "new":
             self.set_state(sample_id, "pre-labelled")
@@ -382,8 +397,9 @@ class ReviewQueue:
     def save_in_hand(self, sample_id: str, labels: np.ndarray) -> None:
         """Keep the edits in hand (atomically; a fast PNG, see :func:`cihp.save_label_png`)."""
         labels = np.asarray(labels, np.uint8)
-        files.write_file_atomically(self.in_hand_path(sample_id),
-                                   lambda tmp: cihp.save_label_png(labels, tmp))
+        files.write_file_atomically(
+            self.in_hand_path(sample_id), lambda tmp: cihp.save_label_png(labels, tmp)
+        )
 
     def drop_in_hand(self, sample_id: str) -> None:
         self.in_hand_path(sample_id).unlink(missing_ok=True)
@@ -398,8 +414,10 @@ class ReviewQueue:
             try:
                 labels = cihp.read_sample(self.root, sample_id, self.split).category_ids
             except (OSError, ValueError) as error:
-                self.warnings.append(f"{sample_id}: the dataset's sample cannot be read "
-                                     f"({error}); showing the queue's draft")
+                self.warnings.append(
+                    f"{sample_id}: the dataset's sample cannot be read "
+                    f"({error}); showing the queue's draft"
+                )
             else:
                 if labels is not None:
                     return labels, version, "dataset"
@@ -408,8 +426,13 @@ class ReviewQueue:
 
     # --- export ------------------------------------------------------------------------------
 
-    def accept(self, sample_id: str, labels: np.ndarray, human_ids: np.ndarray | None = None,
-               expected_version=cihp.ANY_VERSION) -> ExportRecord:
+    def accept(
+        self,
+        sample_id: str,
+        labels: np.ndarray,
+        human_ids: np.ndarray | None = None,
+        expected_version=cihp.ANY_VERSION,
+    ) -> ExportRecord:
         """Export the sample into the dataset (its photo copied byte for byte; the dataset's
         commit protocol). ``expected_version``: the dataset version the annotator started
         from (None: not in the dataset); :class:`cihp.SampleChangedError` if it changed since.
@@ -421,9 +444,17 @@ class ReviewQueue:
         before = self._keep_sample(sample_id) if current is not None else None
         entry_before = self._entry(sample_id)
         try:
-            cihp.write_sample(self.root, sample_id, labels, split=self.split,
-                              image_path=item.photo, human_ids=human_ids, overwrite=True,
-                              expected_version=expected_version, writer_tool="review")
+            cihp.write_sample(
+                self.root,
+                sample_id,
+                labels,
+                split=self.split,
+                image_path=item.photo,
+                human_ids=human_ids,
+                overwrite=True,
+                expected_version=expected_version,
+                writer_tool="review",
+            )
         except BaseException:
             if before is not None:
                 shutil.rmtree(before, ignore_errors=True)
@@ -456,17 +487,24 @@ class ReviewQueue:
         accepted mask stays the queue's draft (``corrected``)."""
         sample_id = record.sample_id
         if record.before is None:
-            cihp.remove_sample(self.root, sample_id, self.split,
-                               expected_version=record.version_after)
+            cihp.remove_sample(
+                self.root, sample_id, self.split, expected_version=record.version_after
+            )
         else:
             kept = record.before
             photo = next(kept.glob("photo.*"))
             people = kept / "Human_ids.png"
             cihp.write_sample(
-                self.root, sample_id, self._load_png(kept / "Category_ids.png", "kept mask"),
-                split=self.split, image_path=photo, overwrite=True,
+                self.root,
+                sample_id,
+                self._load_png(kept / "Category_ids.png", "kept mask"),
+                split=self.split,
+                image_path=photo,
+                overwrite=True,
                 human_ids=self._load_png(people, "kept people") if people.exists() else None,
-                expected_version=record.version_after, writer_tool="review undo")
+                expected_version=record.version_after,
+                writer_tool="review undo",
+            )
             shutil.rmtree(kept, ignore_errors=True)
         self.set_state(sample_id, "corrected", base=self.dataset_version(sample_id))
 
@@ -497,8 +535,15 @@ class ReviewQueue:
     def _read_claim(self, path: Path) -> Claim | None:
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-            return Claim(path.stem, str(stored["user"]), str(stored["host"]), int(stored["pid"]),
-                         str(stored["time"]), float(stored["heartbeat"]), str(stored.get("token", "")))
+            return Claim(
+                path.stem,
+                str(stored["user"]),
+                str(stored["host"]),
+                int(stored["pid"]),
+                str(stored["time"]),
+                float(stored["heartbeat"]),
+                str(stored.get("token", "")),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):  # damaged: lapses like an old one
@@ -518,8 +563,12 @@ class ReviewQueue:
         live = {}
         for path in paths:
             claim = self._read_claim(path)
-            if claim is not None and path.stem in self._ids and not self._mine(claim) \
-                    and not claim.lapsed(now):
+            if (
+                claim is not None
+                and path.stem in self._ids
+                and not self._mine(claim)
+                and not claim.lapsed(now)
+            ):
                 live[path.stem] = claim
         return live
 
@@ -563,8 +612,9 @@ class ReviewQueue:
                 path.unlink(missing_ok=True)
 
     def _claims_locked(self):
-        return _acquired(self.folder / "claims" / ".lock",
-                         "the claims are locked by another napari; try again")
+        return _acquired(
+            self.folder / "claims" / ".lock", "the claims are locked by another napari; try again"
+        )
 
     # --- moving ------------------------------------------------------------------------------
 

@@ -49,5 +49,6 @@ def model_file(model, tmp_path_factory) -> Path:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and not any(
-                item.get_closest_marker(name) for name in NOT_ON_EVERY_BACKEND):
+            item.get_closest_marker(name) for name in NOT_ON_EVERY_BACKEND
+        ):
             item.add_marker(pytest.mark.keras)

@@ -15,8 +15,15 @@ def small_filesystem(folder: Path, size: str = "1m", read_only: bool = False):
     skips the test where mounting is not permitted (not root, no ``mount``)."""
     folder.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                             capture_output=True, text=True) if os.name == "posix" else None
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if os.name == "posix"
+        else None
+    )
     if mounted is None or mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() if mounted else os.name})")
     try:
@@ -27,5 +34,11 @@ def small_filesystem(folder: Path, size: str = "1m", read_only: bool = False):
 
 def dead_pid() -> int:
     """The id of a process that has ended (for temporaries whose writer is gone)."""
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )

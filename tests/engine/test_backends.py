@@ -38,12 +38,15 @@ sys.meta_path.insert(0, NoTensorFlow())  # as on a machine where it is not insta
 from napari_deeplab.cli import main
 """
 
-WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + """
+WITHOUT_TENSORFLOW = (
+    BLOCK_TENSORFLOW
+    + """
 codes = [main(argv) for argv in json.loads(sys.argv[1])]
 import keras
 loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
 print(json.dumps({"codes": codes, "backend": keras.backend.backend(), "tensorflow": loaded}))
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +56,63 @@ def jax_run(model_file, seed_checkpoint, cihp_samples, tmp_path_factory):
     subprocess. Returns (its result, its stdout's last line as JSON, the work folder)."""
     work = tmp_path_factory.mktemp("jax")
     commands = [
-        ["predict", str(cihp_samples / "Images"), "--model", str(model_file),
-         "--out", str(work / "predicted"), "--batch-size", "1"],
-        ["evaluate", str(cihp_samples), "--split", "Training", "--model", str(model_file),
-         "--json"],
-        ["finetune", str(cihp_samples), "--model", str(model_file), "--out",
-         str(work / "tuned.keras"), "--epochs", "1", "--batch-size", "2", "--image-size", "64"],
-        ["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(seed_checkpoint),
-         "--out", str(work / "from_seed")],
+        [
+            "predict",
+            str(cihp_samples / "Images"),
+            "--model",
+            str(model_file),
+            "--out",
+            str(work / "predicted"),
+            "--batch-size",
+            "1",
+        ],
+        [
+            "evaluate",
+            str(cihp_samples),
+            "--split",
+            "Training",
+            "--model",
+            str(model_file),
+            "--json",
+        ],
+        [
+            "finetune",
+            str(cihp_samples),
+            "--model",
+            str(model_file),
+            "--out",
+            str(work / "tuned.keras"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "64",
+        ],
+        [
+            "predict",
+            str(cihp_samples / "Images" / "0005008.jpg"),
+            "--model",
+            str(seed_checkpoint),
+            "--out",
+            str(work / "from_seed"),
+        ],
     ]
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO / "src"),
-           "NAPARI_DEEPLAB_CACHE": str(work / "empty-cache"),  # nothing converted
-           "JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "jax")}  # the session's
-    run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, json.dumps(commands)],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=work)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "PYTHONPATH": str(REPO / "src"),
+        "NAPARI_DEEPLAB_CACHE": str(work / "empty-cache"),  # nothing converted
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "jax"),
+    }  # the session's
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=work,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return run, json.loads(run.stdout.strip().splitlines()[-1]), work
 
@@ -76,7 +122,7 @@ def test_predict_evaluate_and_finetune_run_on_jax_without_tensorflow(jax_run, ci
     assert summary["backend"] == "jax" and summary["tensorflow"] == []
     assert summary["codes"] == [0, 0, 0, 2], run.stderr[-3000:]
     assert read_id_list(work / "predicted", "Training") == list(SAMPLE_IDS)
-    scores = json.loads(run.stdout[run.stdout.index("{"):run.stdout.index("\n}") + 2])
+    scores = json.loads(run.stdout[run.stdout.index("{") : run.stdout.index("\n}") + 2])
     assert 0 <= scores["miou"] <= 1 and set(scores["per_class"]) >= {"background", "face"}
     assert "epoch 1/1: loss" in run.stdout
     tuned = load_model(work / "tuned.keras")  # written by JAX, read here by TensorFlow
@@ -87,16 +133,18 @@ def test_predict_evaluate_and_finetune_run_on_jax_without_tensorflow(jax_run, ci
     assert "napari-deeplab convert" in lines[0] and not (work / "from_seed").exists()
 
 
-def test_jax_and_tensorflow_give_the_same_labels_on_the_cihp_samples(jax_run, model_file,
-                                                                       cihp_samples):
+def test_jax_and_tensorflow_give_the_same_labels_on_the_cihp_samples(
+    jax_run, model_file, cihp_samples
+):
     assert keras.backend.backend() == "tensorflow", "run this module under TensorFlow (the default)"
     _, _, work = jax_run
     model = load_model(model_file)
     for sample_id in SAMPLE_IDS:
         photo = np.asarray(Image.open(cihp_samples / "Images" / f"{sample_id}.jpg"))
         labels, _ = segment(photo, model)
-        on_jax = np.asarray(Image.open(work / "predicted" / "Training" / "Category_ids" /
-                                       f"{sample_id}.png"))
+        on_jax = np.asarray(
+            Image.open(work / "predicted" / "Training" / "Category_ids" / f"{sample_id}.png")
+        )
         agreement = (labels == on_jax).mean()
         assert agreement >= 0.999, f"{sample_id}: {agreement:.5f} of the pixels agree"
         assert len(np.unique(labels)) > 1  # not two constant maps
@@ -105,9 +153,21 @@ def test_jax_and_tensorflow_give_the_same_labels_on_the_cihp_samples(jax_run, mo
 def test_without_tensorflow_the_default_backend_says_what_to_install(cihp_samples, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("KERAS_BACKEND", None)
-    run = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW + "sys.exit(main(sys.argv[1:]))",
-                          "predict", str(cihp_samples / "Images"), "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BLOCK_TENSORFLOW + "sys.exit(main(sys.argv[1:]))",
+            "predict",
+            str(cihp_samples / "Images"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
     assert "TensorFlow is not installed" in line and "KERAS_BACKEND=jax" in line

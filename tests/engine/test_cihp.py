@@ -71,7 +71,9 @@ def test_bad_ids_and_labels_are_rejected_before_writing(tmp_path, bad_id):
     with pytest.raises(cihp.DatasetError, match="0..19"):
         cihp.write_sample(tmp_path, "ok", np.full((3, 3), 20))
     with pytest.raises(cihp.DatasetError, match="differs"):
-        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3), int), image=np.zeros((4, 3, 3), np.uint8))
+        cihp.write_sample(
+            tmp_path, "ok", np.zeros((3, 3), int), image=np.zeros((4, 3, 3), np.uint8)
+        )
     with pytest.raises(cihp.DatasetError, match="split"):
         cihp.write_sample(tmp_path, "ok", np.zeros((3, 3), int), split="Train")
     assert not any(tmp_path.iterdir())
@@ -82,10 +84,17 @@ def test_failure_part_way_leaves_the_dataset_as_it_was(tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # The photo to copy is missing: the masks were already staged when the copy fails.
     with pytest.raises(OSError):
-        cihp.write_sample(tmp_path, "x", np.zeros((3, 3), np.uint8), image_path=tmp_path / "gone.jpg",
-                          overwrite=True)
+        cihp.write_sample(
+            tmp_path,
+            "x",
+            np.zeros((3, 3), np.uint8),
+            image_path=tmp_path / "gone.jpg",
+            overwrite=True,
+        )
     with pytest.raises(OSError):
-        cihp.write_sample(tmp_path, "y", np.zeros((3, 3), np.uint8), image_path=tmp_path / "gone.jpg")
+        cihp.write_sample(
+            tmp_path, "y", np.zeros((3, 3), np.uint8), image_path=tmp_path / "gone.jpg"
+        )
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
 
@@ -95,8 +104,13 @@ def test_round_trip_on_the_official_samples(tmp_path, cihp_samples):
     for sample_id in SAMPLE_IDS:
         official = cihp.read_sample(cihp_samples, sample_id, split=None)
         people = (official.category_ids > 0).astype(np.uint8)  # one "person" per mask
-        cihp.write_sample(tmp_path, sample_id, official.category_ids, image_path=official.image_path,
-                          human_ids=people)
+        cihp.write_sample(
+            tmp_path,
+            sample_id,
+            official.category_ids,
+            image_path=official.image_path,
+            human_ids=people,
+        )
         back = cihp.read_sample(tmp_path, sample_id)
         np.testing.assert_array_equal(back.image, official.image)
         np.testing.assert_array_equal(back.category_ids, official.category_ids)
@@ -124,7 +138,9 @@ def test_photo_suffixes_are_the_ones_predict_reads_from_folders():
 
 
 def test_versions_and_listing_agree_on_any_id_list(tmp_path):
-    cihp.write_sample(tmp_path, "a", np.zeros((4, 5), np.uint8), image=np.zeros((4, 5, 3), np.uint8))
+    cihp.write_sample(
+        tmp_path, "a", np.zeros((4, 5), np.uint8), image=np.zeros((4, 5, 3), np.uint8)
+    )
     id_list = tmp_path / "Training" / "train_id.txt"
     for text in (b"a\n", b"\xef\xbb\xbfa\r\n", b"b\ra", b"  a  \n", "a\n\u00e9\n".encode()):
         id_list.write_bytes(text)

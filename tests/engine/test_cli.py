@@ -21,7 +21,9 @@ def photos(tmp_path, cihp_samples):
     (folder / "corrupt.jpg").write_bytes((folder / "0002190.jpg").read_bytes()[:200])
     rgb = np.asarray(Image.open(folder / "0026375.jpg"))
     Image.fromarray(rgb.mean(-1).astype(np.uint8)).save(folder / "gray.png")
-    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / "rgba.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(
+        folder / "rgba.png"
+    )
     import tifffile
 
     tifffile.imwrite(folder / "deep.tif", rgb[..., 0].astype(np.uint16) * 257)
@@ -33,10 +35,24 @@ def photos(tmp_path, cihp_samples):
 
 
 @pytest.mark.one_backend
-def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_checkpoint, tmp_path, capsys):
+def test_predict_writes_the_cihp_layout_and_reports_bad_files(
+    photos, seed_checkpoint, tmp_path, capsys
+):
     out = tmp_path / "prelabels"
-    code = main(["predict", str(photos), "--model", str(seed_checkpoint), "--out", str(out),
-                 "--batch-size", "3", "--workers", "3"])
+    code = main(
+        [
+            "predict",
+            str(photos),
+            "--model",
+            str(seed_checkpoint),
+            "--out",
+            str(out),
+            "--batch-size",
+            "3",
+            "--workers",
+            "3",
+        ]
+    )
     assert code == 1  # the corrupt file
     err = capsys.readouterr().err
     assert "corrupt.jpg: failed: cannot read this file as an image" in err
@@ -55,8 +71,9 @@ def test_predict_writes_the_cihp_layout_and_reports_bad_files(photos, seed_check
         assert mask.mode == "L" and mask.size == Image.open(source).size
         ids = np.asarray(mask)
         assert ids.max() < 20
-        np.testing.assert_array_equal(np.asarray(Image.open(train / "Categories" / f"{sample_id}.png")),
-                                      PALETTE[ids])
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(train / "Categories" / f"{sample_id}.png")), PALETTE[ids]
+        )
     assert not list(out.rglob("*.tmp"))
 
 
@@ -78,28 +95,63 @@ def test_existing_outputs_are_kept_unless_overwrite(cihp_samples, seed_checkpoin
 def test_validation_split_and_globs(cihp_samples, seed_checkpoint, tmp_path):
     out = tmp_path / "out"
     pattern = str(cihp_samples / "Images" / "00*.jpg")
-    assert main(["predict", pattern, "--model", str(seed_checkpoint), "--out", str(out),
-                 "--split", "Validation"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                pattern,
+                "--model",
+                str(seed_checkpoint),
+                "--out",
+                str(out),
+                "--split",
+                "Validation",
+            ]
+        )
+        == 0
+    )
     assert (out / "Validation" / "val_id.txt").read_text().split() == list(SAMPLE_IDS)
 
 
-def test_same_stem_twice_is_an_error_before_writing(cihp_samples, seed_checkpoint, tmp_path, capsys):
+def test_same_stem_twice_is_an_error_before_writing(
+    cihp_samples, seed_checkpoint, tmp_path, capsys
+):
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(cihp_samples / "Images" / "0002190.jpg", other / "0002190.png")
     out = tmp_path / "out"
-    code = main(["predict", str(cihp_samples / "Images"), str(other), "--model", str(seed_checkpoint),
-                 "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            str(cihp_samples / "Images"),
+            str(other),
+            "--model",
+            str(seed_checkpoint),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert "two inputs have the id '0002190'" in capsys.readouterr().err
     assert not out.exists()
 
 
 @pytest.mark.one_backend
-def test_missing_inputs_are_reported_and_the_rest_goes_on(cihp_samples, seed_checkpoint, tmp_path, capsys):
+def test_missing_inputs_are_reported_and_the_rest_goes_on(
+    cihp_samples, seed_checkpoint, tmp_path, capsys
+):
     out = tmp_path / "out"
-    code = main(["predict", str(tmp_path / "nope.jpg"), str(cihp_samples / "Images" / "0002190.jpg"),
-                 "--model", str(seed_checkpoint), "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "nope.jpg"),
+            str(cihp_samples / "Images" / "0002190.jpg"),
+            "--model",
+            str(seed_checkpoint),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err
     assert read_id_list(out, "Training") == ["0002190"]
@@ -109,8 +161,13 @@ def test_missing_inputs_are_reported_and_the_rest_goes_on(cihp_samples, seed_che
 def test_console_script_offline_without_model_says_to_use_model_path(cihp_samples, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     script = shutil.which("napari-deeplab", path=os.path.dirname(sys.executable))
-    result = subprocess.run([script, "predict", str(cihp_samples / "Images"), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [script, "predict", str(cihp_samples / "Images"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--model PATH" in lines[0]
@@ -121,8 +178,19 @@ def test_convert_writes_a_keras_file_that_predict_uses(seed_checkpoint, cihp_sam
     model_file = tmp_path / "seed.keras"
     assert main(["convert", str(seed_checkpoint), "--out", str(model_file)]) == 0
     out = tmp_path / "out"
-    assert main(["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(model_file),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(cihp_samples / "Images" / "0005008.jpg"),
+                "--model",
+                str(model_file),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert read_id_list(out, "Training") == ["0005008"]
 
 
@@ -134,8 +202,10 @@ def test_a_model_of_another_class_count_is_refused_with_one_line(cihp_samples, t
         path = tmp_path / f"m{classes}.keras"
         build_model(classes).save(path)
         out = tmp_path / f"out{classes}"
-        for args in (["predict", str(cihp_samples / "Images"), "--out", str(out)],
-                     ["evaluate", str(cihp_samples)]):
+        for args in (
+            ["predict", str(cihp_samples / "Images"), "--out", str(out)],
+            ["evaluate", str(cihp_samples)],
+        ):
             assert main([*args, "--model", str(path)]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and str(path) in err[0] and f"{classes} classes" in err[0], err
@@ -170,8 +240,23 @@ def test_finetune_on_a_full_disk_is_one_line(cihp_samples, model_file, tmp_path,
     source = model_file  # the session's model: only read
     with small_filesystem(tmp_path / "full") as full:
         out = full / "tuned.keras"
-        assert main(["finetune", str(cihp_samples), "--model", str(source), "--out", str(out),
-                     "--image-size", "64", "--epochs", "1"]) == 2
+        assert (
+            main(
+                [
+                    "finetune",
+                    str(cihp_samples),
+                    "--model",
+                    str(source),
+                    "--out",
+                    str(out),
+                    "--image-size",
+                    "64",
+                    "--epochs",
+                    "1",
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0], err
         assert "as it was" in err[0] and list(full.iterdir()) == []
@@ -185,11 +270,25 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(cihp_samples, t
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     interrupted = 0
     for delay in (0.5, 3.0):  # importing Python, then TensorFlow
-        process = subprocess.Popen(  # SIGINT as a terminal delivers it (a background job ignores it)
-            [sys.executable, "-m", "napari_deeplab.cli", "predict", str(cihp_samples / "Images"),
-             "--out", str(tmp_path / "o"), "--model", "no-such.keras"],
-            stderr=subprocess.PIPE, text=True, env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        process = (
+            subprocess.Popen(  # SIGINT as a terminal delivers it (a background job ignores it)
+                [
+                    sys.executable,
+                    "-m",
+                    "napari_deeplab.cli",
+                    "predict",
+                    str(cihp_samples / "Images"),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--model",
+                    "no-such.keras",
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         err = process.communicate(timeout=120)[1]

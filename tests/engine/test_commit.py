@@ -119,8 +119,13 @@ class ForkedScripts:
     returns a :class:`subprocess.CompletedProcess` (text ``stdout`` and ``stderr``)."""
 
     def __init__(self):
-        self.server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], env=_env(),
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER],
+            env=_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def run(self, script: str, *args, timeout: float = 60, **env) -> subprocess.CompletedProcess:
         self.server.stdin.write(json.dumps([script, [str(a) for a in args], env]) + "\n")
@@ -164,7 +169,9 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
         sample = cihp.read_sample(root, sample_id)
         value = int(sample.category_ids[0, 0])
         assert value in versions, f"{sample_id}: mask of no known version"
-        assert sample.image_path.read_bytes() == versions[value], f"{sample_id}: photo of another version"
+        assert sample.image_path.read_bytes() == versions[value], (
+            f"{sample_id}: photo of another version"
+        )
         assert len(cihp.photos_of(root / "Training" / "Images", sample_id)) == 1
         np.testing.assert_array_equal(sample.category_ids, value)
         np.testing.assert_array_equal(sample.human_ids, value)
@@ -183,8 +190,9 @@ def _run_crashing_at(scripts, number: int, script: str, *args) -> str | None:
     return run.stderr.strip().rsplit("(", 1)[-1].rstrip(")")
 
 
-def _crash_at_every_step(scripts, tmp_path, base: Path, photo: Path, value: int, versions,
-                         tool: str | None = None) -> list[str]:
+def _crash_at_every_step(
+    scripts, tmp_path, base: Path, photo: Path, value: int, versions, tool: str | None = None
+) -> list[str]:
     """Run the writer stopped at step 1, 2, ... until it completes; after each crash check the
     dataset, re-run the write and check again. Returns the names of the steps crashed at.
     ``tool``: the writer records itself (``writer_tool``)."""
@@ -192,8 +200,9 @@ def _crash_at_every_step(scripts, tmp_path, base: Path, photo: Path, value: int,
     for number in range(1, 100):
         root = tmp_path / f"crash-{base.name}-{tool}-{number}"
         shutil.copytree(base, root)
-        step = _run_crashing_at(scripts, number, WRITER, root, "s", value, photo,
-                                *([tool] if tool else []))
+        step = _run_crashing_at(
+            scripts, number, WRITER, root, "s", value, photo, *([tool] if tool else [])
+        )
         if step is None:
             return steps
         steps.append(step)
@@ -204,8 +213,14 @@ def _crash_at_every_step(scripts, tmp_path, base: Path, photo: Path, value: int,
             assert not [p for p in (root / "Training").rglob("s.*") if not p.name.startswith(".")]
         assert not _temporaries(root), "stale temporaries of the dead writer were not removed"
 
-        cihp.write_sample(root, "s", np.full(SHAPE, value, np.uint8), image_path=photo,
-                          human_ids=np.full(SHAPE, value, np.uint8), overwrite=True)
+        cihp.write_sample(
+            root,
+            "s",
+            np.full(SHAPE, value, np.uint8),
+            image_path=photo,
+            human_ids=np.full(SHAPE, value, np.uint8),
+            overwrite=True,
+        )
         assert _assert_consistent(root, versions) == listed | {"s"}
         assert cihp.read_sample(root, "s").category_ids[0, 0] == value
         assert not _temporaries(root)
@@ -217,12 +232,22 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scri
     keep_photo = _photo(tmp_path / "keep.png", 3)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes(), 3: keep_photo.read_bytes()}
     empty = tmp_path / "base-new"
-    cihp.write_sample(empty, "keep", np.full(SHAPE, 3, np.uint8), image_path=keep_photo,
-                      human_ids=np.full(SHAPE, 3, np.uint8))
+    cihp.write_sample(
+        empty,
+        "keep",
+        np.full(SHAPE, 3, np.uint8),
+        image_path=keep_photo,
+        human_ids=np.full(SHAPE, 3, np.uint8),
+    )
     with_old = tmp_path / "base-old"
     shutil.copytree(empty, with_old)
-    cihp.write_sample(with_old, "s", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
-                      human_ids=np.full(SHAPE, 1, np.uint8))
+    cihp.write_sample(
+        with_old,
+        "s",
+        np.full(SHAPE, 1, np.uint8),
+        image_path=old_photo,
+        human_ids=np.full(SHAPE, 1, np.uint8),
+    )
 
     new_sample_steps = _crash_at_every_step(scripts, tmp_path, empty, new_photo, 2, versions)
     # an overwrite that changes the photo's suffix (.jpg -> .png): the old photo must go too
@@ -235,28 +260,50 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scri
     assert (interrupted / "Training" / cihp.JOURNAL_NAME).exists()
     recovery_steps = _crash_at_every_step(scripts, tmp_path, interrupted, new_photo, 2, versions)
 
-    expected = {"staged Images", "staged Category_ids", "staged Categories", "staged Human_ids",
-                "staged Humans", "locked", "journal staged", "journal written", "renamed Images/s.png",
-                "renamed Category_ids/s.png", "renamed Humans/s.png", "journal removed"}
+    expected = {
+        "staged Images",
+        "staged Category_ids",
+        "staged Categories",
+        "staged Human_ids",
+        "staged Humans",
+        "locked",
+        "journal staged",
+        "journal written",
+        "renamed Images/s.png",
+        "renamed Category_ids/s.png",
+        "renamed Humans/s.png",
+        "journal removed",
+    }
     assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
     # an interactive writer (the review queue) also commits its writer record
-    review_steps = _crash_at_every_step(scripts, tmp_path, with_old, new_photo, 2, versions,
-                                        tool="review")
-    assert expected | {"staged writer record", f"renamed {cihp.WRITERS_FOLDER}/s.json",
-                       "removed Images/s.jpg"} <= set(review_steps)
+    review_steps = _crash_at_every_step(
+        scripts, tmp_path, with_old, new_photo, 2, versions, tool="review"
+    )
+    assert expected | {
+        "staged writer record",
+        f"renamed {cihp.WRITERS_FOLDER}/s.json",
+        "removed Images/s.jpg",
+    } <= set(review_steps)
     assert expected | {"removed Images/s.jpg"} <= set(overwrite_steps)
     assert recovery_steps.count("renamed Images/s.png") == 2  # the recovery's and its own
-    print(f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
-          f"(overwrite with another suffix) + {len(recovery_steps)} (a writer that first completes "
-          "a crashed commit), all consistent and completed by a re-run")
+    print(
+        f"\ncrash points: {len(new_sample_steps)} (new sample) + {len(overwrite_steps)} "
+        f"(overwrite with another suffix) + {len(recovery_steps)} (a writer that first completes "
+        "a crashed commit), all consistent and completed by a re-run"
+    )
 
 
 def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(scripts, tmp_path):
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes()}
     base = tmp_path / "base"
-    cihp.write_sample(base, "g0", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
-                      human_ids=np.full(SHAPE, 1, np.uint8))  # g0 old (its photo a .jpg); g1 new
+    cihp.write_sample(
+        base,
+        "g0",
+        np.full(SHAPE, 1, np.uint8),
+        image_path=old_photo,
+        human_ids=np.full(SHAPE, 1, np.uint8),
+    )  # g0 old (its photo a .jpg); g1 new
     steps = []
     for number in range(1, 200):
         root = tmp_path / f"crash-{number}"
@@ -276,15 +323,24 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(scr
         assert {cihp.read_sample(root, i).category_ids[0, 0] for i in ("g0", "g1")} == {2}
     else:
         raise AssertionError("the group writer never completed")
-    assert {"locked", "journal written", "renamed Images/g0.png", "renamed Humans/g1.png",
-            "removed Images/g0.jpg", "id list written", "journal removed"} <= set(steps)
+    assert {
+        "locked",
+        "journal written",
+        "renamed Images/g0.png",
+        "renamed Humans/g1.png",
+        "removed Images/g0.jpg",
+        "id list written",
+        "journal removed",
+    } <= set(steps)
     assert steps.count("locked") == 1 and steps.count("id list written") == 1
 
 
 def test_a_group_commit_decides_each_sample_under_the_lock(tmp_path):
     cihp.write_sample(tmp_path, "taken", np.full(SHAPE, 3, np.uint8))
-    staged = [cihp.stage_sample(tmp_path, sample_id, np.full(SHAPE, 4, np.uint8))
-              for sample_id in ("b", "taken", "a")]
+    staged = [
+        cihp.stage_sample(tmp_path, sample_id, np.full(SHAPE, 4, np.uint8))
+        for sample_id in ("b", "taken", "a")
+    ]
     vanished = cihp.stage_sample(tmp_path, "c", np.full(SHAPE, 4, np.uint8))
     for tmp in vanished.staged.values():
         tmp.unlink()
@@ -301,8 +357,15 @@ def test_a_group_commit_decides_each_sample_under_the_lock(tmp_path):
 
 def test_two_processes_writing_one_split_lose_no_sample(tmp_path):
     root, count = tmp_path / "dataset", 300
-    writers = [subprocess.Popen([sys.executable, "-c", MANY_WRITES, str(root), prefix, str(count)],
-                                env=_env(), stderr=subprocess.PIPE, text=True) for prefix in "ab"]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", MANY_WRITES, str(root), prefix, str(count)],
+            env=_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for prefix in "ab"
+    ]
     for writer in writers:
         _, err = writer.communicate(timeout=240)
         assert writer.returncode == 0, err
@@ -322,12 +385,18 @@ def test_predict_keeps_a_correction_committed_while_the_batch_runs(tmp_path, cih
     out = tmp_path / "out"
     correction = np.full(np.asarray(Image.open(photos[2])).shape[:2], 5, np.uint8)
     for overwrite in (False, True):
-        batch = prelabel_files(photos, model, out / str(overwrite), batch_size=1, overwrite=overwrite)
+        batch = prelabel_files(
+            photos, model, out / str(overwrite), batch_size=1, overwrite=overwrite
+        )
         first = next(batch)
         assert first.status == "written"
         # an annotator saves a correction of the third photo from another process
-        subprocess.run([sys.executable, "-c", CORRECTION, str(out / str(overwrite)), str(photos[2])],
-                       env=_env(), check=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", CORRECTION, str(out / str(overwrite)), str(photos[2])],
+            env=_env(),
+            check=True,
+            timeout=60,
+        )
         outcomes = {o.sample_id: o for o in batch}
         mask = cihp.read_sample(out / str(overwrite), photos[2].stem).category_ids
         if overwrite:
@@ -340,10 +409,43 @@ def test_predict_keeps_a_correction_committed_while_the_batch_runs(tmp_path, cih
         assert len(cihp.list_samples(out / str(overwrite), "Training")) == 3
 
 
-@pytest.mark.parametrize("bad_id", [
-    "", ".", "..", "../x", "a/b", "a\\b", ".hidden", " a", "a ", "a.", "a\tb", "a\nb", "a\rb",
-    "a\x0cb", "a\x85b", "a\u2028b", "a\u2029b", "a\x00b", "a:b", "a|b", "a?", "a*", 'a"b', "<a>",
-    "con", "CON", "nul.txt", "Com1", "lpt9.png", "aux.tar.gz", "x" * 121, "\u20ac" * 41])
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        " a",
+        "a ",
+        "a.",
+        "a\tb",
+        "a\nb",
+        "a\rb",
+        "a\x0cb",
+        "a\x85b",
+        "a\u2028b",
+        "a\u2029b",
+        "a\x00b",
+        "a:b",
+        "a|b",
+        "a?",
+        "a*",
+        'a"b',
+        "<a>",
+        "con",
+        "CON",
+        "nul.txt",
+        "Com1",
+        "lpt9.png",
+        "aux.tar.gz",
+        "x" * 121,
+        "\u20ac" * 41,
+    ],
+)
 def test_the_one_id_rule_refuses(tmp_path, bad_id):
     with pytest.raises(cihp.DatasetError, match="invalid sample id"):
         cihp.check_sample_id(bad_id)
@@ -353,8 +455,15 @@ def test_the_one_id_rule_refuses(tmp_path, bad_id):
 
 
 def test_ids_at_the_limits_round_trip(tmp_path):
-    ids = ["x" * cihp.MAX_ID_BYTES, "\u20ac" * (cihp.MAX_ID_BYTES // 3), "a.b", "console", "com10",
-           "ünïcödé", "0005008"]
+    ids = [
+        "x" * cihp.MAX_ID_BYTES,
+        "\u20ac" * (cihp.MAX_ID_BYTES // 3),
+        "a.b",
+        "console",
+        "com10",
+        "ünïcödé",
+        "0005008",
+    ]
     photo = _photo(tmp_path / "photo-with-a-long-suffix.jpeg", 1)
     for sample_id in ids:
         cihp.write_sample(tmp_path / "d", sample_id, np.ones(SHAPE, np.uint8), image_path=photo)
@@ -379,9 +488,14 @@ def test_overwrite_with_another_suffix_keeps_one_photo(tmp_path):
     old, new = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     cihp.write_sample(tmp_path / "d", "x", np.ones(SHAPE, np.uint8), image_path=old)
     cihp.write_sample(tmp_path / "d", "x.y", np.ones(SHAPE, np.uint8), image_path=old)
-    cihp.write_sample(tmp_path / "d", "x", np.full(SHAPE, 2, np.uint8), image_path=new, overwrite=True)
-    images = sorted(p.name for p in (tmp_path / "d" / "Training" / "Images").iterdir()
-                    if not p.name.startswith("."))
+    cihp.write_sample(
+        tmp_path / "d", "x", np.full(SHAPE, 2, np.uint8), image_path=new, overwrite=True
+    )
+    images = sorted(
+        p.name
+        for p in (tmp_path / "d" / "Training" / "Images").iterdir()
+        if not p.name.startswith(".")
+    )
     assert images == ["x.png", "x.y.jpg"]  # x.y's photo is not x's
     sample = cihp.read_sample(tmp_path / "d", "x")
     assert sample.image_path.read_bytes() == new.read_bytes() and sample.category_ids.max() == 2
@@ -435,10 +549,16 @@ def test_id_lists_are_read_by_lines_only(tmp_path):
 def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
     cihp.write_sample(tmp_path, "a", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     images = tmp_path / "Training" / "Images"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_pid = int(dead.stdout)
-    host = files.temporary_path(images / "x.png").name.split(".tmp")[0].rsplit(".", 1)[1].split("-")[0]
+    host = (
+        files.temporary_path(images / "x.png").name.split(".tmp")[0].rsplit(".", 1)[1].split("-")[0]
+    )
     stale = images / f".b.png.{host}-{dead_pid}-0123abcd.tmp.png"
     live = images / f".c.png.{host}-{os.getpid()}-0123abcd.tmp.png"
     foreign_old = images / ".d.png.otherhost-1-0123abcd.tmp.png"
@@ -488,8 +608,13 @@ def test_a_full_disk_while_listing_is_completed_by_the_next_run(tmp_path):
     root = tmp_path / "d"
     cihp.write_sample(root, "first", np.ones((4, 4), np.uint8), image=np.zeros((4, 4, 3), np.uint8))
     cihp.add_to_id_list(root, "Training", [f"listed-{i:05d}" for i in range(600)])  # > 4 KiB
-    run = subprocess.run([sys.executable, "-c", FULL_DISK, str(root)], env=_env(),
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(root)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.stdout.split() == [str(errno.EFBIG)], run.stderr
     assert (root / "Training" / cihp.JOURNAL_NAME).exists()  # the commit is recorded, not lost
     assert "late" in cihp.list_samples(root, "Training")  # completed by the next reader
@@ -513,8 +638,14 @@ def test_a_sample_version_changes_on_every_commit_and_names_its_writer(tmp_path)
     assert cihp.sample_version(tmp_path, "s") is None and cihp.sample_writer(tmp_path, "s") is None
     versions = []
     for value in (1, 1, 2):
-        cihp.write_sample(tmp_path, "s", np.full(SHAPE, value, np.uint8), overwrite=True,
-                          image=np.zeros(SHAPE, np.uint8), writer_tool="napari writer")
+        cihp.write_sample(
+            tmp_path,
+            "s",
+            np.full(SHAPE, value, np.uint8),
+            overwrite=True,
+            image=np.zeros(SHAPE, np.uint8),
+            writer_tool="napari writer",
+        )
         versions.append(cihp.sample_version(tmp_path, "s"))
         assert cihp.sample_version(tmp_path, "s") == versions[-1]  # stable between commits
     assert len(set(versions)) == 3 and all(isinstance(v, str) for v in versions)
@@ -524,8 +655,9 @@ def test_a_sample_version_changes_on_every_commit_and_names_its_writer(tmp_path)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", writer["time"])
     # the record is hidden from a foreign loader's globs of Images/* and Category_ids/*
     assert (tmp_path / "Training" / cihp.WRITERS_FOLDER / "s.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "Training" / "Images").iterdir()
-                  if not p.name.startswith(".")) == ["s.png"]
+    assert sorted(
+        p.name for p in (tmp_path / "Training" / "Images").iterdir() if not p.name.startswith(".")
+    ) == ["s.png"]
     cihp.write_sample(tmp_path, "leftover-only", np.ones(SHAPE, np.uint8))
     (tmp_path / "Training" / "train_id.txt").write_text("s\n")  # unlisted: no version
     assert cihp.sample_version(tmp_path, "leftover-only") is None
@@ -540,8 +672,9 @@ def test_a_foreign_sample_has_a_version_and_no_writer(cihp_samples):
 def test_expected_version_refuses_a_sample_changed_by_another_process(tmp_path):
     cihp.write_sample(tmp_path, "s", np.full(SHAPE, 1, np.uint8), image=np.zeros(SHAPE, np.uint8))
     opened = cihp.sample_version(tmp_path, "s")  # an annotator opens the sample...
-    subprocess.run([sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True,
-                   timeout=60)  # ...another saves it meanwhile
+    subprocess.run(
+        [sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True, timeout=60
+    )  # ...another saves it meanwhile
     with pytest.raises(cihp.SampleChangedError) as caught:
         cihp.write_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=opened)
     error = caught.value
@@ -549,12 +682,16 @@ def test_expected_version_refuses_a_sample_changed_by_another_process(tmp_path):
     assert error.sample_id == "s" and error.writer == writer and writer["pid"] != os.getpid()
     assert error.current_version == cihp.sample_version(tmp_path, "s") != opened
     when = writer["time"].replace("T", " ").replace("Z", " UTC")
-    assert str(error).startswith(f"sample s was changed by {writer['user']}@{writer['host']} at "
-                                 f"{when} (napari-deeplab review) since you opened it; ")
+    assert str(error).startswith(
+        f"sample s was changed by {writer['user']}@{writer['host']} at "
+        f"{when} (napari-deeplab review) since you opened it; "
+    )
     assert "\n" not in str(error)
     assert cihp.read_sample(tmp_path, "s").category_ids.max() == 2
     # the version read now is accepted (an overwrite without overwrite=True)
-    cihp.write_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=error.current_version)
+    cihp.write_sample(
+        tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=error.current_version
+    )
     assert cihp.read_sample(tmp_path, "s").category_ids.max() == 3
     assert not _temporaries(tmp_path)
 
@@ -564,12 +701,15 @@ def test_expected_version_is_decided_under_the_lock_at_commit_time(tmp_path):
     opened = cihp.sample_version(tmp_path, "s")
     staged = cihp.stage_sample(tmp_path, "s", np.full(SHAPE, 3, np.uint8), expected_version=opened)
     new = cihp.stage_sample(tmp_path, "n", np.full(SHAPE, 3, np.uint8), expected_version=None)
-    subprocess.run([sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", REVIEW_SAVE, str(tmp_path), "2"], env=_env(), check=True, timeout=60
+    )
     results = cihp.commit_samples([staged, new])
     assert isinstance(results[0], cihp.SampleChangedError) and results[1] is None
     assert cihp.read_sample(tmp_path, "s").category_ids.max() == 2
-    with pytest.raises(cihp.SampleChangedError, match="sample n was committed by .* since you opened"):
+    with pytest.raises(
+        cihp.SampleChangedError, match="sample n was committed by .* since you opened"
+    ):
         cihp.write_sample(tmp_path, "n", np.ones(SHAPE, np.uint8), expected_version=None)
     assert not _temporaries(tmp_path)
 
@@ -578,8 +718,14 @@ def test_remove_sample_unlists_it_and_removes_only_its_files(tmp_path):
     photo = _photo(tmp_path / "p.jpg", 1)
     root = tmp_path / "d"
     for sample_id in ("a", "s"):
-        cihp.write_sample(root, sample_id, np.ones(SHAPE, np.uint8), image_path=photo,
-                          human_ids=np.ones(SHAPE, np.uint8), writer_tool="review")
+        cihp.write_sample(
+            root,
+            sample_id,
+            np.ones(SHAPE, np.uint8),
+            image_path=photo,
+            human_ids=np.ones(SHAPE, np.uint8),
+            writer_tool="review",
+        )
     split = root / "Training"
     (split / "Images" / "s.xmp").write_text("a sidecar")
     version = cihp.sample_version(root, "s")
@@ -587,8 +733,15 @@ def test_remove_sample_unlists_it_and_removes_only_its_files(tmp_path):
         cihp.remove_sample(root, "s", expected_version="not-its-version")
     removed = cihp.remove_sample(root, "s", expected_version=version)
     assert sorted(_relative(p, split) for p in removed) == sorted(
-        ["Images/s.jpg", "Category_ids/s.png", "Categories/s.png", "Human_ids/s.png",
-         "Humans/s.png", f"{cihp.WRITERS_FOLDER}/s.json"])
+        [
+            "Images/s.jpg",
+            "Category_ids/s.png",
+            "Categories/s.png",
+            "Human_ids/s.png",
+            "Humans/s.png",
+            f"{cihp.WRITERS_FOLDER}/s.json",
+        ]
+    )
     assert cihp.list_samples(root, "Training") == ["a"] and cihp.sample_version(root, "s") is None
     assert (split / "Images" / "s.xmp").read_text() == "a sidecar"
     assert cihp.read_sample(root, "a").category_ids.max() == 1
@@ -616,10 +769,21 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(script
     keep = _photo(tmp_path / "keep.png", 3)
     versions = {1: photo.read_bytes(), 3: keep.read_bytes()}
     base = tmp_path / "base"
-    cihp.write_sample(base, "keep", np.full(SHAPE, 3, np.uint8), image_path=keep,
-                      human_ids=np.full(SHAPE, 3, np.uint8))
-    cihp.write_sample(base, "s", np.full(SHAPE, 1, np.uint8), image_path=photo,
-                      human_ids=np.full(SHAPE, 1, np.uint8), writer_tool="review")
+    cihp.write_sample(
+        base,
+        "keep",
+        np.full(SHAPE, 3, np.uint8),
+        image_path=keep,
+        human_ids=np.full(SHAPE, 3, np.uint8),
+    )
+    cihp.write_sample(
+        base,
+        "s",
+        np.full(SHAPE, 1, np.uint8),
+        image_path=photo,
+        human_ids=np.full(SHAPE, 1, np.uint8),
+        writer_tool="review",
+    )
     steps = []
     for number in range(1, 100):
         root = tmp_path / f"crash-{number}"
@@ -638,5 +802,12 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(script
         assert cihp.list_samples(root, "Training") == ["keep"]
     else:
         raise AssertionError("the remover never completed")
-    assert {"locked", "journal written", "removed Images/s.jpg", "removed Category_ids/s.png",
-            f"removed {cihp.WRITERS_FOLDER}/s.json", "id list written", "journal removed"} <= set(steps)
+    assert {
+        "locked",
+        "journal written",
+        "removed Images/s.jpg",
+        "removed Category_ids/s.png",
+        f"removed {cihp.WRITERS_FOLDER}/s.json",
+        "id list written",
+        "journal removed",
+    } <= set(steps)

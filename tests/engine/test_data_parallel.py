@@ -60,10 +60,20 @@ print(json.dumps({
 
 @pytest.mark.backends  # runs JAX in its subprocess, whatever the backend here
 def test_two_devices_train_the_same_weights_as_one(cihp_samples, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO / "src"),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", ON_ONE_AND_ON_TWO_DEVICES, str(cihp_samples),
-                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "PYTHONPATH": str(REPO / "src"),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", ON_ONE_AND_ON_TWO_DEVICES, str(cihp_samples), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["devices"] == 2 and result["placed_on"] == {"None": 1, "2": 2}
@@ -76,10 +86,26 @@ def test_two_devices_train_the_same_weights_as_one(cihp_samples, tmp_path):
 
 @pytest.mark.keras
 def test_devices_that_cannot_be_used_are_refused_in_one_line(cihp_samples, tmp_path, capsys):
-    assert main(["finetune", str(cihp_samples), "--model", str(tmp_path / "unused.keras"),
-                 "--out", str(tmp_path / "t.keras"), "--devices", "2"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                str(cihp_samples),
+                "--model",
+                str(tmp_path / "unused.keras"),
+                "--out",
+                str(tmp_path / "t.keras"),
+                "--devices",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    why = "set KERAS_BACKEND=jax" if keras.backend.backend() == "tensorflow" else \
-        "--devices 2: this machine has 1 CPU device"  # JAX on this machine's one CPU device
+    why = (
+        "set KERAS_BACKEND=jax"
+        if keras.backend.backend() == "tensorflow"
+        else "--devices 2: this machine has 1 CPU device"
+    )  # JAX on this machine's one CPU device
     assert len(err) == 1 and why in err[0], err
     assert not (tmp_path / "t.keras").exists()

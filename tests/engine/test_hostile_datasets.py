@@ -39,12 +39,15 @@ def _victim(tmp_path: Path) -> dict[Path, bytes]:
 
 def _assert_untouched(files: dict[Path, bytes]) -> None:
     folder = next(iter(files)).parent
-    assert sorted(folder.iterdir()) == sorted(files), "files appeared in or vanished from the victim"
+    assert sorted(folder.iterdir()) == sorted(files), (
+        "files appeared in or vanished from the victim"
+    )
     for path, data in files.items():
         assert path.read_bytes() == data, f"{path} was changed"
 
 
 # --- 1. id lists: byte-order mark, line ends, one normal form, case twins -----------------------
+
 
 @pytest.mark.one_backend
 def test_an_id_list_saved_by_notepad_still_protects_its_samples(tmp_path):
@@ -66,20 +69,27 @@ def test_an_id_list_saved_by_notepad_still_protects_its_samples(tmp_path):
 
 def test_old_mac_line_ends_and_decomposed_ids_are_one_sample(tmp_path):
     nfc, nfd = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
-    cihp.write_sample(tmp_path, nfd, np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))  # macOS
+    cihp.write_sample(
+        tmp_path, nfd, np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+    )  # macOS
     assert cihp.list_samples(tmp_path, "Training") == [nfc]
     assert (tmp_path / "Training" / "Category_ids" / f"{nfc}.png").exists()
     (tmp_path / "Training" / "train_id.txt").write_bytes(f"a\r{nfd}\rb".encode())
     assert cihp.list_samples(tmp_path, "Training") == ["a", nfc, "b"]
     with pytest.raises(cihp.SampleExistsError):
         cihp.write_sample(tmp_path, nfc, np.zeros(SHAPE, np.uint8))
-    assert cihp.sample_exists(tmp_path, nfd) and cihp.read_sample(tmp_path, nfd).category_ids.max() == 1
+    assert (
+        cihp.sample_exists(tmp_path, nfd)
+        and cihp.read_sample(tmp_path, nfd).category_ids.max() == 1
+    )
 
 
 @pytest.mark.one_backend
 def test_an_id_differing_only_in_case_from_a_listed_one_is_refused(tmp_path):
     cihp.write_sample(tmp_path, "Photo1", np.ones(SHAPE, np.uint8))
-    with pytest.raises(cihp.DatasetError, match="differs only in case from the listed sample Photo1"):
+    with pytest.raises(
+        cihp.DatasetError, match="differs only in case from the listed sample Photo1"
+    ):
         cihp.write_sample(tmp_path, "photo1", np.zeros(SHAPE, np.uint8))
     staged = [cihp.stage_sample(tmp_path, i, np.zeros(SHAPE, np.uint8)) for i in ("ab", "AB")]
     results = cihp.commit_samples(staged)
@@ -94,6 +104,7 @@ def test_an_id_differing_only_in_case_from_a_listed_one_is_refused(tmp_path):
 
 # --- 2. only the files the protocol knows are removed ---------------------------------------------
 
+
 def test_an_overwrite_keeps_sidecar_files_of_the_photo(tmp_path):
     old, new = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     cihp.write_sample(tmp_path / "d", "p00000", np.ones(SHAPE, np.uint8), image_path=old)
@@ -101,8 +112,9 @@ def test_an_overwrite_keeps_sidecar_files_of_the_photo(tmp_path):
     sidecars = {images / f"p00000.{ext}": f"{ext} notes".encode() for ext in ("xmp", "txt", "json")}
     for path, data in sidecars.items():
         path.write_bytes(data)
-    cihp.write_sample(tmp_path / "d", "p00000", np.full(SHAPE, 2, np.uint8), image_path=new,
-                      overwrite=True)
+    cihp.write_sample(
+        tmp_path / "d", "p00000", np.full(SHAPE, 2, np.uint8), image_path=new, overwrite=True
+    )
     assert not (images / "p00000.jpg").exists() and (images / "p00000.png").exists()
     for path, data in sidecars.items():
         assert path.read_bytes() == data
@@ -126,20 +138,36 @@ def test_photos_are_found_by_their_suffix_in_either_case_and_others_by_a_scan(tm
 
 # --- 3. links and planted journals ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("folder", ["Humans", "Human_ids", "Images", ".napari-deeplab"])
 def test_a_sample_folder_replaced_by_a_link_is_refused(tmp_path, folder):
     files = _victim(tmp_path)
     root = tmp_path / "shared"
-    cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8), human_ids=np.ones(SHAPE, np.uint8),
-                      image=np.zeros(SHAPE, np.uint8), writer_tool="review")
+    cihp.write_sample(
+        root,
+        "x",
+        np.ones(SHAPE, np.uint8),
+        human_ids=np.ones(SHAPE, np.uint8),
+        image=np.zeros(SHAPE, np.uint8),
+        writer_tool="review",
+    )
     shutil.rmtree(root / "Training" / folder)
     (root / "Training" / folder).symlink_to(next(iter(files)).parent)
-    for action in (lambda: cihp.write_sample(root, "x", np.full(SHAPE, 2, np.uint8),
-                                             human_ids=np.ones(SHAPE, np.uint8),
-                                             image=np.zeros(SHAPE, np.uint8), overwrite=True),
-                   lambda: cihp.list_samples(root, "Training"),
-                   lambda: cihp.remove_sample(root, "x")):
-        with pytest.raises(cihp.DatasetError, match=f"{root / 'Training' / folder} is a symbolic link"):
+    for action in (
+        lambda: cihp.write_sample(
+            root,
+            "x",
+            np.full(SHAPE, 2, np.uint8),
+            human_ids=np.ones(SHAPE, np.uint8),
+            image=np.zeros(SHAPE, np.uint8),
+            overwrite=True,
+        ),
+        lambda: cihp.list_samples(root, "Training"),
+        lambda: cihp.remove_sample(root, "x"),
+    ):
+        with pytest.raises(
+            cihp.DatasetError, match=f"{root / 'Training' / folder} is a symbolic link"
+        ):
             action()
     _assert_untouched(files)
 
@@ -163,8 +191,13 @@ def test_a_planted_journal_with_linked_folders_is_not_rolled_forward(tmp_path):
     files = _victim(tmp_path)
     victim = next(iter(files)).parent
     root = tmp_path / "shared"
-    cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8), human_ids=np.ones(SHAPE, np.uint8),
-                      image=np.zeros(SHAPE, np.uint8))
+    cihp.write_sample(
+        root,
+        "x",
+        np.ones(SHAPE, np.uint8),
+        human_ids=np.ones(SHAPE, np.uint8),
+        image=np.zeros(SHAPE, np.uint8),
+    )
     split = root / "Training"
     before = {p: p.read_bytes() for p in split.rglob("*") if p.is_file() and not p.is_symlink()}
     # The attack of the issue: the people folders are links to the victim's folder and the
@@ -172,11 +205,26 @@ def test_a_planted_journal_with_linked_folders_is_not_rolled_forward(tmp_path):
     for folder in ("Humans", "Human_ids"):
         shutil.rmtree(split / folder)
         (split / folder).symlink_to(victim)
-    journal = _plant(root, {"id_list": "train_id.txt", "samples": [{
-        "sample_id": "id_rsa", "removals": ["Humans/id_rsa.png"],
-        "renames": [["Human_ids/.authorized_keys.h0-1-0123abcd.tmp", "Images/id_rsa.png"]]}]})
-    for action in (lambda: cihp.list_samples(root, "Training"), lambda: cihp.recover(root),
-                   lambda: cihp.write_sample(root, "z", np.ones(SHAPE, np.uint8))):
+    journal = _plant(
+        root,
+        {
+            "id_list": "train_id.txt",
+            "samples": [
+                {
+                    "sample_id": "id_rsa",
+                    "removals": ["Humans/id_rsa.png"],
+                    "renames": [
+                        ["Human_ids/.authorized_keys.h0-1-0123abcd.tmp", "Images/id_rsa.png"]
+                    ],
+                }
+            ],
+        },
+    )
+    for action in (
+        lambda: cihp.list_samples(root, "Training"),
+        lambda: cihp.recover(root),
+        lambda: cihp.write_sample(root, "z", np.ones(SHAPE, np.uint8)),
+    ):
         with pytest.raises(cihp.DatasetError, match="Human_ids is a symbolic link"):
             action()
     assert journal.exists()
@@ -184,20 +232,29 @@ def test_a_planted_journal_with_linked_folders_is_not_rolled_forward(tmp_path):
     # Without the links, a journal naming files that are not its samples' is refused too.
     for folder in ("Humans", "Human_ids"):
         (split / folder).unlink()
-    for bad in ({"sample_id": "x", "removals": ["Images/keep.jpg"], "renames": []},
-                {"sample_id": "x", "removals": ["Category_ids/y.png"], "renames": []},
-                {"sample_id": "x", "removals": [], "renames": [["Images/.y.png.h0-1-0123abcd.tmp.png",
-                                                                "Images/x.png"]]},
-                {"sample_id": "x", "removals": [], "renames": [["Human_ids/.x.png.h0-1-0123abcd.tmp.png",
-                                                                "Images/x.png"]]},
-                {"sample_id": "x", "removals": ["../victim/.ssh/id_rsa.png"], "renames": []}):
+    for bad in (
+        {"sample_id": "x", "removals": ["Images/keep.jpg"], "renames": []},
+        {"sample_id": "x", "removals": ["Category_ids/y.png"], "renames": []},
+        {
+            "sample_id": "x",
+            "removals": [],
+            "renames": [["Images/.y.png.h0-1-0123abcd.tmp.png", "Images/x.png"]],
+        },
+        {
+            "sample_id": "x",
+            "removals": [],
+            "renames": [["Human_ids/.x.png.h0-1-0123abcd.tmp.png", "Images/x.png"]],
+        },
+        {"sample_id": "x", "removals": ["../victim/.ssh/id_rsa.png"], "renames": []},
+    ):
         journal = _plant(root, {"id_list": "train_id.txt", "samples": [bad]})
         with pytest.raises(cihp.DatasetError, match="was not applied"):
             cihp.write_sample(root, "z", np.ones(SHAPE, np.uint8))
     journal.unlink()
     after = {p: p.read_bytes() for p in split.rglob("*") if p.is_file() and not p.is_symlink()}
-    assert {p: d for p, d in after.items() if p.parent.name not in ("Humans", "Human_ids")} == \
-        {p: d for p, d in before.items() if p.parent.name not in ("Humans", "Human_ids")}
+    assert {p: d for p, d in after.items() if p.parent.name not in ("Humans", "Human_ids")} == {
+        p: d for p, d in before.items() if p.parent.name not in ("Humans", "Human_ids")
+    }
     _assert_untouched(files)
 
 
@@ -207,9 +264,19 @@ def test_a_planted_temporary_that_is_a_link_is_not_renamed_into_the_dataset(tmp_
     cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     images = root / "Training" / "Images"
     (images / ".x.png.h0-1-0123abcd.tmp.png").symlink_to(next(iter(files)))
-    journal = _plant(root, {"id_list": "train_id.txt", "samples": [{
-        "sample_id": "x", "removals": [], "renames": [[
-            "Images/.x.png.h0-1-0123abcd.tmp.png", "Images/x.png"]]}]})
+    journal = _plant(
+        root,
+        {
+            "id_list": "train_id.txt",
+            "samples": [
+                {
+                    "sample_id": "x",
+                    "removals": [],
+                    "renames": [["Images/.x.png.h0-1-0123abcd.tmp.png", "Images/x.png"]],
+                }
+            ],
+        },
+    )
     with pytest.raises(cihp.DatasetError, match="not a regular file"):
         cihp.read_sample(root, "x")
     assert not (images / "x.png").is_symlink() and journal.exists()
@@ -218,6 +285,7 @@ def test_a_planted_temporary_that_is_a_link_is_not_renamed_into_the_dataset(tmp_
 
 # --- 4. the lock file ---------------------------------------------------------------------------
 
+
 def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
     files = _victim(tmp_path)
     root = tmp_path / "shared"
@@ -225,11 +293,15 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     lock = root / "Training" / cihp.LOCK_NAME
     lock.unlink()
     lock.symlink_to(tmp_path / "victim" / ".ssh" / "authorized_keys")
-    for action in (lambda: cihp.list_samples(root, "Training"),
-                   lambda: cihp.read_sample(root, "x"),
-                   lambda: cihp.write_sample(root, "y", np.ones(SHAPE, np.uint8))):
-        with pytest.raises(cihp.DatasetError, match=f"{lock}: the dataset's lock file is a symbolic "
-                                                    "link.*remove it"):
+    for action in (
+        lambda: cihp.list_samples(root, "Training"),
+        lambda: cihp.read_sample(root, "x"),
+        lambda: cihp.write_sample(root, "y", np.ones(SHAPE, np.uint8)),
+    ):
+        with pytest.raises(
+            cihp.DatasetError,
+            match=f"{lock}: the dataset's lock file is a symbolic link.*remove it",
+        ):
             action()
     _assert_untouched(files)
     lock.unlink()
@@ -275,41 +347,66 @@ print(files.HOST_TAG, flush=True)
 
 def _in_container(hostname: str) -> list[str]:
     """A command prefix running in new UTS and pid namespaces (as a pod) named ``hostname``."""
-    return ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c",
-            'hostname "$0" && exec "$@"', hostname]
+    return [
+        "unshare",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "sh",
+        "-c",
+        'hostname "$0" && exec "$@"',
+        hostname,
+    ]
 
 
 def _namespaces_available() -> bool:
     if not shutil.which("unshare"):
         return False
     try:
-        return subprocess.run(_in_container("probe") + ["true"], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                _in_container("probe") + ["true"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
 @pytest.mark.skipif(not _namespaces_available(), reason="needs unshare of uts and pid namespaces")
-@pytest.mark.parametrize("hostnames", [
-    ("prelabel-workers-5f7c9d8b4-aaaaa", "prelabel-workers-5f7c9d8b4-bbbbb"),  # a shared prefix
-    (socket.gethostname(), socket.gethostname()),  # one host name, two pid namespaces
-], ids=["pods-sharing-a-prefix", "one-hostname-two-pid-namespaces"])
+@pytest.mark.parametrize(
+    "hostnames",
+    [
+        ("prelabel-workers-5f7c9d8b4-aaaaa", "prelabel-workers-5f7c9d8b4-bbbbb"),  # a shared prefix
+        (socket.gethostname(), socket.gethostname()),  # one host name, two pid namespaces
+    ],
+    ids=["pods-sharing-a-prefix", "one-hostname-two-pid-namespaces"],
+)
 def test_a_writer_in_another_container_keeps_its_live_temporaries(tmp_path, hostnames):
     root = tmp_path / "shared"
     cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8))
-    writer = subprocess.Popen(_in_container(hostnames[0]) + [sys.executable, "-c", STAGE_AND_WAIT,
-                                                             str(root), "live"],
-                              env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        _in_container(hostnames[0]) + [sys.executable, "-c", STAGE_AND_WAIT, str(root), "live"],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = writer.stdout.readline()
         assert line.startswith("staged"), writer.stderr.read()
         staged = _temporaries(root)
         assert staged
         # the pid of the writer in its namespace (1 or 2) is dead or someone else here
-        sweeper = subprocess.run(_in_container(hostnames[1]) + [sys.executable, "-c", SWEEP,
-                                                                str(root)],
-                                 env=_env(), capture_output=True, text=True, timeout=120)
+        sweeper = subprocess.run(
+            _in_container(hostnames[1]) + [sys.executable, "-c", SWEEP, str(root)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sweeper.returncode == 0, sweeper.stderr
         assert sweeper.stdout.strip() != line.split()[1]  # two writer hosts
         cihp.recover(root, "Training")  # and this process, in the machine's own namespaces
@@ -325,8 +422,13 @@ def test_a_writer_in_another_container_keeps_its_live_temporaries(tmp_path, host
 def test_a_dead_writer_of_this_host_is_swept_at_once(tmp_path):
     root = tmp_path / "d"
     cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8))
-    writer = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, str(root), "dead"], env=_env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STAGE_AND_WAIT, str(root), "dead"],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert writer.stdout.readline().startswith("staged")
     writer.kill()
     writer.wait(timeout=60)
@@ -337,12 +439,15 @@ def test_a_dead_writer_of_this_host_is_swept_at_once(tmp_path):
 
 # --- 7. foreign loaders and read-only media ---------------------------------------------------
 
+
 def _seed_pairs(split: Path) -> tuple[list[str], list[str]]:
     """What the seed's loader pairs: sorted globs of ``Images/*`` and ``Category_ids/*``."""
     from glob import glob  # as the seed: hidden files (temporaries) are not matched
 
-    return ([Path(p).stem for p in sorted(glob(str(split / "Images" / "*")))],
-            [Path(p).stem for p in sorted(glob(str(split / "Category_ids" / "*")))])
+    return (
+        [Path(p).stem for p in sorted(glob(str(split / "Images" / "*")))],
+        [Path(p).stem for p in sorted(glob(str(split / "Category_ids" / "*")))],
+    )
 
 
 def test_a_foreign_loader_never_pairs_a_photo_with_another_samples_mask(scripts, tmp_path):
@@ -378,12 +483,21 @@ def _crashed_after_journal(tmp_path: Path) -> tuple[Path, bytes]:
     journal was written, and the new photo's bytes."""
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     root = tmp_path / "media"
-    cihp.write_sample(root, "s", np.full(SHAPE, 1, np.uint8), image_path=old_photo,
-                      human_ids=np.full(SHAPE, 1, np.uint8))
+    cihp.write_sample(
+        root,
+        "s",
+        np.full(SHAPE, 1, np.uint8),
+        image_path=old_photo,
+        human_ids=np.full(SHAPE, 1, np.uint8),
+    )
     cihp.write_sample(root, "keep", np.full(SHAPE, 3, np.uint8), image_path=old_photo)
-    run = subprocess.run([sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo),
-                          "review"], env=_env(**{files.CRASH_ENV: "renamed Category_ids/s.png"}),
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo), "review"],
+        env=_env(**{files.CRASH_ENV: "renamed Category_ids/s.png"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == files.CRASH_EXIT_CODE, run.stderr
     assert (root / "Training" / cihp.JOURNAL_NAME).exists()
     return root, new_photo.read_bytes()
@@ -407,8 +521,11 @@ print(json.dumps({"listed": listed, "mask": int(s.category_ids.max()),
 def _read_only_bind_available() -> bool:
     if not shutil.which("unshare") or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return False
-    run = subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind -o ro / /mnt"],
-                         capture_output=True, timeout=30)
+    run = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", "mount --bind -o ro / /mnt"],
+        capture_output=True,
+        timeout=30,
+    )
     return run.returncode == 0
 
 
@@ -420,11 +537,17 @@ def test_read_only_media_with_a_pending_journal_reads_as_its_last_complete_state
     view.mkdir()
     # The reader sees the dataset through a read-only bind mount in its own mount namespace:
     # every write it tried would fail with EROFS, root or not.
-    script = ('mount --bind -o ro "$0" "$1" && touch "$1/probe" 2>/dev/null && exit 9; '
-              'exec "$2" -c "$3" "$1"')
-    run = subprocess.run(["unshare", "--mount", "sh", "-c", script, str(root), str(view),
-                          sys.executable, READER], env=_env(), capture_output=True, text=True,
-                         timeout=120)
+    script = (
+        'mount --bind -o ro "$0" "$1" && touch "$1/probe" 2>/dev/null && exit 9; '
+        'exec "$2" -c "$3" "$1"'
+    )
+    run = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, str(root), str(view), sys.executable, READER],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout)
     assert seen["listed"] == ["keep", "s"]
@@ -457,9 +580,22 @@ def _read_as_nobody(tmp_path: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by all, writable by root only
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     env = _env(HOME=str(tmp_path))
-    run = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          sys.executable, "-c", READER, str(root)], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            READER,
+            str(root),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if "Permission denied" in run.stderr and "napari_deeplab" not in run.stderr:
         pytest.skip("nobody cannot read the test folders here")
     assert run.returncode == 0, run.stderr

@@ -42,14 +42,17 @@ def test_upsampling_a_large_photo_stays_in_bounded_memory():
     assert labels.shape == (3000, 4000)
 
 
-@pytest.mark.parametrize("image", [
-    np.full((5, 7), 200, np.uint8),
-    np.full((5, 7, 1), 200, np.uint8),
-    np.dstack([np.full((5, 7), 200, np.uint8)] * 3 + [np.zeros((5, 7), np.uint8)]),
-    np.full((5, 7, 3), 200 * 257, np.uint16),
-    np.full((5, 7, 3), 200 / 255, np.float32),
-    np.full((5, 7, 3), 200.0, np.float64),
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((5, 7), 200, np.uint8),
+        np.full((5, 7, 1), 200, np.uint8),
+        np.dstack([np.full((5, 7), 200, np.uint8)] * 3 + [np.zeros((5, 7), np.uint8)]),
+        np.full((5, 7, 3), 200 * 257, np.uint16),
+        np.full((5, 7, 3), 200 / 255, np.float32),
+        np.full((5, 7, 3), 200.0, np.float64),
+    ],
+)
 def test_to_rgb_accepts_common_photo_forms(image):
     rgb = to_rgb(image)
     assert rgb.shape == (5, 7, 3)
@@ -82,12 +85,15 @@ def test_segment_a_real_photo_at_full_resolution(model, cihp_photo):
     assert (labels == expected).mean() > 0.999
 
 
-@pytest.mark.parametrize("image", [
-    np.zeros((1, 1, 3), np.uint8),
-    np.random.default_rng(1).integers(0, 65535, (40, 30), dtype=np.uint16),
-    np.random.default_rng(2).integers(0, 255, (30, 40, 4), dtype=np.uint8),
-    np.random.default_rng(3).random((30, 40, 3)),
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((1, 1, 3), np.uint8),
+        np.random.default_rng(1).integers(0, 65535, (40, 30), dtype=np.uint16),
+        np.random.default_rng(2).integers(0, 255, (30, 40, 4), dtype=np.uint8),
+        np.random.default_rng(3).random((30, 40, 3)),
+    ],
+)
 def test_segment_tiny_gray_rgba_and_16_bit(model, image):
     labels, confidence = segment(image, model)
     assert labels.shape == image.shape[:2]

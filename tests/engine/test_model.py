@@ -143,7 +143,9 @@ def test_truncated_keras_file(tmp_path):
 def test_precision_is_chosen_at_load_whatever_the_file_holds(tmp_path):
     path = tmp_path / "mixed.keras"
     with_precision(build_model(3), "bfloat16").save(path)  # plain Keras keeps the dtype policies
-    assert keras.saving.load_model(path).get_layer("conv1_conv").dtype_policy.name == "mixed_bfloat16"
+    assert (
+        keras.saving.load_model(path).get_layer("conv1_conv").dtype_policy.name == "mixed_bfloat16"
+    )
     assert model_precision(load_model(path)) == "float32"
     assert model_precision(load_model(path, precision="bfloat16")) == "bfloat16"
     with pytest.raises(ModelError, match="precision must be one of float32, bfloat16") as error:
@@ -170,7 +172,7 @@ def test_a_truncated_keras_file_is_called_truncated_not_missing(tmp_path):
     data = path.read_bytes()
     for share in (0.01, 0.5, 0.999):
         cut = tmp_path / f"cut{share}.keras"
-        cut.write_bytes(data[:int(len(data) * share)])
+        cut.write_bytes(data[: int(len(data) * share)])
         with pytest.raises(ModelError) as error:
             load_model(cut)
         assert "truncated" in str(error.value) and "not found" not in str(error.value).lower()
@@ -184,7 +186,9 @@ def test_an_unwritable_or_full_cache_is_one_line(seed_checkpoint, tmp_path, monk
         monkeypatch.setenv("NAPARI_DEEPLAB_CACHE", str(readonly))
         with pytest.raises(ModelError) as error:
             load_model(seed_checkpoint)
-        assert str(readonly / "converted") in str(error.value) and "NAPARI_DEEPLAB_CACHE" in str(error.value)
+        assert str(readonly / "converted") in str(error.value) and "NAPARI_DEEPLAB_CACHE" in str(
+            error.value
+        )
         assert "\n" not in str(error.value)
     with small_filesystem(tmp_path / "full") as full:  # the conversion's 48 MB do not fit
         monkeypatch.setenv("NAPARI_DEEPLAB_CACHE", str(full))

@@ -27,8 +27,7 @@ from napari_deeplab.model_source import check_model_source, looks_like_hub_id
 from napari_deeplab.worker import ModelProcess, ModelProcessError, Waiting
 
 ROUNDS = 20
-TRAINING = dict(split="Training", val_split=None, image_size=64, batch_size=2,
-                learning_rate=1e-3)
+TRAINING = dict(split="Training", val_split=None, image_size=64, batch_size=2, learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +61,7 @@ def photos(cihp_samples) -> list[np.ndarray]:
     for path in sorted((cihp_samples / "Images").glob("*.jpg")):
         image = np.asarray(Image.open(path))
         corners = ((0, 0), (64, 96), (120, 40))
-        crops += [image[top:top + 64, left:left + 96] for top, left in corners]
+        crops += [image[top : top + 64, left : left + 96] for top, left in corners]
     return crops
 
 
@@ -100,7 +99,8 @@ def _frames_after(start: threading.Barrier, process: ModelProcess, job: tuple) -
 def _assert_same_frames(actual, expected):
     assert [index for index, *_ in actual] == [index for index, *_ in expected]
     for (_, labels, confidence), (_, labels_wanted, confidence_wanted) in zip(
-            actual, expected, strict=True):
+        actual, expected, strict=True
+    ):
         np.testing.assert_array_equal(labels, labels_wanted)
         np.testing.assert_array_equal(confidence, confidence_wanted)
 
@@ -123,8 +123,9 @@ def test_concurrent_segment_jobs_get_exactly_their_own_results(process, jobs, se
     with ThreadPoolExecutor(len(jobs)) as pool:
         for _ in range(ROUNDS):
             start = threading.Barrier(len(jobs))
-            results = list(pool.map(lambda job, start=start: _frames_after(start, process, job),
-                                    jobs))
+            results = list(
+                pool.map(lambda job, start=start: _frames_after(start, process, job), jobs)
+            )
             for actual, expected in zip(results, serial_results, strict=True):
                 _assert_same_frames(actual, expected)
             identical_rounds += 1
@@ -132,8 +133,9 @@ def test_concurrent_segment_jobs_get_exactly_their_own_results(process, jobs, se
 
 
 @pytest.mark.keras
-def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(process, models, photos, jobs,
-                                                                 serial_results):
+def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(
+    process, models, photos, jobs, serial_results
+):
     long_stack = photos * 30  # 270 photos: many seconds of work if the cancel were ignored
 
     def cancel_after_two():
@@ -156,8 +158,7 @@ def test_a_cancelled_job_stops_soon_and_leaves_other_jobs_intact(process, models
 
 
 @pytest.mark.keras
-def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jobs,
-                                                    serial_results):
+def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jobs, serial_results):
     first_result = threading.Event()
 
     def long_job():
@@ -180,14 +181,23 @@ def test_a_job_waiting_behind_another_yields_waiting(process, models, photos, jo
 
 @pytest.mark.one_backend
 def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_segment_jobs(
-        process, dataset, models, jobs, serial_results, tmp_path):
+    process, dataset, models, jobs, serial_results, tmp_path
+):
     out = tmp_path / "tuned.keras"
-    first = process.finetune(root=str(dataset), source=models[0], out=str(out), epochs=50,
-                             **TRAINING)
+    first = process.finetune(
+        root=str(dataset), source=models[0], out=str(out), epochs=50, **TRAINING
+    )
     report = next(item for item in first if not isinstance(item, Waiting))
     assert report["epoch"] == 0 and report["saved"]
-    assert set(report) == {"epoch", "epochs", "loss", "val_miou", "saved", "val_size",
-                           "full_resolution_miou"}
+    assert set(report) == {
+        "epoch",
+        "epochs",
+        "loss",
+        "val_miou",
+        "saved",
+        "val_size",
+        "full_resolution_miou",
+    }
     saved_at_epoch_0 = hashlib.sha256(out.read_bytes()).hexdigest()
     (trainer,) = process._trainers
     time.sleep(1.0)  # in the middle of epoch 1's training
@@ -205,9 +215,14 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
 
     def second_run():
         started, reports, first_report_seconds = time.monotonic(), [], None
-        for item in process.finetune(root=str(dataset), source=models[1],
-                                     out=str(tmp_path / "second.keras"), epochs=1,
-                                     seed=1, **TRAINING):  # seed: passed on to finetune
+        for item in process.finetune(
+            root=str(dataset),
+            source=models[1],
+            out=str(tmp_path / "second.keras"),
+            epochs=1,
+            seed=1,
+            **TRAINING,
+        ):  # seed: passed on to finetune
             if not isinstance(item, Waiting):
                 first_report_seconds = first_report_seconds or time.monotonic() - started
                 reports.append(item)
@@ -222,8 +237,9 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
             segment_rounds += 1
             time.sleep(0.5)  # leave the training some of this machine's two cores
         reports, first_report_seconds = training.result()
-    assert [(r["epoch"], r["epochs"]) for r in reports] == [(0, 1), (1, 1)], \
+    assert [(r["epoch"], r["epochs"]) for r in reports] == [(0, 1), (1, 1)], (
         "a report of the cancelled run reached the new one"
+    )
     assert first_report_seconds < 30, "the new training waited for the cancelled one"
     assert segment_rounds > 1, "no segmentation ran while training"
     assert (tmp_path / "second.keras").is_file()
@@ -231,7 +247,8 @@ def test_finetune_cancel_kills_training_at_once_and_a_new_run_trains_alongside_s
 
 @pytest.mark.one_backend
 def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
-        process, models, photos, jobs, serial_results):
+    process, models, photos, jobs, serial_results
+):
     results = process.segment(photos * 30, models[0])
     next(item for item in results if isinstance(item, Segmentation))
     killed_pid = process.pid
@@ -248,13 +265,15 @@ def test_a_killed_child_names_the_log_and_the_next_job_starts_a_fresh_one(
 
 @pytest.mark.one_backend
 def test_a_killed_training_process_names_the_log(process, dataset, models, tmp_path):
-    reports = process.finetune(root=str(dataset), source=models[0], out=str(tmp_path / "k.keras"),
-                               epochs=1, **TRAINING)
+    reports = process.finetune(
+        root=str(dataset), source=models[0], out=str(tmp_path / "k.keras"), epochs=1, **TRAINING
+    )
     assert isinstance(next(reports), Waiting)  # the training process has started
     (trainer,) = process._trainers
     os.kill(trainer.process.pid, signal.SIGKILL)
-    with pytest.raises(ModelProcessError, match="the training process stopped: it was killed") \
-            as error:
+    with pytest.raises(
+        ModelProcessError, match="the training process stopped: it was killed"
+    ) as error:
         list(reports)
     assert str(process.log_path) in str(error.value)
     assert not process._trainers
@@ -268,8 +287,13 @@ def test_a_source_that_cannot_exist_is_refused_at_once(tmp_path, photos):
     with pytest.raises(ModelProcessError, match="missing.keras: no such file or folder; give a"):
         process.segment([photos[0]], str(missing))
     with pytest.raises(ModelProcessError, match="no such file"):
-        process.finetune(root=str(tmp_path), source=str(missing), out=str(tmp_path / "o.keras"),
-                         epochs=1, **TRAINING)
+        process.finetune(
+            root=str(tmp_path),
+            source=str(missing),
+            out=str(tmp_path / "o.keras"),
+            epochs=1,
+            **TRAINING,
+        )
     photo_file = tmp_path / "photo.jpg"
     photo_file.write_bytes(b"x")
     with pytest.raises(ModelProcessError, match="not a model file"):
@@ -284,8 +308,14 @@ def test_check_model_source(tmp_path):
     assert check_model_source(tmp_path) == str(tmp_path)
     (tmp_path / "m.keras").write_bytes(b"")
     assert check_model_source(str(tmp_path / "m.keras")) == str(tmp_path / "m.keras")
-    for refused in ("./models/seed", "~/nope", "models/seed.keras", "a/b/c", "one word/x",
-                    str(tmp_path / "nope")):
+    for refused in (
+        "./models/seed",
+        "~/nope",
+        "models/seed.keras",
+        "a/b/c",
+        "one word/x",
+        str(tmp_path / "nope"),
+    ):
         with pytest.raises(ValueError, match="no such file or folder") as error:
             check_model_source(refused)
         assert refused in str(error.value) and "\n" not in str(error.value)
@@ -304,8 +334,11 @@ def test_the_log_is_private_and_a_planted_link_is_never_followed(tmp_path, monke
     try:
         monkeypatch.setenv("KERAS_BACKEND", "jax")  # inherited by the child, never overridden
         process.start()
-        assert _eventually(lambda: f"process {process.pid} started; KERAS_BACKEND=jax"
-                           in process.log_path.read_text())
+        assert _eventually(
+            lambda: (
+                f"process {process.pid} started; KERAS_BACKEND=jax" in process.log_path.read_text()
+            )
+        )
     finally:
         old_log.unlink()
     assert victim.read_text() == "precious\n"
@@ -339,8 +372,9 @@ input()
 
 @pytest.mark.keras
 def test_the_child_exits_when_its_parent_dies():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         child_pid = int(parent.stdout.readline())
         assert _pid_alive(child_pid)
@@ -374,19 +408,33 @@ def test_a_cold_start_and_a_fine_tuning_report_their_stages(models, photos, data
     """Issue 17, item 7: a wait over a second says what it waits for, from the child."""
     process = ModelProcess()
     try:
-        stages = [item.stage for item in process.segment(photos[:1], models[0])
-                  if isinstance(item, Waiting) and item.stage]
+        stages = [
+            item.stage
+            for item in process.segment(photos[:1], models[0])
+            if isinstance(item, Waiting) and item.stage
+        ]
         assert stages[0] == "starting the model process"
         assert any(stage.startswith("loading ") and "first run only" in stage for stage in stages)
         assert "building the model from random0.keras" in stages
         assert stages[-1] == "loaded; running the model"
-        again = [item.stage for item in process.segment(photos[:1], models[0])
-                 if isinstance(item, Waiting) and item.stage]
+        again = [
+            item.stage
+            for item in process.segment(photos[:1], models[0])
+            if isinstance(item, Waiting) and item.stage
+        ]
         assert again == []  # warm: nothing to wait for
 
-        steps = [item.stage for item in process.finetune(
-            root=str(dataset), source=models[0], out=str(tmp_path / "tuned.keras"), epochs=1,
-            **TRAINING) if isinstance(item, Waiting) and item.stage]
+        steps = [
+            item.stage
+            for item in process.finetune(
+                root=str(dataset),
+                source=models[0],
+                out=str(tmp_path / "tuned.keras"),
+                epochs=1,
+                **TRAINING,
+            )
+            if isinstance(item, Waiting) and item.stage
+        ]
         assert steps[0] == "starting the training process"
         assert "validating the start model" in steps
         assert any(stage.startswith("epoch 1 of 1: step 1 of ") for stage in steps), steps

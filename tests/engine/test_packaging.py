@@ -42,8 +42,11 @@ def test_test_only_code_is_not_in_the_package():
 
 
 def test_imported_third_party_packages_are_declared():
-    runtime = {re.split(r"[<>=~!\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
-               for requirement in METADATA.get_all("Requires-Dist") if "extra ==" not in requirement}
+    runtime = {
+        re.split(r"[<>=~!\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        for requirement in METADATA.get_all("Requires-Dist")
+        if "extra ==" not in requirement
+    }
     for needed in ("scipy", "filelock", "numpy", "scikit-image", "keras", "napari", "magicgui"):
         assert needed in runtime, needed
     package = Path(napari_deeplab.__file__).parent

@@ -20,11 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG that declares ``width`` x ``height`` greyscale pixels in a few bytes (a bomb)."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -43,7 +51,9 @@ def test_a_decompression_bomb_is_refused_naming_the_limit(tmp_path):
 def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch, cihp_samples):
     photo = cihp_samples / "Images" / "0002190.jpg"  # 300 x 200
     monkeypatch.setenv(photos.MAX_PIXELS_ENV, "59999")
-    with pytest.raises(photos.PhotoTooLargeError, match="300 x 200 pixels is over the limit of 59,999"):
+    with pytest.raises(
+        photos.PhotoTooLargeError, match="300 x 200 pixels is over the limit of 59,999"
+    ):
         read_photo(photo)
     with pytest.raises(photos.PhotoTooLargeError, match="0002190.jpg"):
         cihp.read_sample(cihp_samples, "0002190", None)
@@ -94,7 +104,9 @@ print(peak[0] - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="measures memory with /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/statm").exists(), reason="measures memory with /proc (Linux)"
+)
 @pytest.mark.keras
 def test_prelabelling_a_large_photo_stays_within_the_stated_memory(tmp_path):
     side = 4000
@@ -102,23 +114,33 @@ def test_prelabelling_a_large_photo_stays_within_the_stated_memory(tmp_path):
     photo = tmp_path / "large.jpg"
     Image.fromarray(np.dstack([ramp, ramp.T, ramp[::-1]]).astype(np.uint8)).save(photo, quality=85)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-c", MEASURE, str(photo), str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(photo), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     grown = int(run.stdout.split()[-1])
-    per_pixel = grown / side ** 2
-    print(f"\npeak memory above the model: {grown / 1e6:.0f} MB for {side} x {side} "
-          f"({per_pixel:.1f} bytes per pixel; bound {photos.PHOTO_BYTES_PER_PIXEL})")
+    per_pixel = grown / side**2
+    print(
+        f"\npeak memory above the model: {grown / 1e6:.0f} MB for {side} x {side} "
+        f"({per_pixel:.1f} bytes per pixel; bound {photos.PHOTO_BYTES_PER_PIXEL})"
+    )
     assert per_pixel <= photos.PHOTO_BYTES_PER_PIXEL
 
 
 # --- one decoder for every mode, the same RGB everywhere ----------------------------------------
 
+
 def _rgb(height=48, width=64, seed=0) -> np.ndarray:
     """A smooth photo-like RGB image (JPEG keeps it within a few levels)."""
     rows, cols = np.mgrid[0:height, 0:width]
     rng = np.random.default_rng(seed)
-    base = np.dstack([rows * 5, cols * 4, (rows + cols) * 2]) + rng.integers(0, 8, (height, width, 3))
+    base = np.dstack([rows * 5, cols * 4, (rows + cols) * 2]) + rng.integers(
+        0, 8, (height, width, 3)
+    )
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
@@ -131,7 +153,9 @@ def _photos_of_every_kind(folder: Path) -> dict[str, np.ndarray]:
     low_bits = np.arange(grey.size).reshape(grey.shape) % 257
     sixteen = (grey.astype(np.uint16) * 257 + low_bits).astype(np.uint16)
     expected = {}
-    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=95)  # Adobe APP14, inverted
+    Image.fromarray(rgb).convert("CMYK").save(
+        folder / "cmyk.jpg", quality=95
+    )  # Adobe APP14, inverted
     expected["cmyk.jpg"] = np.asarray(Image.open(folder / "cmyk.jpg").convert("RGB"))
     palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     palette.save(folder / "palette.png")
@@ -144,11 +168,17 @@ def _photos_of_every_kind(folder: Path) -> dict[str, np.ndarray]:
     expected["grey.png"] = np.dstack([grey] * 3)
     Image.fromarray(sixteen).save(folder / "grey16.png")  # Pillow: I;16
     tifffile.imwrite(folder / "grey16.tif", sixteen)
-    expected["grey16.png"] = expected["grey16.tif"] = np.dstack([(sixteen >> 8).astype(np.uint8)] * 3)
+    expected["grey16.png"] = expected["grey16.tif"] = np.dstack(
+        [(sixteen >> 8).astype(np.uint8)] * 3
+    )
     rgb16 = np.dstack([sixteen, sixteen[::-1], sixteen[:, ::-1]])
     tifffile.imwrite(folder / "rgb16.tif", rgb16)
-    tifffile.imwrite(folder / "planar16.tif", np.moveaxis(rgb16, -1, 0), photometric="rgb",
-                     planarconfig="separate")  # Pillow garbles this one
+    tifffile.imwrite(
+        folder / "planar16.tif",
+        np.moveaxis(rgb16, -1, 0),
+        photometric="rgb",
+        planarconfig="separate",
+    )  # Pillow garbles this one
     expected["rgb16.tif"] = expected["planar16.tif"] = (rgb16 >> 8).astype(np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees to display": pixels are read as stored
@@ -171,7 +201,8 @@ def test_every_kind_of_photo_decodes_to_the_same_rgb_in_predict_and_in_training(
         ids.append(sample_id)
         (split / "Category_ids").mkdir(exist_ok=True)
         Image.fromarray(np.zeros(expected[name].shape[:2], np.uint8)).save(
-            split / "Category_ids" / f"{sample_id}.png")
+            split / "Category_ids" / f"{sample_id}.png"
+        )
     (split / "train_id.txt").write_text("".join(f"{i}\n" for i in ids))
     dataset = locate_dataset(split.parent, "Training")
     cache = SampleCache(dataset, 10_000)
@@ -195,7 +226,9 @@ def test_every_kind_of_photo_decodes_to_the_same_rgb_in_predict_and_in_training(
 def test_multi_page_photos_are_refused_with_one_line(tmp_path):
     import tifffile
 
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 20, 30), np.uint8), photometric="minisblack")
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.zeros((3, 20, 30), np.uint8), photometric="minisblack"
+    )
     frames = [Image.fromarray(np.full((20, 30), v, np.uint8)) for v in (0, 90)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     for name in ("stack.tif", "anim.gif"):
@@ -224,8 +257,10 @@ def test_a_truncated_photo_and_a_fifo_are_named_for_what_they_are(tmp_path):
     assert "not a regular file" in problems[0] and "no such file" not in problems[0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
-                    reason="needs root and setpriv to read as another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root and setpriv to read as another user",
+)
 @pytest.mark.one_backend
 def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
     import shutil
@@ -236,11 +271,27 @@ def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
     photo = folder / "private.jpg"
     Image.fromarray(_rgb()).save(photo)
     photo.chmod(0o600)
-    script = ("import sys; sys.path.insert(0, sys.argv[2]); from napari_deeplab.photos import "
-              "read_photo\ntry:\n    read_photo(sys.argv[1])\nexcept ValueError as e:\n    print(e)")
-    run = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          sys.executable, "-c", script, str(photo), str(REPO / "src")],
-                         capture_output=True, text=True, timeout=60, cwd="/")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from napari_deeplab.photos import "
+        "read_photo\ntry:\n    read_photo(sys.argv[1])\nexcept ValueError as e:\n    print(e)"
+    )
+    run = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            script,
+            str(photo),
+            str(REPO / "src"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     shutil.rmtree(folder)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "this user cannot read the file" in run.stdout and "corrupt" not in run.stdout
@@ -271,8 +322,13 @@ def test_a_tiff_bomb_that_pillow_cannot_open_is_refused_from_its_header(tmp_path
     tifffile.imwrite(bomb, np.zeros((16384, 16384)), compression="zlib", tile=(1024, 1024))
     assert bomb.stat().st_size < 4_000_000
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    run = subprocess.run([sys.executable, "-c", BOMB_PEAK, str(bomb)], capture_output=True,
-                         text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", BOMB_PEAK, str(bomb)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     grown, outcome = run.stdout.strip().splitlines()[-2:]
     print(f"\npeak memory of refusing the 16,384^2 float64 TIFF: {int(grown) / 1e6:.0f} MB")

@@ -27,7 +27,9 @@ def many_photos(tmp_path, cihp_samples):
     order, with a corrupt file fifth: batches of 4 are 4 and 3 photos."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    sources = [Image.open(path).convert("RGB") for path in sorted((cihp_samples / "Images").glob("*.jpg"))]
+    sources = [
+        Image.open(path).convert("RGB") for path in sorted((cihp_samples / "Images").glob("*.jpg"))
+    ]
     paths = []
     for number, (height, width) in enumerate(SIZES):
         path = folder / f"p{number:02d}.{'png' if number % 3 == 2 else 'jpg'}"
@@ -52,17 +54,21 @@ def _pipeline_threads():
 
 
 def _files(root):
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
-            if path.is_file() and path.name != cihp.LOCK_NAME}
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != cihp.LOCK_NAME
+    }
 
 
 def test_pipelined_predict_writes_the_same_bytes_as_serial(many_photos, model, tmp_path):
     outcomes = {}
     for workers in (1, 3):
         out = tmp_path / f"out-{workers}"
-        outcomes[workers] = [(o.path.name, o.status, o.message)
-                             for o in prelabel_files(many_photos, model, out, batch_size=4,
-                                                     workers=workers)]
+        outcomes[workers] = [
+            (o.path.name, o.status, o.message)
+            for o in prelabel_files(many_photos, model, out, batch_size=4, workers=workers)
+        ]
     assert outcomes[1] == outcomes[3]
     assert [name for name, _, _ in outcomes[3]] == [path.name for path in many_photos]
     failed = [(name, message) for name, status, message in outcomes[3] if status != "written"]
@@ -118,8 +124,9 @@ def _assert_complete(out, yielded):
 
 
 @pytest.mark.keras
-def test_closing_the_generator_stops_the_pipeline_and_keeps_committed_samples(many_photos,
-                                                                               small_model, tmp_path):
+def test_closing_the_generator_stops_the_pipeline_and_keeps_committed_samples(
+    many_photos, small_model, tmp_path
+):
     out = tmp_path / "out"
     batch = prelabel_files(many_photos, small_model, out, batch_size=2, workers=3, max_in_flight=4)
     yielded = [next(batch).sample_id for _ in range(2)]
@@ -131,9 +138,12 @@ def test_closing_the_generator_stops_the_pipeline_and_keeps_committed_samples(ma
 def test_ctrl_c_in_the_calling_thread_stops_the_pipeline(many_photos, model, tmp_path):
     out = tmp_path / "out"
     yielded = []
-    with pytest.raises(KeyboardInterrupt), contextlib.closing(
-            prelabel_files(many_photos, model, out, batch_size=2, workers=3,
-                           max_in_flight=2)) as batch:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        contextlib.closing(
+            prelabel_files(many_photos, model, out, batch_size=2, workers=3, max_in_flight=2)
+        ) as batch,
+    ):
         for outcome in batch:
             yielded.append(outcome.sample_id)
             if len(yielded) == 1:  # Ctrl+C, while the calling thread waits in the pipeline
@@ -144,8 +154,9 @@ def test_ctrl_c_in_the_calling_thread_stops_the_pipeline(many_photos, model, tmp
 
 
 @pytest.mark.one_backend
-def test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept(many_photos,
-                                                                               small_model, tmp_path):
+def test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept(
+    many_photos, small_model, tmp_path
+):
     photos = [path for path in many_photos if "corrupt" not in path.name][:5]
     out = tmp_path / "out"
     target = photos[4]
@@ -153,8 +164,12 @@ def test_a_sample_committed_by_another_writer_while_the_pipeline_runs_is_kept(ma
     batch = prelabel_files(photos, small_model, out, batch_size=1, workers=2, max_in_flight=2)
     assert next(batch).status == "written"
     # photos 0-2 at most are read by now (1 yielded + 2 in flight): the last is committed later
-    subprocess.run([sys.executable, "-c", CORRECTION, str(out), str(target)], env=_env(),
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", CORRECTION, str(out), str(target)],
+        env=_env(),
+        check=True,
+        timeout=60,
+    )
     outcomes = {outcome.sample_id: outcome for outcome in batch}
     assert outcomes[target.stem].status == "skipped"
     assert "another writer" in outcomes[target.stem].message

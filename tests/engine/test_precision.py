@@ -32,8 +32,7 @@ def bf16_model(model_file):
     return load_model(model_file, precision="bfloat16")
 
 
-def test_bfloat16_computes_in_bfloat16_and_changes_only_undecided_labels(model, bf16_model,
-                                                                          photos):
+def test_bfloat16_computes_in_bfloat16_and_changes_only_undecided_labels(model, bf16_model, photos):
     assert model_precision(model) == "float32" and model_precision(bf16_model) == "bfloat16"
     assert bf16_model.get_layer("conv1_conv").compute_dtype == "bfloat16"
     assert all(w.dtype == "float32" for w in bf16_model.weights)  # mixed: variables stay float32

@@ -29,8 +29,7 @@ CORRUPT = "corrupt_0000000"
 def ray_cluster():
     """One local cluster for the module (starting one takes seconds): 4 logical CPUs, so that
     the model actor (fractional CPUs) and the read and write tasks run side by side."""
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -53,10 +52,12 @@ def photos(cihp_samples, tmp_path_factory) -> list[Path]:
         photo = Image.open(source)
         for scale in (2, 3):
             photo.resize((photo.width // scale, photo.height // scale)).save(
-                folder / f"{source.stem}_{scale}.png")
+                folder / f"{source.stem}_{scale}.png"
+            )
         converted = photo.convert("L" if index % 2 else "RGBA")
         converted.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(
-            folder / f"{source.stem}_{converted.mode.lower()}.png")
+            folder / f"{source.stem}_{converted.mode.lower()}.png"
+        )
     (folder / f"{CORRUPT}.jpg").write_bytes(b"\xff\xd8\xff\xe0 a truncated JPEG")
     paths, problems = expand_inputs([folder])
     assert not problems and len(paths) == 13
@@ -75,8 +76,11 @@ def local_dataset(model, photos, tmp_path_factory) -> Path:
 def folder_contents(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (hidden ones included, but not the lock file, which is
     empty) by relative path, with its bytes."""
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
-            if path.is_file() and path.name != cihp.LOCK_NAME}
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != cihp.LOCK_NAME
+    }
 
 
 def assert_same_dataset(out: Path, reference: Path) -> None:
@@ -89,8 +93,11 @@ def assert_same_dataset(out: Path, reference: Path) -> None:
 
 
 def run(photos, model_file, out, **options) -> list:
-    return list(prelabel_with_ray([str(path) for path in photos], model_file, out,
-                                  batch_size=4, workers=1, **options))
+    return list(
+        prelabel_with_ray(
+            [str(path) for path in photos], model_file, out, batch_size=4, workers=1, **options
+        )
+    )
 
 
 def assert_corrupt_reported(outcomes) -> None:
@@ -100,15 +107,30 @@ def assert_corrupt_reported(outcomes) -> None:
     assert "cannot read this file as an image" in failed[0].message
 
 
-def test_output_is_the_local_engines_byte_for_byte(ray_cluster, photos, model_file,
-                                                    local_dataset, tmp_path, capsys):
+def test_output_is_the_local_engines_byte_for_byte(
+    ray_cluster, photos, model_file, local_dataset, tmp_path, capsys
+):
     """Through the command line: every file and the id list equal the local engine's; the
     corrupt photo is reported by name and the exit status says that one failed."""
     from napari_deeplab.cli import main
 
     out = tmp_path / "dataset"
-    status = main(["predict", str(photos[0].parent), "--out", str(out), "--engine", "ray",
-                   "--model", str(model_file), "--workers", "1", "--batch-size", "4"])
+    status = main(
+        [
+            "predict",
+            str(photos[0].parent),
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+            "--model",
+            str(model_file),
+            "--workers",
+            "1",
+            "--batch-size",
+            "4",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 1
     assert f"{CORRUPT}.jpg: failed: cannot read this file as an image" in captured.err
@@ -118,24 +140,28 @@ def test_output_is_the_local_engines_byte_for_byte(ray_cluster, photos, model_fi
 
 @pytest.mark.one_backend
 def test_a_worker_killed_mid_job_is_replaced_and_its_photos_redone(
-        ray_cluster, photos, model_file, local_dataset, tmp_path, monkeypatch):
+    ray_cluster, photos, model_file, local_dataset, tmp_path, monkeypatch
+):
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(KILL_AT_ENV, f"2:{marker}")  # the actor dies on its second batch
     out = tmp_path / "dataset"
     outcomes = run(photos, model_file, out)
     assert marker.exists(), "the model actor was not killed: the test proves nothing"
     assert_corrupt_reported(outcomes)
-    assert sorted(o.sample_id for o in outcomes if o.status == "written") == \
-        sorted(p.stem for p in photos if p.stem != CORRUPT)
+    assert sorted(o.sample_id for o in outcomes if o.status == "written") == sorted(
+        p.stem for p in photos if p.stem != CORRUPT
+    )
     assert_same_dataset(out, local_dataset)
 
 
 @pytest.mark.one_backend
-def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_file,
-                                                      local_dataset, tmp_path):
+def test_an_interrupted_job_resumes_where_it_stopped(
+    ray_cluster, photos, model_file, local_dataset, tmp_path
+):
     out = tmp_path / "dataset"
-    first = prelabel_with_ray([str(path) for path in photos], model_file, out, batch_size=4,
-                              workers=1, commit_group=2)
+    first = prelabel_with_ray(
+        [str(path) for path in photos], model_file, out, batch_size=4, workers=1, commit_group=2
+    )
     committed_before = [next(first).sample_id for _ in range(3)]
     first.close()  # as Ctrl+C does: the job stops; what is committed is complete
     listed = set(cihp.read_id_list(out, "Training"))
@@ -153,13 +179,15 @@ def test_an_interrupted_job_resumes_where_it_stopped(ray_cluster, photos, model_
 
 
 @pytest.mark.one_backend
-def test_a_job_that_cannot_progress_fails_with_a_clear_message(ray_cluster, photos, model_file,
-                                                                tmp_path):
+def test_a_job_that_cannot_progress_fails_with_a_clear_message(
+    ray_cluster, photos, model_file, tmp_path
+):
     """A model actor asking for a GPU that this cluster lacks can never start: the job is
     stopped after the no-progress timeout instead of hanging."""
     with pytest.raises(RayEngineError, match="made no progress for 3 s"):
-        run(photos[:2], model_file, tmp_path / "dataset", gpus_per_worker=1,
-            no_progress_timeout_s=3)
+        run(
+            photos[:2], model_file, tmp_path / "dataset", gpus_per_worker=1, no_progress_timeout_s=3
+        )
     assert not os.path.exists(tmp_path / "dataset" / "Training" / "train_id.txt")
 
 
@@ -169,10 +197,13 @@ def test_photo_decoding_is_read_photos(photos):
     from napari_deeplab.prelabel import read_photo
     from napari_deeplab.ray_engine import _pixels, read_photos
 
-    batch = {"location": np.array([str(photos[0]), str(photos[-1])]),
-             "sample_id": np.array([photos[0].stem, photos[-1].stem])}
+    batch = {
+        "location": np.array([str(photos[0]), str(photos[-1])]),
+        "sample_id": np.array([photos[0].stem, photos[-1].stem]),
+    }
     decoded = read_photos(batch)
     expected = read_photo(photos[0])
     np.testing.assert_array_equal(
-        _pixels(decoded["pixels"][0], decoded["shape"][0], decoded["dtype"][0]), expected)
+        _pixels(decoded["pixels"][0], decoded["shape"][0], decoded["dtype"][0]), expected
+    )
     assert decoded["message"][0] == "" and decoded["message"][1]

@@ -13,8 +13,11 @@ from napari_deeplab import refine
 
 mean_iou = bench.mean_iou
 CLEAN_BOUND = {"remove_small_regions": 0.02, "fill_holes": 0.01, "smooth": 0.01}
-WON_BACK = {"remove_small_regions": (bench.speckle, 0.5), "fill_holes": (bench.holes, 0.5),
-            "smooth": (bench.jagged, 1 / 3)}
+WON_BACK = {
+    "remove_small_regions": (bench.speckle, 0.5),
+    "fill_holes": (bench.holes, 0.5),
+    "smooth": (bench.jagged, 1 / 3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +66,18 @@ def test_sizes_relative_to_the_person_follow_its_scale(variants):
         assert refine.person_area(truth) == (truth > 0).sum()
         np.testing.assert_array_equal(
             refine.remove_small_regions(truth, min_fraction=0.01),
-            refine.remove_small_regions(truth, 0.01 * (truth > 0).sum()))
+            refine.remove_small_regions(truth, 0.01 * (truth > 0).sum()),
+        )
     with pytest.raises(ValueError, match="fraction"):
         refine.fill_holes(truth, max_fraction=5)
 
 
 def test_remove_small_regions_never_removes_the_only_or_largest_piece_of_a_class(variants):
     for name, _scale, sample, truth, _ in variants:
-        for out in (refine.remove_small_regions(truth, 10**9),
-                    refine.remove_small_regions(truth, min_fraction=1.0)):
+        for out in (
+            refine.remove_small_regions(truth, 10**9),
+            refine.remove_small_regions(truth, min_fraction=1.0),
+        ):
             for value in np.unique(truth)[1:]:
                 pieces, sizes = _pieces(truth, value)
                 largest = pieces == np.argmax(sizes) + 1
@@ -102,7 +108,7 @@ def test_fill_holes_keeps_sunglasses_in_a_face_and_fills_a_hole_beside_them(vari
         half_height = max(1, (ys.max() - ys.min()) // 12)
         half_width = max(2, (xs.max() - xs.min()) // 5)
         glasses = np.zeros(truth.shape, bool)
-        glasses[y - half_height:y + half_height, x - half_width:x + half_width] = True
+        glasses[y - half_height : y + half_height, x - half_width : x + half_width] = True
         glasses &= ndi.binary_erosion(face)  # inside the face
         labels = np.where(glasses, 4, truth).astype(truth.dtype)  # the only sunglasses
         hole = np.where(glasses, 0, truth).astype(truth.dtype)  # a hole the model left
@@ -110,8 +116,10 @@ def test_fill_holes_keeps_sunglasses_in_a_face_and_fills_a_hole_beside_them(vari
         y2, x2 = _interior(truth == 5, 3)
         speck[y2, x2] = 4  # a second, smaller 'sunglasses' inside the clothes: a speck
         for max_size in (None, int(glasses.sum())):
-            np.testing.assert_array_equal(refine.fill_holes(labels, max_size),
-                                          _with(refine.fill_holes(truth, max_size), glasses, 4))
+            np.testing.assert_array_equal(
+                refine.fill_holes(labels, max_size),
+                _with(refine.fill_holes(truth, max_size), glasses, 4),
+            )
             assert (refine.fill_holes(hole, max_size)[glasses] == 13).all()
             assert refine.fill_holes(speck, max_size)[y2, x2] == 5
             assert (refine.fill_holes(speck, max_size)[glasses] == 4).all()
@@ -131,7 +139,9 @@ def test_fill_holes_keeps_a_glove_at_the_end_of_an_arm(variants):
                 continue
             arm = arms == np.argmax(sizes) + 1
             ys, xs = np.nonzero(arm)
-            end = arm & (np.arange(truth.shape[0])[:, None] >= np.percentile(ys, 80))  # the hand end
+            end = arm & (
+                np.arange(truth.shape[0])[:, None] >= np.percentile(ys, 80)
+            )  # the hand end
             labels = truth.copy()
             labels[end] = 3
             for max_size in (None, 200):
@@ -147,8 +157,9 @@ def test_fill_holes_keeps_the_background_between_an_arm_and_the_body(variants):
             continue
         background = measure.label(truth == 0, connectivity=1)
         sizes = np.bincount(background.ravel())
-        border = np.unique(np.concatenate([background[0], background[-1], background[:, 0],
-                                           background[:, -1]]))
+        border = np.unique(
+            np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+        )
         sizes[border] = 0
         sizes[0] = 0
         gap = background == np.argmax(sizes)
@@ -158,8 +169,8 @@ def test_fill_holes_keeps_the_background_between_an_arm_and_the_body(variants):
             assert (refine.fill_holes(truth, max_size)[gap] == 0).all(), (name, max_size)
         hole = truth.copy()
         y, x = _interior(truth == 5, 3)
-        hole[y - 1:y + 1, x - 1:x + 1] = 0  # a hole in the clothes is filled
-        assert (refine.fill_holes(hole, 200)[y - 1:y + 1, x - 1:x + 1] == 5).all()
+        hole[y - 1 : y + 1, x - 1 : x + 1] = 0  # a hole in the clothes is filled
+        assert (refine.fill_holes(hole, 200)[y - 1 : y + 1, x - 1 : x + 1] == 5).all()
 
 
 def test_smooth_with_radius_2_keeps_a_clean_mask_at_every_scale(variants):
@@ -200,15 +211,19 @@ def test_snap_to_image_gives_the_labels_of_scikit_images_random_walker(samples):
     rng = np.random.default_rng(0)
     for truth, photo in samples:
         for labels in (bench.shifted(truth, rng), bench.jagged(truth, rng), truth):
-            np.testing.assert_array_equal(refine.snap_to_image(labels, photo),
-                                          bench.snap_to_image_reference(labels, photo))
+            np.testing.assert_array_equal(
+                refine.snap_to_image(labels, photo), bench.snap_to_image_reference(labels, photo)
+            )
 
 
 def test_snap_to_image_reports_progress_and_stops_when_asked(samples):
     truth, photo = samples[0]
     calls = []
-    refine.snap_to_image(bench.shifted(truth, np.random.default_rng(0)), photo,
-                         progress=lambda done, total: calls.append((done, total)))
+    refine.snap_to_image(
+        bench.shifted(truth, np.random.default_rng(0)),
+        photo,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     done = [d for d, _ in calls]
     assert calls and calls[-1][0] == calls[-1][1] > 1 and done == sorted(done)
 
@@ -244,7 +259,9 @@ def test_one_stroke_fixes_a_wrongly_labelled_region_whole_and_nothing_else(varia
         rows, cols = np.nonzero(scribble)
         spill = scribble.copy()
         over = max(1, round(3 * scale))
-        spill[max(rows.min() - over, 0):rows.max() + over + 1, cols[0]] = scribble[rows[0], cols[0]]
+        spill[max(rows.min() - over, 0) : rows.max() + over + 1, cols[0]] = scribble[
+            rows[0], cols[0]
+        ]
         np.testing.assert_array_equal(refine.refine_with_scribbles(bad, photo, spill), truth)
 
 
@@ -262,7 +279,7 @@ def test_strokes_of_two_classes_on_two_regions_both_take_effect(variants):
         scribble = np.zeros(truth.shape, np.uint8)
         for region, value in ((arm, 15), (hair, 2)):
             y, x = _interior(region, 1)
-            scribble[y, max(x - 1, 0):x + 2] = value
+            scribble[y, max(x - 1, 0) : x + 2] = value
         np.testing.assert_array_equal(refine.refine_with_scribbles(bad, photo, scribble), truth)
 
 
@@ -279,8 +296,10 @@ def test_a_stroke_through_some_pieces_of_the_wrong_class_fixes_those(variants):
         for order in ([1, 2, 3], [1, 3, 2], [2, 3, 1]):  # a pair whose line misses the third
             (y0, x0), (y1, x1) = (ndi.center_of_mass(faces == n) for n in order[:2])
             steps = int(max(abs(y1 - y0), abs(x1 - x0))) + 1
-            line = (np.round(np.linspace(y0, y1, steps)).astype(int),
-                    np.round(np.linspace(x0, x1, steps)).astype(int))
+            line = (
+                np.round(np.linspace(y0, y1, steps)).astype(int),
+                np.round(np.linspace(x0, x1, steps)).astype(int),
+            )
             if not (faces[line] == order[2]).any():
                 break
         assert not (faces[line] == order[2]).any()
@@ -299,7 +318,9 @@ def test_scribbles_change_nothing_beyond_the_clicked_region_or_the_selection(var
     for _name, scale, _sample, truth, photo in variants:
         bad, scribble = bench.wrong_region_stroke(truth, np.random.default_rng(0), scale)
         wrong = bad != truth
-        np.testing.assert_array_equal(refine.refine_with_scribbles(bad, photo, scribble, wrong), truth)
+        np.testing.assert_array_equal(
+            refine.refine_with_scribbles(bad, photo, scribble, wrong), truth
+        )
         elsewhere = np.zeros(truth.shape, bool)  # the selection: the left half, or the right
         elsewhere[:, : truth.shape[1] // 2] = True
         out = refine.refine_with_scribbles(bad, photo, scribble, elsewhere)
@@ -313,8 +334,13 @@ def test_a_stroke_on_the_background_grows_a_missed_part_near_it_only(samples):
     arm = arms == np.argmax(sizes) + 1
     bad = np.where(arm, 0, truth).astype(truth.dtype)  # the model missed an arm
     scribble = np.zeros(truth.shape, np.uint8)
-    scribble[ndi.binary_erosion(arm, iterations=3) & (ndi.distance_transform_edt(arm) >= np.percentile(
-        ndi.distance_transform_edt(arm)[arm], 90))] = 15
+    scribble[
+        ndi.binary_erosion(arm, iterations=3)
+        & (
+            ndi.distance_transform_edt(arm)
+            >= np.percentile(ndi.distance_transform_edt(arm)[arm], 90)
+        )
+    ] = 15
     out = refine.refine_with_scribbles(bad, photo, scribble, margin=6)
     near = ndi.binary_dilation(scribble > 0, iterations=6)
     changed = out != bad
@@ -326,12 +352,18 @@ def test_a_stroke_on_the_background_grows_a_missed_part_near_it_only(samples):
 def test_strokes_of_two_classes_in_one_region_split_it_inside_its_outline(samples):
     truth, photo = samples[2]
     regions = measure.label(truth, connectivity=1)
-    face = regions == regions[np.unravel_index(np.argmax((truth == 13) * ndi.distance_transform_edt(
-        truth == 13)), truth.shape)]
+    face = (
+        regions
+        == regions[
+            np.unravel_index(
+                np.argmax((truth == 13) * ndi.distance_transform_edt(truth == 13)), truth.shape
+            )
+        ]
+    )
     ys, xs = np.nonzero(face)
     scribble = np.zeros(truth.shape, np.uint8)
-    scribble[ys.min() + 2:ys.max() - 1, xs.min() + 2] = 4
-    scribble[ys.min() + 2:ys.max() - 1, xs.max() - 2] = 10
+    scribble[ys.min() + 2 : ys.max() - 1, xs.min() + 2] = 4
+    scribble[ys.min() + 2 : ys.max() - 1, xs.max() - 2] = 10
     out = refine.refine_with_scribbles(truth, photo, scribble)
     np.testing.assert_array_equal(out[~face], truth[~face])
     assert set(np.unique(out[face])) == {4, 10}

@@ -32,7 +32,11 @@ def test_queue_state_lives_in_the_dataset_folder(tmp_path, cihp_samples):
 
     again = ReviewQueue(photos, tmp_path / "dataset")
     assert again.position == 1
-    assert [again.state(i.sample_id) for i in again.items] == ["pre-labelled", "corrected", "exported"]
+    assert [again.state(i.sample_id) for i in again.items] == [
+        "pre-labelled",
+        "corrected",
+        "exported",
+    ]
     assert again.load_draft(second).max() == 1
 
 
@@ -46,11 +50,19 @@ def test_queue_of_a_cihp_split_and_bad_folders(tmp_path, cihp_samples):
         queue_items(tmp_path)
 
 
-@pytest.mark.parametrize("damage", [
-    b"\x00\xffgarbage", b'{"position": 1, "states": {"0002190": "pre-lab', b"[1, 2]",
-    b'{"position": "one", "states": {}}', b'{"position": -5, "states": {}}',
-    b'{"position": true, "states": {}}', b'{"position": 0, "states": ["corrected"]}',
-    b'{"position": 0, "states": {"0002190": "done"}}'])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"\x00\xffgarbage",
+        b'{"position": 1, "states": {"0002190": "pre-lab',
+        b"[1, 2]",
+        b'{"position": "one", "states": {}}',
+        b'{"position": -5, "states": {}}',
+        b'{"position": true, "states": {}}',
+        b'{"position": 0, "states": ["corrected"]}',
+        b'{"position": 0, "states": {"0002190": "done"}}',
+    ],
+)
 def test_a_damaged_state_file_is_set_aside_and_the_queue_rebuilt(tmp_path, cihp_samples, damage):
     photos, queue = _queue_with_work(tmp_path, cihp_samples)
     state_file = queue.folder / "queue.json"
@@ -60,7 +72,9 @@ def test_a_damaged_state_file_is_set_aside_and_the_queue_rebuilt(tmp_path, cihp_
     assert len(again.warnings) == 1 and str(state_file) in again.warnings[0]
     assert "\n" not in again.warnings[0]
     aside = [p for p in queue.folder.iterdir() if p.name.startswith("queue.json.corrupt-")]
-    assert len(aside) == 1 and aside[0].read_bytes() == damage and aside[0].name in again.warnings[0]
+    assert (
+        len(aside) == 1 and aside[0].read_bytes() == damage and aside[0].name in again.warnings[0]
+    )
     # nothing lost: the export from the id list, both drafts protected as corrections
     assert [again.state(i.sample_id) for i in again.items] == ["corrected", "corrected", "exported"]
     assert again.position == 0 and again.load_draft(again.items[1].sample_id).max() == 1
@@ -77,7 +91,9 @@ def test_a_draft_without_a_saved_state_stays_protected(tmp_path, cihp_samples):
     assert [again.state(i.sample_id) for i in again.items] == ["corrected", "corrected", "exported"]
 
 
-def test_drafts_and_state_are_written_atomically_and_a_damaged_draft_is_set_aside(tmp_path, cihp_samples):
+def test_drafts_and_state_are_written_atomically_and_a_damaged_draft_is_set_aside(
+    tmp_path, cihp_samples
+):
     photos, queue = _queue_with_work(tmp_path, cihp_samples)
     assert not [p for p in queue.folder.iterdir() if ".tmp" in p.name]
     first = queue.items[0].sample_id
@@ -85,19 +101,20 @@ def test_drafts_and_state_are_written_atomically_and_a_damaged_draft_is_set_asid
     assert queue.load_draft(first) is None
     assert str(queue.draft_path(first)) in queue.warnings[-1]
     assert [p.name for p in queue.folder.iterdir() if ".corrupt-" in p.name] == [
-        queue.warnings[-1].rsplit(" ", 1)[-1]]
+        queue.warnings[-1].rsplit(" ", 1)[-1]
+    ]
 
 
 # --- a team on one queue: states merged, positions per annotator, claims, versions, Undo ------
-
 
 
 def _as(monkeypatch, user: str) -> None:
     monkeypatch.setenv(cihp.ANNOTATOR_ENV, user)
 
 
-def test_two_annotators_merge_states_and_keep_their_own_positions(tmp_path, cihp_samples,
-                                                                   monkeypatch):
+def test_two_annotators_merge_states_and_keep_their_own_positions(
+    tmp_path, cihp_samples, monkeypatch
+):
     photos = shutil.copytree(cihp_samples / "Images", tmp_path / "photos")
     _as(monkeypatch, "alice")
     alice = ReviewQueue(photos, tmp_path / "dataset")
@@ -112,8 +129,11 @@ def test_two_annotators_merge_states_and_keep_their_own_positions(tmp_path, cihp
     _as(monkeypatch, "alice")
     again = ReviewQueue(photos, tmp_path / "dataset")
     assert again.position == 2  # alice's, not bob's
-    assert [again.full_state(i) for i in (first, second, third)] == ["corrected", "corrected",
-                                                                      "flagged"]
+    assert [again.full_state(i) for i in (first, second, third)] == [
+        "corrected",
+        "corrected",
+        "flagged",
+    ]
     assert again.writer_of(third)["user"] == "bob" and "flagged by bob@" in again.describe(third)
     alice.refresh()
     assert alice.full_state(third) == "flagged"
@@ -129,8 +149,9 @@ def test_a_model_draft_never_replaces_another_draft(tmp_path, cihp_samples):
 def test_the_old_state_file_reads_exported_as_exported_reviewed(tmp_path, cihp_samples):
     photos, queue = _queue_with_work(tmp_path, cihp_samples)
     third = queue.items[2].sample_id
-    (queue.folder / "queue.json").write_text(json.dumps(
-        {"source": str(queue.source), "position": 1, "states": {third: "exported"}}))
+    (queue.folder / "queue.json").write_text(
+        json.dumps({"source": str(queue.source), "position": 1, "states": {third: "exported"}})
+    )
     again = ReviewQueue(photos, tmp_path / "dataset")
     assert again.warnings == [] and again.position == 1
     assert again.full_state(third) == "exported-reviewed" and again.state(third) == "exported"
@@ -138,7 +159,8 @@ def test_the_old_state_file_reads_exported_as_exported_reviewed(tmp_path, cihp_s
 
 
 def test_accept_refuses_a_sample_changed_since_it_was_shown_and_undo_puts_it_back(
-        tmp_path, cihp_samples):
+    tmp_path, cihp_samples
+):
     photos, queue = _queue_with_work(tmp_path, cihp_samples)
     root, first = tmp_path / "dataset", queue.items[0].sample_id
     # a new sample: Accept expects it absent, Undo unlists it
@@ -151,8 +173,9 @@ def test_accept_refuses_a_sample_changed_since_it_was_shown_and_undo_puts_it_bac
     # an overwrite: someone (File > Save) writes the sample after it was shown
     shown = cihp.sample_version(root, first)
     assert shown is None
-    cihp.write_sample(root, first, np.full((200, 300), 5, np.uint8),
-                      image=np.zeros((200, 300, 3), np.uint8))
+    cihp.write_sample(
+        root, first, np.full((200, 300), 5, np.uint8), image=np.zeros((200, 300, 3), np.uint8)
+    )
     with pytest.raises(cihp.SampleChangedError) as refused:
         queue.accept(first, np.full((200, 300), 3, np.uint8), expected_version=shown)
     assert refused.value.sample_id == first and "\n" not in str(refused.value)
@@ -189,9 +212,17 @@ def test_claims_are_exclusive_and_lapse_with_their_process(tmp_path, cihp_sample
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         path = queue.folder / "claims" / f"{second}.json"
-        path.write_text(json.dumps({"user": "bob", "host": queue.me["host"], "pid": other.pid,
-                                    "time": "2026-12-02T01:00:00+00:00",
-                                    "heartbeat": time.time()}))
+        path.write_text(
+            json.dumps(
+                {
+                    "user": "bob",
+                    "host": queue.me["host"],
+                    "pid": other.pid,
+                    "time": "2026-12-02T01:00:00+00:00",
+                    "heartbeat": time.time(),
+                }
+            )
+        )
         held = queue.claim(second)
         assert held is not None and held.user == "bob" and "claimed by bob@" in held.describe()
         assert list(queue.claims()) == [second]
@@ -202,8 +233,17 @@ def test_claims_are_exclusive_and_lapse_with_their_process(tmp_path, cihp_sample
         other.wait()
     assert queue.claims() == {} and queue.claim(second) is None  # its process is gone
     # another host's claim lapses by its age alone
-    path.write_text(json.dumps({"user": "carol", "host": "elsewhere", "pid": 1, "time": "",
-                                "heartbeat": time.time() - review.CLAIM_LAPSE_S - 1}))
+    path.write_text(
+        json.dumps(
+            {
+                "user": "carol",
+                "host": "elsewhere",
+                "pid": 1,
+                "time": "",
+                "heartbeat": time.time() - review.CLAIM_LAPSE_S - 1,
+            }
+        )
+    )
     assert queue.claim(second) is None
     assert queue.renew(second)
     queue.release(second)

@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_flip_matches_the_official_flipped_masks(cihp_samples):
     for sample_id in SAMPLE_IDS:
         labels = np.asarray(Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
-        expected = np.asarray(Image.open(cihp_samples / "Category_ids_flipped" / f"{sample_id}.png"))
+        expected = np.asarray(
+            Image.open(cihp_samples / "Category_ids_flipped" / f"{sample_id}.png")
+        )
         photo = np.asarray(Image.open(cihp_samples / "Images" / f"{sample_id}.jpg"))
         flipped_photo, flipped = flip_left_right(photo, labels)
         np.testing.assert_array_equal(flipped, expected)
@@ -51,17 +53,29 @@ def test_masks_are_resized_without_blending_class_ids(cihp_samples):
     labels = np.asarray(Image.open(cihp_samples / "Category_ids" / "0005008.png"))
     small = resize_labels(labels, 64)
     assert small.shape == (64, 64) and set(np.unique(small)) <= set(np.unique(labels))
-    x, y = augment(np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg")), labels, 96,
-                   np.random.default_rng(0))
+    x, y = augment(
+        np.asarray(Image.open(cihp_samples / "Images" / "0005008.jpg")),
+        labels,
+        96,
+        np.random.default_rng(0),
+    )
     assert x.shape == (96, 96, 3) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 255
-    assert y.shape == (96, 96) and set(np.unique(y)) <= set(np.unique(labels)) | {14, 15, 16, 17, 18, 19}
+    assert y.shape == (96, 96) and set(np.unique(y)) <= set(np.unique(labels)) | {
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+    }
 
 
 @pytest.mark.keras
 def test_the_opencv_resize_is_the_model_input(cihp_photo):
     for size in (96, 256, 700):  # down and up
-        np.testing.assert_allclose(resize_photo(cihp_photo, size), model_input(cihp_photo, size),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            resize_photo(cihp_photo, size), model_input(cihp_photo, size), atol=1e-4
+        )
 
 
 def _batches(cache, pool, epochs=2, **options):
@@ -78,7 +92,9 @@ def test_augmented_batches_are_the_same_for_any_number_of_threads_and_processes(
     with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(3) as three:
         serial, parallel = _batches(cache, one, epochs=3), _batches(cache, three, epochs=3)
         halves = [_batches(cache, three, epochs=3, shard=(p, 2)) for p in (0, 1)]
-    assert len(serial) == 3 and serial[0][0].shape == (2, 64, 64, 3) and serial[0][1].dtype == np.uint8
+    assert (
+        len(serial) == 3 and serial[0][0].shape == (2, 64, 64, 3) and serial[0][1].dtype == np.uint8
+    )
     for (x, y), (px, py), first, second in zip(serial, parallel, *halves, strict=True):
         np.testing.assert_array_equal(x, px)
         np.testing.assert_array_equal(y, py)
@@ -133,8 +149,19 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     before = evaluate(model, everything)["miou"]
     train, val = training_and_validation(cihp_samples, "Training", None)
     out = tmp_path / "tuned.keras"
-    reports = list(finetune(model, train, val, out, epochs=10, batch_size=2, image_size=128,
-                            learning_rate=1e-3, eval_every=4))
+    reports = list(
+        finetune(
+            model,
+            train,
+            val,
+            out,
+            epochs=10,
+            batch_size=2,
+            image_size=128,
+            learning_rate=1e-3,
+            eval_every=4,
+        )
+    )
     losses = [r.loss for r in reports[1:]]
     assert np.mean(losses[-3:]) < losses[0]
     forget_inference_model(model)
@@ -153,8 +180,19 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
     assert abs(rescored - best) < 1e-6 and best > reports[0].val_miou
     assert evaluate(tuned, everything)["miou"] > before
     predicted = tmp_path / "predicted"
-    assert main(["predict", str(cihp_samples / "Images" / "0005008.jpg"), "--model", str(out),
-                 "--out", str(predicted)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(cihp_samples / "Images" / "0005008.jpg"),
+                "--model",
+                str(out),
+                "--out",
+                str(predicted),
+            ]
+        )
+        == 0
+    )
     assert read_id_list(predicted, "Training") == ["0005008"]
 
 
@@ -186,8 +224,10 @@ def _dataset_with_bad_samples(tmp_path, cihp_samples):
 def test_bad_samples_are_each_named_on_one_line_before_any_work(cihp_samples, tmp_path, capsys):
     root = _dataset_with_bad_samples(tmp_path, cihp_samples)
     never_loaded = str(tmp_path / "no-such-model.keras")  # the checks come before the model
-    for args in (["evaluate", str(root), "--split", "Training", "--model", never_loaded],
-                 ["finetune", str(root), "--model", never_loaded, "--out", str(tmp_path / "t.keras")]):
+    for args in (
+        ["evaluate", str(root), "--split", "Training", "--model", never_loaded],
+        ["finetune", str(root), "--model", never_loaded, "--out", str(tmp_path / "t.keras")],
+    ):
         assert main(args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert "Traceback" not in "".join(lines) and len(lines) == 5
@@ -241,7 +281,9 @@ for report in finetune(start, train, val, sys.argv[2], epochs=3, batch_size=2,
 
 
 @pytest.mark.keras
-def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(cihp_samples, tmp_path):
+def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
+    cihp_samples, tmp_path
+):
     from napari_deeplab import files
 
     split = tmp_path / "d" / "Training"  # masks with a third of their rows unlabelled (255)
@@ -252,10 +294,19 @@ def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
         mask[: mask.shape[0] // 3] = 255
         Image.fromarray(mask).save(path)
     out = tmp_path / "tuned.keras"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3",
-           files.CRASH_ENV: "2"}  # the second save: after its file is written, before the rename
-    run = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(split.parent), str(out)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        files.CRASH_ENV: "2",
+    }  # the second save: after its file is written, before the rename
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, str(split.parent), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == files.CRASH_EXIT_CODE, run.stdout + run.stderr[-2000:]
     assert f"staged {out.name}" in run.stderr
     epochs = [line.split() for line in run.stdout.splitlines()]
@@ -268,11 +319,14 @@ def test_training_ignores_255_and_a_kill_while_saving_leaves_the_previous_model(
 
 # --- an existing --out is scored, bad photos and masks are named --------------------------------
 
+
 def _constant_model(model, class_id: int, path: Path) -> Path:
     """``model`` (a real one) made to predict ``class_id`` everywhere, saved to ``path``."""
     logits = model.get_layer("logits")
     kernel, bias = logits.get_weights()
-    logits.set_weights([np.zeros_like(kernel), np.eye(len(bias), dtype=bias.dtype)[class_id] * 1e-3])
+    logits.set_weights(
+        [np.zeros_like(kernel), np.eye(len(bias), dtype=bias.dtype)[class_id] * 1e-3]
+    )
     model.save(path)
     return path
 
@@ -286,26 +340,48 @@ def test_overwrite_never_replaces_a_better_model_by_a_worse_one(cihp_samples, tm
     (val / "Category_ids").mkdir()
     for photo in (val / "Images").iterdir():
         size = Image.open(photo).size
-        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(val / "Category_ids" / f"{photo.stem}.png")
-    (val / "val_id.txt").write_text("".join(f"{p.stem}\n" for p in sorted((val / "Images").iterdir())))
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(
+            val / "Category_ids" / f"{photo.stem}.png"
+        )
+    (val / "val_id.txt").write_text(
+        "".join(f"{p.stem}\n" for p in sorted((val / "Images").iterdir()))
+    )
     model = build_model()  # its logits decide alone: one model makes both files
     start = _constant_model(model, 3, tmp_path / "start.keras")  # glove everywhere: mean IoU 0
     out = _constant_model(model, 0, tmp_path / "tuned.keras")  # background everywhere: 1
     better = out.read_bytes()
-    common = ["finetune", str(root), "--model", str(start), "--out", str(out), "--image-size", "64",
-              "--batch-size", "2", "--learning-rate", "1e-3", "--epochs", "1", "--overwrite"]
+    common = [
+        "finetune",
+        str(root),
+        "--model",
+        str(start),
+        "--out",
+        str(out),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--overwrite",
+    ]
     assert main(common) == 0
     lines = capsys.readouterr().out.splitlines()
     exists = next(line for line in lines if line.startswith(f"{out} exists"))
-    out_miou, start_miou = [float(word.rstrip(",")) for word in exists.split()
-                            if word[:2] in ("0.", "1.")][:2]
+    out_miou, start_miou = [
+        float(word.rstrip(",")) for word in exists.split() if word[:2] in ("0.", "1.")
+    ][:2]
     new_miou = float(lines[-2].split("validation mean IoU ")[1].split()[0])  # epoch 1
     assert start_miou == 0 and out_miou == 1 and start_miou < new_miou <= out_miou
     assert out.read_bytes() == better  # before: replaced, as the new model beats the start
     assert lines[-1].startswith(f"no new model beat {out}") and f"{new_miou:.4f}" in lines[-1]
     assert main([*common, "--replace-better"]) == 0
     replaced = capsys.readouterr().out.splitlines()
-    assert "(--replace-better)" in next(line for line in replaced if line.startswith(f"{out} exists"))
+    assert "(--replace-better)" in next(
+        line for line in replaced if line.startswith(f"{out} exists")
+    )
     assert out.read_bytes() != better and replaced[-1].startswith(f"saved {out}")
     print("\n" + "\n".join(lines + replaced))
 
@@ -319,14 +395,17 @@ def _copy_split(cihp_samples, root: Path) -> Path:
 
 
 @pytest.mark.one_backend
-def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_samples, tmp_path,
-                                                                          model_file, capsys):
+def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(
+    cihp_samples, tmp_path, model_file, capsys
+):
     split = _copy_split(cihp_samples, tmp_path / "d")
     whole = (split / "Images" / "0005008.jpg").read_bytes()
-    (split / "Images" / "0005008.jpg").write_bytes(whole[:len(whole) // 3])  # truncated
+    (split / "Images" / "0005008.jpg").write_bytes(whole[: len(whole) // 3])  # truncated
     grey = np.asarray(Image.open(split / "Images" / "0026375.jpg").convert("L"))
     (split / "Images" / "0026375.jpg").unlink()
-    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(split / "Images" / "0026375.png")
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(
+        split / "Images" / "0026375.png"
+    )
     model = model_file
     for args in _evaluate_and_finetune(split, model, tmp_path / "t.keras"):
         assert main(args) == 2
@@ -341,17 +420,29 @@ def test_photos_that_cannot_be_decoded_are_named_in_evaluate_and_finetune(cihp_s
     assert "(3 samples)" in capsys.readouterr().out
 
 
-
 def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str]]:
     """The command lines of ``evaluate`` and of a 1-epoch ``finetune`` (64 px) on ``split``."""
-    return [["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
-            ["finetune", str(split.parent), "--model", str(model), "--out", str(out),
-             "--image-size", "64", "--epochs", "1"]]
+    return [
+        ["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
+        [
+            "finetune",
+            str(split.parent),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+        ],
+    ]
 
 
 @pytest.mark.one_backend
-def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_path,
-                                                           model_file, capsys):
+def test_masks_without_labelled_pixels_are_not_scored_zero(
+    cihp_samples, tmp_path, model_file, capsys
+):
     split = _copy_split(cihp_samples, tmp_path / "d")
     for path in (split / "Category_ids").iterdir():
         Image.fromarray(np.full_like(np.asarray(Image.open(path)), 255)).save(path)
@@ -364,8 +455,7 @@ def test_masks_without_labelled_pixels_are_not_scored_zero(cihp_samples, tmp_pat
 
 
 @pytest.mark.one_backend
-def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, model_file,
-                                                     capsys):
+def test_an_id_listed_twice_is_scored_once_and_named(cihp_samples, tmp_path, model_file, capsys):
     split = _copy_split(cihp_samples, tmp_path / "d")
     model = model_file
     args = ["evaluate", str(split.parent), "--split", "Training", "--model", str(model), "--json"]
@@ -411,10 +501,24 @@ def test_an_id_list_that_is_a_folder_or_unreadable_is_one_line(cihp_samples, tmp
         (split / "train_id.txt").chmod(0o600)
         for folder in (root, split):
             folder.chmod(0o777)  # the split's lock file may be made by anyone
-        run = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                              sys.executable, "-c", NOBODY_READS_THE_ID_LIST, str(root),
-                              str(REPO / "src")], capture_output=True, text=True, timeout=120,
-                             cwd="/", env={**os.environ, "HOME": "/tmp", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        run = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                NOBODY_READS_THE_ID_LIST,
+                str(root),
+                str(REPO / "src"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env={**os.environ, "HOME": "/tmp", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert "train_id.txt" in run.stdout and "Permission denied" in run.stdout, run.stdout
     finally:

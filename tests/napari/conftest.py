@@ -19,8 +19,12 @@ build_model().save(sys.argv[1])
 
 
 def _make_model(path: Path, seed: int) -> str:
-    subprocess.run([sys.executable, "-c", MAKE_MODEL, str(path), str(seed)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-c", MAKE_MODEL, str(path), str(seed)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return str(path)
 
 

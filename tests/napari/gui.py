@@ -55,6 +55,11 @@ def drop_files(viewer, paths) -> None:
         target = target.parentWidget()
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path)) for path in paths])
-    drop = QDropEvent(QPointF(target.rect().center()), Qt.DropAction.CopyAction, mime,
-                      Qt.MouseButton.NoButton, NO_MODIFIER)
+    drop = QDropEvent(
+        QPointF(target.rect().center()),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.NoButton,
+        NO_MODIFIER,
+    )
     target.dropEvent(drop)

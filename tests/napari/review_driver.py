@@ -25,8 +25,12 @@ from tests.napari.gui import press_key
 
 review_widget.CLAIM_HEARTBEAT_S = float(sys.argv[1]) if len(sys.argv) > 1 else 0.5
 
-MODIFIERS = {"Alt": Qt.KeyboardModifier.AltModifier, "Shift": Qt.KeyboardModifier.ShiftModifier,
-             "Control": Qt.KeyboardModifier.ControlModifier, "": Qt.KeyboardModifier.NoModifier}
+MODIFIERS = {
+    "Alt": Qt.KeyboardModifier.AltModifier,
+    "Shift": Qt.KeyboardModifier.ShiftModifier,
+    "Control": Qt.KeyboardModifier.ControlModifier,
+    "": Qt.KeyboardModifier.NoModifier,
+}
 
 
 def main() -> None:
@@ -38,11 +42,16 @@ def main() -> None:
 
     def state(**extra) -> dict:
         parts = widget.parts_layer()
-        return {"ok": True, "shown": widget.shown_id, "status": widget.status.value,
-                "progress": widget.progress.value,
-                "rows": [widget.photo_list.item(i).text() for i in range(widget.photo_list.count())],
-                "parts_sum": None if parts is None else int(np.asarray(parts.data, np.int64).sum()),
-                "choice": widget.choice_row.visible, **extra}
+        return {
+            "ok": True,
+            "shown": widget.shown_id,
+            "status": widget.status.value,
+            "progress": widget.progress.value,
+            "rows": [widget.photo_list.item(i).text() for i in range(widget.photo_list.count())],
+            "parts_sum": None if parts is None else int(np.asarray(parts.data, np.int64).sum()),
+            "choice": widget.choice_row.visible,
+            **extra,
+        }
 
     def reply(answer: dict) -> None:
         sys.stdout.write(json.dumps(answer) + "\n")

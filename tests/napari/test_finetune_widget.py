@@ -22,8 +22,9 @@ def _fill(widget, root, model, out, epochs):
     widget.learning_rate.value = 1e-3
 
 
-def test_training_plots_saves_and_offers_the_model(make_napari_viewer, dock_plugin, run_job,
-                                                   cihp_samples, model_file, tmp_path):
+def test_training_plots_saves_and_offers_the_model(
+    make_napari_viewer, dock_plugin, run_job, cihp_samples, model_file, tmp_path
+):
     viewer = make_napari_viewer()
     _, prelabel = dock_plugin(viewer, "Human parts")
     _, widget = dock_plugin(viewer, "Fine-tune")
@@ -39,8 +40,9 @@ def test_training_plots_saves_and_offers_the_model(make_napari_viewer, dock_plug
     assert "tensorflow" not in sys.modules
 
 
-def test_the_dataset_field_offers_the_recent_datasets(make_napari_viewer, dock_plugin,
-                                                      cihp_samples, tmp_path):
+def test_the_dataset_field_offers_the_recent_datasets(
+    make_napari_viewer, dock_plugin, cihp_samples, tmp_path
+):
     """Requirement 3: the Review queue remembers the dataset it opens; Fine-tune offers it."""
     from napari_deeplab._napari.recent_datasets import remember_dataset
 
@@ -57,8 +59,8 @@ def test_the_dataset_field_offers_the_recent_datasets(make_napari_viewer, dock_p
 
 
 def test_cancel_stops_training_at_once_and_the_next_run_plots_alone(
-        make_napari_viewer, dock_plugin, run_job, qtbot, cihp_samples, model_file, tmp_path,
-        capsys):
+    make_napari_viewer, dock_plugin, run_job, qtbot, cihp_samples, model_file, tmp_path, capsys
+):
     """Issue 9, item 3."""
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
@@ -76,7 +78,9 @@ def test_cancel_stops_training_at_once_and_the_next_run_plots_alone(
 
     widget.epochs.value = 1
     widget.runner.run_button.native.click()
-    assert widget.runner.status.value.startswith("Failed: ") and "exists" in widget.runner.status.value
+    assert (
+        widget.runner.status.value.startswith("Failed: ") and "exists" in widget.runner.status.value
+    )
     widget.out.value = str(tmp_path / "second.keras")
     start = time.perf_counter()
     widget.runner.run_button.native.click()
@@ -92,8 +96,15 @@ def test_cancel_stops_training_at_once_and_the_next_run_plots_alone(
 
 
 def test_closing_the_viewer_while_training_stops_it_without_a_word(
-        make_napari_viewer, dock_plugin, qtbot, cihp_samples, model_file, tmp_path, monkeypatch,
-        child_processes):
+    make_napari_viewer,
+    dock_plugin,
+    qtbot,
+    cihp_samples,
+    model_file,
+    tmp_path,
+    monkeypatch,
+    child_processes,
+):
     """No traceback from a job ending after its widget is gone, no "Failed" notification, and
     the training process stops."""
     from napari_deeplab._napari import job_runner
@@ -112,8 +123,9 @@ def test_closing_the_viewer_while_training_stops_it_without_a_word(
     assert errors == []
 
 
-def test_a_folder_without_samples_fails(make_napari_viewer, dock_plugin, run_job, model_file,
-                                        tmp_path):
+def test_a_folder_without_samples_fails(
+    make_napari_viewer, dock_plugin, run_job, model_file, tmp_path
+):
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
     _fill(widget, tmp_path, model_file, tmp_path / "x.keras", epochs=1)
@@ -121,17 +133,23 @@ def test_a_folder_without_samples_fails(make_napari_viewer, dock_plugin, run_job
     assert status.startswith("Failed: ") and "no labelled samples" in status
 
 
-def test_wrong_fields_are_refused_at_once(make_napari_viewer, dock_plugin, child_processes,
-                                          cihp_samples, model_file, tmp_path):
+def test_wrong_fields_are_refused_at_once(
+    make_napari_viewer, dock_plugin, child_processes, cihp_samples, model_file, tmp_path
+):
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Fine-tune")
     (tmp_path / "a file").write_text("")
     children = child_processes()
-    for field, value, message in (("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose"),
-                                  ("model", str(tmp_path / "no.keras"), "no such file"),
-                                  ("out", str(tmp_path / "model.h5"), "must end in .keras"),
-                                  ("out", str(tmp_path / "a file" / "x.keras"),
-                                   "a file is a file); choose a file in a folder you can write")):
+    for field, value, message in (
+        ("dataset", tmp_path / "nowhere", "nowhere: no such folder; choose"),
+        ("model", str(tmp_path / "no.keras"), "no such file"),
+        ("out", str(tmp_path / "model.h5"), "must end in .keras"),
+        (
+            "out",
+            str(tmp_path / "a file" / "x.keras"),
+            "a file is a file); choose a file in a folder you can write",
+        ),
+    ):
         _fill(widget, cihp_samples, model_file, tmp_path / "x.keras", epochs=1)
         if field == "dataset":
             widget.dataset.folder = str(value)
@@ -155,17 +173,23 @@ def test_the_plot_has_axes_ticks_and_a_legend(make_napari_viewer, dock_plugin, q
         plot.add(epoch, loss, miou)
     qtbot.wait(50)
     image = plot.grab().toImage()
-    pixels = np.array([[QColor(image.pixel(x, y)).getRgb()[:3] for x in range(image.width())]
-                       for y in range(image.height())])
+    pixels = np.array(
+        [
+            [QColor(image.pixel(x, y)).getRgb()[:3] for x in range(image.width())]
+            for y in range(image.height())
+        ]
+    )
     background = np.median(pixels.reshape(-1, 3), axis=0)
     ink = np.abs(pixels - background).sum(axis=2) > 60
     area = plot.plot_area()
-    left, right = ink[:, : int(area.left()) - 4], ink[:, int(area.right()) + 4:]
-    below = ink[int(area.bottom()) + 4:, :]
+    left, right = ink[:, : int(area.left()) - 4], ink[:, int(area.right()) + 4 :]
+    below = ink[int(area.bottom()) + 4 :, :]
     assert left.sum() > 50, "no loss tick labels on the left"
     assert right.sum() > 50, "no mean IoU tick labels on the right"
     assert below.sum() > 50, "no epoch ticks or axis label"
-    assert plot.tick_labels() == {"loss": ["0", "0.5", "1", "1.5", "2"],
-                                  "mean IoU": ["0", "0.25", "0.5", "0.75", "1"],
-                                  "epoch": ["0", "1", "2", "3"]}
+    assert plot.tick_labels() == {
+        "loss": ["0", "0.5", "1", "1.5", "2"],
+        "mean IoU": ["0", "0.25", "0.5", "0.75", "1"],
+        "epoch": ["0", "1", "2", "3"],
+    }
     assert plot.legend() == ["loss (left)", "validation mean IoU (right)"]

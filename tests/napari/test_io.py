@@ -22,8 +22,9 @@ def test_open_a_split_folder_and_a_mask(make_napari_viewer, cihp_samples):
     viewer.open(str(cihp_samples), plugin="napari-deeplab")
     photo, parts = viewer.layers
     assert photo.name == "0002190" and parts.name == "0002190 parts"
-    np.testing.assert_array_equal(parts.data, np.asarray(PIL.Image.open(
-        cihp_samples / "Category_ids" / "0002190.png")))
+    np.testing.assert_array_equal(
+        parts.data, np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0002190.png"))
+    )
     np.testing.assert_allclose(parts.colormap.map(13)[:3], PALETTE[13] / 255, atol=1e-6)
     assert list(parts.features["class"]) == list(CLASS_NAMES)
 
@@ -33,7 +34,9 @@ def test_open_a_split_folder_and_a_mask(make_napari_viewer, cihp_samples):
     assert viewer.layers[0].data.shape == (498, 500, 3)
 
 
-def test_save_selected_layers_writes_a_sample_and_reads_back(make_napari_viewer, cihp_samples, tmp_path):
+def test_save_selected_layers_writes_a_sample_and_reads_back(
+    make_napari_viewer, cihp_samples, tmp_path
+):
     viewer = make_napari_viewer()
     viewer.open(str(cihp_samples / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
     photo, parts = viewer.layers
@@ -61,7 +64,9 @@ OURS = "napari-deeplab"
 
 
 def compatible_readers(path) -> set[str]:
-    return {r.plugin_name for r in npe2.PluginManager.instance().iter_compatible_readers([str(path)])}
+    return {
+        r.plugin_name for r in npe2.PluginManager.instance().iter_compatible_readers([str(path)])
+    }
 
 
 @pytest.fixture
@@ -104,7 +109,8 @@ def test_a_photo_opens_with_napari_without_asking(make_napari_viewer, cihp_sampl
 
 
 def test_file_open_of_a_split_folder_or_a_mask_offers_and_reads_cihp(
-        make_napari_viewer, cihp_samples, reader_dialog):
+    make_napari_viewer, cihp_samples, reader_dialog
+):
     viewer = make_napari_viewer()
     reader_dialog.choice = OURS
     file_open(viewer, cihp_samples)
@@ -116,12 +122,15 @@ def test_file_open_of_a_split_folder_or_a_mask_offers_and_reads_cihp(
     file_open(viewer, cihp_samples / "Category_ids" / "0026375.png")
     assert sorted(reader_dialog.offered[-1]) == [BUILTINS, OURS]
     assert [layer.name for layer in viewer.layers] == ["0026375", "0026375 parts"]
-    np.testing.assert_array_equal(viewer.layers["0026375 parts"].data, np.asarray(
-        PIL.Image.open(cihp_samples / "Category_ids" / "0026375.png")))
+    np.testing.assert_array_equal(
+        viewer.layers["0026375 parts"].data,
+        np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0026375.png")),
+    )
 
 
-def test_any_other_png_or_folder_is_left_to_napari(make_napari_viewer, cihp_samples, tmp_path,
-                                                   reader_dialog):
+def test_any_other_png_or_folder_is_left_to_napari(
+    make_napari_viewer, cihp_samples, tmp_path, reader_dialog
+):
     elsewhere = tmp_path / "photo.png"
     PIL.Image.open(cihp_samples / "Images" / "0005008.jpg").save(elsewhere)
     flipped_mask = cihp_samples / "Category_ids_flipped" / "0005008.png"  # not in Category_ids
@@ -129,8 +138,14 @@ def test_any_other_png_or_folder_is_left_to_napari(make_napari_viewer, cihp_samp
     (tmp_path / "orphan" / "Images").mkdir(parents=True)
     orphan.parent.mkdir()
     PIL.Image.fromarray(np.zeros((4, 4), np.uint8)).save(orphan)
-    for path in (elsewhere, flipped_mask, orphan, tmp_path, tmp_path / "orphan",
-                 cihp_samples / "Images"):
+    for path in (
+        elsewhere,
+        flipped_mask,
+        orphan,
+        tmp_path,
+        tmp_path / "orphan",
+        cihp_samples / "Images",
+    ):
         assert get_reader(str(path)) is None, path
     assert get_reader([str(elsewhere), str(flipped_mask)]) is None  # a stack
 
@@ -152,26 +167,35 @@ def test_the_installed_manifest_validates_and_has_categories():
     assert set(manifest.categories) >= {"Segmentation", "Annotation"}
     (reader,) = manifest.contributions.readers
     assert reader.filename_patterns == ["*.png"] and reader.accepts_directories
-    result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-deeplab"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-deeplab"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- Saving into a dataset that exists ------------------------------------------------------
+
 
 @pytest.fixture
 def dataset(tmp_path, cihp_samples):
     """A CIHP dataset with two real samples in Training (photos copied byte for byte)."""
     root = tmp_path / "dataset"
     for sample_id in ("0005008", "0026375"):
-        cihp.write_sample(root, sample_id, np.asarray(PIL.Image.open(
-            cihp_samples / "Category_ids" / f"{sample_id}.png")),
-            image_path=cihp_samples / "Images" / f"{sample_id}.jpg")
+        cihp.write_sample(
+            root,
+            sample_id,
+            np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png")),
+            image_path=cihp_samples / "Images" / f"{sample_id}.jpg",
+        )
     return root
 
 
 def test_save_into_an_existing_dataset_keeps_the_photo_bytes_and_the_other_samples(
-        make_napari_viewer, dataset):
+    make_napari_viewer, dataset
+):
     viewer = make_napari_viewer()
     viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
     photo, parts = viewer.layers
@@ -195,13 +219,17 @@ def test_save_into_an_existing_dataset_keeps_the_photo_bytes_and_the_other_sampl
     assert sorted(p.name for p in dataset.iterdir() if not p.name.startswith(".")) == ["Training"]
 
 
-def test_the_parts_layer_alone_is_saved_with_its_photo_found_by_name(make_napari_viewer, dataset,
-                                                                     cihp_samples):
+def test_the_parts_layer_alone_is_saved_with_its_photo_found_by_name(
+    make_napari_viewer, dataset, cihp_samples
+):
     viewer = make_napari_viewer()
-    photo = viewer.add_image(np.asarray(PIL.Image.open(cihp_samples / "Images" / "0002190.jpg")),
-                             name="0002190")
-    parts = viewer.add_labels(np.asarray(PIL.Image.open(
-        cihp_samples / "Category_ids" / "0002190.png")), name="0002190 parts")
+    photo = viewer.add_image(
+        np.asarray(PIL.Image.open(cihp_samples / "Images" / "0002190.jpg")), name="0002190"
+    )
+    parts = viewer.add_labels(
+        np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0002190.png")),
+        name="0002190 parts",
+    )
     viewer.layers.selection = {parts}
     assert viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
     sample = cihp.read_sample(dataset, "0002190")
@@ -211,8 +239,9 @@ def test_the_parts_layer_alone_is_saved_with_its_photo_found_by_name(make_napari
     # the photo layer gone: the one already in the dataset is kept
     viewer.layers.remove(photo)
     before = (dataset / "Training" / "Images" / "0005008.jpg").read_bytes()
-    other = viewer.add_labels(cihp.read_sample(dataset, "0005008").category_ids,
-                              name="0005008 parts")
+    other = viewer.add_labels(
+        cihp.read_sample(dataset, "0005008").category_ids, name="0005008 parts"
+    )
     other.data_setitem((np.array([5]), np.array([5])), 3)
     viewer.layers.selection = {other}
     assert viewer.layers.save(str(dataset), selected=True, plugin="napari-deeplab")
@@ -220,8 +249,9 @@ def test_the_parts_layer_alone_is_saved_with_its_photo_found_by_name(make_napari
     assert (dataset / "Training" / "Images" / "0005008.jpg").read_bytes() == before
 
 
-def test_a_napari_copy_named_photo_1_is_refused_in_one_line(make_napari_viewer, dataset,
-                                                            cihp_samples):
+def test_a_napari_copy_named_photo_1_is_refused_in_one_line(
+    make_napari_viewer, dataset, cihp_samples
+):
     viewer = make_napari_viewer()
     viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
     copy = viewer.add_image(viewer.layers["0005008"].data)
@@ -234,10 +264,12 @@ def test_a_napari_copy_named_photo_1_is_refused_in_one_line(make_napari_viewer, 
     assert sorted(cihp.read_id_list(dataset, "Training")) == ["0005008", "0026375"]
 
 
-@pytest.mark.skipif(not hasattr(cihp, "sample_version"), reason="cihp.sample_version (H1) "
-                    "not merged yet")
-def test_save_refuses_a_sample_changed_by_someone_else_since_it_was_opened(make_napari_viewer,
-                                                                           dataset):
+@pytest.mark.skipif(
+    not hasattr(cihp, "sample_version"), reason="cihp.sample_version (H1) not merged yet"
+)
+def test_save_refuses_a_sample_changed_by_someone_else_since_it_was_opened(
+    make_napari_viewer, dataset
+):
     viewer = make_napari_viewer()
     viewer.open(str(dataset / "Training" / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
     photo, parts = viewer.layers

@@ -57,15 +57,19 @@ def _canvas_point(viewer, row: float, col: float) -> QPoint:
     canvas = canvas_widget(viewer)
     camera = viewer.scene.camera
     center, zoom = camera.center, camera.zoom
-    return QPoint(round((col - center[-1]) * zoom + canvas.width() / 2),
-                  round((row - center[-2]) * zoom + canvas.height() / 2))
+    return QPoint(
+        round((col - center[-1]) * zoom + canvas.width() / 2),
+        round((row - center[-2]) * zoom + canvas.height() / 2),
+    )
 
 
 def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
     """A mouse drag with the left button, as a hand on the mouse makes it."""
     canvas = canvas_widget(viewer)
-    points = [_canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
-              for i in range(steps + 1)]
+    points = [
+        _canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
+        for i in range(steps + 1)
+    ]
     qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
     for point in points[1:]:
         qtbot.mouseMove(canvas, point)
@@ -73,8 +77,9 @@ def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
     qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
 
 
-def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run_job, model_file,
-                                                 direct_process):
+def test_run_gives_a_parts_layer_in_cihp_colours(
+    sample_viewer, dock_plugin, run_job, model_file, direct_process
+):
     _, widget = dock_plugin(sample_viewer, "Human parts")
     assert widget.image.value.name == PHOTO
     widget.model.source = model_file
@@ -95,12 +100,22 @@ def test_run_gives_a_parts_layer_in_cihp_colours(sample_viewer, dock_plugin, run
     assert not confidence.visible and confidence.data.shape == photo.shape[:2]
     assert confidence.data.min() > 0 and confidence.data.max() <= 1
     assert [w.name for w in widget.image.choices] == [PHOTO]  # no confidence layer offered
-    np.testing.assert_array_equal(parts.data, _predict_directly(direct_process, photo, model_file).labels)
+    np.testing.assert_array_equal(
+        parts.data, _predict_directly(direct_process, photo, model_file).labels
+    )
 
 
-def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock_plugin, run_job,
-                                                       press_key, qtbot, model_file,
-                                                       other_model_file, direct_process, capsys):
+def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(
+    make_napari_viewer,
+    dock_plugin,
+    run_job,
+    press_key,
+    qtbot,
+    model_file,
+    other_model_file,
+    direct_process,
+    capsys,
+):
     """Issue 9, item 1: the Plugins-menu path, a real mouse stroke, Run again, Ctrl+Z."""
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-deeplab", "cihp-photo")
@@ -122,8 +137,9 @@ def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock
     widget.model.source = other_model_file  # e.g. after fine-tuning
     run_job(widget.runner)
     kept = (parts.data[stroke] == 13).mean()
-    new_prediction = _predict_directly(direct_process, viewer.layers[PHOTO].data,
-                                       other_model_file).labels
+    new_prediction = _predict_directly(
+        direct_process, viewer.layers[PHOTO].data, other_model_file
+    ).labels
     np.testing.assert_array_equal(parts.data[~stroke], new_prediction[~stroke])
     assert (new_prediction != first_run)[~stroke].any()  # the second model changed pixels
     second_run = parts.data.copy()
@@ -136,8 +152,10 @@ def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock
         if undo_steps == 1:
             np.testing.assert_array_equal(parts.data, painted)  # the second run undone
     with capsys.disabled():
-        print(f"\n[measured] stroke of {stroke.sum()} px: {kept:.1%} kept after the second Run; "
-              f"{undo_steps} Ctrl+Z back to the first run's result")
+        print(
+            f"\n[measured] stroke of {stroke.sum()} px: {kept:.1%} kept after the second Run; "
+            f"{undo_steps} Ctrl+Z back to the first run's result"
+        )
     assert kept == 1.0
     assert undo_steps == 2  # the second run, then the stroke
     press_key(viewer, Qt.Key.Key_Z, CONTROL | SHIFT)
@@ -149,8 +167,9 @@ def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(make_napari_viewer, dock
     np.testing.assert_array_equal(parts.data, new_prediction)
 
 
-def test_cancel_mid_stack_keeps_finished_frames(make_napari_viewer, dock_plugin, run_job, qtbot,
-                                                model_file, cihp_photo):
+def test_cancel_mid_stack_keeps_finished_frames(
+    make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo
+):
     viewer = make_napari_viewer()
     photo = cihp_photo[::2, ::2]
     viewer.add_image(np.stack([photo] * 6), name="frames", rgb=True)
@@ -159,8 +178,10 @@ def test_cancel_mid_stack_keeps_finished_frames(make_napari_viewer, dock_plugin,
     assert widget.frames.enabled
     widget.frames.value = ALL_FRAMES
     widget.runner.run_button.native.click()
-    qtbot.waitUntil(lambda: "frames parts" in viewer.layers
-                    and viewer.layers["frames parts"].data[0].any(), timeout=JOB_TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: "frames parts" in viewer.layers and viewer.layers["frames parts"].data[0].any(),
+        timeout=JOB_TIMEOUT_MS,
+    )
     widget.runner.cancel_button.native.click()
     assert not widget.runner.running and widget.runner.run_button.enabled
     assert widget.runner.status.value == "Cancelled"
@@ -177,8 +198,9 @@ def test_cancel_mid_stack_keeps_finished_frames(make_napari_viewer, dock_plugin,
     assert parts.data[5].any()
 
 
-def test_a_missing_model_is_refused_at_once(sample_viewer, dock_plugin, child_processes, qtbot,
-                                            tmp_path):
+def test_a_missing_model_is_refused_at_once(
+    sample_viewer, dock_plugin, child_processes, qtbot, tmp_path
+):
     """Issue 9, item 6: reported before any model process starts."""
     _, widget = dock_plugin(sample_viewer, "Human parts")
     widget.model.source = str(tmp_path / "missing.keras")
@@ -195,7 +217,8 @@ def test_a_missing_model_is_refused_at_once(sample_viewer, dock_plugin, child_pr
 
 
 def test_a_layer_in_the_way_of_the_parts_layer_is_refused_before_the_model_runs(
-        make_napari_viewer, dock_plugin, model_file, cihp_photo, child_processes, qtbot):
+    make_napari_viewer, dock_plugin, model_file, cihp_photo, child_processes, qtbot
+):
     """An image called '<photo> parts', or a parts layer of another size: one line, no run,
     and never a second parts layer ('photo parts [1]') whose next run would lose the edits."""
     viewer = make_napari_viewer()
@@ -207,21 +230,24 @@ def test_a_layer_in_the_way_of_the_parts_layer_is_refused_before_the_model_runs(
     children = child_processes()
     widget.runner.run_button.native.click()
     assert not widget.runner.running
-    assert widget.runner.status.value == ("Failed: 'photo parts' is not a Labels layer; rename "
-                                          "or remove it and run again")
+    assert widget.runner.status.value == (
+        "Failed: 'photo parts' is not a Labels layer; rename or remove it and run again"
+    )
     viewer.layers.remove("photo parts")
     viewer.add_labels(np.zeros((5, 5), np.uint8), name="photo parts")
     widget.runner.run_button.native.click()
     assert widget.runner.status.value == (
         f"Failed: 'photo parts' has shape (5, 5), not the image's {cihp_photo[::8, ::8].shape[:2]}; "
-        "rename or remove it and run again")
+        "rename or remove it and run again"
+    )
     qtbot.wait(200)
     assert child_processes() <= children  # the model never ran
     assert [layer.name for layer in viewer.layers] == ["photo", "photo parts"]
 
 
-def test_a_multiscale_photo_is_pre_labelled_at_full_resolution(make_napari_viewer, dock_plugin,
-                                                                run_job, model_file, cihp_photo):
+def test_a_multiscale_photo_is_pre_labelled_at_full_resolution(
+    make_napari_viewer, dock_plugin, run_job, model_file, cihp_photo
+):
     """napari hands a pyramid's smallest level to np.asarray: the parts would not cover it."""
     viewer = make_napari_viewer()
     photo = cihp_photo[::4, ::4]
@@ -233,8 +259,9 @@ def test_a_multiscale_photo_is_pre_labelled_at_full_resolution(make_napari_viewe
     assert viewer.layers["pyramid confidence"].data.shape == photo.shape[:2]
 
 
-def test_the_photo_removed_while_the_model_runs_is_said(make_napari_viewer, dock_plugin, qtbot,
-                                                       model_file, cihp_photo):
+def test_the_photo_removed_while_the_model_runs_is_said(
+    make_napari_viewer, dock_plugin, qtbot, model_file, cihp_photo
+):
     viewer = make_napari_viewer()
     viewer.add_image(cihp_photo[::8, ::8], name="photo")
     _, widget = dock_plugin(viewer, "Human parts")
@@ -242,13 +269,15 @@ def test_the_photo_removed_while_the_model_runs_is_said(make_napari_viewer, dock
     widget.runner.run_button.native.click()
     viewer.layers.remove("photo")
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
-    assert widget.runner.status.value == ("'photo' was removed while the model ran: nothing "
-                                          "was written")
+    assert widget.runner.status.value == (
+        "'photo' was removed while the model ran: nothing was written"
+    )
     assert len(viewer.layers) == 0
 
 
 def test_a_failed_run_ends_as_a_failure_and_the_next_run_recovers(
-        make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo, monkeypatch):
+    make_napari_viewer, dock_plugin, run_job, qtbot, model_file, cihp_photo, monkeypatch
+):
     """Issue 9, items 6 and 10: the model process killed mid-stack (as the OOM killer would);
     the model is remembered once per job that succeeded, not once per frame."""
     from napari_deeplab._napari import prelabel_widget
@@ -283,8 +312,9 @@ def test_shortcuts_legend_and_tooltips(sample_viewer, dock_plugin, press_key, qt
     assert RUN_KEY in widget.runner.run_button.tooltip
     assert NEXT_CLASS_KEY in widget.legend.list.toolTip()
     assert PREVIOUS_CLASS_KEY in widget.legend.list.toolTip()
-    assert any(RUN_KEY in w.value for w in widget if hasattr(w, "value")
-               and isinstance(w.value, str))  # the help line
+    assert any(
+        RUN_KEY in w.value for w in widget if hasattr(w, "value") and isinstance(w.value, str)
+    )  # the help line
     press_key(sample_viewer, Qt.Key.Key_R, SHIFT)
     assert widget.runner.running
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=JOB_TIMEOUT_MS)
@@ -301,8 +331,9 @@ def test_shortcuts_legend_and_tooltips(sample_viewer, dock_plugin, press_key, qt
     assert parts.colormap.map(13)[3] == 0 and parts.colormap.map(2)[3] == 1
 
 
-def test_a_removed_widget_leaves_no_key_bindings_and_is_freed(sample_viewer, dock_plugin,
-                                                              press_key, qtbot, model_file):
+def test_a_removed_widget_leaves_no_key_bindings_and_is_freed(
+    sample_viewer, dock_plugin, press_key, qtbot, model_file
+):
     """Issue 9, item 10."""
     dock, widget = dock_plugin(sample_viewer, "Human parts")
     widget.model.source = model_file
@@ -360,7 +391,7 @@ def test_tensorflow_stays_out_of_napari_and_the_viewer_renders(model_file, tmp_p
             time.sleep(0.01)
         assert "{PHOTO} parts" in viewer.layers, widget.runner.status.value
         assert "tensorflow" not in sys.modules
-        shot = viewer.screenshot({str(tmp_path / 'shot.png')!r}, canvas_only=True)
+        shot = viewer.screenshot({str(tmp_path / "shot.png")!r}, canvas_only=True)
         assert shot.std() > 5, "blank screenshot"
         from napari_deeplab._napari.shared_worker import shared_model_process
         assert shared_model_process().is_alive()
@@ -369,8 +400,9 @@ def test_tensorflow_stays_out_of_napari_and_the_viewer_renders(model_file, tmp_p
             QApplication.processEvents()
         assert not shared_model_process().is_alive(), "the model process outlived the viewer"
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=400)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=400
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "shot.png").exists()
 
@@ -381,20 +413,28 @@ def test_manifest_is_valid():
     manifest = PluginManifest.from_distribution("napari-deeplab")
     manifest.validate_imports()
     assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Human parts", "Refine parts", "Review queue", "Fine-tune"}
+        "Human parts",
+        "Refine parts",
+        "Review queue",
+        "Fine-tune",
+    }
     assert len(manifest.contributions.sample_data) == 2
 
 
 # --- keys that always work (issue 17, item 6) and Save to dataset (item 5) -----------------
 
+
 def _parts_session(viewer, dock_plugin, cihp_samples):
     """A photo and a parts layer made without the model (a real CIHP mask), Human parts docked."""
     import PIL.Image
 
-    photo = viewer.add_image(np.asarray(PIL.Image.open(cihp_samples / "Images" / "0005008.jpg")),
-                             name="0005008")
-    parts = viewer.add_labels(np.array(PIL.Image.open(
-        cihp_samples / "Category_ids" / "0005008.png")), name="0005008 parts")
+    photo = viewer.add_image(
+        np.asarray(PIL.Image.open(cihp_samples / "Images" / "0005008.jpg")), name="0005008"
+    )
+    parts = viewer.add_labels(
+        np.array(PIL.Image.open(cihp_samples / "Category_ids" / "0005008.png")),
+        name="0005008 parts",
+    )
     dock, widget = dock_plugin(viewer, "Human parts")
     widget.image.value = photo
     viewer.layers.selection.active = parts
@@ -411,7 +451,8 @@ def _focused_key(qtbot, key, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
 
 
 def test_shift_up_down_step_human_parts_classes_with_the_review_queue_docked_after_it(
-        make_napari_viewer, dock_plugin, press_key, cihp_samples):
+    make_napari_viewer, dock_plugin, press_key, cihp_samples
+):
     viewer = make_napari_viewer()
     photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
     dock_plugin(viewer, "Review queue")  # docked last: it used to take the keys
@@ -424,7 +465,8 @@ def test_shift_up_down_step_human_parts_classes_with_the_review_queue_docked_aft
 
 
 def test_keys_work_after_a_button_click_escape_returns_to_the_canvas_and_typing_types(
-        make_napari_viewer, dock_plugin, qtbot, cihp_samples, tmp_path):
+    make_napari_viewer, dock_plugin, qtbot, cihp_samples, tmp_path
+):
     viewer = make_napari_viewer(show=True)
     photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
     widget.legend.list.setCurrentRow(5)
@@ -451,8 +493,9 @@ def test_keys_work_after_a_button_click_escape_returns_to_the_canvas_and_typing_
     assert parts.selected_label == 7 and field.text() == before
 
 
-def test_the_new_label_key_stays_within_the_classes(make_napari_viewer, dock_plugin, press_key,
-                                                    cihp_samples):
+def test_the_new_label_key_stays_within_the_classes(
+    make_napari_viewer, dock_plugin, press_key, cihp_samples
+):
     viewer = make_napari_viewer()
     photo, parts, widget = _parts_session(viewer, dock_plugin, cihp_samples)
     parts.mode = "paint"
@@ -464,7 +507,8 @@ def test_the_new_label_key_stays_within_the_classes(make_napari_viewer, dock_plu
 
 
 def test_save_to_dataset_writes_the_sample_and_remembers_the_dataset(
-        make_napari_viewer, dock_plugin, press_key, cihp_samples, tmp_path):
+    make_napari_viewer, dock_plugin, press_key, cihp_samples, tmp_path
+):
     from napari_deeplab import cihp
     from napari_deeplab._napari.recent_datasets import recent_datasets
 
@@ -473,8 +517,9 @@ def test_save_to_dataset_writes_the_sample_and_remembers_the_dataset(
     widget.dataset.folder = str(tmp_path / "dataset")
     widget.save_button.native.click()
     assert widget.runner.status.value.startswith("Saved '0005008'"), widget.runner.status.value
-    np.testing.assert_array_equal(cihp.read_sample(tmp_path / "dataset", "0005008").category_ids,
-                                  parts.data)
+    np.testing.assert_array_equal(
+        cihp.read_sample(tmp_path / "dataset", "0005008").category_ids, parts.data
+    )
     assert recent_datasets()[0] == str(tmp_path / "dataset")
     parts.data_setitem((np.array([3]), np.array([3])), 9)
     press_key(viewer, Qt.Key.Key_D, SHIFT)

@@ -38,8 +38,9 @@ def press(widget, qtbot, name):
 def send_key(viewer, qtbot, key):
     """A real Qt key event on the canvas, e.g. "Shift-H" as Shift + the H key."""
     letter = key.split("-")[1]
-    qtbot.keyClick(canvas_widget(viewer), getattr(Qt.Key, f"Key_{letter}"),
-                   Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClick(
+        canvas_widget(viewer), getattr(Qt.Key, f"Key_{letter}"), Qt.KeyboardModifier.ShiftModifier
+    )
 
 
 def click_canvas(viewer, qtbot, row, col):
@@ -48,8 +49,12 @@ def click_canvas(viewer, qtbot, row, col):
     height, width = viewer.canvas.size
     y = (row - camera.center[-2]) * camera.zoom + height / 2
     x = (col - camera.center[-1]) * camera.zoom + width / 2
-    qtbot.mouseClick(canvas_widget(viewer), Qt.MouseButton.LeftButton,
-                     Qt.KeyboardModifier.NoModifier, QPoint(round(x), round(y)))
+    qtbot.mouseClick(
+        canvas_widget(viewer),
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+        QPoint(round(x), round(y)),
+    )
 
 
 def speckle(labels, seed=0):
@@ -57,13 +62,12 @@ def speckle(labels, seed=0):
     rng = np.random.default_rng(seed)
     for _ in range(25):
         y, x = rng.integers(0, labels.shape[0] - 3), rng.integers(0, labels.shape[1] - 3)
-        out[y:y + 3, x:x + 3] = rng.integers(1, 20)
+        out[y : y + 3, x : x + 3] = rng.integers(1, 20)
     return out
 
 
 def add_parts(viewer, data, name="photo parts"):
-    return viewer.add_labels(data, name=name, colormap=parts_colormap(),
-                             features=parts_features())
+    return viewer.add_labels(data, name=name, colormap=parts_colormap(), features=parts_features())
 
 
 @pytest.fixture
@@ -82,8 +86,15 @@ def session(make_napari_viewer, crop, qtbot):
     viewer.add_image(photo, name="photo")
     parts = add_parts(viewer, speckled.copy())
     dock, widget = dock_plugin(viewer, "Refine parts")
-    return SimpleNamespace(viewer=viewer, dock=dock, widget=widget, parts=parts, photo=photo,
-                           truth=truth, speckled=speckled)
+    return SimpleNamespace(
+        viewer=viewer,
+        dock=dock,
+        widget=widget,
+        parts=parts,
+        photo=photo,
+        truth=truth,
+        speckled=speckled,
+    )
 
 
 def test_whole_layer_operation_is_one_undo_step_and_counts_as_edits(session, qtbot):
@@ -97,8 +108,9 @@ def test_whole_layer_operation_is_one_undo_step_and_counts_as_edits(session, qtb
     expected = refine.remove_small_regions(session.speckled, size)
     np.testing.assert_array_equal(parts.data, expected)
     changed = expected != session.speckled
-    assert widget.runner.status.value == (f"Remove small regions (size {size:,} px): "
-                                          f"{changed.sum():,} pixels changed (Ctrl+Z undoes)")
+    assert widget.runner.status.value == (
+        f"Remove small regions (size {size:,} px): {changed.sum():,} pixels changed (Ctrl+Z undoes)"
+    )
     np.testing.assert_array_equal(tracker.mask, changed)  # a re-run of the model keeps these
     parts.undo()
     np.testing.assert_array_equal(parts.data, session.speckled)
@@ -135,8 +147,9 @@ def test_clicked_region_is_taken_in_the_frame_it_was_clicked_in(make_napari_view
     widget.source_class.value, widget.target_class.value = COAT, 6
     viewer.dims.set_current_step(0, 1)
     press(widget, qtbot, "relabel")
-    assert widget.runner.status.value == ("Failed: You clicked the region in frame 0 and are "
-                                          "now on frame 1: click it again")
+    assert widget.runner.status.value == (
+        "Failed: You clicked the region in frame 0 and are now on frame 1: click it again"
+    )
     np.testing.assert_array_equal(parts.data, frames)
     viewer.dims.set_current_step(0, 0)
     press(widget, qtbot, "relabel")
@@ -162,8 +175,7 @@ def test_scribbles_painted_on_the_canvas_fix_a_wrong_region(session, qtbot):
     assert not scribbles.data.any()  # the strokes were used up
 
 
-def test_every_shortcut_runs_its_operation_from_a_real_key_press_on_the_parts_layer(session,
-                                                                                  qtbot):
+def test_every_shortcut_runs_its_operation_from_a_real_key_press_on_the_parts_layer(session, qtbot):
     """Each Shift+letter press on the canvas, with the parts layer active and painting, runs its
     operation; the layer stays in paint mode (napari's Labels keys are plain letters/digits)."""
     viewer, widget, parts = session.viewer, session.widget, session.parts
@@ -177,8 +189,7 @@ def test_every_shortcut_runs_its_operation_from_a_real_key_press_on_the_parts_la
         parts.mode = "paint"
         send_key(viewer, qtbot, operation.key)
         qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
-        expected = "Region 1 of 1:" if operation.name == "next_low_confidence" \
-            else operation.text
+        expected = "Region 1 of 1:" if operation.name == "next_low_confidence" else operation.text
         assert widget.runner.status.value.startswith(expected), operation
         assert "pixels changed" in widget.runner.status.value or expected.startswith("Region")
         assert parts.mode == "paint", operation
@@ -198,8 +209,9 @@ def test_shortcuts_collide_with_no_napari_binding_and_are_shown(make_napari_view
         taken |= set(layer_type.class_keymap)
     for keys in [*get_settings().shortcuts.shortcuts.values(), *action_manager._shortcuts.values()]:
         taken |= {coerce_keybinding(str(key)) for key in keys}  # the action manager's keys
-    taken |= {coerce_keybinding(str(binding.keybinding))
-              for binding in get_app_model().keybindings}  # menus
+    taken |= {
+        coerce_keybinding(str(binding.keybinding)) for binding in get_app_model().keybindings
+    }  # menus
     assert {coerce_keybinding(key) for key in ("1", "Shift-L", "Shift-V", "Ctrl-O")} <= taken
     _, widget = dock_plugin(viewer, "Refine parts")
     for operation in OPERATIONS:
@@ -219,8 +231,12 @@ def test_without_a_parts_layer_every_action_says_what_to_do(make_napari_viewer, 
     viewer.add_image(crop[0], name="photo")
     _, widget = dock_plugin(viewer, "Refine parts")
     assert widget.parts.value is None
-    for button in (widget.draw_selection, widget.scribbles,
-                   widget.buttons["next_low_confidence"], widget.buttons["fill_holes"]):
+    for button in (
+        widget.draw_selection,
+        widget.scribbles,
+        widget.buttons["next_low_confidence"],
+        widget.buttons["fill_holes"],
+    ):
         button.native.click()
         assert "No parts layer: run Human parts on a photo" in widget.runner.status.value
         assert "\n" not in widget.runner.status.value
@@ -228,7 +244,8 @@ def test_without_a_parts_layer_every_action_says_what_to_do(make_napari_viewer, 
 
 
 def test_low_confidence_review_outlines_zooms_and_follows_frame_threshold_and_data(
-        make_napari_viewer, crop, qtbot, recwarn):
+    make_napari_viewer, crop, qtbot, recwarn
+):
     viewer = make_napari_viewer()
     photo, truth = crop
     viewer.add_image(np.stack([photo, photo]), name="clip")
@@ -270,8 +287,9 @@ def test_low_confidence_review_outlines_zooms_and_follows_frame_threshold_and_da
 @pytest.fixture
 def held_smooth(monkeypatch):
     """refine.smooth that waits for ``release`` once ``started``, noting the threads it ran in."""
-    held = SimpleNamespace(started=threading.Event(), release=threading.Event(), threads=[],
-                           real=refine.smooth)
+    held = SimpleNamespace(
+        started=threading.Event(), release=threading.Event(), threads=[], real=refine.smooth
+    )
 
     def slow_smooth(labels, radius, mask=None):
         held.threads.append(threading.current_thread())
@@ -310,8 +328,9 @@ def test_parts_layer_removed_while_an_operation_runs_is_reported(session, qtbot,
     session.viewer.layers.remove("photo parts")
     release.set()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=10_000)
-    assert widget.runner.status.value == ("Failed: 'photo parts' was removed while Smooth ran: "
-                                          "nothing changed")
+    assert widget.runner.status.value == (
+        "Failed: 'photo parts' was removed while Smooth ran: nothing changed"
+    )
 
 
 def test_a_confidence_layer_of_another_shape_is_refused_in_one_line(session, qtbot):
@@ -320,14 +339,19 @@ def test_a_confidence_layer_of_another_shape_is_refused_in_one_line(session, qtb
     session.widget.buttons["next_low_confidence"].native.click()
     assert session.widget.runner.status.value == (
         f"'photo confidence' has shape (10, 10), not that of 'photo parts' "
-        f"{session.truth.shape}: run Human parts on the photo again, or remove it")
+        f"{session.truth.shape}: run Human parts on the photo again, or remove it"
+    )
     assert "photo parts review" not in session.viewer.layers
 
 
 def test_removed_widget_leaves_no_keys_no_click_callbacks_and_is_collected(session, qtbot):
     viewer, parts = session.viewer, session.parts
-    watches = lambda layer: [c for c in layer.mouse_drag_callbacks  # noqa: E731
-                             if getattr(c, "func", None) is _remember_click]
+
+    def watches(layer):
+        return [
+            c for c in layer.mouse_drag_callbacks if getattr(c, "func", None) is _remember_click
+        ]
+
     for _ in range(3):  # layer events refresh the picker: still one callback per layer
         viewer.layers.remove(viewer.add_labels(np.zeros((4, 4), np.uint8), name="tmp"))
     assert len(watches(parts)) == 1 and len(watches(viewer.layers["scratch"])) == 1
@@ -346,7 +370,8 @@ def test_removed_widget_leaves_no_keys_no_click_callbacks_and_is_collected(sessi
 
 
 def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
-        make_napari_viewer, crop, qtbot):
+    make_napari_viewer, crop, qtbot
+):
     """Refine's form is compact: docked under Human parts in a 1280 x 900 window, both fit
     without growing the window, and Human parts' class legend shows at least 10 classes."""
     viewer = make_napari_viewer(show=True)
@@ -366,13 +391,18 @@ def test_docked_under_human_parts_both_fit_and_the_class_legend_stays_readable(
 
 def mean_iou(labels, truth):
     classes = np.union1d(np.unique(labels), np.unique(truth))
-    return np.mean([((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
-                    for c in classes])
+    return np.mean(
+        [
+            ((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+            for c in classes
+        ]
+    )
 
 
 @pytest.mark.parametrize("scale", [1, 3])
-def test_clean_up_defaults_follow_the_people_and_keep_a_correct_mask(make_napari_viewer, qtbot,
-                                                                    cihp_samples, scale):
+def test_clean_up_defaults_follow_the_people_and_keep_a_correct_mask(
+    make_napari_viewer, qtbot, cihp_samples, scale
+):
     """The default sizes are shares of the people's area: on a correct mask of people three
     times smaller, Remove small regions and Fill holes still change next to nothing."""
     truth = np.asarray(PILImage.open(cihp_samples / "Category_ids" / "0005008.png"))
@@ -390,6 +420,7 @@ def test_clean_up_defaults_follow_the_people_and_keep_a_correct_mask(make_napari
 
 
 # --- issue 17: undo on the layer changed, waits with progress and Cancel, no GUI stall --------
+
 
 def test_ctrl_z_after_apply_scribbles_undoes_the_parts(session, qtbot, press_key):
     coat = session.truth == COAT
@@ -410,10 +441,12 @@ def test_ctrl_z_after_apply_scribbles_undoes_the_parts(session, qtbot, press_key
 def _large_session(make_napari_viewer, cihp_samples, size=(2000, 1500)):
     """A real CIHP photo and mask upscaled to 3 megapixels, with a confidence layer."""
     viewer = make_napari_viewer()
-    photo = np.asarray(PILImage.open(cihp_samples / "Images" / "0005008.jpg").resize(
-        size, PILImage.BILINEAR))
-    truth = np.array(PILImage.open(cihp_samples / "Category_ids" / "0005008.png").resize(
-        size, PILImage.NEAREST))
+    photo = np.asarray(
+        PILImage.open(cihp_samples / "Images" / "0005008.jpg").resize(size, PILImage.BILINEAR)
+    )
+    truth = np.array(
+        PILImage.open(cihp_samples / "Category_ids" / "0005008.png").resize(size, PILImage.NEAREST)
+    )
     viewer.add_image(photo, name="photo")
     parts = add_parts(viewer, np.roll(truth, (8, 8), axis=(0, 1)))
     # as the model's: unsure along the parts' boundaries, and in a speckle of small spots
@@ -421,8 +454,9 @@ def _large_session(make_napari_viewer, cihp_samples, size=(2000, 1500)):
     from skimage.segmentation import find_boundaries
 
     rng = np.random.default_rng(0)
-    confidence = np.where(ndi.binary_dilation(find_boundaries(truth), iterations=3), 0.3,
-                          0.9).astype(np.float32)
+    confidence = np.where(
+        ndi.binary_dilation(find_boundaries(truth), iterations=3), 0.3, 0.9
+    ).astype(np.float32)
     confidence[rng.random(truth.shape) < 0.01] = 0.2
     viewer.add_image(confidence, name="photo confidence", visible=False)
     _, widget = dock_plugin(viewer, "Refine parts")
@@ -449,7 +483,8 @@ def _longest_stall(qtbot, until, timeout_ms=120_000) -> float:
 
 
 def test_next_low_confidence_on_3_megapixels_keeps_the_viewer_responsive(
-        make_napari_viewer, cihp_samples, qtbot):
+    make_napari_viewer, cihp_samples, qtbot
+):
     viewer, widget, parts = _large_session(make_napari_viewer, cihp_samples)
     widget.buttons["next_low_confidence"].native.click()
     assert widget.runner.running  # found in a worker
@@ -462,8 +497,10 @@ def test_next_low_confidence_on_3_megapixels_keeps_the_viewer_responsive(
     assert widget.runner.running
     stall = _longest_stall(qtbot, lambda: not widget.runner.running)
     assert widget.runner.status.value.startswith("Region 1 of "), widget.runner.status.value
-    print(f"Next low-confidence, 3 MP: longest GUI stall {stall * 1000:.0f} ms "
-          f"({first * 1000:.0f} ms the first time, making the review layer)")
+    print(
+        f"Next low-confidence, 3 MP: longest GUI stall {stall * 1000:.0f} ms "
+        f"({first * 1000:.0f} ms the first time, making the review layer)"
+    )
     assert stall < 0.5  # the figure is the benchmark's (docs/benchmarks.md): CPUs are shared
 
 
@@ -471,14 +508,20 @@ def test_snap_to_image_shows_progress_and_cancel_stops_it(make_napari_viewer, ci
     viewer, widget, parts = _large_session(make_napari_viewer, cihp_samples)
     before = parts.data.copy()
     widget.buttons["snap_to_image"].native.click()
-    qtbot.waitUntil(lambda: "Snap to image" in widget.runner.status.value
-                    and "of" in widget.runner.status.value, timeout=60_000)
+    qtbot.waitUntil(
+        lambda: (
+            "Snap to image" in widget.runner.status.value and "of" in widget.runner.status.value
+        ),
+        timeout=60_000,
+    )
     widget.runner.cancel_button.native.click()
     assert widget.runner.status.value == "Cancelled"
     qtbot.wait(300)
     np.testing.assert_array_equal(parts.data, before)
-    stall = _longest_stall(qtbot, lambda: False if widget.runner.running else (
-        press(widget, qtbot, "snap_to_image") or True))
+    stall = _longest_stall(
+        qtbot,
+        lambda: False if widget.runner.running else (press(widget, qtbot, "snap_to_image") or True),
+    )
     assert widget.runner.status.value.startswith("Snap to image: "), widget.runner.status.value
     print(f"Snap to image, 3 MP: longest GUI stall {stall * 1000:.0f} ms")
     assert not np.array_equal(parts.data, before)

@@ -38,9 +38,16 @@ class Annotator:
     def __init__(self, user: str, log: Path):
         env = {**os.environ, ANNOTATOR_ENV: user}
         self.log = log.open("a")
-        self.process = subprocess.Popen([sys.executable, "-m", DRIVER, "0.5"], env=env, cwd=REPO,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.log, text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", DRIVER, "0.5"],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            bufsize=1,
+        )
         self.replies: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         assert self._reply(120)["ready"]
@@ -59,16 +66,18 @@ class Annotator:
                 answer = self.replies.get(timeout=0 if qtbot else 0.05)
             except queue.Empty:
                 if self.process.poll() is not None:
-                    raise AssertionError(f"the driver ended ({self.process.returncode}); see "
-                                         f"{self.log.name}") from None
+                    raise AssertionError(
+                        f"the driver ended ({self.process.returncode}); see {self.log.name}"
+                    ) from None
                 continue
             assert answer["ok"], answer
             return answer
         raise AssertionError(f"no reply from the driver in {timeout_s} s; see {self.log.name}")
 
     def send(self, qtbot, *command, timeout_s: float = 120) -> dict:
-        self.process.stdin.write(json.dumps([str(c) if isinstance(c, Path) else c
-                                             for c in command]) + "\n")
+        self.process.stdin.write(
+            json.dumps([str(c) if isinstance(c, Path) else c for c in command]) + "\n"
+        )
         self.process.stdin.flush()
         return self._reply(timeout_s, qtbot)
 
@@ -99,7 +108,9 @@ def annotators(tmp_path):
 def _photos(cihp_samples, folder: Path, names) -> Path:
     folder.mkdir()
     for name in names:
-        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(folder / f"{name}.jpg")
+        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(
+            folder / f"{name}.jpg"
+        )
     return folder
 
 
@@ -113,8 +124,9 @@ def _ids_of(root) -> list[str]:
     return cihp.list_samples(root) if (Path(root) / "Training").is_dir() else []
 
 
-def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_samples,
-                                                tmp_path, monkeypatch, annotators):
+def test_two_annotators_in_two_napari_processes(
+    make_napari_viewer, qtbot, cihp_samples, tmp_path, monkeypatch, annotators
+):
     monkeypatch.setattr(review_widget, "CLAIM_HEARTBEAT_S", 0.5)
     monkeypatch.setenv(ANNOTATOR_ENV, "alice")
     photos, root = _photos(cihp_samples, tmp_path / "photos", "abcd"), tmp_path / "dataset"
@@ -149,8 +161,12 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     # with one line, the dataset keeps theirs; Keep mine (a second step) exports hers
     parts = viewer.layers["a parts"]
     parts.paint((9, 9), 7)
-    cihp.write_sample(root, "a", np.full(parts.data.shape, 2, np.uint8),
-                      image=np.zeros((*parts.data.shape, 3), np.uint8))
+    cihp.write_sample(
+        root,
+        "a",
+        np.full(parts.data.shape, 2, np.uint8),
+        image=np.zeros((*parts.data.shape, 3), np.uint8),
+    )
     qtbot.wait(int(SEEN_S * 1000))
     press_key(viewer, Qt.Key.Key_A, ALT)
     assert alice.shown_id == "a" and alice.choice_row.visible
@@ -208,12 +224,17 @@ def test_two_annotators_in_two_napari_processes(make_napari_viewer, qtbot, cihp_
     queue_after = ReviewQueue(photos, root)
     assert queue_after.load_draft("d")[3, 3] == 11 and queue_after.claims() == {}
     assert [queue_after.full_state(i) for i in "abcd"] == [
-        "exported-reviewed", "exported-reviewed", "exported-reviewed", "corrected"]
+        "exported-reviewed",
+        "exported-reviewed",
+        "exported-reviewed",
+        "corrected",
+    ]
     print(f"\nAccept key press (export + next photo shown): {stall * 1000:.0f} ms")
 
 
 def test_a_draft_another_napari_wrote_is_shown_when_the_pre_label_arrives(
-        make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
     photos, root = _photos(cihp_samples, tmp_path / "photos", "a"), tmp_path / "dataset"
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
@@ -237,13 +258,16 @@ def test_autosave_cost_on_a_12_mp_layer(tmp_path, cihp_samples):
     queue.save_in_hand("a", labels)
     took = time.perf_counter() - start
     np.testing.assert_array_equal(queue.load_in_hand("a"), labels)
-    print(f"\nautosave of a 12 MP layer: {took * 1000:.0f} ms, "
-          f"{queue.in_hand_path('a').stat().st_size // 1024} KB")
+    print(
+        f"\nautosave of a 12 MP layer: {took * 1000:.0f} ms, "
+        f"{queue.in_hand_path('a').stat().st_size // 1024} KB"
+    )
     assert took < 5  # fsync on a busy shared disk dominates
 
 
-def test_the_photos_and_dataset_fields_offer_the_folders_used_last(make_napari_viewer, tmp_path,
-                                                                    cihp_samples):
+def test_the_photos_and_dataset_fields_offer_the_folders_used_last(
+    make_napari_viewer, tmp_path, cihp_samples
+):
     photos, root = _photos(cihp_samples, tmp_path / "photos", "a"), tmp_path / "dataset"
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
@@ -261,8 +285,11 @@ def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_p
     photos, root = _photos(cihp_samples, tmp_path / "photos", "abc"), tmp_path / "dataset"
     earlier = ReviewQueue(photos, root)
     for name in "abc":
-        earlier.save_draft(name, np.full(PILImage.open(photos / f"{name}.jpg").size[::-1], 14,
-                                         np.uint8), corrected=False)
+        earlier.save_draft(
+            name,
+            np.full(PILImage.open(photos / f"{name}.jpg").size[::-1], 14, np.uint8),
+            corrected=False,
+        )
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")
     _open(widget, photos, root, tmp_path / "no-model.keras")
@@ -279,15 +306,18 @@ def test_states_say_what_happened(make_napari_viewer, qtbot, cihp_samples, tmp_p
     qtbot.wait(int(SEEN_S * 1000))
     press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.full_state("c") == "exported-reviewed"
-    assert widget.status.value.startswith("Exported c — Undo") and widget.progress.value == \
-        "1 of 3 exported"
+    assert (
+        widget.status.value.startswith("Exported c — Undo")
+        and widget.progress.value == "1 of 3 exported"
+    )
     widget.undo_button.native.click()
     assert "c" not in _ids_of(root) and widget.queue.full_state("c") == "corrected"
     assert widget.shown_id == "c" and widget.progress.value == "0 of 3 exported"
 
 
-def test_open_theirs_shows_the_newer_sample_and_keeps_yours_aside(make_napari_viewer, qtbot,
-                                                                  cihp_samples, tmp_path):
+def test_open_theirs_shows_the_newer_sample_and_keeps_yours_aside(
+    make_napari_viewer, qtbot, cihp_samples, tmp_path
+):
     photos, root = _photos(cihp_samples, tmp_path / "photos", "ab"), tmp_path / "dataset"
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-deeplab", "Review queue")

@@ -20,8 +20,11 @@ from napari_deeplab._napari.review_widget import ACCEPT_KEY, MIN_SEEN_S, NEXT_KE
 from .gui import dock_plugin, main_window, press_key
 
 TIMEOUT_MS = 240_000  # model work on 2 shared cores, with a cold model process
-ALT, SHIFT, CONTROL = (Qt.KeyboardModifier.AltModifier, Qt.KeyboardModifier.ShiftModifier,
-                       Qt.KeyboardModifier.ControlModifier)
+ALT, SHIFT, CONTROL = (
+    Qt.KeyboardModifier.AltModifier,
+    Qt.KeyboardModifier.ShiftModifier,
+    Qt.KeyboardModifier.ControlModifier,
+)
 UNREADABLE = "0000001"  # sorts before the CIHP photos: the first photo of the queue
 IDS = [UNREADABLE, "0002190", "0005008", "0026375"]
 SEEN_MS = int(MIN_SEEN_S * 1000) + 100  # Accept applies to a photo on screen this long
@@ -36,8 +39,9 @@ def _click_row(qtbot, list_widget, row: int, double: bool = False) -> None:
 
 
 def _errors() -> list[str]:
-    return [n.message for n in notification_manager.records
-            if n.severity == NotificationSeverity.ERROR]
+    return [
+        n.message for n in notification_manager.records if n.severity == NotificationSeverity.ERROR
+    ]
 
 
 def _open(widget, photos, root, model) -> None:
@@ -47,8 +51,9 @@ def _open(widget, photos, root, model) -> None:
     widget.open_button.native.click()
 
 
-def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samples, model_file,
-                                            tmp_path):
+def test_review_queue_from_the_plugins_menu(
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
     photos = tmp_path / "photos"
     shutil.copytree(cihp_samples / "Images", photos)
     (photos / f"{UNREADABLE}.jpg").write_bytes(b"not a jpeg")
@@ -138,15 +143,19 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     widget.people_button.native.click()
     people = viewer.layers[f"{IDS[2]} people"]
     assert people.data.max() >= 1
-    expected_parts, expected_people = viewer.layers[f"{IDS[2]} parts"].data.copy(), people.data.copy()
+    expected_parts, expected_people = (
+        viewer.layers[f"{IDS[2]} parts"].data.copy(),
+        people.data.copy(),
+    )
     qtbot.wait(SEEN_MS)  # looked at
     press_key(viewer, Qt.Key.Key_A, ALT)
     assert queue.state(IDS[2]) == "exported"
     sample = cihp.read_sample(root, IDS[2])
     np.testing.assert_array_equal(sample.category_ids, expected_parts)
     np.testing.assert_array_equal(sample.human_ids, expected_people)
-    assert (root / "Training" / "Images" / f"{IDS[2]}.jpg").read_bytes() == \
-        (photos / f"{IDS[2]}.jpg").read_bytes()
+    assert (root / "Training" / "Images" / f"{IDS[2]}.jpg").read_bytes() == (
+        photos / f"{IDS[2]}.jpg"
+    ).read_bytes()
     assert widget.shown_id == IDS[3] and f"{IDS[2]} people" not in viewer.layers
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     assert widget.photo_list.item(2).text() == f"{IDS[2]} — exported"
@@ -169,8 +178,9 @@ def test_review_queue_from_the_plugins_menu(make_napari_viewer, qtbot, cihp_samp
     qtbot.waitUntil(lambda: not again.prelabelling, timeout=TIMEOUT_MS)
 
 
-def test_an_empty_dataset_field_is_refused_and_nothing_written(make_napari_viewer, cihp_samples,
-                                                                tmp_path, monkeypatch):
+def test_an_empty_dataset_field_is_refused_and_nothing_written(
+    make_napari_viewer, cihp_samples, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # where the state would have been written
     viewer = make_napari_viewer()
     _, widget = dock_plugin(viewer, "Review queue")
@@ -189,13 +199,16 @@ def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, 
     viewer = make_napari_viewer(show=True)
     keys = [NEXT_KEY, PREVIOUS_KEY, ACCEPT_KEY]
     napari_keys = {str(coerce_keybinding(k)) for k in viewer.keymap}
-    napari_keys |= {str(binding) for bindings in action_manager._shortcuts.values()
-                    for binding in bindings}
+    napari_keys |= {
+        str(binding) for bindings in action_manager._shortcuts.values() for binding in bindings
+    }
     napari_keys |= {str(k) for layer in (Image, Labels) for k in layer.class_keymap}
     napari_keys |= {str(binding.keybinding) for binding in get_app_model().keybindings}
-    mnemonics = {text[text.index("&") + 1].upper()
-                 for text in (action.text() for action in
-                              main_window(viewer).menuBar().actions()) if "&" in text}
+    mnemonics = {
+        text[text.index("&") + 1].upper()
+        for text in (action.text() for action in main_window(viewer).menuBar().actions())
+        if "&" in text
+    }
     for key in keys:
         assert str(coerce_keybinding(key)) not in napari_keys
         modifiers, _, name = key.rpartition("-")
@@ -203,8 +216,11 @@ def test_shortcuts_are_free_shown_and_leave_with_the_widget(make_napari_viewer, 
         assert not ("Alt" in modifiers and name.upper() in mnemonics)
 
     dock, widget = dock_plugin(viewer, "Review queue")
-    for button, key in ((widget.next_button, NEXT_KEY), (widget.previous_button, PREVIOUS_KEY),
-                        (widget.accept_button, ACCEPT_KEY)):
+    for button, key in (
+        (widget.next_button, NEXT_KEY),
+        (widget.previous_button, PREVIOUS_KEY),
+        (widget.accept_button, ACCEPT_KEY),
+    ):
         assert key in button.tooltip
     assert "Alt-Left/Right" in widget.help_line.value and ACCEPT_KEY in widget.help_line.value
     assert all(coerce_keybinding(key) in viewer.keymap for key in keys)
@@ -233,8 +249,11 @@ def test_a_damaged_queue_state_is_shown_as_a_warning(make_napari_viewer, cihp_sa
     _, widget = dock_plugin(viewer, "Review queue")
     widget.photos.value, widget.dataset.value = photos, root
     widget.open_button.native.click()
-    warnings = [n.message for n in notification_manager.records
-                if n.severity == NotificationSeverity.WARNING]
+    warnings = [
+        n.message
+        for n in notification_manager.records
+        if n.severity == NotificationSeverity.WARNING
+    ]
     assert any("queue.json" in message and "damaged" in message for message in warnings)
     # the draft found is shown, protected as the annotator's, and nothing is pre-labelled
     assert widget.queue.state(IDS[1]) == "corrected" and not widget.prelabelling
@@ -242,7 +261,8 @@ def test_a_damaged_queue_state_is_shown_as_a_warning(make_napari_viewer, cihp_sa
 
 
 def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_removed(
-        make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
     from napari_deeplab._napari.review_widget import OPEN_FIRST
 
     photos = tmp_path / "photos"
@@ -250,9 +270,12 @@ def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_rem
     PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / "small.jpg")
     viewer = make_napari_viewer(show=True)
     _, widget = dock_plugin(viewer, "Review queue")
-    for press in (lambda: press_key(viewer, Qt.Key.Key_A, ALT),
-                  lambda: press_key(viewer, Qt.Key.Key_Right, ALT),
-                  widget.accept_button.native.click, widget.people_button.native.click):
+    for press in (
+        lambda: press_key(viewer, Qt.Key.Key_A, ALT),
+        lambda: press_key(viewer, Qt.Key.Key_Right, ALT),
+        widget.accept_button.native.click,
+        widget.people_button.native.click,
+    ):
         widget.status.value = ""
         press()
         assert widget.status.value == OPEN_FIRST
@@ -262,8 +285,9 @@ def test_buttons_say_what_to_do_without_a_queue_and_after_the_parts_layer_is_rem
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
     viewer.layers.remove("small parts")
     widget.accept_button.native.click()
-    assert widget.status.value == ("The parts layer of small was removed: double-click the photo "
-                                   "in the list to show it again")
+    assert widget.status.value == (
+        "The parts layer of small was removed: double-click the photo in the list to show it again"
+    )
     _click_row(qtbot, widget.photo_list, 0, double=True)
     assert isinstance(viewer.layers["small parts"], Labels)
     assert viewer.layers["small parts"].data.any()  # its pre-label, back
@@ -277,7 +301,9 @@ def _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_pa
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("a", "b"):
-        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(photos / f"{name}.jpg")
+        PILImage.open(cihp_samples / "Images" / "0005008.jpg").reduce(4).save(
+            photos / f"{name}.jpg"
+        )
     viewer = make_napari_viewer(show=True)
     _, widget = dock_plugin(viewer, "Review queue")
     _open(widget, photos, tmp_path / "dataset", model_file)
@@ -286,27 +312,29 @@ def _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_pa
     return viewer, widget
 
 
-def test_accept_pressed_twice_exports_only_the_photo_reviewed(make_napari_viewer, qtbot,
-                                                              cihp_samples, model_file, tmp_path):
+def test_accept_pressed_twice_exports_only_the_photo_reviewed(
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
     """A double press of Alt+A must not export the next photo, which nobody has looked at."""
-    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file,
-                                      tmp_path)
+    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path)
     press_key(viewer, Qt.Key.Key_A, ALT)
     press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.shown_id == "b"
     assert [widget.queue.state(i) for i in "ab"] == ["exported", "pre-labelled"]
-    assert widget.status.value == "Accept pressed twice: b was not exported; look at it, then Accept"
+    assert (
+        widget.status.value == "Accept pressed twice: b was not exported; look at it, then Accept"
+    )
     qtbot.wait(SEEN_MS)
     press_key(viewer, Qt.Key.Key_A, ALT)
     assert widget.queue.state("b") == "exported"
 
 
 def test_a_dataset_that_cannot_be_written_keeps_the_photo_and_its_edits(
-        make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path):
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
     """Next with the drafts folder unwritable (a file in its place: root ignores permissions)
     says so on one line and stays on the photo, edits and all; no traceback."""
-    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file,
-                                      tmp_path)
+    viewer, widget = _two_photo_queue(make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path)
     drafts = widget.queue.folder
     shutil.rmtree(drafts)
     drafts.write_text("in the way")

@@ -33,8 +33,10 @@ class ClassLegend(Container):
         self._parts_layer = parts_layer
         self.hidden: set[int] = set()
         self.list = QListWidget()
-        self.list.setToolTip(f"Click a class to paint with it ({PREVIOUS_CLASS_KEY} / "
-                             f"{NEXT_CLASS_KEY} step through them); untick to hide it")
+        self.list.setToolTip(
+            f"Click a class to paint with it ({PREVIOUS_CLASS_KEY} / "
+            f"{NEXT_CLASS_KEY} step through them); untick to hide it"
+        )
         for value, name in enumerate(CLASS_NAMES):
             swatch = QPixmap(14, 14)
             swatch.fill(QColor(*PALETTE[value]))

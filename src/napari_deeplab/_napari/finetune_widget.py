@@ -71,8 +71,9 @@ class CurvePlot(QWidget):
     def plot_area(self) -> QRectF:
         """Where the curves go: room for the legend above, ticks on three sides."""
         line = self.fontMetrics().height()
-        return QRectF(self.rect()).adjusted(6 + 4 * line, 1.6 * line, -(6 + 2.5 * line),
-                                            -2.2 * line)
+        return QRectF(self.rect()).adjusted(
+            6 + 4 * line, 1.6 * line, -(6 + 2.5 * line), -2.2 * line
+        )
 
     def _top_loss(self) -> float:
         """The loss axis' top: a round number above the highest loss, so ticks are round."""
@@ -87,9 +88,11 @@ class CurvePlot(QWidget):
     def tick_labels(self) -> dict[str, list[str]]:
         """The labels of the loss (left), mean IoU (right) and epoch (bottom) ticks."""
         fractions = [step / 4 for step in range(5)]
-        return {"loss": [f"{self._top_loss() * f:.3g}" for f in fractions] if self.loss else [],
-                "mean IoU": [f"{f:g}" for f in fractions],
-                "epoch": [str(e) for e in self._epochs()]}
+        return {
+            "loss": [f"{self._top_loss() * f:.3g}" for f in fractions] if self.loss else [],
+            "mean IoU": [f"{f:g}" for f in fractions],
+            "epoch": [str(e) for e in self._epochs()],
+        }
 
     def legend(self) -> list[str]:
         return [name for name, _ in self.CURVES]
@@ -117,17 +120,28 @@ class CurvePlot(QWidget):
             painter.drawLine(QPointF(area.left() - 3, tick_y), QPointF(area.left(), tick_y))
             painter.drawLine(QPointF(area.right(), tick_y), QPointF(area.right() + 3, tick_y))
             if labels["loss"]:
-                painter.drawText(QRectF(0, tick_y - line, area.left() - 5, 2 * line),
-                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                                 labels["loss"][step])
-            painter.drawText(QRectF(area.right() + 5, tick_y - line, 3 * line, 2 * line),
-                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, iou_label)
+                painter.drawText(
+                    QRectF(0, tick_y - line, area.left() - 5, 2 * line),
+                    Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                    labels["loss"][step],
+                )
+            painter.drawText(
+                QRectF(area.right() + 5, tick_y - line, 3 * line, 2 * line),
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                iou_label,
+            )
         for epoch in self._epochs():
             painter.drawLine(QPointF(x(epoch), area.bottom()), QPointF(x(epoch), area.bottom() + 3))
-            painter.drawText(QRectF(x(epoch) - 2 * line, area.bottom() + 3, 4 * line, line),
-                             Qt.AlignmentFlag.AlignHCenter, str(epoch))
-        painter.drawText(QRectF(area.left(), area.bottom() + line, area.width(), 1.2 * line),
-                         Qt.AlignmentFlag.AlignHCenter, "epoch")
+            painter.drawText(
+                QRectF(x(epoch) - 2 * line, area.bottom() + 3, 4 * line, line),
+                Qt.AlignmentFlag.AlignHCenter,
+                str(epoch),
+            )
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + line, area.width(), 1.2 * line),
+            Qt.AlignmentFlag.AlignHCenter,
+            "epoch",
+        )
         legend_x = area.left()
         for name, colour in self.CURVES:
             painter.setPen(QPen(colour, 2))
@@ -135,7 +149,10 @@ class CurvePlot(QWidget):
             painter.setPen(ink)
             painter.drawText(QPointF(legend_x + 20, line), name)
             legend_x += 30 + painter.fontMetrics().horizontalAdvance(name)
-        for values, top, colour in ((self.loss, top_loss, LOSS_COLOUR), (self.miou, 1.0, IOU_COLOUR)):
+        for values, top, colour in (
+            (self.loss, top_loss, LOSS_COLOUR),
+            (self.miou, 1.0, IOU_COLOUR),
+        ):
             painter.setPen(QPen(colour, 2))
             points = [QPointF(x(e), y(v, top)) for e, v in values]
             for start, end in zip(points, points[1:], strict=False):
@@ -152,32 +169,58 @@ class FinetuneWidget(Container):
         self.viewer = napari_viewer
         self.dataset = DatasetChooser()
         self.model = ModelChooser(label="Start from", tooltip="The model to start from")
-        self.out = LineEdit(label="Save to", tooltip="The .keras file to write (the best model "
-                                                     "by validation mean IoU)")
+        self.out = LineEdit(
+            label="Save to",
+            tooltip="The .keras file to write (the best model by validation mean IoU)",
+        )
         self.out.native.setPlaceholderText("<dataset>/models/finetuned-<time>.keras")
         self.split = LineEdit(value=TRAINING_SPLIT, label="Split", tooltip="The split to train on")
-        self.val_split = LineEdit(value=VALIDATION_SPLIT, label="Validation",
-                                  tooltip="Validation split; without one a fifth of the "
-                                          "training samples is held out")
+        self.val_split = LineEdit(
+            value=VALIDATION_SPLIT,
+            label="Validation",
+            tooltip="Validation split; without one a fifth of the training samples is held out",
+        )
         self.epochs = SpinBox(value=DEFAULTS.epochs, min=1, max=MAX_EPOCHS, label="Epochs")
-        self.batch_size = SpinBox(value=DEFAULTS.batch_size, min=1, max=MAX_BATCH_SIZE,
-                                  label="Batch size")
-        self.image_size = SpinBox(value=DEFAULTS.image_size, min=IMAGE_SIZE_MULTIPLE,
-                                  max=MAX_IMAGE_SIZE, step=IMAGE_SIZE_MULTIPLE, label="Image size",
-                                  tooltip="Photos are resized to this square (a multiple of "
-                                          f"{IMAGE_SIZE_MULTIPLE})")
-        self.learning_rate = FloatSpinBox(value=DEFAULTS.learning_rate, min=MIN_LEARNING_RATE,
-                                          max=MAX_LEARNING_RATE, step=LEARNING_RATE_STEP,
-                                          label="Learning rate")
+        self.batch_size = SpinBox(
+            value=DEFAULTS.batch_size, min=1, max=MAX_BATCH_SIZE, label="Batch size"
+        )
+        self.image_size = SpinBox(
+            value=DEFAULTS.image_size,
+            min=IMAGE_SIZE_MULTIPLE,
+            max=MAX_IMAGE_SIZE,
+            step=IMAGE_SIZE_MULTIPLE,
+            label="Image size",
+            tooltip=f"Photos are resized to this square (a multiple of {IMAGE_SIZE_MULTIPLE})",
+        )
+        self.learning_rate = FloatSpinBox(
+            value=DEFAULTS.learning_rate,
+            min=MIN_LEARNING_RATE,
+            max=MAX_LEARNING_RATE,
+            step=LEARNING_RATE_STEP,
+            label="Learning rate",
+        )
         self.learning_rate.native.setDecimals(LEARNING_RATE_DECIMALS)
-        self.runner = JobRunner(self._prepare, run_text="Train",
-                                run_tooltip="Fine-tune in a training process; the best model by "
-                                            "validation mean IoU is saved after each epoch",
-                                cancel_tooltip="Stop training at once; the output file keeps "
-                                               "the best model so far")
-        super().__init__(widgets=[self.dataset, self.model, self.out, self.split, self.val_split,
-                                  self.epochs, self.batch_size, self.image_size,
-                                  self.learning_rate, self.runner])
+        self.runner = JobRunner(
+            self._prepare,
+            run_text="Train",
+            run_tooltip="Fine-tune in a training process; the best model by "
+            "validation mean IoU is saved after each epoch",
+            cancel_tooltip="Stop training at once; the output file keeps the best model so far",
+        )
+        super().__init__(
+            widgets=[
+                self.dataset,
+                self.model,
+                self.out,
+                self.split,
+                self.val_split,
+                self.epochs,
+                self.batch_size,
+                self.image_size,
+                self.learning_rate,
+                self.runner,
+            ]
+        )
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self._process = model_process_for(self)
@@ -203,28 +246,37 @@ class FinetuneWidget(Container):
         if not out.endswith(".keras"):
             raise JobRefused("The output file must end in .keras")
         if Path(out).exists():
-            raise JobRefused(f"{out} exists; choose another file to save to, or clear the "
-                             "field for a new one")
+            raise JobRefused(
+                f"{out} exists; choose another file to save to, or clear the field for a new one"
+            )
         folder = Path(out).parent
         try:  # refused now, not after the training
             folder.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as error:
             reason = f"{folder} is a file" if folder.is_file() else error.strerror
-            raise JobRefused(f"Cannot save to {out} ({reason}); choose a file in a folder you "
-                             "can write to") from None
+            raise JobRefused(
+                f"Cannot save to {out} ({reason}); choose a file in a folder you can write to"
+            ) from None
         try:
             source = self.model.checked_source()
         except ValueError as error:
             raise JobRefused(str(error)) from None
         remember_dataset(root)
-        settings = FinetuneSettings(epochs=self.epochs.value, batch_size=self.batch_size.value,
-                                    image_size=self.image_size.value,
-                                    learning_rate=self.learning_rate.value)
+        settings = FinetuneSettings(
+            epochs=self.epochs.value,
+            batch_size=self.batch_size.value,
+            image_size=self.image_size.value,
+            learning_rate=self.learning_rate.value,
+        )
         reports = self._process.finetune(
-            root=str(root), split=self.split.value.strip(),
-            val_split=self.val_split.value.strip() or None, source=source, out=out,
-            settings=settings)
+            root=str(root),
+            split=self.split.value.strip(),
+            val_split=self.val_split.value.strip() or None,
+            source=source,
+            out=out,
+            settings=settings,
+        )
         self.plot.clear()
 
         def show_epoch(report: dict) -> None:
@@ -232,7 +284,8 @@ class FinetuneWidget(Container):
             loss = "start" if report["loss"] is None else f"loss {report['loss']:.3f}"
             self.runner.status.value = (
                 f"Epoch {report['epoch']}/{report['epochs']}: {loss}, validation mean IoU "
-                f"{report['val_miou']:.3f}{' (saved)' if report['saved'] else ''}")
+                f"{report['val_miou']:.3f}{' (saved)' if report['saved'] else ''}"
+            )
 
         def done() -> str:
             if not Path(out).exists():
@@ -240,5 +293,11 @@ class FinetuneWidget(Container):
             remember_model(out)
             return f"Saved {out}: choose it in Human parts to pre-label with it"
 
-        return Job(reports, total=settings.epochs + 1, description="Fine-tuning", on_result=show_epoch,
-                   on_done=done, message=f"Training → {out}")
+        return Job(
+            reports,
+            total=settings.epochs + 1,
+            description="Fine-tuning",
+            on_result=show_epoch,
+            on_done=done,
+            message=f"Training → {out}",
+        )

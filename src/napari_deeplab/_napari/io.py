@@ -82,18 +82,42 @@ def sample_layers(sample: cihp.Sample, root=None, split: str | None = None) -> l
         photo = None
         with contextlib.suppress(OSError, ValueError):
             photo = str(cihp.find_image(root, sample.sample_id, split))
-        origin = {META_KEY: {"root": str(Path(root).absolute()), "split": split,
-                             "sample_id": sample.sample_id, "photo": photo,
-                             "version": sample_version(root, sample.sample_id, split)}}
+        origin = {
+            META_KEY: {
+                "root": str(Path(root).absolute()),
+                "split": split,
+                "sample_id": sample.sample_id,
+                "photo": photo,
+                "version": sample_version(root, sample.sample_id, split),
+            }
+        }
     layers = [(sample.image, {"name": sample.sample_id, "metadata": dict(origin)}, "image")]
     if sample.category_ids is not None:
-        layers.append((sample.category_ids, {"name": sample.sample_id + PARTS_SUFFIX,
-                                             "colormap": parts_colormap(),
-                                             "features": parts_features(), "opacity": 0.6,
-                                             "metadata": dict(origin)}, "labels"))
+        layers.append(
+            (
+                sample.category_ids,
+                {
+                    "name": sample.sample_id + PARTS_SUFFIX,
+                    "colormap": parts_colormap(),
+                    "features": parts_features(),
+                    "opacity": 0.6,
+                    "metadata": dict(origin),
+                },
+                "labels",
+            )
+        )
     if sample.human_ids is not None:
-        layers.append((sample.human_ids, {"name": sample.sample_id + PEOPLE_SUFFIX,
-                                          "visible": False, "metadata": dict(origin)}, "labels"))
+        layers.append(
+            (
+                sample.human_ids,
+                {
+                    "name": sample.sample_id + PEOPLE_SUFFIX,
+                    "visible": False,
+                    "metadata": dict(origin),
+                },
+                "labels",
+            )
+        )
     return layers
 
 
@@ -126,11 +150,13 @@ def _write_cihp(path: str, layer_data: list[tuple]) -> list[str]:
     parts = [(d, m) for d, m in labels if not _base_name(m["name"]).endswith(PEOPLE_SUFFIX)]
     people = [(d, m) for d, m in labels if _base_name(m["name"]).endswith(PEOPLE_SUFFIX)]
     if len(parts) != 1 or len(people) > 1:
-        raise ValueError("select one parts layer (and at most one people layer) to save a CIHP "
-                         "sample")
+        raise ValueError(
+            "select one parts layer (and at most one people layer) to save a CIHP sample"
+        )
     root, split = dataset_target(path)
-    written = save_sample(root, split, parts[0], images[0] if images else None,
-                          people[0] if people else None)
+    written = save_sample(
+        root, split, parts[0], images[0] if images else None, people[0] if people else None
+    )
     return [str(p) for p in written.values()]
 
 
@@ -152,19 +178,25 @@ def dataset_target(path: str | Path) -> tuple[Path, str]:
                 if folder is path:
                     return folder, "Training"  # an existing empty folder: a new dataset in it
                 continue
-            if location.split is None and folder is path.parent \
-                    and path.name in cihp.SPLIT_ID_FILES:
+            if (
+                location.split is None
+                and folder is path.parent
+                and path.name in cihp.SPLIT_ID_FILES
+            ):
                 return location.root, path.name  # a new split of an existing dataset
             return location.root, location.split or "Training"
     if path.suffix or path.exists():
-        raise ValueError(f"{path} is not a dataset folder: choose a dataset folder (or a new "
-                         "folder name) to save the sample into")
+        raise ValueError(
+            f"{path} is not a dataset folder: choose a dataset folder (or a new "
+            "folder name) to save the sample into"
+        )
     split = path.name if path.name in cihp.SPLIT_ID_FILES else "Training"
     return (path.parent if path.name in cihp.SPLIT_ID_FILES else path), split
 
 
-def save_sample(root: Path, split: str, parts: tuple, image: tuple | None = None,
-                people: tuple | None = None) -> dict[str, Path]:
+def save_sample(
+    root: Path, split: str, parts: tuple, image: tuple | None = None, people: tuple | None = None
+) -> dict[str, Path]:
     """Write the (data, meta) of a parts layer, with its photo's and people's, as one sample of
     ``root``/``split``; every refusal is one line (:class:`ValueError`)."""
     import napari
@@ -174,9 +206,11 @@ def save_sample(root: Path, split: str, parts: tuple, image: tuple | None = None
     original = _base_name(name)
     if original != name or _base_name(parts_meta["name"]) != parts_meta["name"]:
         copy = name if original != name else parts_meta["name"]
-        raise ValueError(f"'{copy}' is napari's name for a copy; rename the layers to the "
-                         f"sample id (e.g. '{original.removesuffix(PARTS_SUFFIX)}') to save "
-                         "them: nothing was written")
+        raise ValueError(
+            f"'{copy}' is napari's name for a copy; rename the layers to the "
+            f"sample id (e.g. '{original.removesuffix(PARTS_SUFFIX)}') to save "
+            "them: nothing was written"
+        )
     sample_id = name if image is not None else name.removesuffix(PARTS_SUFFIX)
     if image is None and sample_id == name:
         raise ValueError(f"'{name}' is not named '<photo> parts': select its photo too")
@@ -184,35 +218,61 @@ def save_sample(root: Path, split: str, parts: tuple, image: tuple | None = None
     origin = (parts_meta.get("metadata") or {}).get(META_KEY) or {}
     photo_array, photo_path = None, None
     viewer = napari.current_viewer()
-    if image is None and viewer is not None and sample_id in viewer.layers \
-            and isinstance(viewer.layers[sample_id], napari.layers.Image):
+    if (
+        image is None
+        and viewer is not None
+        and sample_id in viewer.layers
+        and isinstance(viewer.layers[sample_id], napari.layers.Image)
+    ):
         layer = viewer.layers[sample_id]
-        image = (layer.data, {"name": layer.name, "metadata": layer.metadata,
-                              "source_path": layer.source.path})
+        image = (
+            layer.data,
+            {"name": layer.name, "metadata": layer.metadata, "source_path": layer.source.path},
+        )
     if image is not None:
         photo_array = np.asarray(image[0])
-        candidates = (((image[1].get("metadata") or {}).get(META_KEY) or {}).get("photo"),
-                      image[1].get("source_path"), _source_path(viewer, image[1]["name"]))
-        photo_path = next((path for path in candidates
-                           if path and _same_pixels(path, photo_array)), None)
+        candidates = (
+            ((image[1].get("metadata") or {}).get(META_KEY) or {}).get("photo"),
+            image[1].get("source_path"),
+            _source_path(viewer, image[1]["name"]),
+        )
+        photo_path = next(
+            (path for path in candidates if path and _same_pixels(path, photo_array)), None
+        )
     else:
         try:
             photo_path = cihp.find_image(root, sample_id, split)
         except (OSError, ValueError):
-            raise ValueError(f"no photo for '{sample_id}': select its image layer with the parts "
-                             "layer (nothing was written)") from None
+            raise ValueError(
+                f"no photo for '{sample_id}': select its image layer with the parts "
+                "layer (nothing was written)"
+            ) from None
     # refused if someone changed the sample since these layers were read from it
-    expected = (origin["version"] if origin.get("version") is not None
-                and _same_sample(origin, root, split, sample_id) else cihp.ANY_VERSION)
+    expected = (
+        origin["version"]
+        if origin.get("version") is not None and _same_sample(origin, root, split, sample_id)
+        else cihp.ANY_VERSION
+    )
     written = cihp.write_sample(
-        root, sample_id, np.asarray(parts_data), split=split,
-        image=None if photo_path else photo_array, image_path=photo_path,
-        human_ids=np.asarray(people[0]) if people else None, overwrite=True,
-        expected_version=expected, writer_tool="napari writer")
+        root,
+        sample_id,
+        np.asarray(parts_data),
+        split=split,
+        image=None if photo_path else photo_array,
+        image_path=photo_path,
+        human_ids=np.asarray(people[0]) if people else None,
+        overwrite=True,
+        expected_version=expected,
+        writer_tool="napari writer",
+    )
     if viewer is not None:  # the layers now stand for the version just written
-        new = {"root": str(Path(root).absolute()), "split": split, "sample_id": sample_id,
-               "photo": str(written.get("Images", "")) or None,
-               "version": sample_version(root, sample_id, split)}
+        new = {
+            "root": str(Path(root).absolute()),
+            "split": split,
+            "sample_id": sample_id,
+            "photo": str(written.get("Images", "")) or None,
+            "version": sample_version(root, sample_id, split),
+        }
         for layer_name in (sample_id, sample_id + PARTS_SUFFIX, sample_id + PEOPLE_SUFFIX):
             if layer_name in viewer.layers:
                 viewer.layers[layer_name].metadata[META_KEY] = dict(new)
@@ -221,8 +281,11 @@ def save_sample(root: Path, split: str, parts: tuple, image: tuple | None = None
 
 def _same_sample(origin: dict, root: Path, split: str, sample_id: str) -> bool:
     try:
-        return (Path(origin["root"]).resolve() == Path(root).resolve()
-                and origin.get("split") == split and origin.get("sample_id") == sample_id)
+        return (
+            Path(origin["root"]).resolve() == Path(root).resolve()
+            and origin.get("split") == split
+            and origin.get("sample_id") == sample_id
+        )
     except (KeyError, OSError, TypeError):
         return False
 

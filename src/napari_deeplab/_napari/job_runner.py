@@ -51,16 +51,23 @@ class JobRunner(Container):
     ``prepare`` returns a Job, or raises :class:`JobRefused` (shown at once, nothing starts).
     """
 
-    def __init__(self, prepare: Callable[[], Job], *, run_text: str = "Run",
-                 run_tooltip: str = "", cancel_tooltip: str = "Stop at once"):
+    def __init__(
+        self,
+        prepare: Callable[[], Job],
+        *,
+        run_text: str = "Run",
+        run_tooltip: str = "",
+        cancel_tooltip: str = "Stop at once",
+    ):
         self.run_button = PushButton(text=run_text, tooltip=run_tooltip)
         self.cancel_button = PushButton(text="Cancel", tooltip=cancel_tooltip, enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         # magicgui makes labels Fixed: a wrapped status would be clipped to its first words
         self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
-                            labels=False)
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
         buttons.margins = (0, 0, 0, 0)
         super().__init__(widgets=[buttons, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
@@ -146,8 +153,11 @@ class JobRunner(Container):
     def _on_error(self, job: Job, error: BaseException) -> None:
         if job is not self._job:
             return
-        message = str(error) if isinstance(error, (ModelProcessError, ValueError, OSError)) \
+        message = (
+            str(error)
+            if isinstance(error, (ModelProcessError, ValueError, OSError))
             else f"{type(error).__name__}: {error}"
+        )
         self._fail(message)
         self._end(None)
 
@@ -179,8 +189,9 @@ class JobRunner(Container):
             self.status.value = message
 
 
-def in_thread(compute: Callable[[Callable[[int, int], None]], Any], stage: str,
-              poll: float = 0.05) -> Iterator:
+def in_thread(
+    compute: Callable[[Callable[[int, int], None]], Any], stage: str, poll: float = 0.05
+) -> Iterator:
     """A Job's ``work`` for a function that runs a while in this process: ``compute(progress)``
     runs in a thread of its own while this generator yields :class:`Waiting` (``stage`` and
     the ``progress(done, total)`` it last reported) every ``poll`` seconds, then its result.
@@ -210,8 +221,9 @@ def in_thread(compute: Callable[[Callable[[int, int], None]], Any], stage: str,
         while thread.is_alive():
             thread.join(poll)
             total = state["total"]
-            yield Waiting(state["done"], total,
-                          f"{stage} ({state['done']} of {total})" if total else stage)
+            yield Waiting(
+                state["done"], total, f"{stage} ({state['done']} of {total})" if total else stage
+            )
         if "error" in state:
             raise state["error"]
         yield state["result"]

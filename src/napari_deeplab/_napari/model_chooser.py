@@ -44,11 +44,17 @@ class ModelChooser(RecentChooser):
     def __init__(self, label: str = "Model", tooltip: str = "The model to run"):
         super().__init__(
             RECENT_MODELS,
-            {"File…": ("Choose a .keras model file", _model_file),
-             "Folder…": ("Choose a SavedModel folder (e.g. a copy of the seed model)",
-                         _model_folder)},
-            label=label, tooltip=f"{tooltip}: a Hugging Face hub id, a SavedModel folder or a "
-                                 ".keras file; the models used recently are listed")
+            {
+                "File…": ("Choose a .keras model file", _model_file),
+                "Folder…": (
+                    "Choose a SavedModel folder (e.g. a copy of the seed model)",
+                    _model_folder,
+                ),
+            },
+            label=label,
+            tooltip=f"{tooltip}: a Hugging Face hub id, a SavedModel folder or a "
+            ".keras file; the models used recently are listed",
+        )
 
     @property
     def source(self) -> str:

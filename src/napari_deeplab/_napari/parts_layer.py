@@ -88,15 +88,20 @@ def keep_classes(layer: Labels) -> None:
         if 0 <= value <= last:
             return
         data = np.asarray(layer.data)
-        used = np.bincount(data.ravel(), minlength=last + 1)[: last + 1] if data.dtype.kind in "ui" \
-            and data.size else np.zeros(last + 1, int)
+        used = (
+            np.bincount(data.ravel(), minlength=last + 1)[: last + 1]
+            if data.dtype.kind in "ui" and data.size
+            else np.zeros(last + 1, int)
+        )
         unused = [c for c in range(1, last + 1) if not used[c]]
         chosen = unused[0] if unused else last
         layer.selected_label = chosen
         from napari.utils.notifications import show_info
 
-        show_info(f"Label {value} is no CIHP class (0..{last}): painting with "
-                  f"{chosen} {CLASS_NAMES[chosen]} instead")
+        show_info(
+            f"Label {value} is no CIHP class (0..{last}): painting with "
+            f"{chosen} {CLASS_NAMES[chosen]} instead"
+        )
 
     layer.events.selected_label.connect(keep)
     keep()
@@ -117,8 +122,9 @@ def edit_tracker(layer: Labels, *, edited: bool = False) -> EditTracker:
     return tracker
 
 
-def apply_prediction(layer: Labels, labels: np.ndarray, frame: int | None = None,
-                     keep_edits: bool = True) -> int:
+def apply_prediction(
+    layer: Labels, labels: np.ndarray, frame: int | None = None, keep_edits: bool = True
+) -> int:
     """Write a new prediction into ``layer`` as one undoable step; return the pixels changed.
 
     ``labels`` is H x W; ``frame`` selects the plane of an N x H x W layer. With

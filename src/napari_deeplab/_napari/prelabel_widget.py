@@ -43,8 +43,9 @@ def frame_count(layer: Image) -> int | None:
         return None
     if spatial == 3:
         return layer.data.shape[0]
-    raise JobRefused(f"{layer.name}: expected a photo or a stack of photos, got "
-                     f"{layer.data.ndim}-D data")
+    raise JobRefused(
+        f"{layer.name}: expected a photo or a stack of photos, got {layer.data.ndim}-D data"
+    )
 
 
 def photo_shape(layer: Image) -> tuple:
@@ -56,9 +57,14 @@ def photo_picker(**options) -> ComboBox:
     """napari's image-layer picker (it follows the layer list), without confidence layers."""
     _, napari_options = get_widget_class(annotation=Image)
     image_layers = napari_options["choices"]
-    return ComboBox(choices=lambda widget: [layer for layer in image_layers(widget)
-                                            if not layer.name.endswith(CONFIDENCE_SUFFIX)],
-                    annotation=Image, nullable=False, **options)
+    return ComboBox(
+        choices=lambda widget: [
+            layer for layer in image_layers(widget) if not layer.name.endswith(CONFIDENCE_SUFFIX)
+        ],
+        annotation=Image,
+        nullable=False,
+        **options,
+    )
 
 
 class PrelabelWidget(Container):
@@ -66,33 +72,65 @@ class PrelabelWidget(Container):
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self.image = photo_picker(label="Image", tooltip="The photo (or stack of frames) to pre-label")
+        self.image = photo_picker(
+            label="Image", tooltip="The photo (or stack of frames) to pre-label"
+        )
         self.model = ModelChooser(tooltip="The model to pre-label with")
-        self.frames = RadioButtons(choices=[CURRENT_FRAME, ALL_FRAMES], value=CURRENT_FRAME,
-                                   orientation="horizontal", label="Frames",
-                                   tooltip="For a stack: the frame shown, or every frame")
+        self.frames = RadioButtons(
+            choices=[CURRENT_FRAME, ALL_FRAMES],
+            value=CURRENT_FRAME,
+            orientation="horizontal",
+            label="Frames",
+            tooltip="For a stack: the frame shown, or every frame",
+        )
         self.discard_edits = CheckBox(
             text="Discard my edits",
             tooltip="Unticked (default): pixels you painted, filled, erased or refined keep "
-                    "their value when the model runs again")
-        self.runner = JobRunner(self._prepare, run_tooltip=f"Pre-label the image ({RUN_KEY})",
-                                cancel_tooltip="Stop at once; finished frames are kept")
+            "their value when the model runs again",
+        )
+        self.runner = JobRunner(
+            self._prepare,
+            run_tooltip=f"Pre-label the image ({RUN_KEY})",
+            cancel_tooltip="Stop at once; finished frames are kept",
+        )
         self.legend = ClassLegend(self.parts_layer)
         self.legend.label = "Classes"
-        self.dataset = DatasetChooser(tooltip="The CIHP dataset that Save to dataset writes the "
-                                              "photo and its parts into (chosen once, remembered)")
-        self.save_button = PushButton(text="Save ⇧D", tooltip=(
-            "Write the photo, its parts (and '<photo> people') as one sample of the dataset "
-            f"({SAVE_KEY.replace('-', '+')}); a sample changed by someone else is not overwritten"))
+        self.dataset = DatasetChooser(
+            tooltip="The CIHP dataset that Save to dataset writes the "
+            "photo and its parts into (chosen once, remembered)"
+        )
+        self.save_button = PushButton(
+            text="Save ⇧D",
+            tooltip=(
+                "Write the photo, its parts (and '<photo> people') as one sample of the dataset "
+                f"({SAVE_KEY.replace('-', '+')}); a sample changed by someone else is not overwritten"
+            ),
+        )
         self.save_button.changed.connect(self.save_to_dataset)
-        saving = Container(widgets=[self.dataset, self.save_button], layout="horizontal",
-                           labels=False, label="Dataset")
+        saving = Container(
+            widgets=[self.dataset, self.save_button],
+            layout="horizontal",
+            labels=False,
+            label="Dataset",
+        )
         saving.margins = (0, 0, 0, 0)
-        keys = {RUN_KEY: "run", SAVE_KEY: "save",
-                f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class"}
-        super().__init__(widgets=[self.image, self.model, self.frames, self.discard_edits,
-                                  self.runner, saving,
-                                  Label(value=shortcut_help(keys), label="Keys"), self.legend])
+        keys = {
+            RUN_KEY: "run",
+            SAVE_KEY: "save",
+            f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
+        }
+        super().__init__(
+            widgets=[
+                self.image,
+                self.model,
+                self.frames,
+                self.discard_edits,
+                self.runner,
+                saving,
+                Label(value=shortcut_help(keys), label="Keys"),
+                self.legend,
+            ]
+        )
         self.image.changed.connect(self._offer_frames)
         self._offer_frames()
         self._process = model_process_for(self)
@@ -101,10 +139,16 @@ class PrelabelWidget(Container):
         self._confidence_timer = QTimer(self.native, singleShot=True, interval=0)
         self._confidence_timer.timeout.connect(self._write_pending_confidence)
         on_removed(self, self._forget_viewer)
-        bind_keys(napari_viewer, self, {RUN_KEY: self.runner.run,
-                                        SAVE_KEY: self.save_to_dataset,
-                                        NEXT_CLASS_KEY: self.legend.next_class,
-                                        PREVIOUS_CLASS_KEY: self.legend.previous_class})
+        bind_keys(
+            napari_viewer,
+            self,
+            {
+                RUN_KEY: self.runner.run,
+                SAVE_KEY: self.save_to_dataset,
+                NEXT_CLASS_KEY: self.legend.next_class,
+                PREVIOUS_CLASS_KEY: self.legend.previous_class,
+            },
+        )
 
     def parts_layer(self, image: Image | None = None) -> Labels | None:
         """The parts layer of ``image`` (the chosen one by default), if there is one."""
@@ -118,7 +162,10 @@ class PrelabelWidget(Container):
         the photo (for :mod:`.shortcuts`: which widget a shared key is for)."""
         image = self.image.value
         return image is not None and layer.name in (
-            image.name, image.name + PARTS_SUFFIX, image.name + CONFIDENCE_SUFFIX)
+            image.name,
+            image.name + PARTS_SUFFIX,
+            image.name + CONFIDENCE_SUFFIX,
+        )
 
     def reset_choices(self, *_) -> None:
         """On layer changes: refresh the pickers; keep the paint label of parts layers a class."""
@@ -135,8 +182,10 @@ class PrelabelWidget(Container):
             status.value = "Nothing to save: run the model on a photo first (or open a sample)"
             return
         if frame_count(image) is not None or image.multiscale:
-            status.value = ("Save to dataset saves single photos: a stack is saved frame by "
-                            "frame from the Review queue")
+            status.value = (
+                "Save to dataset saves single photos: a stack is saved frame by "
+                "frame from the Review queue"
+            )
             return
         folder = self.dataset.folder.strip()
         if not folder:
@@ -146,10 +195,20 @@ class PrelabelWidget(Container):
         people = self.viewer.layers[people_name] if people_name in self.viewer.layers else None
         try:
             root, split = dataset_target(folder)
-            save_sample(root, split, (parts.data, {"name": parts.name, "metadata": parts.metadata}),
-                        (image.data, {"name": image.name, "metadata": image.metadata,
-                                      "source_path": image.source.path}),
-                        (people.data, {"name": people.name}) if isinstance(people, Labels) else None)
+            save_sample(
+                root,
+                split,
+                (parts.data, {"name": parts.name, "metadata": parts.metadata}),
+                (
+                    image.data,
+                    {
+                        "name": image.name,
+                        "metadata": image.metadata,
+                        "source_path": image.source.path,
+                    },
+                ),
+                (people.data, {"name": people.name}) if isinstance(people, Labels) else None,
+            )
         except (ValueError, OSError) as error:
             line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             status.value = f"Not saved: {line}"
@@ -174,8 +233,10 @@ class PrelabelWidget(Container):
         if layer is not None and not isinstance(layer, Labels):
             raise JobRefused(f"'{name}' is not a Labels layer; rename or remove it and run again")
         if layer is not None and layer.data.shape != shape:
-            raise JobRefused(f"'{name}' has shape {layer.data.shape}, not the image's {shape}; "
-                             "rename or remove it and run again")
+            raise JobRefused(
+                f"'{name}' has shape {layer.data.shape}, not the image's {shape}; "
+                "rename or remove it and run again"
+            )
         return layer
 
     def _forget_viewer(self) -> None:
@@ -187,8 +248,9 @@ class PrelabelWidget(Container):
     def _prepare(self) -> Job:
         image = self.image.value
         if image is None:
-            raise JobRefused("Open a photo first (File > Open, or File > Open Sample > "
-                             "napari-deeplab)")
+            raise JobRefused(
+                "Open a photo first (File > Open, or File > Open Sample > napari-deeplab)"
+            )
         try:
             source = self.model.checked_source()
         except ValueError as error:
@@ -199,8 +261,11 @@ class PrelabelWidget(Container):
         if frames is None:
             indices, photos = [None], [np.asarray(data)]
         else:
-            indices = list(range(frames)) if self.frames.value == ALL_FRAMES \
+            indices = (
+                list(range(frames))
+                if self.frames.value == ALL_FRAMES
                 else [self.viewer.dims.current_step[0]]
+            )
             photos = [np.asarray(data[i]) for i in indices]
         keep_edits = not self.discard_edits.value
 
@@ -213,12 +278,18 @@ class PrelabelWidget(Container):
                 return f"'{image.name}' was removed while the model ran: nothing was written"
             return "Done: correct the parts layer; every step undoes with Ctrl+Z"
 
-        return Job(self._process.segment(photos, source), total=len(photos),
-                   description=f"Pre-labelling {image.name}", on_result=write, on_done=done,
-                   message=f"Running on {len(photos)} photo(s)…")
+        return Job(
+            self._process.segment(photos, source),
+            total=len(photos),
+            description=f"Pre-labelling {image.name}",
+            on_result=write,
+            on_done=done,
+            message=f"Running on {len(photos)} photo(s)…",
+        )
 
-    def _write_result(self, image: Image, frame: int | None, result: Segmentation,
-                      keep_edits: bool) -> None:
+    def _write_result(
+        self, image: Image, frame: int | None, result: Segmentation, keep_edits: bool
+    ) -> None:
         if self._removed or image.name not in self.viewer.layers:
             return
         parts, shape = self._writable_parts(image), photo_shape(image)
@@ -227,9 +298,14 @@ class PrelabelWidget(Container):
             # a new layer takes the prediction as its data: nothing to undo or merge, and a
             # 12-megapixel data_setitem would freeze the viewer for seconds
             data = result.labels if frame is None else np.zeros(shape, np.uint8)
-            parts = self.viewer.add_labels(data, name=image.name + PARTS_SUFFIX,
-                                           features=parts_features(), scale=image.scale,
-                                           translate=image.translate, opacity=0.6)
+            parts = self.viewer.add_labels(
+                data,
+                name=image.name + PARTS_SUFFIX,
+                features=parts_features(),
+                scale=image.scale,
+                translate=image.translate,
+                opacity=0.6,
+            )
             edit_tracker(parts)
             self.legend.apply_to(parts)
             self.viewer.layers.selection.active = parts
@@ -244,8 +320,9 @@ class PrelabelWidget(Container):
         while self._pending_confidence and not self._removed:
             self._write_confidence(*self._pending_confidence.pop(0))
 
-    def _write_confidence(self, image: Image, frame: int | None, confidence: np.ndarray,
-                          shape: tuple) -> None:
+    def _write_confidence(
+        self, image: Image, frame: int | None, confidence: np.ndarray, shape: tuple
+    ) -> None:
         if image.name not in self.viewer.layers:
             return
         name = image.name + CONFIDENCE_SUFFIX
@@ -253,12 +330,18 @@ class PrelabelWidget(Container):
         if layer is None or layer.data.shape != tuple(shape):
             if layer is not None:
                 self.viewer.layers.pop(self.viewer.layers.index(name))
-            layer = self.viewer.add_image(np.zeros(shape, np.float32), name=name,
-                                          colormap="inferno", contrast_limits=(0, 1),
-                                          visible=False, scale=image.scale,
-                                          translate=image.translate)
-            self.viewer.layers.move(self.viewer.layers.index(name),
-                                    self.viewer.layers.index(image.name) + 1)
+            layer = self.viewer.add_image(
+                np.zeros(shape, np.float32),
+                name=name,
+                colormap="inferno",
+                contrast_limits=(0, 1),
+                visible=False,
+                scale=image.scale,
+                translate=image.translate,
+            )
+            self.viewer.layers.move(
+                self.viewer.layers.index(name), self.viewer.layers.index(image.name) + 1
+            )
             parts = self.parts_layer(image)
             if parts is not None:
                 self.viewer.layers.selection.active = parts  # keep painting where you were

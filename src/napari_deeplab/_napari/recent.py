@@ -45,8 +45,9 @@ class RecentList:
             stored = json.loads(self._file().read_text())
         except (OSError, ValueError):
             stored = []
-        remembered = [s for s in stored if isinstance(s, str) and s] if isinstance(stored, list) \
-            else []
+        remembered = (
+            [s for s in stored if isinstance(s, str) and s] if isinstance(stored, list) else []
+        )
         return list(dict.fromkeys(remembered + list(self.always)))
 
     def remember(self, entry: str) -> None:
@@ -71,14 +72,22 @@ class RecentChooser(Container):
     or "")}. :attr:`text` is what is typed or chosen.
     """
 
-    def __init__(self, recent: RecentList, browse: dict[str, tuple[str, Callable]], *,
-                 label: str, tooltip: str, placeholder: str = ""):
+    def __init__(
+        self,
+        recent: RecentList,
+        browse: dict[str, tuple[str, Callable]],
+        *,
+        label: str,
+        tooltip: str,
+        placeholder: str = "",
+    ):
         self.combo = ComboBox(choices=lambda _: recent.items())
         self.combo.native.setEditable(True)
         self.combo.native.lineEdit().setPlaceholderText(placeholder)
         # a long path must not widen the dock over the canvas: elide it, show it in the tooltip
         self.combo.native.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.combo.native.setMinimumContentsLength(12)
         self._tooltip = tooltip
         self.combo.native.currentTextChanged.connect(self._show_full_text)
@@ -87,8 +96,9 @@ class RecentChooser(Container):
             button = PushButton(text=text, tooltip=button_tooltip)
             button.changed.connect(lambda *_, choose=choose: self._browse(choose))
             buttons.append(button)
-        super().__init__(widgets=[self.combo, *buttons], layout="horizontal", labels=False,
-                         label=label)
+        super().__init__(
+            widgets=[self.combo, *buttons], layout="horizontal", labels=False, label=label
+        )
         self.margins = (0, 0, 0, 0)
         self._show_full_text(self.text)
         refresh = self.reset_choices

@@ -39,10 +39,18 @@ class DatasetChooser(RecentChooser):
     :attr:`folder` is the text as chosen ("" when empty); the most recent one at first.
     """
 
-    def __init__(self, label: str = "Dataset",
-                 tooltip: str = "A CIHP-format dataset folder (e.g. a review queue's)"):
-        super().__init__(RECENT_DATASETS, {"Folder…": ("Choose the dataset folder", _dataset_folder)},
-                         label=label, tooltip=tooltip, placeholder="CIHP-format dataset folder")
+    def __init__(
+        self,
+        label: str = "Dataset",
+        tooltip: str = "A CIHP-format dataset folder (e.g. a review queue's)",
+    ):
+        super().__init__(
+            RECENT_DATASETS,
+            {"Folder…": ("Choose the dataset folder", _dataset_folder)},
+            label=label,
+            tooltip=tooltip,
+            placeholder="CIHP-format dataset folder",
+        )
 
     @property
     def folder(self) -> str:

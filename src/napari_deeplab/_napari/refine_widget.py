@@ -44,21 +44,42 @@ class Operation(NamedTuple):
 # Shift + a letter: the same key on every keyboard layout, and bound by napari for nothing
 # (not the viewer, Labels or Shapes layers, nor its menus: the tests check).
 OPERATIONS = (
-    Operation("remove_small_regions", "Remove small regions", "Shift-S",
-              "Pieces under this share of the people's area take the class around them",
-              ("min_size",)),
-    Operation("fill_holes", "Fill holes", "Shift-H",
-              "Holes up to this share of the people's area take the class around them",
-              ("max_hole",)),
+    Operation(
+        "remove_small_regions",
+        "Remove small regions",
+        "Shift-S",
+        "Pieces under this share of the people's area take the class around them",
+        ("min_size",),
+    ),
+    Operation(
+        "fill_holes",
+        "Fill holes",
+        "Shift-H",
+        "Holes up to this share of the people's area take the class around them",
+        ("max_hole",),
+    ),
     Operation("smooth", "Smooth", "Shift-M", "Straighten jagged edges", ("radius",)),
-    Operation("relabel", "Relabel", "Shift-C", "One class becomes another",
-              ("source_class", "target_class")),
-    Operation("next_low_confidence", "Next low-confidence", "Shift-N",
-              "Outline the next largest region below this confidence; it becomes the clicked one"),
+    Operation(
+        "relabel",
+        "Relabel",
+        "Shift-C",
+        "One class becomes another",
+        ("source_class", "target_class"),
+    ),
+    Operation(
+        "next_low_confidence",
+        "Next low-confidence",
+        "Shift-N",
+        "Outline the next largest region below this confidence; it becomes the clicked one",
+    ),
     Operation("snap_to_image", "Snap to image", "Shift-E", "Move boundaries onto photo edges"),
     Operation("swap_left_right", "Swap left/right", "Shift-W", "Left <-> right arm, leg, shoe"),
-    Operation("refine_with_scribbles", "Apply scribbles", "Shift-K",
-              "Regions your scribbles touch take their class, fitted to the photo's edges"),
+    Operation(
+        "refine_with_scribbles",
+        "Apply scribbles",
+        "Shift-K",
+        "Regions your scribbles touch take their class, fitted to the photo's edges",
+    ),
 )
 SHORTCUTS = {operation.name: operation.key for operation in OPERATIONS}
 HELP_LINE = "⇧X on a button: Shift+X presses it (on the canvas)"
@@ -72,8 +93,10 @@ class OperationButton(PushButton):
     """The button of one :class:`Operation`, showing its key; the key presses it."""
 
     def __init__(self, operation: Operation):
-        super().__init__(text=f"{operation.text}  ⇧{operation.key[-1]}",
-                         tooltip=f"{operation.tooltip} ({operation.key.replace('-', '+')})")
+        super().__init__(
+            text=f"{operation.text}  ⇧{operation.key[-1]}",
+            tooltip=f"{operation.tooltip} ({operation.key.replace('-', '+')})",
+        )
         self.operation = operation
 
     def press(self) -> None:
@@ -90,18 +113,35 @@ class RefineWidget(Container):
         self._review_for, self._review_regions = None, []  # the list, and what it was made for
         self._review_status = ""
         self._click_watch = partial(_remember_click, weakref.ref(self))
-        self.parts = ComboBox(label="Parts layer", annotation=Labels, nullable=True,
-                              choices=self._parts_choices)
-        self.scope = ComboBox(choices=[WHOLE, SELECTION, REGION], tooltip="Every pixel (of the "
-                              "frame shown), the selection's shapes, or the region last clicked")
-        self.draw_selection = PushButton(text="Draw selection",
-                                         tooltip="Add (or pick) '<parts> selection' and draw")
-        self.scribbles = PushButton(text="Scribbles layer", tooltip="Add (or pick) '<parts> "
-                                    "scribbles': paint the right class on wrong regions")
-        self.min_size = FloatSpinBox(value=0.05, min=0.001, max=100, step=0.01, tooltip=(
-            "Minimum size, in % of the people's area (the labelled pixels of the frame)"))
-        self.max_hole = FloatSpinBox(value=0.2, min=0.001, max=100, step=0.05, tooltip=(
-            "Largest hole, in % of the people's area (the labelled pixels of the frame)"))
+        self.parts = ComboBox(
+            label="Parts layer", annotation=Labels, nullable=True, choices=self._parts_choices
+        )
+        self.scope = ComboBox(
+            choices=[WHOLE, SELECTION, REGION],
+            tooltip="Every pixel (of the "
+            "frame shown), the selection's shapes, or the region last clicked",
+        )
+        self.draw_selection = PushButton(
+            text="Draw selection", tooltip="Add (or pick) '<parts> selection' and draw"
+        )
+        self.scribbles = PushButton(
+            text="Scribbles layer",
+            tooltip="Add (or pick) '<parts> scribbles': paint the right class on wrong regions",
+        )
+        self.min_size = FloatSpinBox(
+            value=0.05,
+            min=0.001,
+            max=100,
+            step=0.01,
+            tooltip=("Minimum size, in % of the people's area (the labelled pixels of the frame)"),
+        )
+        self.max_hole = FloatSpinBox(
+            value=0.2,
+            min=0.001,
+            max=100,
+            step=0.05,
+            tooltip=("Largest hole, in % of the people's area (the labelled pixels of the frame)"),
+        )
         for size in (self.min_size, self.max_hole):
             size.native.setDecimals(3)
             size.native.setSuffix(" %")
@@ -109,26 +149,39 @@ class RefineWidget(Container):
         classes = [(f"{value} {name}", value) for value, name in enumerate(CLASS_NAMES)]
         self.source_class = ComboBox(choices=classes, value=5, tooltip="Relabel this class…")
         self.target_class = ComboBox(choices=classes, value=7, tooltip="… as this one")
-        self.threshold = FloatSpinBox(value=0.5, min=0.05, max=1.0, step=0.05,
-                                      tooltip="Confidence below which a region is worth review")
+        self.threshold = FloatSpinBox(
+            value=0.5,
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            tooltip="Confidence below which a region is worth review",
+        )
         self.buttons = {operation.name: OperationButton(operation) for operation in OPERATIONS}
-        self.help = Label(value=HELP_LINE, tooltip="\n".join(
-            f"{o.key.replace('-', '+')}: {o.text}" for o in OPERATIONS))
+        self.help = Label(
+            value=HELP_LINE,
+            tooltip="\n".join(f"{o.key.replace('-', '+')}: {o.text}" for o in OPERATIONS),
+        )
         self.runner = JobRunner(self._prepare, cancel_tooltip="Stop the running operation")
         self.runner.run_button.visible = False  # each operation has its own button
         self.runner.native.layout().setDirection(QBoxLayout.Direction.LeftToRight)  # compact
         status = self.runner.status.native  # room for two lines: a longer one wraps
         status.setMinimumHeight(2 * status.fontMetrics().lineSpacing() + 4)
         status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        scope = Container(widgets=[self.scope, self.draw_selection], layout="horizontal",
-                          labels=False, label="Apply to")
+        scope = Container(
+            widgets=[self.scope, self.draw_selection],
+            layout="horizontal",
+            labels=False,
+            label="Apply to",
+        )
         choose = Container(widgets=[self.parts, scope])
         super().__init__(widgets=[choose, self.help, self.runner], labels=False)
         self.native.layout().insertLayout(1, self._grid())
         for container in (scope, choose):
             container.margins = (0, 0, 0, 0)
-        for button, suffix in ((self.draw_selection, SELECTION_SUFFIX),
-                               (self.scribbles, SCRIBBLES_SUFFIX)):
+        for button, suffix in (
+            (self.draw_selection, SELECTION_SUFFIX),
+            (self.scribbles, SCRIBBLES_SUFFIX),
+        ):
             button.changed.connect(partial(self._refusing, partial(self.companion_layer, suffix)))
         for button in self.buttons.values():
             button.changed.connect(lambda _=None, name=button.operation.name: self.apply(name))
@@ -139,12 +192,16 @@ class RefineWidget(Container):
     def _grid(self) -> QGridLayout:
         """Each button beside its parameter, in a grid (which magicgui has not)."""
         b = self.buttons
-        rows = [(b["remove_small_regions"], "under", self.min_size),
-                (b["fill_holes"], "up to", self.max_hole), (b["smooth"], "radius", self.radius),
-                (b["relabel"], "from", self.source_class), (None, "to", self.target_class),
-                (b["next_low_confidence"], "below", self.threshold),
-                (b["snap_to_image"], b["swap_left_right"]),
-                (self.scribbles, b["refine_with_scribbles"])]
+        rows = [
+            (b["remove_small_regions"], "under", self.min_size),
+            (b["fill_holes"], "up to", self.max_hole),
+            (b["smooth"], "radius", self.radius),
+            (b["relabel"], "from", self.source_class),
+            (None, "to", self.target_class),
+            (b["next_low_confidence"], "below", self.threshold),
+            (b["snap_to_image"], b["swap_left_right"]),
+            (self.scribbles, b["refine_with_scribbles"]),
+        ]
         grid = QGridLayout()
         grid.setVerticalSpacing(2)
         grid.setColumnStretch(2, 1)
@@ -171,8 +228,11 @@ class RefineWidget(Container):
     def _parts_choices(self, _widget=None) -> list[Labels]:
         """The viewer's Labels layers but the scribbles (painted on, not refined), in the layer
         list's order: what napari's own Labels picker offers, less those."""
-        return [layer for layer in self.viewer.layers  # iterating gives the layers themselves
-                if isinstance(layer, Labels) and not layer.name.endswith(SCRIBBLES_SUFFIX)]
+        return [
+            layer
+            for layer in self.viewer.layers  # iterating gives the layers themselves
+            if isinstance(layer, Labels) and not layer.name.endswith(SCRIBBLES_SUFFIX)
+        ]
 
     def _stop_watching_clicks(self) -> None:
         for layer in self.viewer.layers:
@@ -191,14 +251,20 @@ class RefineWidget(Container):
     def companion_layer(self, suffix: str) -> None:
         """Add (or pick) the selection (Shapes) or scribbles (Labels) layer, ready to draw."""
         parts = self.parts_layer()
-        place = dict(name=parts.name + suffix, scale=parts.scale[-2:],
-                     translate=parts.translate[-2:])
+        place = dict(
+            name=parts.name + suffix, scale=parts.scale[-2:], translate=parts.translate[-2:]
+        )
         if (layer := self._layer(place["name"])) is None and suffix == SELECTION_SUFFIX:
-            layer = self.viewer.add_shapes(ndim=2, face_color=[1, 1, 1, 0.1], edge_color="yellow",
-                                           **place)
+            layer = self.viewer.add_shapes(
+                ndim=2, face_color=[1, 1, 1, 0.1], edge_color="yellow", **place
+            )
         elif layer is None:
-            layer = self.viewer.add_labels(np.zeros(parts.data.shape[-2:], np.uint8), **place,
-                                           colormap=parts_colormap(), features=parts_features())
+            layer = self.viewer.add_labels(
+                np.zeros(parts.data.shape[-2:], np.uint8),
+                **place,
+                colormap=parts_colormap(),
+                features=parts_features(),
+            )
             layer.brush_size, layer.selected_label = 5, parts.selected_label
         layer.mode = "add_rectangle" if suffix == SELECTION_SUFFIX else "paint"
         self.scope.value = SELECTION if suffix == SELECTION_SUFFIX else self.scope.value
@@ -257,8 +323,9 @@ class RefineWidget(Container):
 
         def land(after: np.ndarray) -> None:  # one data_setitem, leaving new paint alone
             if parts not in self.viewer.layers:
-                raise ValueError(f"'{parts.name}' was removed while {operation.text} ran: "
-                                 "nothing changed")
+                raise ValueError(
+                    f"'{parts.name}' was removed while {operation.text} ran: nothing changed"
+                )
             changed = np.nonzero((after != before) & (np.asarray(parts.data[frame]) == before))
             positions = tuple(np.full(changed[0].shape, i, np.intp) for i in frame) + changed
             if changed[0].size:
@@ -266,12 +333,19 @@ class RefineWidget(Container):
             if changed[0].size and operation.name == "refine_with_scribbles":
                 strokes = self._layer(parts.name + SCRIBBLES_SUFFIX)
                 strokes.data = np.zeros_like(strokes.data)  # used up: the parts hold the result
-            self._summary = (f"{operation.text}{size_note}: {changed[0].size:,} pixels changed "
-                             "(Ctrl+Z undoes)")
+            self._summary = (
+                f"{operation.text}{size_note}: {changed[0].size:,} pixels changed (Ctrl+Z undoes)"
+            )
             self.viewer.layers.selection.active = parts  # Ctrl+Z undoes on the layer changed
 
-        return Job(in_thread(compute, operation.text), total=1, description=operation.text, on_result=land,
-                   on_done=lambda: self._summary, message=f"{operation.text}…")
+        return Job(
+            in_thread(compute, operation.text),
+            total=1,
+            description=operation.text,
+            on_result=land,
+            on_done=lambda: self._summary,
+            message=f"{operation.text}…",
+        )
 
     def _scope_mask(self, parts: Labels, labels: np.ndarray, frame: tuple) -> np.ndarray | None:
         if self.scope.value == WHOLE:
@@ -282,12 +356,15 @@ class RefineWidget(Container):
                 raise JobRefused("Draw a rectangle in the selection layer first (Draw selection)")
             return shapes.to_masks(labels.shape).any(axis=0)
         layer_id, clicked_frame, row, col = self._clicked or (None, (), 0, 0)
-        if layer_id != parts.unique_id or not (0 <= row < labels.shape[0]
-                                               and 0 <= col < labels.shape[1]):
+        if layer_id != parts.unique_id or not (
+            0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]
+        ):
             raise JobRefused(f"Click a region of '{parts.name}' first")
         if clicked_frame != frame:
-            raise JobRefused(f"You clicked the region in frame {clicked_frame[0]} and are now "
-                             f"on frame {frame[0]}: click it again")
+            raise JobRefused(
+                f"You clicked the region in frame {clicked_frame[0]} and are now "
+                f"on frame {frame[0]}: click it again"
+            )
         return flood(labels, (row, col), connectivity=1)
 
     def next_low_confidence(self) -> None:
@@ -299,13 +376,20 @@ class RefineWidget(Container):
         if (confidence_layer := self._layer(name)) is None:
             raise JobRefused(f"No '{name}' layer: run Human parts on the photo first")
         if confidence_layer.data.shape != parts.data.shape:
-            raise JobRefused(f"'{name}' has shape {confidence_layer.data.shape}, not that of "
-                             f"'{parts.name}' {parts.data.shape}: run Human parts on the photo "
-                             "again, or remove it")
+            raise JobRefused(
+                f"'{name}' has shape {confidence_layer.data.shape}, not that of "
+                f"'{parts.name}' {parts.data.shape}: run Human parts on the photo "
+                "again, or remove it"
+            )
         frame, threshold = self.current_frame(parts), round(self.threshold.value, 4)
         confidence = np.ascontiguousarray(confidence_layer.data[frame])
-        computed_for = (parts.unique_id, confidence_layer.unique_id, frame, threshold,
-                        zlib.crc32(confidence.data))
+        computed_for = (
+            parts.unique_id,
+            confidence_layer.unique_id,
+            frame,
+            threshold,
+            zlib.crc32(confidence.data),
+        )
         if computed_for == self._review_for and self._review_regions:
             self._show_review_region(parts, frame)
             return
@@ -326,20 +410,34 @@ class RefineWidget(Container):
                 raise JobRefused(self._review_status)
             return
         self._requested = None
-        job = Job(in_thread(lambda _: LowConfidenceRegions(confidence, threshold),
-                            "Finding low-confidence regions"), total=1,
-                  description="Next low-confidence", on_result=found,
-                  on_done=lambda: self._review_status, message="Finding low-confidence regions…")
+        job = Job(
+            in_thread(
+                lambda _: LowConfidenceRegions(confidence, threshold),
+                "Finding low-confidence regions",
+            ),
+            total=1,
+            description="Next low-confidence",
+            on_result=found,
+            on_done=lambda: self._review_status,
+            message="Finding low-confidence regions…",
+        )
         self.runner.run_job(job)
 
     def _show_review_region(self, parts: Labels, frame: tuple) -> None:
         regions = self._review_regions
         number, (area, box, mean) = regions.taken + 1, regions.pop()
-        rectangle = np.array([[box[0].start, box[1].start], [box[0].stop, box[1].stop]],
-                             float) - 0.5
+        rectangle = (
+            np.array([[box[0].start, box[1].start], [box[0].stop, box[1].stop]], float) - 0.5
+        )
         review = self._layer(parts.name + REVIEW_SUFFIX) or self.viewer.add_shapes(
-            ndim=2, name=parts.name + REVIEW_SUFFIX, scale=parts.scale[-2:], edge_width=3,
-            translate=parts.translate[-2:], edge_color="magenta", face_color="transparent")
+            ndim=2,
+            name=parts.name + REVIEW_SUFFIX,
+            scale=parts.scale[-2:],
+            edge_width=3,
+            translate=parts.translate[-2:],
+            edge_color="magenta",
+            face_color="transparent",
+        )
         review.data = []
         review.add_rectangles(rectangle)
         self.viewer.layers.selection.active = parts  # keep painting and shortcuts on the parts
@@ -351,8 +449,9 @@ class RefineWidget(Container):
         camera.zoom = REVIEW_REGION_SHARE * float(np.min(canvas / extent))
         row, col = regions.inside(number - 1)  # a pixel inside the region
         self._clicked = (parts.unique_id, frame, int(row), int(col))
-        self._review_status = (f"Region {number} of {regions.total}: {int(area):,} pixels, mean "
-                               f"confidence {mean:.2f}")
+        self._review_status = (
+            f"Region {number} of {regions.total}: {int(area):,} pixels, mean confidence {mean:.2f}"
+        )
         self.runner.status.value = self._review_status
 
 
@@ -381,9 +480,12 @@ class LowConfidenceRegions:
         pixels, owner = pixels[order], owner[order]
         starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if owner.size else owner
         rows, cols = np.divmod(pixels, self.labels.shape[1])
-        self._bounds = (rows[starts], np.maximum.reduceat(rows, starts) + 1 if owner.size
-                        else rows, np.minimum.reduceat(cols, starts) if owner.size else cols,
-                        np.maximum.reduceat(cols, starts) + 1 if owner.size else cols)
+        self._bounds = (
+            rows[starts],
+            np.maximum.reduceat(rows, starts) + 1 if owner.size else rows,
+            np.minimum.reduceat(cols, starts) if owner.size else cols,
+            np.maximum.reduceat(cols, starts) + 1 if owner.size else cols,
+        )
         self.order = np.argsort(-self.area, kind="stable")
         self.total, self.taken = count, 0
 

@@ -105,51 +105,113 @@ class ReviewWidget(Container):
         self._origin = "none"  # where the parts shown came from: "draft", "dataset", "none"
         self._closed = False
 
-        self.photos = FileEdit(mode="d", nullable=True, label="Photos",
-                               tooltip="The folder of photos to review, or a CIHP split")
-        self.dataset = FileEdit(mode="d", nullable=True, label="Dataset", tooltip="The dataset "
-                                "folder to export into; the drafts and position are kept there")
-        self.recent_photos = ComboBox(choices=lambda _: [CHOOSE_RECENT, *recent_photo_folders()],
-                                      label="", tooltip="Photo folders opened recently")
-        self.recent_dataset = ComboBox(choices=lambda _: [CHOOSE_RECENT, *recent_datasets()],
-                                       label="", tooltip="Dataset folders used recently")
+        self.photos = FileEdit(
+            mode="d",
+            nullable=True,
+            label="Photos",
+            tooltip="The folder of photos to review, or a CIHP split",
+        )
+        self.dataset = FileEdit(
+            mode="d",
+            nullable=True,
+            label="Dataset",
+            tooltip="The dataset folder to export into; the drafts and position are kept there",
+        )
+        self.recent_photos = ComboBox(
+            choices=lambda _: [CHOOSE_RECENT, *recent_photo_folders()],
+            label="",
+            tooltip="Photo folders opened recently",
+        )
+        self.recent_dataset = ComboBox(
+            choices=lambda _: [CHOOSE_RECENT, *recent_datasets()],
+            label="",
+            tooltip="Dataset folders used recently",
+        )
         self.recent_photos.changed.connect(lambda v: self._pick_recent(self.photos, v))
         self.recent_dataset.changed.connect(lambda v: self._pick_recent(self.dataset, v))
         self.split = ComboBox(choices=list(SPLIT_ID_FILES), label="Split")
         self.model = ModelChooser(tooltip="The model that pre-labels the photos")
         self.skip_exported = CheckBox(text="Skip exported photos", value=True)
         self.photo_list = QListWidget()
-        self.photo_list.setToolTip("Each photo's state (or who has it open); double-click one "
-                                   "to go to it")
-        self.photo_list.itemDoubleClicked.connect(lambda item: self.go_to(self.photo_list.row(item)))
+        self.photo_list.setToolTip(
+            "Each photo's state (or who has it open); double-click one to go to it"
+        )
+        self.photo_list.itemDoubleClicked.connect(
+            lambda item: self.go_to(self.photo_list.row(item))
+        )
         photo_list = Container(labels=False)
         photo_list.native.layout().addWidget(self.photo_list)
-        buttons = [PushButton(text=text, tooltip=tooltip) for text, tooltip in (
-            ("Open queue", "Open the photos; the work saved in the dataset folder resumes"),
-            ("Previous", f"Save this photo's draft and show the previous one ({PREVIOUS_KEY})"),
-            ("Next", f"Save this photo's draft and show the next one ({NEXT_KEY})"),
-            ("Accept", f"Export the photo, its parts and people, then show the next ({ACCEPT_KEY})"),
-            ("Propose people", ("Add an editable '<photo> people' layer, one label per person "
-                                "region of the parts; exported as Human_ids")),
-            ("Flag", "Mark this photo for a second look (press again to clear the flag)"),
-            ("Undo export", "Put the dataset's sample back as it was before the last Accept"))]
-        (self.open_button, self.previous_button, self.next_button, self.accept_button,
-         self.people_button, self.flag_button, self.undo_button) = buttons
-        for button, action in zip(buttons, (self.open_queue, self.previous_photo, self.next_photo,
-                                            self.accept, self.propose_people, self.flag,
-                                            self.undo_export), strict=True):
+        buttons = [
+            PushButton(text=text, tooltip=tooltip)
+            for text, tooltip in (
+                ("Open queue", "Open the photos; the work saved in the dataset folder resumes"),
+                ("Previous", f"Save this photo's draft and show the previous one ({PREVIOUS_KEY})"),
+                ("Next", f"Save this photo's draft and show the next one ({NEXT_KEY})"),
+                (
+                    "Accept",
+                    f"Export the photo, its parts and people, then show the next ({ACCEPT_KEY})",
+                ),
+                (
+                    "Propose people",
+                    (
+                        "Add an editable '<photo> people' layer, one label per person "
+                        "region of the parts; exported as Human_ids"
+                    ),
+                ),
+                ("Flag", "Mark this photo for a second look (press again to clear the flag)"),
+                ("Undo export", "Put the dataset's sample back as it was before the last Accept"),
+            )
+        ]
+        (
+            self.open_button,
+            self.previous_button,
+            self.next_button,
+            self.accept_button,
+            self.people_button,
+            self.flag_button,
+            self.undo_button,
+        ) = buttons
+        for button, action in zip(
+            buttons,
+            (
+                self.open_queue,
+                self.previous_photo,
+                self.next_photo,
+                self.accept,
+                self.propose_people,
+                self.flag,
+                self.undo_export,
+            ),
+            strict=True,
+        ):
             button.changed.connect(action)
         self.undo_button.visible = False
-        choices = [PushButton(text=text, tooltip=tooltip) for text, tooltip in (
-            ("Keep mine", "Export your mask anyway, replacing the dataset's newer sample"),
-            ("Open theirs", ("Show the dataset's sample; your mask is kept aside in the queue "
-                             "folder (kept/)")),
-            ("Export all-background", "Export the mask although every pixel is background"),
-            ("Cancel", "Keep working on this photo; nothing is exported"))]
-        (self.keep_mine_button, self.open_theirs_button, self.export_empty_button,
-         self.cancel_choice_button) = choices
-        for button, action in zip(choices, (self.keep_mine, self.open_theirs, self.export_empty,
-                                            self.cancel_choice), strict=True):
+        choices = [
+            PushButton(text=text, tooltip=tooltip)
+            for text, tooltip in (
+                ("Keep mine", "Export your mask anyway, replacing the dataset's newer sample"),
+                (
+                    "Open theirs",
+                    (
+                        "Show the dataset's sample; your mask is kept aside in the queue "
+                        "folder (kept/)"
+                    ),
+                ),
+                ("Export all-background", "Export the mask although every pixel is background"),
+                ("Cancel", "Keep working on this photo; nothing is exported"),
+            )
+        ]
+        (
+            self.keep_mine_button,
+            self.open_theirs_button,
+            self.export_empty_button,
+            self.cancel_choice_button,
+        ) = choices
+        for button, action in zip(
+            choices,
+            (self.keep_mine, self.open_theirs, self.export_empty, self.cancel_choice),
+            strict=True,
+        ):
             button.changed.connect(action)
         self.choice_row = Container(widgets=choices, layout="horizontal", labels=False)
         self.choice_row.visible = False
@@ -157,28 +219,55 @@ class ReviewWidget(Container):
         self.status = Label(value="Give the photos and the dataset folder, then Open queue")
         self.status.native.setWordWrap(True)
         self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.runner = JobRunner(self._prepare_prelabel, run_text="Pre-label",
-                                run_tooltip="Pre-label the photo shown and the next one again "
-                                            "(after an error; otherwise it happens by itself)",
-                                cancel_tooltip="Stop pre-labelling; the drafts made are kept")
+        self.runner = JobRunner(
+            self._prepare_prelabel,
+            run_text="Pre-label",
+            run_tooltip="Pre-label the photo shown and the next one again "
+            "(after an error; otherwise it happens by itself)",
+            cancel_tooltip="Stop pre-labelling; the drafts made are kept",
+        )
         self.legend = ClassLegend(self.parts_layer)
-        self.help_line = Label(value=shortcut_help({"Alt-Left/Right": "photo", ACCEPT_KEY: "accept",
-                                                    "Shift-Up/Down": "class"}))
+        self.help_line = Label(
+            value=shortcut_help(
+                {"Alt-Left/Right": "photo", ACCEPT_KEY: "accept", "Shift-Up/Down": "class"}
+            )
+        )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
         more_row = Container(widgets=buttons[4:], layout="horizontal", labels=False)
-        review = Container(widgets=[self.open_button, self.skip_exported, photo_list, button_row,
-                                    more_row, self.choice_row, self.status, self.progress,
-                                    self.runner, self.help_line, Label(value="Classes"),
-                                    self.legend], labels=False)
+        review = Container(
+            widgets=[
+                self.open_button,
+                self.skip_exported,
+                photo_list,
+                button_row,
+                more_row,
+                self.choice_row,
+                self.status,
+                self.progress,
+                self.runner,
+                self.help_line,
+                Label(value="Classes"),
+                self.legend,
+            ],
+            labels=False,
+        )
         for container in (photo_list, button_row, more_row, self.choice_row, review):
             container.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[self.photos, self.recent_photos, self.dataset,
-                                  self.recent_dataset, self.split, self.model, review])
+        super().__init__(
+            widgets=[
+                self.photos,
+                self.recent_photos,
+                self.dataset,
+                self.recent_dataset,
+                self.split,
+                self.model,
+                review,
+            ]
+        )
         self._process = model_process_for(self)
         self._ahead_timer = QTimer(self.native, singleShot=True, interval=0)
         self._ahead_timer.timeout.connect(self._prelabel_ahead)
-        self._autosave_timer = QTimer(self.native, singleShot=True,
-                                      interval=int(AUTOSAVE_S * 1000))
+        self._autosave_timer = QTimer(self.native, singleShot=True, interval=int(AUTOSAVE_S * 1000))
         self._autosave_timer.timeout.connect(self._autosave)
         self._heartbeat_timer = QTimer(self.native, interval=int(CLAIM_HEARTBEAT_S * 1000))
         self._heartbeat_timer.timeout.connect(self._heartbeat)
@@ -202,10 +291,17 @@ class ReviewWidget(Container):
         napari_viewer.layers.events.removing.connect(layer_leaving)
         on_removed(self, self.runner.cancel)
         on_removed(self, lambda: (widget := me()) and widget._close())
-        bind_keys(napari_viewer, self, {NEXT_KEY: self.next_photo, PREVIOUS_KEY: self.previous_photo,
-                                        ACCEPT_KEY: self.accept,
-                                        NEXT_CLASS_KEY: self.legend.next_class,
-                                        PREVIOUS_CLASS_KEY: self.legend.previous_class})
+        bind_keys(
+            napari_viewer,
+            self,
+            {
+                NEXT_KEY: self.next_photo,
+                PREVIOUS_KEY: self.previous_photo,
+                ACCEPT_KEY: self.accept,
+                NEXT_CLASS_KEY: self.legend.next_class,
+                PREVIOUS_CLASS_KEY: self.legend.previous_class,
+            },
+        )
 
     @staticmethod
     def _pick_recent(field: FileEdit, value) -> None:
@@ -218,14 +314,19 @@ class ReviewWidget(Container):
         """Open the queue of the Photos folder in the Dataset folder; show this annotator's
         photo in hand (or the next one nobody else has open)."""
         if self.photos.value is None or self.dataset.value is None:
-            return self._refuse("Give the folder of photos and the dataset folder to export "
-                                "into (nothing was written)")
+            return self._refuse(
+                "Give the folder of photos and the dataset folder to export "
+                "into (nothing was written)"
+            )
         try:
-            queue = ReviewQueue(self.photos.value.expanduser(), self.dataset.value.expanduser(),
-                                self.split.value)
+            queue = ReviewQueue(
+                self.photos.value.expanduser(), self.dataset.value.expanduser(), self.split.value
+            )
         except OSError as error:
-            return self._refuse(f"{os_error_line(error)}; choose a photos folder you can read "
-                                "and a dataset folder you can write to")
+            return self._refuse(
+                f"{os_error_line(error)}; choose a photos folder you can read "
+                "and a dataset folder you can write to"
+            )
         except ValueError as error:  # DatasetError is a ValueError
             return self._refuse(str(error))
         if not self._save_current():
@@ -247,8 +348,11 @@ class ReviewWidget(Container):
         self.photo_list.addItems([self._row_text(item.sample_id) for item in queue.items])
         self._heartbeat_timer.start()
         start = queue.position
-        free = [p for p in [*range(start, len(queue.items)), *range(start - 1, -1, -1)]
-                if queue.items[p].sample_id not in self._others]
+        free = [
+            p
+            for p in [*range(start, len(queue.items)), *range(start - 1, -1, -1)]
+            if queue.items[p].sample_id not in self._others
+        ]
         for position in free:
             if self._show(position):
                 queue.go_to(position)
@@ -261,7 +365,10 @@ class ReviewWidget(Container):
         another annotator has it open)."""
         if self.queue is None or not self._save_current():
             return
-        if position == self.queue.position and self.queue.items[position].sample_id == self.shown_id:
+        if (
+            position == self.queue.position
+            and self.queue.items[position].sample_id == self.shown_id
+        ):
             self._show(position)
             return
         if self._show(position):
@@ -292,39 +399,58 @@ class ReviewWidget(Container):
             return
         unseen = self.seen_s() < MIN_SEEN_S
         if unseen and time.monotonic() - self._accepted_at < MIN_SEEN_S + 0.5:
-            return self._refuse(f"Accept pressed twice: {self.shown_id} was not exported; "
-                                "look at it, then Accept")
-        if not (self._edited() or self.queue.draft_path(self.shown_id).exists()
-                or self._base_version is not None):
+            return self._refuse(
+                f"Accept pressed twice: {self.shown_id} was not exported; look at it, then Accept"
+            )
+        if not (
+            self._edited()
+            or self.queue.draft_path(self.shown_id).exists()
+            or self._base_version is not None
+        ):
             return self._refuse("No parts to export yet: wait for the pre-label, or paint them")
         if unseen:
-            return self._refuse(f"{self.shown_id} was not exported: it has been on screen "
-                                f"{self.seen_s():.1f} s; look at it for {MIN_SEEN_S:g} s, then "
-                                "Accept")
+            return self._refuse(
+                f"{self.shown_id} was not exported: it has been on screen "
+                f"{self.seen_s():.1f} s; look at it for {MIN_SEEN_S:g} s, then "
+                "Accept"
+            )
         if self._choice is not None and self._choice[1] == self.shown_id:
             return self._refuse(self.status.value)  # the choice shown stays the answer to give
         labels = np.array(parts.data)
         people_ids = None if people is None else np.array(people.data)
         if not labels.any():
-            return self._offer("empty", labels, people_ids, self._base_version,
-                               f"{self.shown_id}: every pixel is background; click Export "
-                               "all-background to export it anyway, or Cancel and paint the parts")
+            return self._offer(
+                "empty",
+                labels,
+                people_ids,
+                self._base_version,
+                f"{self.shown_id}: every pixel is background; click Export "
+                "all-background to export it anyway, or Cancel and paint the parts",
+            )
         self._export(labels, people_ids, self._base_version)
 
     def _export(self, labels, people_ids, expected_version) -> None:
         sample_id = self.shown_id
         self._flush_autosave()
         try:
-            record = self.queue.accept(sample_id, labels, people_ids,
-                                       expected_version=expected_version)
+            record = self.queue.accept(
+                sample_id, labels, people_ids, expected_version=expected_version
+            )
         except cihp.SampleChangedError as error:
-            return self._offer("changed", labels, people_ids, error.current_version,
-                               f"{sample_id} was not exported: {_changed_by(error)} since it "
-                               "was shown; click Open theirs to see it, or Keep mine to "
-                               "replace it")
+            return self._offer(
+                "changed",
+                labels,
+                people_ids,
+                error.current_version,
+                f"{sample_id} was not exported: {_changed_by(error)} since it "
+                "was shown; click Open theirs to see it, or Keep mine to "
+                "replace it",
+            )
         except OSError as error:
-            return self._refuse(f"{sample_id}: Accept did not complete ({os_error_line(error)}); "
-                                "make the dataset folder writable, then Accept again")
+            return self._refuse(
+                f"{sample_id}: Accept did not complete ({os_error_line(error)}); "
+                "make the dataset folder writable, then Accept again"
+            )
         except ValueError as error:
             return self._refuse(f"{sample_id}: {_one_line(error)}")
         self._clear_choice()
@@ -381,8 +507,10 @@ class ReviewWidget(Container):
         try:
             kept = self.queue.keep_aside(sample_id, labels)
         except OSError as error:
-            return self._refuse(f"{sample_id}: your mask could not be kept aside "
-                                f"({os_error_line(error)}); nothing changed")
+            return self._refuse(
+                f"{sample_id}: your mask could not be kept aside "
+                f"({os_error_line(error)}); nothing changed"
+            )
         self.queue.drop_in_hand(sample_id)
         self._draft_shown = None  # nothing in hand to save
         self._show(self.queue.position)
@@ -409,12 +537,15 @@ class ReviewWidget(Container):
         try:
             self.queue.undo_export(record)
         except (OSError, ValueError) as error:
-            return self._refuse(f"{record.sample_id}: the export was not undone "
-                                f"({_one_line(error)}); the dataset keeps it")
+            return self._refuse(
+                f"{record.sample_id}: the export was not undone "
+                f"({_one_line(error)}); the dataset keeps it"
+            )
         self._last_export, self.undo_button.visible = None, False
         self._update_row(record.sample_id)
-        position = next(i for i, item in enumerate(self.queue.items)
-                        if item.sample_id == record.sample_id)
+        position = next(
+            i for i, item in enumerate(self.queue.items) if item.sample_id == record.sample_id
+        )
         self.go_to(position)
         self._show_state(note=f"Export of {record.sample_id} undone: the dataset is as before")
 
@@ -425,8 +556,11 @@ class ReviewWidget(Container):
         if not self._save_current():
             return
         flagged = self.queue.full_state(self.shown_id) == "flagged"
-        after = ("corrected" if self.queue.draft_path(self.shown_id).exists() else "new") \
-            if flagged else "flagged"
+        after = (
+            ("corrected" if self.queue.draft_path(self.shown_id).exists() else "new")
+            if flagged
+            else "flagged"
+        )
         try:
             self.queue.set_state(self.shown_id, after)
         except OSError as error:
@@ -441,12 +575,15 @@ class ReviewWidget(Container):
             return
         proposal = people_from_parts(parts.data)
         if people is None:
-            people = self.viewer.add_labels(proposal, name=self.shown_id + PEOPLE_SUFFIX,
-                                            opacity=0.4)
+            people = self.viewer.add_labels(
+                proposal, name=self.shown_id + PEOPLE_SUFFIX, opacity=0.4
+            )
             self._layer_ids["people"] = people.unique_id
         people.data = proposal
-        self.status.value = (f"{self.shown_id}: {proposal.max()} people proposed; split or merge "
-                             "them by painting, then Accept")
+        self.status.value = (
+            f"{self.shown_id}: {proposal.max()} people proposed; split or merge "
+            "them by painting, then Accept"
+        )
 
     def parts_layer(self) -> Labels | None:
         """The parts layer of the photo shown, if there is one."""
@@ -463,8 +600,10 @@ class ReviewWidget(Container):
         elif self.shown_id in self._unreadable:
             self._refuse(f"{self.shown_id} cannot be read: nothing to export; go to another photo")
         elif "parts" in self._layer_ids:  # the annotator removed it
-            self._refuse(f"The parts layer of {self.shown_id} was removed: double-click the "
-                         "photo in the list to show it again")
+            self._refuse(
+                f"The parts layer of {self.shown_id} was removed: double-click the "
+                "photo in the list to show it again"
+            )
         else:
             self._refuse("No parts yet: wait for the pre-label, or paint them")
         return None
@@ -475,8 +614,9 @@ class ReviewWidget(Container):
         self._refresh()
         before = self.queue.position
         others = set(self._others)
-        after = self.queue.move(step, skip_exported=self.skip_exported.value,
-                                skip=lambda sample_id: sample_id in others)
+        after = self.queue.move(
+            step, skip_exported=self.skip_exported.value, skip=lambda sample_id: sample_id in others
+        )
         if after == before:
             self.status.value = "End of the queue" if step > 0 else "Start of the queue"
             return
@@ -486,9 +626,13 @@ class ReviewWidget(Container):
     def _leaving(self) -> None:
         """A pre-labelled photo looked at long enough, and not edited, becomes "seen"."""
         sample_id = self.shown_id
-        if (self.queue is not None and sample_id is not None
-                and self.queue.full_state(sample_id) == "pre-labelled"
-                and self.seen_s() >= MIN_SEEN_S and not self._edited()):
+        if (
+            self.queue is not None
+            and sample_id is not None
+            and self.queue.full_state(sample_id) == "pre-labelled"
+            and self.seen_s() >= MIN_SEEN_S
+            and not self._edited()
+        ):
             try:
                 self.queue.set_state(sample_id, "seen")
                 self._update_row(sample_id)
@@ -517,8 +661,10 @@ class ReviewWidget(Container):
             if self.queue.base_version(self.shown_id) != self._base_version:
                 self.queue.set_base_version(self.shown_id, self._base_version)
         except OSError as error:
-            self._refuse(f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
-                         "make the dataset folder writable, then try again")
+            self._refuse(
+                f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
+                "make the dataset folder writable, then try again"
+            )
             return False
         self._draft_shown = labels
         self._update_row(self.shown_id)
@@ -537,8 +683,10 @@ class ReviewWidget(Container):
             try:
                 queue.save_in_hand(sample_id, labels)
             except OSError as error:
-                failed.emit(f"{sample_id}: your edits are not saved ({os_error_line(error)}); "
-                            "make the dataset folder writable, then press Next")
+                failed.emit(
+                    f"{sample_id}: your edits are not saved ({os_error_line(error)}); "
+                    "make the dataset folder writable, then press Next"
+                )
 
         self._pending_save = self._saver.submit(save)
 
@@ -558,8 +706,10 @@ class ReviewWidget(Container):
         try:
             held = self.queue.claim(sample_id)
         except OSError as error:  # an unwritable queue folder: work on, unclaimed, and say so
-            show_warning(f"{sample_id}: could not be claimed ({os_error_line(error)}); another "
-                         "annotator may open it too")
+            show_warning(
+                f"{sample_id}: could not be claimed ({os_error_line(error)}); another "
+                "annotator may open it too"
+            )
             held = None
         if held is not None:
             self._others[sample_id] = held
@@ -591,8 +741,10 @@ class ReviewWidget(Container):
         if self._claimed is not None:
             try:
                 if not self.queue.renew(self._claimed):
-                    show_warning(f"{self._claimed}: your claim lapsed and another annotator "
-                                 "opened it; press Next and come back to compare")
+                    show_warning(
+                        f"{self._claimed}: your claim lapsed and another annotator "
+                        "opened it; press Next and come back to compare"
+                    )
             except OSError:
                 pass
         self._refresh()
@@ -612,8 +764,11 @@ class ReviewWidget(Container):
     def _layer_leaving(self, event) -> None:
         """The parts layer leaves the viewer (removed, or the viewer clearing): keep its edits."""
         parts = self.parts_layer()
-        if parts is not None and self.viewer.layers.index(parts.name) == event.index \
-                and not self._closed:
+        if (
+            parts is not None
+            and self.viewer.layers.index(parts.name) == event.index
+            and not self._closed
+        ):
             self._save_current()
 
     def _watch_window(self) -> None:
@@ -639,7 +794,7 @@ class ReviewWidget(Container):
 
     def _show_warnings(self) -> None:
         """Show once each problem the queue met (a damaged state file or draft set aside)."""
-        for problem in getattr(self.queue, "warnings", [])[self._warned:]:
+        for problem in getattr(self.queue, "warnings", [])[self._warned :]:
             show_warning(problem)
             self._warned += 1
 
@@ -680,8 +835,10 @@ class ReviewWidget(Container):
             self._origin = origin
             in_hand = self.queue.load_in_hand(item.sample_id)
         except (OSError, ValueError) as error:
-            self._refuse(f"{item.sample_id}: the dataset's sample cannot be read "
-                         f"({_one_line(error)}); showing an empty mask")
+            self._refuse(
+                f"{item.sample_id}: the dataset's sample cannot be read "
+                f"({_one_line(error)}); showing an empty mask"
+            )
             labels, self._base_version, origin, in_hand = None, None, "none", None
             self._origin = origin
         self._show_warnings()
@@ -689,11 +846,16 @@ class ReviewWidget(Container):
         self._show_photo(photo)
         # a draft the annotator made, and the dataset's sample, are protected as a whole
         corrected = origin == "dataset" or (
-            labels is not None and self.queue.state(self.shown_id) != "pre-labelled")
+            labels is not None and self.queue.state(self.shown_id) != "pre-labelled"
+        )
         base = np.zeros(photo.shape[:2], np.uint8) if labels is None else labels
         self._show_parts(base, corrected)
         note = "showing the dataset's newer sample" if origin == "dataset" else None
-        if in_hand is not None and in_hand.shape == base.shape and not np.array_equal(in_hand, base):
+        if (
+            in_hand is not None
+            and in_hand.shape == base.shape
+            and not np.array_equal(in_hand, base)
+        ):
             parts = self.parts_layer()
             self._swapping = True
             try:
@@ -726,8 +888,12 @@ class ReviewWidget(Container):
         try:
             parts = self.parts_layer()
             if parts is None:
-                parts = self.viewer.add_labels(labels, name=self.shown_id + PARTS_SUFFIX,
-                                               features=parts_features(), opacity=0.6)
+                parts = self.viewer.add_labels(
+                    labels,
+                    name=self.shown_id + PARTS_SUFFIX,
+                    features=parts_features(),
+                    opacity=0.6,
+                )
                 self._layer_ids["parts"] = parts.unique_id
                 self.legend.apply_to(parts)
                 parts.events.paint.connect(self._painted_callback)
@@ -764,8 +930,9 @@ class ReviewWidget(Container):
     def _show_progress(self) -> None:
         if self.queue is not None:
             open_elsewhere = f"; {len(self._others)} open by others" if self._others else ""
-            self.progress.value = (f"{self.queue.exported_count()} of {len(self.queue.items)} "
-                                   f"exported{open_elsewhere}")
+            self.progress.value = (
+                f"{self.queue.exported_count()} of {len(self.queue.items)} exported{open_elsewhere}"
+            )
 
     def _row_text(self, sample_id: str) -> str:
         if sample_id in self._unreadable:
@@ -791,9 +958,17 @@ class ReviewWidget(Container):
 
     def _window(self) -> list:
         """The readable photos of the shown one and the next without a draft."""
-        items = self.queue.items[self.queue.position:self.queue.position + AHEAD] if self.queue else []
-        return [item for item in items if item.sample_id not in self._unreadable
-                and not self.queue.draft_path(item.sample_id).exists()]
+        items = (
+            self.queue.items[self.queue.position : self.queue.position + AHEAD]
+            if self.queue
+            else []
+        )
+        return [
+            item
+            for item in items
+            if item.sample_id not in self._unreadable
+            and not self.queue.draft_path(item.sample_id).exists()
+        ]
 
     def _prelabel_ahead(self) -> None:
         """Called when a photo is shown, and after a job that succeeded if the user moved on
@@ -824,8 +999,11 @@ class ReviewWidget(Container):
             results = self._process.segment([photo for _, photo in readable], source)
             try:
                 for result in results:  # routed by sample id, never by place in a list
-                    yield ((readable[result.index][0], result.labels)
-                           if isinstance(result, Segmentation) else result)
+                    yield (
+                        (readable[result.index][0], result.labels)
+                        if isinstance(result, Segmentation)
+                        else result
+                    )
             finally:
                 results.close()
 
@@ -848,8 +1026,13 @@ class ReviewWidget(Container):
             parts = self.parts_layer()
             if queue is self.queue:
                 self._update_row(sample_id)
-            if queue is self.queue and sample_id == self.shown_id and parts is not None \
-                    and self._origin == "none" and parts.data.shape == labels.shape:
+            if (
+                queue is self.queue
+                and sample_id == self.shown_id
+                and parts is not None
+                and self._origin == "none"
+                and parts.data.shape == labels.shape
+            ):
                 self._origin = "draft"
                 if self._edited():
                     apply_prediction(parts, labels, keep_edits=True)  # one undoable step
@@ -867,15 +1050,21 @@ class ReviewWidget(Container):
             return f"Pre-labelled {', '.join(made)}" if made else "No photo could be read"
 
         loading = " (loading the model…)" if self._model_loaded != source else "…"
-        return Job(work(), total=len(items), description="Pre-labelling ahead", on_result=take,
-                   on_done=done, message=f"Pre-labelling {', '.join(i.sample_id for i in items)}"
-                                         f"{loading}")
+        return Job(
+            work(),
+            total=len(items),
+            description="Pre-labelling ahead",
+            on_result=take,
+            on_done=done,
+            message=f"Pre-labelling {', '.join(i.sample_id for i in items)}{loading}",
+        )
 
 
 def os_error_line(error: OSError) -> str:
     """``<file>: <reason>`` of an OSError, without its errno."""
-    return f"{error.filename}: {error.strerror}" if error.filename and error.strerror \
-        else str(error)
+    return (
+        f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+    )
 
 
 def forget_undo_history(layer: Labels) -> None:
@@ -885,15 +1074,17 @@ def forget_undo_history(layer: Labels) -> None:
 
 
 def _changed_by(error) -> str:
-    """"the dataset's sample was written by bob@host with review at 2026-12-02 01:02:03 UTC"."""
+    """ "the dataset's sample was written by bob@host with review at 2026-12-02 01:02:03 UTC"."""
     writer, removed = error.writer or {}, error.current_version is None
     if removed:
         return "the dataset's sample was removed"
     if not writer:
         return "the dataset's sample was written by a tool that records no writer"
     tool = f" with {writer['tool']}" if writer.get("tool") else ""
-    return (f"the dataset's sample was written by {writer.get('user', '?')}@"
-            f"{writer.get('host', '?')}{tool} at {when(writer.get('time'))}")
+    return (
+        f"the dataset's sample was written by {writer.get('user', '?')}@"
+        f"{writer.get('host', '?')}{tool} at {when(writer.get('time'))}"
+    )
 
 
 def _one_line(error: BaseException) -> str:

@@ -22,6 +22,14 @@ def cihp_photo():
 def cihp_photo_with_parts():
     """The photo and its ground-truth parts from the CIHP dataset, as a parts Labels layer."""
     truth = np.array(Image.open(_DATA / "cihp_0005008_category_ids.png"))  # writable: editable
-    return cihp_photo() + [(truth, {"name": SAMPLE_NAME + PARTS_SUFFIX + " (ground truth)",
-                                    "colormap": parts_colormap(), "features": parts_features()},
-                            "labels")]
+    return cihp_photo() + [
+        (
+            truth,
+            {
+                "name": SAMPLE_NAME + PARTS_SUFFIX + " (ground truth)",
+                "colormap": parts_colormap(),
+                "features": parts_features(),
+            },
+            "labels",
+        )
+    ]

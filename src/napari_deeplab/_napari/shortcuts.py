@@ -49,8 +49,11 @@ class KeyOwners:
 
     def alive(self) -> list[tuple[Widget, Callable[[], object]]]:
         pairs = [(w(), a()) for w, a in self.entries]
-        return [(widget, action) for widget, action in pairs
-                if widget is not None and action is not None]
+        return [
+            (widget, action)
+            for widget, action in pairs
+            if widget is not None and action is not None
+        ]
 
     def owner(self, viewer) -> Callable[[], object] | None:
         """The action a press of the key calls now."""

@@ -94,14 +94,20 @@ class SampleChangedError(DatasetError):
     ``sample_id``; ``writer``: the current version's writer record (:func:`sample_writer`) or
     None; ``current_version``: :func:`sample_version` now (None: not listed)."""
 
-    def __init__(self, message: str, sample_id: str, writer: dict | None,
-                 current_version: str | None):
+    def __init__(
+        self, message: str, sample_id: str, writer: dict | None, current_version: str | None
+    ):
         super().__init__(message)
         self.sample_id, self.writer, self.current_version = sample_id, writer, current_version
 
 
-def committed_version(base: Path, split: str | None, sample_id: str,
-                      pending: Pending | None = None, listed: set[str] | None = None) -> str | None:
+def committed_version(
+    base: Path,
+    split: str | None,
+    sample_id: str,
+    pending: Pending | None = None,
+    listed: set[str] | None = None,
+) -> str | None:
     """The version of a committed sample of the split folder ``base`` (see
     :func:`~napari_deeplab.cihp.samples.sample_version`), None when it is not listed; read
     under the split's lock by the caller. ``pending``: the journal applied logically (a
@@ -116,16 +122,22 @@ def committed_version(base: Path, split: str | None, sample_id: str,
         return None
     resolve = pending.resolve if pending else (lambda path: path)
     photos = pending.photos(sample_id) if pending else photos_of(base / "Images", sample_id)
-    identified = [resolve(base / "Category_ids" / f"{sample_id}.png"),
-                  resolve(base / WRITERS_FOLDER / f"{sample_id}.json"), *photos[:1]]
+    identified = [
+        resolve(base / "Category_ids" / f"{sample_id}.png"),
+        resolve(base / WRITERS_FOLDER / f"{sample_id}.json"),
+        *photos[:1],
+    ]
     parts = []
     for path in identified:
         try:
             info = os.lstat(path) if path is not None else None
         except OSError:
             info = None
-        parts.append("-" if info is None else
-                     f"{info.st_ino:x}.{info.st_size:x}.{info.st_mtime_ns:x}.{info.st_ctime_ns:x}")
+        parts.append(
+            "-"
+            if info is None
+            else f"{info.st_ino:x}.{info.st_size:x}.{info.st_mtime_ns:x}.{info.st_ctime_ns:x}"
+        )
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
 
 
@@ -148,20 +160,25 @@ WRITER_RECORD_MAX_BYTES = 4096
 """A writer record is a few hundred bytes; a larger file is not read as one."""
 
 
-def changed_error(split_dir: Path, sample_id: str, expected,
-                  current: str | None) -> SampleChangedError:
+def changed_error(
+    split_dir: Path, sample_id: str, expected, current: str | None
+) -> SampleChangedError:
     """The refusal of a writer that expected version ``expected`` of a sample that is at
     ``current`` now, naming who committed the current version."""
-    writer = read_writer_record(split_dir / WRITERS_FOLDER / f"{sample_id}.json") \
-        if current else None
-    return SampleChangedError(changed_message(sample_id, expected, current, writer), sample_id,
-                              writer, current)
+    writer = (
+        read_writer_record(split_dir / WRITERS_FOLDER / f"{sample_id}.json") if current else None
+    )
+    return SampleChangedError(
+        changed_message(sample_id, expected, current, writer), sample_id, writer, current
+    )
 
 
 def changed_message(sample_id: str, expected, current: str | None, writer: dict | None) -> str:
     if current is None:
-        return (f"sample {sample_id} was removed by another writer since you opened it; write "
-                "it again as a new sample (expected_version=None) to restore it")
+        return (
+            f"sample {sample_id} was removed by another writer since you opened it; write "
+            "it again as a new sample (expected_version=None) to restore it"
+        )
     who = "another writer (one that keeps no writer record, such as predict)"
     if writer:
         who = f"{writer.get('user')}@{writer.get('host')}"
@@ -170,10 +187,14 @@ def changed_message(sample_id: str, expected, current: str | None, writer: dict 
         tool = tool if tool.startswith("napari-deeplab") else f"napari-deeplab {tool}".strip()
         who += f" at {when} ({tool})" if when else f" ({tool})"
     if expected is None:
-        return (f"sample {sample_id} was committed by {who} since you opened it; open it "
-                "again to see that version, then save yours over it if it should win")
-    return (f"sample {sample_id} was changed by {who} since you opened it; open it again to see "
-            "that version, then save yours over it if it should win")
+        return (
+            f"sample {sample_id} was committed by {who} since you opened it; open it "
+            "again to see that version, then save yours over it if it should win"
+        )
+    return (
+        f"sample {sample_id} was changed by {who} since you opened it; open it again to see "
+        "that version, then save yours over it if it should win"
+    )
 
 
 def add_to_id_list(root: str | os.PathLike, split: str, sample_ids) -> None:
@@ -193,8 +214,11 @@ LOCK_POLL_S = (0.001, 0.05)
 """First and longest wait between two tries of a held lock (doubling in between)."""
 
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-_DIR_FDS = all(f in os.supports_dir_fd for f in (os.open, os.replace, os.unlink, os.stat)) \
-    and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+_DIR_FDS = (
+    all(f in os.supports_dir_fd for f in (os.open, os.replace, os.unlink, os.stat))
+    and hasattr(os, "O_NOFOLLOW")
+    and hasattr(os, "O_DIRECTORY")
+)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _RENAME_ORDER = {WRITERS_FOLDER: 1, "Category_ids": 2, "Images": 3}
 """Order of a sample's renames (other folders 0): the photo last, right after its mask, so a
@@ -239,8 +263,7 @@ def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
                 else:
                     sample.discard()
             if records:
-                journal = _checked_journal(split_dir, {"id_list": id_list_name,
-                                                       "samples": records})
+                journal = _checked_journal(split_dir, {"id_list": id_list_name, "samples": records})
                 _write_journal(split_dir, journal)
                 journalled = True
                 _apply(split_dir, journal, listed)
@@ -253,14 +276,23 @@ def commit_samples(samples: list[StagedSample]) -> list[DatasetError | None]:
     return results
 
 
-def commit_removal(split_dir: Path, split: str, sample_id: str, removals: list[Path],
-                   listed: Listing) -> None:
+def commit_removal(
+    split_dir: Path, split: str, sample_id: str, removals: list[Path], listed: Listing
+) -> None:
     """Unlist ``sample_id`` and remove its files ``removals`` in one journalled commit (all or
     nothing across a crash); the caller holds the split's lock (:func:`split_locked`) and
     read ``listed`` under it."""
-    journal = {"id_list": SPLIT_ID_FILES[split],
-               "samples": [{"sample_id": sample_id, "renames": [], "unlist": True,
-                            "removals": [_relative(p, split_dir) for p in removals]}]}
+    journal = {
+        "id_list": SPLIT_ID_FILES[split],
+        "samples": [
+            {
+                "sample_id": sample_id,
+                "renames": [],
+                "unlist": True,
+                "removals": [_relative(p, split_dir) for p in removals],
+            }
+        ],
+    }
     _write_journal(split_dir, journal)
     _apply(split_dir, _checked_journal(split_dir, journal), listed)
     _finish(split_dir)
@@ -282,26 +314,34 @@ class _Decider:
         if sample_id in self.group_ids:
             return DatasetError(f"sample {sample_id} is twice in one commit; write it once")
         if key in self.in_group:
-            return DatasetError(f"samples {self.in_group[key]} and {sample_id} differ only in case "
-                                "(on macOS and Windows they are one file); rename one photo")
+            return DatasetError(
+                f"samples {self.in_group[key]} and {sample_id} differ only in case "
+                "(on macOS and Windows they are one file); rename one photo"
+            )
         if expected is not ANY_VERSION:
             current = committed_version(self.split_dir, None, sample_id, listed=self.present)
             if current != expected:
                 return changed_error(self.split_dir, sample_id, expected, current)
         elif not sample.overwrite and sample_id in self.present:
-            return SampleExistsError(f"sample {sample_id} exists in {sample.split_dir}; pass "
-                                     "overwrite=True (--overwrite) to replace it")
+            return SampleExistsError(
+                f"sample {sample_id} exists in {sample.split_dir}; pass "
+                "overwrite=True (--overwrite) to replace it"
+            )
         if sample_id not in self.present:
             other = self.listed.case_twin(sample_id)
             if other is not None:
-                return DatasetError(f"sample {sample_id} differs only in case from the listed "
-                                    f"sample {other} in {self.split_dir} (on macOS and Windows "
-                                    "they are one file); rename the photo, or write it as "
-                                    f"{other}")
+                return DatasetError(
+                    f"sample {sample_id} differs only in case from the listed "
+                    f"sample {other} in {self.split_dir} (on macOS and Windows "
+                    "they are one file); rename the photo, or write it as "
+                    f"{other}"
+                )
         vanished = [str(tmp) for tmp in sample.staged.values() if not tmp.exists()]
         if vanished:
-            return DatasetError(f"{vanished[0]} vanished before the commit (removed as stale?); "
-                                "write the sample again")
+            return DatasetError(
+                f"{vanished[0]} vanished before the commit (removed as stale?); "
+                "write the sample again"
+            )
         self.in_group[key] = sample_id
         self.group_ids.add(sample_id)
         return None
@@ -334,10 +374,14 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
     record = split_dir / WRITERS_FOLDER / f"{sample.sample_id}.json"
     if record not in written and os.path.lexists(record):  # it described the version replaced
         removals.append(record)
-    return {"sample_id": sample.sample_id,
-            "renames": [[_relative(tmp, split_dir), _relative(dest, split_dir)]
-                        for dest, tmp in sample.staged.items()],
-            "removals": [_relative(p, split_dir) for p in removals]}
+    return {
+        "sample_id": sample.sample_id,
+        "renames": [
+            [_relative(tmp, split_dir), _relative(dest, split_dir)]
+            for dest, tmp in sample.staged.items()
+        ],
+        "removals": [_relative(p, split_dir) for p in removals],
+    }
 
 
 def _size_differs(path: Path, shape) -> bool:
@@ -354,7 +398,9 @@ def _relative(path: Path, split_dir: Path) -> str:
 
 def _write_journal(split_dir: Path, record: dict) -> None:
     text = json.dumps(record, ensure_ascii=True)
-    staged = files.stage(split_dir / JOURNAL_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    staged = files.stage(
+        split_dir / JOURNAL_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8")
+    )
     files.checkpoint("journal staged")
     os.replace(staged, split_dir / JOURNAL_NAME)
     files.fsync_folder(split_dir)
@@ -371,8 +417,9 @@ def _apply(split_dir: Path, journal: dict, listed: Listing | None = None) -> Non
     with _Folders(split_dir) as folders:
         steps = []
         for record in journal["samples"]:
-            for tmp, destination in sorted(record["renames"],
-                                           key=lambda pair: _RENAME_ORDER.get(_folder(pair[1]), 0)):
+            for tmp, destination in sorted(
+                record["renames"], key=lambda pair: _RENAME_ORDER.get(_folder(pair[1]), 0)
+            ):
                 steps.append(("rename", tmp, destination))
             steps += [("remove", removal, removal) for removal in record["removals"]]
         for kind, source, destination in steps:  # check everything first, then change
@@ -390,17 +437,24 @@ def _apply(split_dir: Path, journal: dict, listed: Listing | None = None) -> Non
                         os.unlink(folder / _name(source))
                     else:
                         os.unlink(_name(source), dir_fd=fd)
-            files.checkpoint(f"renamed {destination}" if kind == "rename" else f"removed {destination}")
+            files.checkpoint(
+                f"renamed {destination}" if kind == "rename" else f"removed {destination}"
+            )
         folders.fsync()
     if listed is None:
         listed = listing(split_dir, _split_of(journal["id_list"]))
-    _update_id_list(split_dir, journal["id_list"], listed,
-                    {r["sample_id"] for r in journal["samples"] if not r.get("unlist")},
-                    {r["sample_id"] for r in journal["samples"] if r.get("unlist")})
+    _update_id_list(
+        split_dir,
+        journal["id_list"],
+        listed,
+        {r["sample_id"] for r in journal["samples"] if not r.get("unlist")},
+        {r["sample_id"] for r in journal["samples"] if r.get("unlist")},
+    )
 
 
-def _update_id_list(split_dir: Path, name: str, listed: Listing, added: set[str],
-                    unlisted: set[str]) -> None:
+def _update_id_list(
+    split_dir: Path, name: str, listed: Listing, added: set[str], unlisted: set[str]
+) -> None:
     """List ``added`` and unlist ``unlisted`` (rewriting the id list) unless that is done."""
     added, unlisted = added - listed.present, unlisted & listed.present
     if not (added or unlisted or not listed.exists):
@@ -429,15 +483,22 @@ def _check_target(folders: _Folders, kind: str, source: str, destination: str) -
         return  # no such folder: nothing to rename or remove there
     info = _lstat(folders, folder, fd, _name(source))
     if kind == "rename" and info is not None and not stat.S_ISREG(info.st_mode):
-        raise DatasetError(f"{folder / _name(source)}: a temporary of this commit is not a regular "
-                           "file (a link?); the commit was not applied: remove it and the journal "
-                           f"{folders.split_dir / JOURNAL_NAME}, and check who planted them")
+        raise DatasetError(
+            f"{folder / _name(source)}: a temporary of this commit is not a regular "
+            "file (a link?); the commit was not applied: remove it and the journal "
+            f"{folders.split_dir / JOURNAL_NAME}, and check who planted them"
+        )
     target = info if kind == "remove" else _lstat(folders, folder, fd, _name(destination))
-    if target is not None and not stat.S_ISREG(target.st_mode) and not (
-            kind == "remove" and stat.S_ISLNK(target.st_mode)):
-        raise DatasetError(f"{folder / _name(destination)} is a link or a folder, not a file; "
-                           "the commit was not applied: replace it by the file it points to (or "
-                           "remove it) and run again")
+    if (
+        target is not None
+        and not stat.S_ISREG(target.st_mode)
+        and not (kind == "remove" and stat.S_ISLNK(target.st_mode))
+    ):
+        raise DatasetError(
+            f"{folder / _name(destination)} is a link or a folder, not a file; "
+            "the commit was not applied: replace it by the file it points to (or "
+            "remove it) and run again"
+        )
 
 
 def _lstat(folders: _Folders, folder: Path, fd, name: str) -> os.stat_result | None:
@@ -486,8 +547,9 @@ class _Folders:
     @staticmethod
     def _open(name: str, parent: int | None, path: Path) -> int | None:
         try:
-            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | os.O_CLOEXEC,
-                           dir_fd=parent)
+            return os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
+            )
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -546,14 +608,18 @@ def _checked_journal(split_dir: Path, journal) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError):
         problem = "it is not a record of this program"
     if problem:
-        raise DatasetError(f"{split_dir / JOURNAL_NAME}: this record of an interrupted commit is "
-                           f"damaged or names files that are not its samples' ({problem}), so it "
-                           "was not applied; move it away and check the samples it names by hand")
+        raise DatasetError(
+            f"{split_dir / JOURNAL_NAME}: this record of an interrupted commit is "
+            f"damaged or names files that are not its samples' ({problem}), so it "
+            "was not applied; move it away and check the samples it names by hand"
+        )
     return journal
 
 
 def _journal_problem(journal) -> str | None:
-    if journal["id_list"] not in SPLIT_ID_FILES.values() or not isinstance(journal["samples"], list):
+    if journal["id_list"] not in SPLIT_ID_FILES.values() or not isinstance(
+        journal["samples"], list
+    ):
         return "unknown id list"
     for record in journal["samples"]:
         sample_id = record["sample_id"]
@@ -565,8 +631,12 @@ def _journal_problem(journal) -> str | None:
             if not is_sample_file(destination, sample_id, renamed=True):
                 return f"{destination!r} is not a file of sample {sample_id}"
             match = files.TEMPORARY_NAME.match(_name(tmp)) if isinstance(tmp, str) else None
-            if match is None or _folder(tmp) != _folder(destination) \
-                    or match["name"] != _name(destination) or not tmp.isprintable():
+            if (
+                match is None
+                or _folder(tmp) != _folder(destination)
+                or match["name"] != _name(destination)
+                or not tmp.isprintable()
+            ):
                 return f"{tmp!r} is not a temporary of {destination}"
         for removal in record["removals"]:
             if not is_sample_file(removal, sample_id):
@@ -596,27 +666,38 @@ def _recover(split_dir: Path, sweep: bool = False, reader: bool = False) -> Pend
         except OSError as error:
             if reader and error.errno in _READ_ONLY_ERRNOS:
                 return Pending(split_dir, journal)
-            raise DatasetError(f"{split_dir}: cannot complete a commit that was interrupted "
-                               f"({error}); fix the cause (e.g. free disk space) and run again") from None
+            raise DatasetError(
+                f"{split_dir}: cannot complete a commit that was interrupted "
+                f"({error}); fix the cause (e.g. free disk space) and run again"
+            ) from None
     key = os.path.abspath(split_dir)
     if sweep or journal_found or key not in _swept:
-        for folder in (split_dir, *(split_dir / name for name in SAMPLE_FOLDERS),
-                       split_dir / WRITERS_FOLDER):
+        for folder in (
+            split_dir,
+            *(split_dir / name for name in SAMPLE_FOLDERS),
+            split_dir / WRITERS_FOLDER,
+        ):
             files.remove_stale_temporaries(folder)
         _swept.add(key)
     return None
 
 
 def _lock_message(path: Path) -> str:
-    return (f"{path}: the dataset's lock file is a symbolic link or not a regular file, so it was "
-            "not opened (a link could make this program write elsewhere); remove it (it is "
-            "made again) and check who put it there")
+    return (
+        f"{path}: the dataset's lock file is a symbolic link or not a regular file, so it was "
+        "not opened (a link could make this program write elsewhere); remove it (it is "
+        "made again) and check who put it there"
+    )
 
 
 def _open_lock(path: Path, writable: bool) -> int:
     """The lock file opened without following a link and without truncating it."""
-    flags = (os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY) | _NOFOLLOW \
-        | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags = (
+        (os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY)
+        | _NOFOLLOW
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+    )
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as error:
@@ -637,8 +718,10 @@ def _flock(fd: int, operation: int, path: Path) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise DatasetError(f"{path}: another writer has held this dataset's lock for "
-                                   f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done") from None
+                raise DatasetError(
+                    f"{path}: another writer has held this dataset's lock for "
+                    f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done"
+                ) from None
             time.sleep(delay)
             delay = min(2 * delay, LOCK_POLL_S[1])
 
@@ -683,8 +766,11 @@ def split_locked(split_dir: Path, sweep: bool = False, reader: bool = False):
             if operation == fcntl.LOCK_EX:
                 yield _recover(split_dir, sweep, reader)
             else:
-                yield Pending(split_dir, _read_journal(split_dir)) \
-                    if os.path.lexists(split_dir / JOURNAL_NAME) else None
+                yield (
+                    Pending(split_dir, _read_journal(split_dir))
+                    if os.path.lexists(split_dir / JOURNAL_NAME)
+                    else None
+                )
         finally:
             held.discard(key)
     finally:
@@ -700,8 +786,10 @@ def _filelock(path: Path):
     try:
         lock.acquire()
     except Timeout:
-        raise DatasetError(f"{path}: another writer has held this dataset's lock for "
-                           f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done") from None
+        raise DatasetError(
+            f"{path}: another writer has held this dataset's lock for "
+            f"{LOCK_TIMEOUT_S:.0f} s; try again when it is done"
+        ) from None
     try:
         yield
     finally:
@@ -754,10 +842,11 @@ class Pending:
 
     def photos(self, sample_id: str) -> list[Path]:
         images = self.split_dir / "Images"
-        new = [tmp for dest, tmp in self.sources.items()
-               if dest.parent == images and dest.name.startswith(sample_id + ".")
-               and "." not in dest.name[len(sample_id) + 1:]]
+        new = [
+            tmp
+            for dest, tmp in self.sources.items()
+            if dest.parent == images
+            and dest.name.startswith(sample_id + ".")
+            and "." not in dest.name[len(sample_id) + 1 :]
+        ]
         return new or [p for p in photos_of(images, sample_id) if p not in self.removed]
-
-
-

@@ -6,18 +6,54 @@ from __future__ import annotations
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = (
-    "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat",
-    "socks", "pants", "torso-skin", "scarf", "skirt", "face", "left-arm", "right-arm",
-    "left-leg", "right-leg", "left-shoe", "right-shoe",
+    "background",
+    "hat",
+    "hair",
+    "glove",
+    "sunglasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "torso-skin",
+    "scarf",
+    "skirt",
+    "face",
+    "left-arm",
+    "right-arm",
+    "left-leg",
+    "right-leg",
+    "left-shoe",
+    "right-shoe",
 )
 """Class names in index order: ``CLASS_NAMES[i]`` is the name of label value ``i``."""
 
-PALETTE: np.ndarray = np.array([
-    [0, 0, 0], [128, 0, 0], [255, 0, 0], [0, 85, 0], [170, 0, 51], [255, 85, 0], [0, 0, 85],
-    [0, 119, 221], [85, 85, 0], [0, 85, 85], [85, 51, 0], [52, 86, 128], [0, 128, 0],
-    [0, 0, 255], [51, 170, 221], [0, 255, 255], [85, 255, 170], [170, 255, 85],
-    [255, 255, 0], [255, 170, 0],
-], dtype=np.uint8)
+PALETTE: np.ndarray = np.array(
+    [
+        [0, 0, 0],
+        [128, 0, 0],
+        [255, 0, 0],
+        [0, 85, 0],
+        [170, 0, 51],
+        [255, 85, 0],
+        [0, 0, 85],
+        [0, 119, 221],
+        [85, 85, 0],
+        [0, 85, 85],
+        [85, 51, 0],
+        [52, 86, 128],
+        [0, 128, 0],
+        [0, 0, 255],
+        [51, 170, 221],
+        [0, 255, 255],
+        [85, 255, 170],
+        [170, 255, 85],
+        [255, 255, 0],
+        [255, 170, 0],
+    ],
+    dtype=np.uint8,
+)
 """20 x 3 uint8 RGB colour of each class, as in the official ``Categories`` pictures."""
 PALETTE.setflags(write=False)
 
@@ -41,7 +77,9 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return PALETTE[labels]
 
 
-HUMAN_COLOURS = np.vstack([[0, 0, 0]] + [np.roll(PALETTE[1:], -4, axis=0)] * 14)[:256].astype(np.uint8)
+HUMAN_COLOURS = np.vstack([[0, 0, 0]] + [np.roll(PALETTE[1:], -4, axis=0)] * 14)[:256].astype(
+    np.uint8
+)
 """256 x 3 uint8: the colour of each person id in ``Humans/`` pictures (0 black)."""
 HUMAN_COLOURS.setflags(write=False)
 

@@ -32,8 +32,16 @@ MAX_SUFFIX_LENGTH = 12
 """Longest photo suffix (``.jpeg``, ``.tiff``...) accepted in ``Images/``."""
 
 _WINDOWS_FORBIDDEN = frozenset('<>:"/\\|?*')
-_WINDOWS_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                               *(f"LPT{i}" for i in range(1, 10))])
+_WINDOWS_RESERVED = frozenset(
+    [
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        *(f"COM{i}" for i in range(1, 10)),
+        *(f"LPT{i}" for i in range(1, 10)),
+    ]
+)
 
 
 def check_split(split: str) -> str:
@@ -52,8 +60,10 @@ def check_sample_id(sample_id: str) -> str:
     ``COM1``..., with or without an extension) and at most :data:`MAX_ID_BYTES` UTF-8 bytes."""
     problem = sample_id_problem(sample_id)
     if problem:
-        raise DatasetError(f"invalid sample id {sample_id!r}: {problem}; rename the photo "
-                           "(a sample's id is its file stem)")
+        raise DatasetError(
+            f"invalid sample id {sample_id!r}: {problem}; rename the photo "
+            "(a sample's id is its file stem)"
+        )
     return sample_id
 
 
@@ -88,8 +98,12 @@ def split_folder(root: str | os.PathLike, split: str | None) -> Path:
     return Path(root) if split is None else Path(root) / check_split(split)
 
 
-def sample_paths(root: str | os.PathLike, sample_id: str, split: str | None = "Training",
-                 image_suffix: str = ".png") -> dict[str, Path]:
+def sample_paths(
+    root: str | os.PathLike,
+    sample_id: str,
+    split: str | None = "Training",
+    image_suffix: str = ".png",
+) -> dict[str, Path]:
     """Where each file of a sample lives: keys ``Images``, ``Category_ids``, ``Categories``,
     ``Human_ids`` and ``Humans``."""
     base = split_folder(root, split)
@@ -110,6 +124,7 @@ def sample_paths(root: str | os.PathLike, sample_id: str, split: str | None = "T
 # id list with those stems, so nothing that was visible disappears.
 # Ids are compared in one normal form everywhere (Unicode NFC, see normal_id): an id typed on
 # macOS (NFD) and the same id in an id list written on Linux (NFC) are one sample.
+
 
 def normal_id(sample_id: str) -> str:
     """``sample_id`` in the one normal form ids are compared in (Unicode NFC)."""
@@ -132,8 +147,9 @@ def mask_stems(base: Path) -> list[str]:
     folder = base / "Category_ids"
     if not folder.is_dir():
         return []
-    stems = (normal_id(entry.name[:-4]) for entry in os.scandir(folder)
-             if entry.name.endswith(".png"))
+    stems = (
+        normal_id(entry.name[:-4]) for entry in os.scandir(folder) if entry.name.endswith(".png")
+    )
     return sorted(stem for stem in stems if sample_id_problem(stem) is None)
 
 
@@ -264,8 +280,7 @@ _SUFFIX_VARIANTS = tuple(dict.fromkeys([*PHOTO_SUFFIXES, *(s.upper() for s in PH
 """The photo suffixes tried, in this order: lower case, then upper case."""
 
 
-def photos_of(folder: Path, sample_id: str, follow: bool = True,
-               first: bool = False) -> list[Path]:
+def photos_of(folder: Path, sample_id: str, follow: bool = True, first: bool = False) -> list[Path]:
     """The photos ``folder/<sample_id><photo suffix>`` that exist (files; with ``follow=False``
     also symbolic links, never followed), without scanning the folder; only the first found
     with ``first``. A case-insensitive file system finds one file under several names: each
@@ -277,8 +292,10 @@ def photos_of(folder: Path, sample_id: str, follow: bool = True,
             info = os.stat(prefix + suffix, follow_symlinks=follow)
         except OSError:  # missing, or not a folder
             continue
-        if (stat.S_ISREG(info.st_mode) or (not follow and stat.S_ISLNK(info.st_mode))) \
-                and (info.st_dev, info.st_ino) not in seen:
+        if (stat.S_ISREG(info.st_mode) or (not follow and stat.S_ISLNK(info.st_mode))) and (
+            info.st_dev,
+            info.st_ino,
+        ) not in seen:
             seen.add((info.st_dev, info.st_ino))
             found.append(folder / (sample_id + suffix))
             if first:
@@ -323,15 +340,21 @@ version."""
 
 def link_message(path: Path) -> str:
     """The one-line refusal of a dataset folder that is a symbolic link."""
-    return (f"{path} is a symbolic link (or not a folder): the dataset's commits rename and "
-            "remove files in its folders and never follow a link out of it; replace the link by "
-            "a real folder (move the files in) and run again")
+    return (
+        f"{path} is a symbolic link (or not a folder): the dataset's commits rename and "
+        "remove files in its folders and never follow a link out of it; replace the link by "
+        "a real folder (move the files in) and run again"
+    )
 
 
 def check_real_folders(split_dir: Path) -> None:
     """Refuse (:class:`DatasetError`, one line) a split folder or sample folder that is a link."""
-    for path in (split_dir, *(split_dir / name for name in SAMPLE_FOLDERS),
-                 (split_dir / WRITERS_FOLDER).parent, split_dir / WRITERS_FOLDER):
+    for path in (
+        split_dir,
+        *(split_dir / name for name in SAMPLE_FOLDERS),
+        (split_dir / WRITERS_FOLDER).parent,
+        split_dir / WRITERS_FOLDER,
+    ):
         if path.is_symlink():
             raise DatasetError(link_message(path))
 
@@ -344,17 +367,23 @@ def is_sample_file(relative, sample_id: str, renamed: bool = False) -> bool:
         return False
     folder, _, name = relative.rpartition("/")
     if folder == "Images":
-        suffix = name[len(sample_id):]
+        suffix = name[len(sample_id) :]
         return name.startswith(sample_id) and (
             suffix.lower() in PHOTO_SUFFIXES
-            or (renamed and suffix.startswith(".") and 1 < len(suffix) <= MAX_SUFFIX_LENGTH
-                and not set(suffix[1:]) & {".", "/", "\\"}))
+            or (
+                renamed
+                and suffix.startswith(".")
+                and 1 < len(suffix) <= MAX_SUFFIX_LENGTH
+                and not set(suffix[1:]) & {".", "/", "\\"}
+            )
+        )
     if folder in SAMPLE_FOLDERS:
         return name == f"{sample_id}.png"
     return folder == WRITERS_FOLDER and name == f"{sample_id}.json"
 
 
 # --- the one resolver of what a path names -------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Location:
@@ -389,8 +418,12 @@ def locate(path: str | os.PathLike, split: str | None = None) -> Location:
         if (path / "Images").is_dir() and not (path / split).is_dir():
             return Location(path, None)
         return Location(path, split)
-    if path.is_file() and path.suffix.lower() == ".png" and path.parent.name == "Category_ids" \
-            and (path.parent.parent / "Images").is_dir():
+    if (
+        path.is_file()
+        and path.suffix.lower() == ".png"
+        and path.parent.name == "Category_ids"
+        and (path.parent.parent / "Images").is_dir()
+    ):
         folder = path.parent.parent
         named = folder.name if folder.name in SPLIT_ID_FILES else None
         return Location(folder.parent if named else folder, named, path.stem)

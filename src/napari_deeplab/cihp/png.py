@@ -36,7 +36,7 @@ def save_rgb_png(ids: np.ndarray, colours: np.ndarray, path: Path) -> None:
     import cv2
 
     table = np.zeros((256, 1, 3), np.uint8)
-    table[:len(colours), 0] = colours[:256]
+    table[: len(colours), 0] = colours[:256]
 
     def coloured(band):
         return cv2.LUT(cv2.merge([band, band, band]), table)
@@ -55,14 +55,15 @@ def _write_png(path: Path, ids: np.ndarray, colour_type: int, pixels) -> None:
     channels = 3 if colour_type == RGB else 1
     band = max(1, PNG_BAND_PIXELS // max(width, 1))
     level, strategy = PNG_COMPRESSION[colour_type]
-    compressor = zlib.compressobj(level, zlib.DEFLATED, ZLIB_WINDOW_BITS, ZLIB_MEMORY_LEVEL,
-                                  strategy)
+    compressor = zlib.compressobj(
+        level, zlib.DEFLATED, ZLIB_WINDOW_BITS, ZLIB_MEMORY_LEVEL, strategy
+    )
     with open(path, "xb") as file:
         file.write(PNG_SIGNATURE)
         header = struct.pack(">IIBBBBB", width, height, BIT_DEPTH, colour_type, 0, 0, 0)
         _png_chunk(file, b"IHDR", header)  # deflate, adaptive filtering, no interlace
         for first in range(0, height, band):
-            values = pixels(np.ascontiguousarray(ids[first:first + band], np.uint8))
+            values = pixels(np.ascontiguousarray(ids[first : first + band], np.uint8))
             rows = np.zeros((values.shape[0], 1 + channels * width), np.uint8)  # filter byte 0
             rows[:, 1:] = values.reshape(values.shape[0], -1)
             _png_chunk(file, b"IDAT", compressor.compress(rows))

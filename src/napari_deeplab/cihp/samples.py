@@ -59,8 +59,12 @@ def list_samples(root: str | os.PathLike, split: str | None = "Training") -> lis
         return pending.listed(ids) if pending else ids
 
 
-def sample_exists(root: str | os.PathLike, sample_id: str, split: str = "Training",
-                  listed_ids: set[str] | None = None) -> bool:
+def sample_exists(
+    root: str | os.PathLike,
+    sample_id: str,
+    split: str = "Training",
+    listed_ids: set[str] | None = None,
+) -> bool:
     """Whether the split has committed this sample (its id is listed, see :func:`list_samples`).
 
     ``listed_ids``: the split's ids when the caller has read them already (many lookups). A
@@ -85,8 +89,9 @@ def find_image(root: str | os.PathLike, sample_id: str, split: str | None = "Tra
 
 
 def _find_photo(base: Path, sample_id: str, pending: commit.Pending | None) -> Path:
-    found = pending.photos(sample_id) if pending else photos_of(base / "Images", sample_id,
-                                                                  first=True)
+    found = (
+        pending.photos(sample_id) if pending else photos_of(base / "Images", sample_id, first=True)
+    )
     if not found:
         found = scan_photos(base / "Images", sample_id)
     if not found:
@@ -94,8 +99,9 @@ def _find_photo(base: Path, sample_id: str, pending: commit.Pending | None) -> P
     return found[0]
 
 
-def sample_version(root: str | os.PathLike, sample_id: str,
-                   split: str | None = "Training") -> str | None:
+def sample_version(
+    root: str | os.PathLike, sample_id: str, split: str | None = "Training"
+) -> str | None:
     """An opaque version (str) of the committed sample, None when it is not listed. Every
     commit of the sample changes it (it comes from the identity, size and modification time of
     its mask, photo and writer record, all replaced by a commit). O(1) in the split's size:
@@ -106,8 +112,9 @@ def sample_version(root: str | os.PathLike, sample_id: str,
         return commit.committed_version(base, split, sample_id, pending)
 
 
-def sample_writer(root: str | os.PathLike, sample_id: str,
-                  split: str | None = "Training") -> dict | None:
+def sample_writer(
+    root: str | os.PathLike, sample_id: str, split: str | None = "Training"
+) -> dict | None:
     """Who committed the sample's current version: ``{"user", "host", "pid", "tool", "time"}``
     (``time`` ISO 8601 UTC, e.g. ``2026-12-02T10:03:04Z``), read from its writer record; None
     when it is not listed or has no record (a sample of a foreign dataset, one written by
@@ -136,9 +143,16 @@ def annotator_name() -> str:
 def _writer_record(tool: str | None, photo_name: str | None) -> dict:
     """This process's writer record of a commit (see :func:`sample_writer`)."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"user": annotator_name(), "host": socket.gethostname(), "pid": os.getpid(),
-            "tool": tool or "napari-deeplab", "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "writer": files.HOST_TAG, "photo": photo_name, "commit": uuid.uuid4().hex}
+    return {
+        "user": annotator_name(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "tool": tool or "napari-deeplab",
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "writer": files.HOST_TAG,
+        "photo": photo_name,
+        "commit": uuid.uuid4().hex,
+    }
 
 
 @dataclass
@@ -186,11 +200,19 @@ def _read_array(path: Path) -> np.ndarray:
     return photos.read_array(path)
 
 
-def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarray, *,
-                 split: str = "Training", image: np.ndarray | None = None,
-                 image_path: str | os.PathLike | None = None, human_ids: np.ndarray | None = None,
-                 overwrite: bool = False, expected_version=ANY_VERSION,
-                 writer_tool: str | None = None) -> dict[str, Path]:
+def write_sample(
+    root: str | os.PathLike,
+    sample_id: str,
+    category_ids: np.ndarray,
+    *,
+    split: str = "Training",
+    image: np.ndarray | None = None,
+    image_path: str | os.PathLike | None = None,
+    human_ids: np.ndarray | None = None,
+    overwrite: bool = False,
+    expected_version=ANY_VERSION,
+    writer_tool: str | None = None,
+) -> dict[str, Path]:
     """Write one sample into the CIHP layout under ``root`` and list its id; return its paths.
 
     ``category_ids``: H x W integers in 0..19. ``image_path`` is copied byte for byte into
@@ -213,9 +235,18 @@ def write_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     record is written (``predict``'s output stays the same bytes whoever runs it, serial,
     pipelined or on Ray) and an earlier record of the sample is removed.
     """
-    staged = stage_sample(root, sample_id, category_ids, split=split, image=image,
-                          image_path=image_path, human_ids=human_ids, overwrite=overwrite,
-                          expected_version=expected_version, writer_tool=writer_tool)
+    staged = stage_sample(
+        root,
+        sample_id,
+        category_ids,
+        split=split,
+        image=image,
+        image_path=image_path,
+        human_ids=human_ids,
+        overwrite=overwrite,
+        expected_version=expected_version,
+        writer_tool=writer_tool,
+    )
     error = commit.commit_samples([staged])[0]
     if error is not None:
         raise error
@@ -245,31 +276,45 @@ class StagedSample:
             files.unlink_quietly(tmp)
 
 
-def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarray, *,
-                 split: str = "Training", image: np.ndarray | None = None,
-                 image_path: str | os.PathLike | None = None, human_ids: np.ndarray | None = None,
-                 overwrite: bool = False, expected_version=ANY_VERSION,
-                 writer_tool: str | None = None) -> StagedSample:
+def stage_sample(
+    root: str | os.PathLike,
+    sample_id: str,
+    category_ids: np.ndarray,
+    *,
+    split: str = "Training",
+    image: np.ndarray | None = None,
+    image_path: str | os.PathLike | None = None,
+    human_ids: np.ndarray | None = None,
+    overwrite: bool = False,
+    expected_version=ANY_VERSION,
+    writer_tool: str | None = None,
+) -> StagedSample:
     """Check a sample (arguments as :func:`write_sample`) and write its files under temporary
     names in their folders, fsynced: the part of a write that needs no lock, so that many
     samples can be staged in parallel and committed together (:func:`commit_samples`).
     Raises :class:`DatasetError` (nothing written) for a sample that cannot be written."""
     check_split(split)
     sample_id = normal_id(check_sample_id(sample_id))
-    if not (expected_version is ANY_VERSION or expected_version is None
-            or isinstance(expected_version, str)):
+    if not (
+        expected_version is ANY_VERSION
+        or expected_version is None
+        or isinstance(expected_version, str)
+    ):
         raise TypeError("expected_version is cihp.ANY_VERSION, None or a sample_version string")
     labels = _checked_ids(category_ids, "category ids", NUM_CLASSES - 1)
     photo_shape, suffix = _photo_shape_and_suffix(image, image_path)
     if photo_shape is not None and photo_shape != labels.shape:
-        raise DatasetError(f"sample {sample_id}: mask shape {labels.shape} differs from image "
-                           f"shape {photo_shape}")
+        raise DatasetError(
+            f"sample {sample_id}: mask shape {labels.shape} differs from image shape {photo_shape}"
+        )
     people = None
     if human_ids is not None:
         people = _checked_ids(human_ids, "human ids", 255)
         if people.shape != labels.shape:
-            raise DatasetError(f"sample {sample_id}: human ids shape {people.shape} differs from "
-                               f"mask shape {labels.shape}")
+            raise DatasetError(
+                f"sample {sample_id}: human ids shape {people.shape} differs from "
+                f"mask shape {labels.shape}"
+            )
     split_dir = split_folder(root, split)
     check_real_folders(split_dir)
     paths = sample_paths(root, sample_id, split, suffix)
@@ -285,20 +330,30 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
         writers["Human_ids"] = lambda tmp: save_label_png(people, tmp)
         writers["Humans"] = lambda tmp: save_rgb_png(people, HUMAN_COLOURS, tmp)
     record_path = split_dir / WRITERS_FOLDER / f"{sample_id}.json"
-    sample = StagedSample(split_dir, SPLIT_ID_FILES[split], sample_id, {},
-                          {key: paths[key] for key in writers}, labels.shape, overwrite,
-                          expected_version)
+    sample = StagedSample(
+        split_dir,
+        SPLIT_ID_FILES[split],
+        sample_id,
+        {},
+        {key: paths[key] for key in writers},
+        labels.shape,
+        overwrite,
+        expected_version,
+    )
     try:
         for key, write in writers.items():
             paths[key].parent.mkdir(parents=True, exist_ok=True)
             sample.staged[paths[key]] = files.stage(paths[key], write)
             files.checkpoint(f"staged {key}")
         if writer_tool is not None:
-            record = json.dumps(_writer_record(writer_tool, paths["Images"].name
-                                               if "Images" in writers else None), ensure_ascii=True)
+            record = json.dumps(
+                _writer_record(writer_tool, paths["Images"].name if "Images" in writers else None),
+                ensure_ascii=True,
+            )
             record_path.parent.mkdir(parents=True, exist_ok=True)
             sample.staged[record_path] = files.stage(
-                record_path, lambda tmp: tmp.write_text(record, encoding="utf-8"))
+                record_path, lambda tmp: tmp.write_text(record, encoding="utf-8")
+            )
             files.checkpoint("staged writer record")
     except BaseException:
         sample.discard()
@@ -306,8 +361,9 @@ def stage_sample(root: str | os.PathLike, sample_id: str, category_ids: np.ndarr
     return sample
 
 
-def remove_sample(root: str | os.PathLike, sample_id: str, split: str = "Training",
-                  expected_version=ANY_VERSION) -> list[Path]:
+def remove_sample(
+    root: str | os.PathLike, sample_id: str, split: str = "Training", expected_version=ANY_VERSION
+) -> list[Path]:
     """Unlist a committed sample and remove its files through the commit protocol (journal,
     id-list rewrite: all or nothing across a crash); returns the files removed.
 
@@ -330,11 +386,14 @@ def remove_sample(root: str | os.PathLike, sample_id: str, split: str = "Trainin
         if current is None:
             if expected_version is None:
                 return []
-            raise DatasetError(f"sample {sample_id} is not listed in {split_dir}; nothing to "
-                               "remove")
-        removals = [*photos_of(split_dir / "Images", sample_id, follow=False),
-                    *(split_dir / folder / f"{sample_id}.png" for folder in SAMPLE_FOLDERS[1:]),
-                    split_dir / WRITERS_FOLDER / f"{sample_id}.json"]
+            raise DatasetError(
+                f"sample {sample_id} is not listed in {split_dir}; nothing to remove"
+            )
+        removals = [
+            *photos_of(split_dir / "Images", sample_id, follow=False),
+            *(split_dir / folder / f"{sample_id}.png" for folder in SAMPLE_FOLDERS[1:]),
+            split_dir / WRITERS_FOLDER / f"{sample_id}.json",
+        ]
         removals = [path for path in removals if os.path.lexists(path)]
         commit.commit_removal(split_dir, split, sample_id, removals, listed)
     return removals
@@ -346,8 +405,10 @@ def _checked_ids(array, what: str, largest: int) -> np.ndarray:
     if array.ndim != 2:
         raise DatasetError(f"{what} must be H x W, got shape {array.shape}")
     if array.dtype.kind not in "iub":
-        raise DatasetError(f"{what} must be an integer array, got {array.dtype} (round or cast "
-                           "it to integers first; NaN is no class)")
+        raise DatasetError(
+            f"{what} must be an integer array, got {array.dtype} (round or cast "
+            "it to integers first; NaN is no class)"
+        )
     if array.size and (array.min() < 0 or array.max() > largest):
         raise DatasetError(f"{what} must lie in 0..{largest}, got {array.min()}..{array.max()}")
     return np.ascontiguousarray(array, dtype=np.uint8)  # no copy when it is uint8 already
@@ -358,8 +419,10 @@ def _photo_shape_and_suffix(image, image_path) -> tuple[tuple[int, int] | None, 
         return (None if image is None else tuple(np.shape(image)[:2])), ".png"
     suffix = Path(image_path).suffix
     if not suffix or len(suffix) > MAX_SUFFIX_LENGTH or not suffix.isprintable():
-        raise DatasetError(f"{image_path}: a photo needs a file suffix such as .jpg or .png "
-                           f"(at most {MAX_SUFFIX_LENGTH} characters); rename it")
+        raise DatasetError(
+            f"{image_path}: a photo needs a file suffix such as .jpg or .png "
+            f"(at most {MAX_SUFFIX_LENGTH} characters); rename it"
+        )
     try:
         with photos.open_image(image_path) as photo:
             return (photo.height, photo.width), suffix
@@ -374,5 +437,3 @@ def _photo_shape_and_suffix(image, image_path) -> tuple[tuple[int, int] | None, 
 def _copy_file(source, path: Path) -> None:
     with open(source, "rb") as reader, open(path, "xb") as writer:
         shutil.copyfileobj(reader, writer, 1 << 20)
-
-

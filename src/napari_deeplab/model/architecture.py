@@ -44,6 +44,7 @@ RGB_SCALE = 1 / 127.5
 """The seed's input scaling, RGB in 0..255 -> [-1, 1]: ``x * RGB_SCALE + RGB_OFFSET``."""
 RGB_OFFSET = -1.0
 
+
 @keras.saving.register_keras_serializable(package="napari_deeplab")
 class BroadcastToSpatial(layers.Layer):
     """Repeat a 1 x 1 feature over the spatial size of a reference feature map.
@@ -75,11 +76,17 @@ class BilinearUpsampling(layers.Layer):
             # keras.ops.image.resize validates the size in Python, which a symbolic size fails
             import tensorflow as tf
 
-            resized = tf.image.resize(inputs, tf.shape(inputs)[1:3] * self.factor, method="bilinear")
+            resized = tf.image.resize(
+                inputs, tf.shape(inputs)[1:3] * self.factor, method="bilinear"
+            )
             return ops.cast(resized, inputs.dtype)  # tf.image.resize returns float32
         shape = ops.shape(inputs)  # static under JAX and PyTorch
-        return ops.image.resize(inputs, (shape[1] * self.factor, shape[2] * self.factor),
-                                interpolation="bilinear", antialias=False)
+        return ops.image.resize(
+            inputs,
+            (shape[1] * self.factor, shape[2] * self.factor),
+            interpolation="bilinear",
+            antialias=False,
+        )
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -106,19 +113,30 @@ class ModelInfo(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "class_names": list(self.class_names),
-                "input_size": self.input_size}
+        return {
+            **super().get_config(),
+            "class_names": list(self.class_names),
+            "input_size": self.input_size,
+        }
 
 
 def _conv_block(x, filters, kernel_size, name, dilation_rate=1, use_bias=False):
-    x = layers.Conv2D(filters, kernel_size, dilation_rate=dilation_rate, padding="same",
-                      use_bias=use_bias, kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        dilation_rate=dilation_rate,
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
-                input_size: int = SEED_INPUT_SIZE) -> keras.Model:
+def build_model(
+    num_classes: int = len(CLASS_NAMES), class_names=None, input_size: int = SEED_INPUT_SIZE
+) -> keras.Model:
     """Build DeepLabV3+ with a ResNet50 trunk and random weights.
 
     Parameters
@@ -140,8 +158,11 @@ def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
     """
     use_jax_compilation_cache()
     if class_names is None:
-        class_names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [
-            f"class {i}" for i in range(num_classes)]
+        class_names = (
+            CLASS_NAMES
+            if num_classes == len(CLASS_NAMES)
+            else [f"class {i}" for i in range(num_classes)]
+        )
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     rgb = keras.Input(shape=(None, None, 3), name="rgb")
@@ -154,8 +175,10 @@ def build_model(num_classes: int = len(CLASS_NAMES), class_names=None,
     pooled = _conv_block(pooled, ASPP_FILTERS, 1, "aspp_pool", use_bias=True)
     pooled = BroadcastToSpatial(name="aspp_pool_broadcast")([pooled, high])
     branches = [pooled, _conv_block(high, ASPP_FILTERS, 1, "aspp_1x1")]
-    branches += [_conv_block(high, ASPP_FILTERS, 3, f"aspp_rate{rate}", dilation_rate=rate)
-                 for rate in ASPP_DILATION_RATES]
+    branches += [
+        _conv_block(high, ASPP_FILTERS, 3, f"aspp_rate{rate}", dilation_rate=rate)
+        for rate in ASPP_DILATION_RATES
+    ]
     x = layers.Concatenate(name="aspp_concat")(branches)
     x = _conv_block(x, ASPP_FILTERS, 1, "aspp_project")
 
@@ -177,6 +200,7 @@ def model_info(model: keras.Model) -> ModelInfo:
     try:
         return model.get_layer("model_info")
     except ValueError:
-        raise ModelError(f"model {model.name!r} was not made by napari-deeplab "
-                         "(it has no class names); load it with napari_deeplab.model.load_model") from None
-
+        raise ModelError(
+            f"model {model.name!r} was not made by napari-deeplab "
+            "(it has no class names); load it with napari_deeplab.model.load_model"
+        ) from None

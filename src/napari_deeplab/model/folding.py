@@ -24,8 +24,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     folded_into = {}  # batch-norm layer name -> conv layer
     for layer in model.layers:
         following = consumers.get(layer.name, [])
-        if isinstance(layer, layers.Conv2D) and len(following) == 1 \
-                and isinstance(following[0], layers.BatchNormalization):
+        if (
+            isinstance(layer, layers.Conv2D)
+            and len(following) == 1
+            and isinstance(following[0], layers.BatchNormalization)
+        ):
             folded_into[following[0].name] = layer
 
     folded_convs = {conv.name for conv in folded_into.values()}
@@ -55,8 +58,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 def _consumers(model: keras.Model) -> dict[str, list]:
     """``{layer name: the layers that read its output}`` of a functional model whose layers are
     each called once (ours): matched through the public ``layer.input`` and ``layer.output``."""
-    producer = {id(tensor): layer.name for layer in model.layers
-                for tensor in keras.tree.flatten(layer.output)}
+    producer = {
+        id(tensor): layer.name
+        for layer in model.layers
+        for tensor in keras.tree.flatten(layer.output)
+    }
     consumers: dict[str, list] = {}
     for layer in model.layers:
         for tensor in keras.tree.flatten(layer.input):

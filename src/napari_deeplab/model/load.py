@@ -20,8 +20,12 @@ HUB_REASON_CHARS = 120
 """Longest reason quoted from the hub client's error when a model cannot be downloaded."""
 
 
-def load_model(source: str | os.PathLike | None = None, *, precision: str = "float32",
-               num_classes: int | None = None) -> keras.Model:
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    precision: str = "float32",
+    num_classes: int | None = None,
+) -> keras.Model:
     """Load a model from a hub id, a seed-format SavedModel folder or a ``.keras`` file of ours.
 
     A seed-format checkpoint is converted once into the native Keras 3 model and cached,
@@ -74,9 +78,11 @@ def require_classes(model: keras.Model, num_classes: int, source) -> None:
     ``num_classes`` classes (a 5-class model would write its ids as CIHP classes)."""
     count = len(model_info(model).class_names)
     if count != num_classes:
-        raise ModelError(f"{source}: this model has {count} classes, not the {num_classes} CIHP "
-                         f"classes that napari-deeplab reads and writes; give a {num_classes}-class "
-                         "model (e.g. the default, or one fine-tuned from it)")
+        raise ModelError(
+            f"{source}: this model has {count} classes, not the {num_classes} CIHP "
+            f"classes that napari-deeplab reads and writes; give a {num_classes}-class "
+            "model (e.g. the default, or one fine-tuned from it)"
+        )
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -92,8 +98,10 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(huggingface_hub.snapshot_download(repo_id))
     except RepositoryNotFoundError:
-        raise ModelError(f"{repo_id}: no such model on the Hugging Face hub; "
-                         "check the id or pass --model PATH to a local copy") from None
+        raise ModelError(
+            f"{repo_id}: no such model on the Hugging Face hub; "
+            "check the id or pass --model PATH to a local copy"
+        ) from None
     except Exception as download_error:  # offline, proxy, timeouts: fall back to the cache
         try:
             return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
@@ -107,7 +115,8 @@ def _download(repo_id: str) -> Path:
             raise ModelError(
                 f"cannot download {repo_id} from the Hugging Face hub ({reason}) and it is not "
                 "cached; connect once, or pass --model PATH to a local copy "
-                "(a SavedModel folder or a .keras file)") from None
+                "(a SavedModel folder or a .keras file)"
+            ) from None
 
 
 def _load_folder(folder: Path, source: str) -> keras.Model:
@@ -116,8 +125,10 @@ def _load_folder(folder: Path, source: str) -> keras.Model:
     keras_files = sorted(folder.glob("*.keras"))
     if len(keras_files) == 1:
         return _load_keras_file(keras_files[0])
-    raise ModelError(f"{folder}: not a model folder: expected a Keras-2 SavedModel "
-                     "(saved_model.pb, keras_metadata.pb, variables/) or one .keras file")
+    raise ModelError(
+        f"{folder}: not a model folder: expected a Keras-2 SavedModel "
+        "(saved_model.pb, keras_metadata.pb, variables/) or one .keras file"
+    )
 
 
 def _load_keras_file(path: Path) -> keras.Model:
@@ -129,8 +140,10 @@ def _load_keras_file(path: Path) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # keras raises many types for a bad zip, JSON or HDF5
-        raise ModelError(f"{path}: cannot read this .keras file ({first_line(error)}); "
-                         "it may be truncated: save or copy it again") from None
+        raise ModelError(
+            f"{path}: cannot read this .keras file ({first_line(error)}); "
+            "it may be truncated: save or copy it again"
+        ) from None
     model_info(model)
     return model
 
@@ -146,8 +159,10 @@ def _keras_archive_problem(path: Path) -> str:
     except OSError as error:
         return f"cannot open the model file ({error.strerror})"
     if not zipfile.is_zipfile(path):
-        return (f"not a whole .keras file ({path.stat().st_size:,} bytes, no complete zip "
-                "archive): it is truncated or damaged; save or copy it again")
+        return (
+            f"not a whole .keras file ({path.stat().st_size:,} bytes, no complete zip "
+            "archive): it is truncated or damaged; save or copy it again"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -156,5 +171,3 @@ def _keras_archive_problem(path: Path) -> str:
     if "config.json" not in names:
         return "not a Keras model file (no config.json in the archive)"
     return ""
-
-

@@ -38,4 +38,3 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
         if layer.weights:
             copy.get_layer(layer.name).set_weights(layer.get_weights())
     return copy
-

@@ -70,8 +70,10 @@ def load_seed_checkpoint(folder: str | os.PathLike, source: str | None = None) -
     folder = Path(folder)
     missing = [name for name in SEED_FILES if not (folder / name).exists()]
     if missing:
-        raise ModelError(f"{folder}: not a seed-format SavedModel (missing {', '.join(missing)}); "
-                         "give the folder holding saved_model.pb, keras_metadata.pb and variables/")
+        raise ModelError(
+            f"{folder}: not a seed-format SavedModel (missing {', '.join(missing)}); "
+            "give the folder holding saved_model.pb, keras_metadata.pb and variables/"
+        )
     cached = cache_dir() / CONVERTED_FOLDER / f"{_checkpoint_digest(folder)}.keras"
     if cached.exists():
         try:
@@ -103,9 +105,11 @@ def _save_via(scratch: Path, model: keras.Model, temporary: Path) -> None:
 
 
 def _cache_problem(folder: Path, error: OSError) -> str:
-    return (f"cannot write the converted model into the cache folder {folder} "
-            f"({error.strerror or error}); free some space there, or set NAPARI_DEEPLAB_CACHE "
-            "to a writable folder")
+    return (
+        f"cannot write the converted model into the cache folder {folder} "
+        f"({error.strerror or error}); free some space there, or set NAPARI_DEEPLAB_CACHE "
+        "to a writable folder"
+    )
 
 
 def scratch_prefix() -> str:
@@ -154,13 +158,16 @@ def convert_seed_checkpoint(folder: str | os.PathLike, source: str | None = None
         reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
         weights_by_layer = _seed_weights_by_layer(reader, seed_layers)
     except (tf.errors.OpError, ValueError, IndexError) as error:  # IndexError: short read
-        raise ModelError(f"{folder}: the variables files are unreadable ({first_line(error)}); "
-                         "the download may be truncated: delete the folder and download it again") \
-            from None
+        raise ModelError(
+            f"{folder}: the variables files are unreadable ({first_line(error)}); "
+            "the download may be truncated: delete the folder and download it again"
+        ) from None
     roles = _seed_layer_roles(seed_layers)
     if "logits" not in roles:
-        raise ModelError(f"{folder}: not the seed architecture (no output layer found); "
-                         "give a DeepLabV3+ ResNet50 checkpoint")
+        raise ModelError(
+            f"{folder}: not the seed architecture (no output layer found); "
+            "give a DeepLabV3+ ResNet50 checkpoint"
+        )
     num_classes = weights_by_layer[roles["logits"]]["kernel"].shape[-1]
     model = build_model(num_classes)
     for layer in model.layers:
@@ -169,14 +176,21 @@ def convert_seed_checkpoint(folder: str | os.PathLike, source: str | None = None
         seed_name = roles.get(layer.name, layer.name)
         seed_weights = weights_by_layer.get(seed_name)
         if seed_weights is None:
-            raise ModelError(f"{folder}: not the seed architecture (no weights for layer "
-                             f"{layer.name}); give a DeepLabV3+ ResNet50 checkpoint")
-        names = ["gamma", "beta", "moving_mean", "moving_variance"] \
-            if isinstance(layer, layers.BatchNormalization) else ["kernel", "bias"][:len(layer.weights)]
+            raise ModelError(
+                f"{folder}: not the seed architecture (no weights for layer "
+                f"{layer.name}); give a DeepLabV3+ ResNet50 checkpoint"
+            )
+        names = (
+            ["gamma", "beta", "moving_mean", "moving_variance"]
+            if isinstance(layer, layers.BatchNormalization)
+            else ["kernel", "bias"][: len(layer.weights)]
+        )
         values = [seed_weights[name] for name in names]
         if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
-            raise ModelError(f"{folder}: not the seed architecture (layer {seed_name} has "
-                             "weights of other shapes); give a DeepLabV3+ ResNet50 checkpoint")
+            raise ModelError(
+                f"{folder}: not the seed architecture (layer {seed_name} has "
+                "weights of other shapes); give a DeepLabV3+ ResNet50 checkpoint"
+            )
         layer.set_weights(values)
     return model
 
@@ -186,10 +200,11 @@ def _tensorflow_for_conversion(source: str):
     try:
         import tensorflow as tf
     except ImportError:
-        raise ModelError(f"{source}: converting the seed SavedModel needs TensorFlow: pip install "
-                         f"tensorflow, or convert once with `napari-deeplab convert {source} --out "
-                         "model.keras` where TensorFlow is installed and use the .keras file") \
-            from None
+        raise ModelError(
+            f"{source}: converting the seed SavedModel needs TensorFlow: pip install "
+            f"tensorflow, or convert once with `napari-deeplab convert {source} --out "
+            "model.keras` where TensorFlow is installed and use the .keras file"
+        ) from None
     return tf
 
 
@@ -204,8 +219,10 @@ def _read_seed_layer_config(folder: Path) -> list[dict]:
         root = next(node for node in metadata.nodes if node.node_path == "root")
         return json.loads(root.metadata)["config"]["layers"]
     except Exception as error:
-        raise ModelError(f"{folder}: keras_metadata.pb is unreadable ({first_line(error)}); "
-                         "the download may be truncated: download the model again") from None
+        raise ModelError(
+            f"{folder}: keras_metadata.pb is unreadable ({first_line(error)}); "
+            "the download may be truncated: download the model again"
+        ) from None
 
 
 def _seed_weights_by_layer(reader, seed_layers: list[dict]) -> dict[str, dict]:
@@ -219,15 +236,19 @@ def _seed_weights_by_layer(reader, seed_layers: list[dict]) -> dict[str, dict]:
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     root_children = {child.local_name: child.node_id for child in graph.nodes[0].children}
-    layer_index_by_node = {node: int(name.split("-")[1]) for name, node in root_children.items()
-                           if name.startswith("layer-")}
+    layer_index_by_node = {
+        node: int(name.split("-")[1])
+        for name, node in root_children.items()
+        if name.startswith("layer-")
+    }
     weights = {}
     for name, node in root_children.items():
         if not name.startswith("layer_with_weights-"):
             continue
         layer_name = seed_layers[layer_index_by_node[node]]["name"]
-        weights[layer_name] = {attribute: reader.get_tensor(key)
-                               for attribute, key in _variables_of(graph, node)}
+        weights[layer_name] = {
+            attribute: reader.get_tensor(key) for attribute, key in _variables_of(graph, node)
+        }
     return weights
 
 
@@ -272,7 +293,11 @@ def _seed_layer_roles(seed_layers: list[dict]) -> dict[str, str]:
         feed_class = by_name[feed]["class_name"]
         if feed == HIGH_LEVEL_FEATURES:
             dilation = _first(layer["config"]["dilation_rate"])
-            role = "aspp_1x1" if _first(layer["config"]["kernel_size"]) == 1 else f"aspp_rate{dilation}"
+            role = (
+                "aspp_1x1"
+                if _first(layer["config"]["kernel_size"]) == 1
+                else f"aspp_rate{dilation}"
+            )
         elif feed == LOW_LEVEL_FEATURES:
             role = "low_level"
         elif feed_class == "AveragePooling2D":
@@ -284,10 +309,14 @@ def _seed_layer_roles(seed_layers: list[dict]) -> dict[str, str]:
         elif role_of.get(feed) == "decoder_block2":
             role = "logits"
         else:
-            raise ModelError(f"the checkpoint is not the seed architecture (layer {name} has no "
-                             "place in DeepLabV3+); give a DeepLabV3+ ResNet50 checkpoint")
+            raise ModelError(
+                f"the checkpoint is not the seed architecture (layer {name} has no "
+                "place in DeepLabV3+); give a DeepLabV3+ ResNet50 checkpoint"
+            )
         role_of[name] = role
-    roles = {("logits" if role == "logits" else f"{role}_conv"): name for name, role in role_of.items()}
+    roles = {
+        ("logits" if role == "logits" else f"{role}_conv"): name for name, role in role_of.items()
+    }
     for layer in seed_layers:
         if layer["class_name"] == "BatchNormalization" and inputs(layer["name"])[0] in role_of:
             roles[f"{role_of[inputs(layer['name'])[0]]}_bn"] = layer["name"]

@@ -68,10 +68,12 @@ def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
         ``size`` x ``size`` (or height x width) ids, in ``labels``' dtype.
     """
     height, width = (size, size) if np.ndim(size) == 0 else size
-    rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int),
-                      labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * labels.shape[1] / width).astype(int),
-                      labels.shape[1] - 1)
+    rows = np.minimum(
+        ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int), labels.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(int), labels.shape[1] - 1
+    )
     return labels[np.ix_(rows, cols)]
 
 
@@ -114,8 +116,9 @@ MID_GREY = 127.5
 """The value a contrast change leaves in place, so that it does not shift the brightness."""
 
 
-def augment(image: np.ndarray, labels: np.ndarray, size: int,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A random crop (:data:`CROP_SCALE`), horizontal flip with the left and right classes
     swapped (:data:`FLIP_PROBABILITY`) and colour jitter (:data:`CONTRAST_RANGE`,
     :data:`BRIGHTNESS_RANGE`), resized to ``size`` x ``size``. OpenCV and in-place numpy: a few
@@ -143,9 +146,12 @@ def augment(image: np.ndarray, labels: np.ndarray, size: int,
     top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
     flip = rng.random() < FLIP_PROBABILITY
     contrast, brightness = rng.uniform(*CONTRAST_RANGE), rng.uniform(*BRIGHTNESS_RANGE)
-    x = resize_photo(image[top:top + crop_h, left:left + crop_w], size)
-    y = cv2.resize(np.ascontiguousarray(labels[top:top + crop_h, left:left + crop_w], np.uint8),
-                   (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    x = resize_photo(image[top : top + crop_h, left : left + crop_w], size)
+    y = cv2.resize(
+        np.ascontiguousarray(labels[top : top + crop_h, left : left + crop_w], np.uint8),
+        (size, size),
+        interpolation=cv2.INTER_NEAREST_EXACT,
+    )
     if flip:  # resizing with half-pixel centres is mirror-symmetric: flip the small result
         x, y = cv2.flip(x, 1), cv2.LUT(cv2.flip(y, 1), cihp.LEFT_RIGHT_SWAP)
     np.multiply(x, np.float32(contrast), out=x)
@@ -181,11 +187,14 @@ def _listed_dataset(root: Path, split: str | None) -> Dataset:
         listed = cihp.list_samples(root, split)
     except OSError as error:  # IsADirectoryError, PermissionError, ... on the id list
         where = error.filename or folder
-        raise cihp.DatasetError(f"cannot read the id list {where} ({error.strerror or error}); "
-                                "it must be a readable text file, one sample id a line") from None
+        raise cihp.DatasetError(
+            f"cannot read the id list {where} ({error.strerror or error}); "
+            "it must be a readable text file, one sample id a line"
+        ) from None
     except UnicodeDecodeError:
-        raise cihp.DatasetError(f"the id list in {folder} is not text; it must be a text file, "
-                                "one sample id a line") from None
+        raise cihp.DatasetError(
+            f"the id list in {folder} is not text; it must be a text file, one sample id a line"
+        ) from None
     ids = list(dict.fromkeys(listed))
     seen: set[str] = set()
     duplicates = tuple(dict.fromkeys(i for i in listed if i in seen or seen.add(i)))
@@ -196,15 +205,19 @@ def training_and_validation(root, split: str, val_split: str | None) -> tuple[Da
     """The training samples and the validation samples (a held-out share if no split has them)."""
     train = locate_dataset(root, split)
     if not train.ids:
-        raise cihp.DatasetError(f"no labelled samples in {Path(root) / split}; give a CIHP root "
-                                "or split folder with Images/ and Category_ids/")
+        raise cihp.DatasetError(
+            f"no labelled samples in {Path(root) / split}; give a CIHP root "
+            "or split folder with Images/ and Category_ids/"
+        )
     val = locate_dataset(root, val_split) if val_split else Dataset(train.root, None, [])
     if val.ids and val.split is not None:
         return train, val
     count = max(1, int(round(len(train.ids) * HELD_OUT_FRACTION))) if len(train.ids) > 1 else 0
-    held = train.ids[::max(1, len(train.ids) // count)][:count] if count else []
+    held = train.ids[:: max(1, len(train.ids) // count)][:count] if count else []
     kept = [i for i in train.ids if i not in held] or train.ids
-    return Dataset(train.root, train.split, kept), Dataset(train.root, train.split, held or train.ids)
+    return Dataset(train.root, train.split, kept), Dataset(
+        train.root, train.split, held or train.ids
+    )
 
 
 class SampleProblems(cihp.DatasetError):
@@ -212,8 +225,10 @@ class SampleProblems(cihp.DatasetError):
 
     def __init__(self, problems: list[str], where: str):
         self.problems = problems
-        self.summary = (f"{len(problems)} bad sample{'s' if len(problems) > 1 else ''} in {where}; "
-                        "fix or remove them (nothing was trained or scored)")
+        self.summary = (
+            f"{len(problems)} bad sample{'s' if len(problems) > 1 else ''} in {where}; "
+            "fix or remove them (nothing was trained or scored)"
+        )
         super().__init__("\n".join([*problems, self.summary]))
 
 
@@ -257,21 +272,29 @@ def _sample_problem(dataset: Dataset, sample_id: str, num_classes: int) -> str |
     try:
         with photos.open_image(mask_path) as mask:
             if mask.size != photo_size:
-                return (f"mask {mask.width} x {mask.height} differs from photo {photo_size[0]} x "
-                        f"{photo_size[1]} ({photo.name})")
+                return (
+                    f"mask {mask.width} x {mask.height} differs from photo {photo_size[0]} x "
+                    f"{photo_size[1]} ({photo.name})"
+                )
             labels = np.asarray(mask)
     except (OSError, cihp.DatasetError):
         return f"cannot read the mask {mask_path}"
     if labels.ndim != 2 or labels.dtype.kind not in "ui":
         return f"mask {mask_path.name} is not a single-channel image of class ids"
-    values = np.flatnonzero(np.bincount(labels.ravel(), minlength=num_classes)) \
-        if labels.dtype == np.uint8 else np.unique(labels)
+    values = (
+        np.flatnonzero(np.bincount(labels.ravel(), minlength=num_classes))
+        if labels.dtype == np.uint8
+        else np.unique(labels)
+    )
     bad = [int(v) for v in values if v >= num_classes and v != IGNORE_CLASS]
     if bad:
-        shown = ", ".join(map(str, bad[:CLASSES_SHOWN])) + \
-            (", ..." if len(bad) > CLASSES_SHOWN else "")
-        return (f"class {shown} out of range 0..{num_classes - 1} in {mask_path.name} "
-                f"({IGNORE_CLASS} = ignore)")
+        shown = ", ".join(map(str, bad[:CLASSES_SHOWN])) + (
+            ", ..." if len(bad) > CLASSES_SHOWN else ""
+        )
+        return (
+            f"class {shown} out of range 0..{num_classes - 1} in {mask_path.name} "
+            f"({IGNORE_CLASS} = ignore)"
+        )
     return None
 
 
@@ -279,8 +302,10 @@ def require_good_samples(*datasets: Dataset, num_classes: int = cihp.NUM_CLASSES
     """Raise :class:`SampleProblems` listing every bad sample of ``datasets``."""
     problems = list(dict.fromkeys(p for d in datasets for p in check_samples(d, num_classes)))
     if problems:
-        raise SampleProblems(problems, ", ".join(dict.fromkeys(
-            str(cihp.split_folder(d.root, d.split)) for d in datasets)))
+        raise SampleProblems(
+            problems,
+            ", ".join(dict.fromkeys(str(cihp.split_folder(d.root, d.split)) for d in datasets)),
+        )
 
 
 CACHE_MEMORY_ENV = "NAPARI_DEEPLAB_TRAINING_CACHE_MB"
@@ -337,12 +362,23 @@ class SampleCache:
     mask is read again and its old file removed. Safe to read from several threads.
     """
 
-    def __init__(self, dataset: Dataset, max_side: int, *, memory_budget: int | None = None,
-                 folder: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        max_side: int,
+        *,
+        memory_budget: int | None = None,
+        folder: str | os.PathLike | None = None,
+    ):
         self.dataset, self.max_side = dataset, max_side
         split = cihp.split_folder(dataset.root, dataset.split)
-        self.paths = [(cihp.find_image(dataset.root, sample_id, dataset.split),
-                       split / "Category_ids" / f"{sample_id}.png") for sample_id in dataset.ids]
+        self.paths = [
+            (
+                cihp.find_image(dataset.root, sample_id, dataset.split),
+                split / "Category_ids" / f"{sample_id}.png",
+            )
+            for sample_id in dataset.ids
+        ]
         self.shapes = []
         for photo, _ in self.paths:
             width, height = photos.photo_size(photo)
@@ -374,7 +410,9 @@ class SampleCache:
         named before any training: :class:`SampleProblems` lists each such sample."""
         problems = [p for p in pool.map(self._problem, range(len(self))) if p]
         if problems:
-            raise SampleProblems(problems, str(cihp.split_folder(self.dataset.root, self.dataset.split)))
+            raise SampleProblems(
+                problems, str(cihp.split_folder(self.dataset.root, self.dataset.split))
+            )
 
     def _problem(self, index: int) -> str | None:
         try:
@@ -395,8 +433,9 @@ class SampleCache:
     def _from_disk(self, index: int) -> np.ndarray:
         photo, mask = self.paths[index]
         where = hashlib.sha256(f"{photo.resolve()}\n{mask.resolve()}\n{self.max_side}".encode())
-        stamp = hashlib.sha256(str([(p.stat().st_size, p.stat().st_mtime_ns)
-                                    for p in (photo, mask)]).encode())
+        stamp = hashlib.sha256(
+            str([(p.stat().st_size, p.stat().st_mtime_ns) for p in (photo, mask)]).encode()
+        )
         prefix = where.hexdigest()[:_WHERE_DIGITS]
         path = self.folder / f"{prefix}-{stamp.hexdigest()[:_STAMP_DIGITS]}.npy"
         try:
@@ -423,8 +462,17 @@ class AugmentedBatches:
     Each batch: (b x size x size x 3 float32 0..255, b x size x size uint8).
     """
 
-    def __init__(self, cache: SampleCache, size: int, batch_size: int, pool: ThreadPoolExecutor,
-                 *, seed: int = 0, prefetch: int = 2, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        cache: SampleCache,
+        size: int,
+        batch_size: int,
+        pool: ThreadPoolExecutor,
+        *,
+        seed: int = 0,
+        prefetch: int = 2,
+        shard: tuple[int, int] = (0, 1),
+    ):
         if batch_size % shard[1]:
             raise ValueError(f"a batch of {batch_size} cannot be split over {shard[1]} processes")
         self.cache, self.size, self.batch_size, self.pool = cache, size, batch_size, pool
@@ -435,19 +483,25 @@ class AugmentedBatches:
     def sample_indices(self, epoch: int, step: int) -> np.ndarray:
         """The indices of the samples of this process's part of batch ``step`` of ``epoch``."""
         if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.cache)))
+            self._order = (
+                epoch,
+                np.random.default_rng([self.seed, epoch]).permutation(len(self.cache)),
+            )
         order = self._order[1]
         batch = np.resize(order, max(self.batch_size, len(order)))  # repeats if too few samples
         part = self.batch_size // self.shard[1]
         first = step * self.batch_size + self.shard[0] * part
-        return batch[first:first + part]
+        return batch[first : first + part]
 
     def batches(self, first_epoch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch ``first_epoch``, then of the epochs after it, without end;
         close the generator to stop the threads' work ahead."""
         pending: deque = deque()
-        planned = ((epoch, step) for epoch in itertools.count(first_epoch)
-                   for step in range(self.steps_per_epoch))
+        planned = (
+            (epoch, step)
+            for epoch in itertools.count(first_epoch)
+            for step in range(self.steps_per_epoch)
+        )
         try:
             while True:
                 while len(pending) < self.prefetch + 1:
@@ -468,21 +522,29 @@ class AugmentedBatches:
 
         def fill(slot: int, index: int) -> None:
             sample = self.cache[index]
-            x[slot], y[slot] = augment(sample[..., :3], sample[..., 3], self.size,
-                                       np.random.default_rng([self.seed, epoch, int(index)]))
+            x[slot], y[slot] = augment(
+                sample[..., :3],
+                sample[..., 3],
+                self.size,
+                np.random.default_rng([self.seed, epoch, int(index)]),
+            )
 
-        return x, y, [self.pool.submit(fill, slot, int(index)) for slot, index in enumerate(indices)]
-
-
+        return (
+            x,
+            y,
+            [self.pool.submit(fill, slot, int(index)) for slot, index in enumerate(indices)],
+        )
 
 
 class NoLabelledPixels(cihp.DatasetError):
     """Every mask pixel of a dataset is 255 (ignore): there is nothing to score or learn."""
 
     def __init__(self, dataset: Dataset):
-        super().__init__(f"no labelled pixels in {cihp.split_folder(dataset.root, dataset.split)}: "
-                         f"every mask pixel of its {len(dataset.ids)} samples is {IGNORE_CLASS} "
-                         "(ignore); label some pixels (0..19) first")
+        super().__init__(
+            f"no labelled pixels in {cihp.split_folder(dataset.root, dataset.split)}: "
+            f"every mask pixel of its {len(dataset.ids)} samples is {IGNORE_CLASS} "
+            "(ignore); label some pixels (0..19) first"
+        )
 
 
 def require_labelled_pixels(cache: SampleCache) -> None:

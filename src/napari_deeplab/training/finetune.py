@@ -76,10 +76,16 @@ def freeze_batch_norm(model) -> None:
             layer.trainable = False
 
 
-def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike,
-             settings: FinetuneSettings | None = None, *,
-             progress: Callable[[str], None] | None = None,
-             **changes) -> Iterator[EpochReport]:
+def finetune(
+    model,
+    train: Dataset,
+    val: Dataset,
+    out: str | os.PathLike,
+    settings: FinetuneSettings | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    **changes,
+) -> Iterator[EpochReport]:
     """Fine-tune ``model`` on ``train``; yield a report per epoch (epoch 0: the start model).
 
     Every sample of ``train`` and ``val`` is checked before any work
@@ -128,8 +134,10 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike,
     out = Path(out)
     existed = out.exists()  # before any process of a multi-process run writes it
     if existed and not settings.overwrite:
-        raise cihp.DatasetError(f"{out} exists; choose another output file, or overwrite it "
-                                "(--overwrite): it is then replaced only by a better model")
+        raise cihp.DatasetError(
+            f"{out} exists; choose another output file, or overwrite it "
+            "(--overwrite): it is then replaced only by a better model"
+        )
     class_names = model_info(model).class_names
     require_good_samples(train, val, num_classes=len(class_names))
     distribution = distributed.data_parallel(settings.devices)
@@ -137,23 +145,34 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike,
     size, epochs = settings.image_size, settings.epochs
     files.remove_stale_temporaries(out.parent, out.name)  # of a run that was killed
     _prepare(model, settings)
-    with distributed.distributed_over(distribution, model), \
-            ThreadPoolExecutor(settings.workers or os.cpu_count()) as pool:
+    with (
+        distributed.distributed_over(distribution, model),
+        ThreadPoolExecutor(settings.workers or os.cpu_count()) as pool,
+    ):
         _compile(model, settings.learning_rate)
         val_cache = SampleCache(val, size, memory_budget=settings.cache_memory)
-        train_cache = SampleCache(train, training_cache_side(size),
-                                  memory_budget=settings.cache_memory)
+        train_cache = SampleCache(
+            train, training_cache_side(size), memory_budget=settings.cache_memory
+        )
         for cache in (val_cache, train_cache):  # a photo that cannot be decoded: named now
             cache.decode_all(pool)
             require_labelled_pixels(cache)
         validation = ResizedValidation(model, val_cache, size, batch_size, pool, distribution)
-        augmented = AugmentedBatches(train_cache, size, batch_size, pool, seed=settings.seed,
-                                     shard=distributed.process_shard(distribution))
+        augmented = AugmentedBatches(
+            train_cache,
+            size,
+            batch_size,
+            pool,
+            seed=settings.seed,
+            shard=distributed.process_shard(distribution),
+        )
         if progress is not None and existed:
             progress(f"scoring the existing {out.name}")
-        out_miou, out_problem = (score_model_file(out, val_cache, size, batch_size, pool,
-                                                  distribution, class_names)
-                                 if existed else (None, ""))
+        out_miou, out_problem = (
+            score_model_file(out, val_cache, size, batch_size, pool, distribution, class_names)
+            if existed
+            else (None, "")
+        )
         if progress is not None:
             progress("validating the start model")
         start = validation.miou()
@@ -161,13 +180,18 @@ def finetune(model, train: Dataset, val: Dataset, out: str | os.PathLike,
         saved = not existed  # an existing file is kept until a better model is ready
         if saved:  # by every process (the same file): saving may need them all in step
             save_atomically(model, out)
-        yield EpochReport(0, epochs, None, start, saved, size, out_miou=out_miou,
-                          out_problem=out_problem)
+        yield EpochReport(
+            0, epochs, None, start, saved, size, out_miou=out_miou, out_problem=out_problem
+        )
         batches = augmented.batches(first_epoch=1)
         try:
             for epoch in range(1, epochs + 1):
-                loss = train_epoch(model, batches, augmented.steps_per_epoch,
-                                   _step_progress(progress, epoch, epochs))
+                loss = train_epoch(
+                    model,
+                    batches,
+                    augmented.steps_per_epoch,
+                    _step_progress(progress, epoch, epochs),
+                )
                 val_miou = validation.miou()
                 saved = val_miou > best
                 if saved:
@@ -207,13 +231,17 @@ def _compile(model, learning_rate: float) -> None:
     """Adam and the pixel-wise cross-entropy on logits, mask pixels of 255 left out."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True, ignore_class=IGNORE_CLASS))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=IGNORE_CLASS
+        ),
+    )
 
 
-def _step_progress(progress: Callable[[str], None] | None, epoch: int,
-                   epochs: int) -> Callable[[int, int, float], None] | None:
+def _step_progress(
+    progress: Callable[[str], None] | None, epoch: int, epochs: int
+) -> Callable[[int, int, float], None] | None:
     """``train_epoch``'s ``on_step`` that tells ``progress`` each step of ``epoch``."""
     if progress is None:
         return None
@@ -224,8 +252,12 @@ def _step_progress(progress: Callable[[str], None] | None, epoch: int,
     return on_step
 
 
-def train_epoch(model, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int,
-                on_step: Callable[[int, int, float], None] | None = None) -> float:
+def train_epoch(
+    model,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    steps: int,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> float:
     """Train ``model`` (compiled) on the next ``steps`` batches.
 
     Parameters

@@ -46,8 +46,9 @@ def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.
     labelled = truth != IGNORE_CLASS
     if not labelled.all():
         truth, predicted = truth[labelled], predicted[labelled]
-    return np.bincount(truth.astype(np.int64) * num_classes + predicted,
-                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(
+        truth.astype(np.int64) * num_classes + predicted, minlength=num_classes**2
+    ).reshape(num_classes, num_classes)
 
 
 def scores(matrix: np.ndarray, class_names) -> dict:
@@ -71,10 +72,14 @@ def scores(matrix: np.ndarray, class_names) -> dict:
     union = matrix.sum(0) + matrix.sum(1) - intersection
     present = union > 0
     iou = np.where(present, intersection / np.maximum(union, 1), np.nan)
-    return {"miou": float(np.nanmean(iou)) if present.any() else 0.0,
-            "pixel_accuracy": float(intersection.sum() / max(matrix.sum(), 1)),
-            "per_class": {name: (None if np.isnan(v) else float(v))
-                          for name, v in zip(class_names, iou, strict=True)}}
+    return {
+        "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+        "pixel_accuracy": float(intersection.sum() / max(matrix.sum(), 1)),
+        "per_class": {
+            name: (None if np.isnan(v) else float(v))
+            for name, v in zip(class_names, iou, strict=True)
+        },
+    }
 
 
 def evaluate(model, dataset: Dataset) -> dict:
@@ -99,8 +104,10 @@ def evaluate(model, dataset: Dataset) -> dict:
         try:
             sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
         except (ValueError, OSError) as error:  # photos.PhotoError, PhotoTooLargeError
-            raise SampleProblems([sample_problem_line(dataset, sample_id, str(error))],
-                                 str(cihp.split_folder(dataset.root, dataset.split))) from None
+            raise SampleProblems(
+                [sample_problem_line(dataset, sample_id, str(error))],
+                str(cihp.split_folder(dataset.root, dataset.split)),
+            ) from None
         predicted, _ = segment(sample.image, model)
         matrix += confusion(sample.category_ids, predicted, len(names))
     if not matrix.any():
@@ -118,8 +125,15 @@ class ResizedValidation:
     inputs are the model inputs of inference up to the 8-bit rounding of the cache.
     """
 
-    def __init__(self, model, cache: SampleCache, size: int, batch_size: int,
-                 pool: ThreadPoolExecutor, distribution=None):
+    def __init__(
+        self,
+        model,
+        cache: SampleCache,
+        size: int,
+        batch_size: int,
+        pool: ThreadPoolExecutor,
+        distribution=None,
+    ):
         import keras
         from keras import ops
 
@@ -129,8 +143,9 @@ class ResizedValidation:
         self.distribution = distribution
         self.class_names = model_info(model).class_names
         logits = model.outputs[0]
-        self.labels_of = keras.Model(model.inputs, ops.argmax(logits, axis=-1),
-                                     name=f"{model.name}_labels")  # shares model's weights
+        self.labels_of = keras.Model(
+            model.inputs, ops.argmax(logits, axis=-1), name=f"{model.name}_labels"
+        )  # shares model's weights
 
     def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.cache[index]
@@ -144,15 +159,23 @@ class ResizedValidation:
             indices = list(range(first, min(first + self.batch_size, len(self.cache))))
             pairs = list(self.pool.map(self._resized, indices))
             x = np.stack([p[0] for p in pairs] + [pairs[-1][0]] * (self.batch_size - len(pairs)))
-            predicted = np.asarray(self.labels_of.predict_on_batch(
-                distributed.batch_input(self.distribution, x)))
+            predicted = np.asarray(
+                self.labels_of.predict_on_batch(distributed.batch_input(self.distribution, x))
+            )
             for (_, truth), labels in zip(pairs, predicted, strict=False):
                 matrix += confusion(truth, labels.astype(np.int64), classes)
         return scores(matrix, self.class_names)["miou"]
 
 
-def score_model_file(path: Path, cache: SampleCache, size: int, batch_size: int,
-                     pool: ThreadPoolExecutor, distribution, class_names) -> tuple[float | None, str]:
+def score_model_file(
+    path: Path,
+    cache: SampleCache,
+    size: int,
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    distribution,
+    class_names,
+) -> tuple[float | None, str]:
     """The mean IoU of the model saved in ``path``, measured as the model being trained is.
 
     Parameters
@@ -176,8 +199,8 @@ def score_model_file(path: Path, cache: SampleCache, size: int, batch_size: int,
     except ModelError as error:
         return None, str(error)
     if tuple(model_info(existing).class_names) != tuple(class_names):
-        return None, (f"{path} has {len(model_info(existing).class_names)} classes, not the "
-                      f"{len(class_names)} of the model being trained")
+        return None, (
+            f"{path} has {len(model_info(existing).class_names)} classes, not the "
+            f"{len(class_names)} of the model being trained"
+        )
     return ResizedValidation(existing, cache, size, batch_size, pool, distribution).miou(), ""
-
-

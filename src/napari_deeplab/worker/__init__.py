@@ -19,5 +19,13 @@ from .parent import (
     log_folder,
 )
 
-__all__ = ["CHILD_MODULE", "CONNECT_SECONDS", "LOG_DAYS_KEPT", "POLL_SECONDS", "ModelProcess",
-           "ModelProcessError", "Waiting", "log_folder"]
+__all__ = [
+    "CHILD_MODULE",
+    "CONNECT_SECONDS",
+    "LOG_DAYS_KEPT",
+    "POLL_SECONDS",
+    "ModelProcess",
+    "ModelProcessError",
+    "Waiting",
+    "log_folder",
+]

@@ -103,8 +103,11 @@ def load_with_stages(source: str, stage: Callable[[str], None]):
     """The model of ``source`` (:func:`~napari_deeplab.model.load_model`), telling ``stage``
     what takes the time: importing Keras, converting the seed, building."""
     if "keras" not in sys.modules:
-        stage("loading TensorFlow (the first run only)" if os.environ.get(
-            "KERAS_BACKEND", "tensorflow") == "tensorflow" else "loading Keras (the first run only)")
+        stage(
+            "loading TensorFlow (the first run only)"
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+            else "loading Keras (the first run only)"
+        )
         import keras  # noqa: F401  the backend's libraries: most of a cold start
     from ..model import load_model
 
@@ -152,8 +155,11 @@ def _segment(inbox: Inbox, request: SegmentJob, models: ModelCache) -> None:
     model = models.get(request.source, lambda text: inbox.send(Stage(job, text)))
     # resizing and upsampling in a thread per core while the model runs; closed on Cancel,
     # which stops those threads before the next job
-    with contextlib.closing(segment_stack(request.images, model, batch_size=request.batch_size,
-                                          workers=os.cpu_count() or 1)) as results:
+    with contextlib.closing(
+        segment_stack(
+            request.images, model, batch_size=request.batch_size, workers=os.cpu_count() or 1
+        )
+    ) as results:
         for result in results:
             if job in inbox.cancelled:
                 return
@@ -187,8 +193,11 @@ def failure_message(error: Exception, request: Request) -> str:
             print(message, file=sys.stderr, flush=True)  # all of it into the log
             message = f"{lines[0]}; ...; {lines[-1]}"
     elif isinstance(error, MemoryError):
-        hint = "try a smaller batch or image size" if isinstance(request, FinetuneJob) else \
-            "try fewer frames at once or a smaller photo"
+        hint = (
+            "try a smaller batch or image size"
+            if isinstance(request, FinetuneJob)
+            else "try fewer frames at once or a smaller photo"
+        )
         message = f"the model process ran out of memory; {hint}"
     else:
         traceback.print_exc()  # into the log
@@ -210,8 +219,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's business
     inbox = Inbox(_connect_to_parent())
     backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} napari-deeplab model process {os.getpid()} "
-          f"started; KERAS_BACKEND={backend}", file=sys.stderr, flush=True)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} napari-deeplab model process {os.getpid()} "
+        f"started; KERAS_BACKEND={backend}",
+        file=sys.stderr,
+        flush=True,
+    )
     serve(inbox)
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # --- parent to child ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SegmentJob:
     """Segment ``images`` (each H x W or H x W x 3/4 numpy array, any form
@@ -65,6 +66,7 @@ class Shutdown:
 
 
 # --- child to parent ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -132,8 +132,9 @@ class ModelProcess:
         """Start the persistent child now, not on the first job (it takes a second or two)."""
         self._persistent_child()
 
-    def segment(self, images: Sequence[np.ndarray], source: str | None,
-                batch_size: int = 1) -> Iterator[Waiting | Segmentation]:
+    def segment(
+        self, images: Sequence[np.ndarray], source: str | None, batch_size: int = 1
+    ) -> Iterator[Waiting | Segmentation]:
         """Segment ``images`` with the model ``source``.
 
         A source that cannot be a model raises :class:`ModelProcessError` here, at once; a
@@ -161,9 +162,17 @@ class ModelProcess:
         source = _checked_source(source)
         return self._segment_results(list(images), source, batch_size)
 
-    def finetune(self, *, root: str, split: str, source: str | None, out: str,
-                 val_split: str | None = None, settings: FinetuneSettings | None = None,
-                 **changes) -> Iterator[Waiting | dict]:
+    def finetune(
+        self,
+        *,
+        root: str,
+        split: str,
+        source: str | None,
+        out: str,
+        val_split: str | None = None,
+        settings: FinetuneSettings | None = None,
+        **changes,
+    ) -> Iterator[Waiting | dict]:
         """Fine-tune in a process of its own.
 
         A source that cannot be a model raises :class:`ModelProcessError` here, at once (and
@@ -195,8 +204,15 @@ class ModelProcess:
         from ..training import FinetuneSettings  # here: only who trains needs the package
 
         settings = dataclasses.replace(settings or FinetuneSettings(), **changes)
-        request = FinetuneJob(self._new_job_id(), str(root), split, val_split,
-                              _checked_source(source), str(out), settings)
+        request = FinetuneJob(
+            self._new_job_id(),
+            str(root),
+            split,
+            val_split,
+            _checked_source(source),
+            str(out),
+            settings,
+        )
         return self._finetune_reports(request)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -217,8 +233,9 @@ class ModelProcess:
             yield Waiting(0, len(images), "starting the model process")
         child = self._persistent_child()
         request = SegmentJob(self._new_job_id(), source, images, batch_size)
-        for item in _job_answers(child, request, len(images),
-                                 cancel=lambda: child.send(Cancel(request.job))):
+        for item in _job_answers(
+            child, request, len(images), cancel=lambda: child.send(Cancel(request.job))
+        ):
             yield item.segmentation if isinstance(item, Segmented) else item
 
     def _finetune_reports(self, request: FinetuneJob):
@@ -270,8 +287,9 @@ _GONE = object()
 """Put into a job's queue when its child's connection ends."""
 
 
-def _job_answers(child: _Child, request: Request, total: int,
-                 cancel: Callable[[], object]) -> Iterator[Waiting | Answer]:
+def _job_answers(
+    child: _Child, request: Request, total: int, cancel: Callable[[], object]
+) -> Iterator[Waiting | Answer]:
     """Send one job and yield :class:`Waiting` while waiting, else each of its answers.
 
     Ends at the job's :class:`~.messages.Done`; raises :class:`ModelProcessError` on its
@@ -315,8 +333,9 @@ def _job_answers(child: _Child, request: Request, total: int,
 class _Child:
     """One child process, its connection, and the thread that routes its messages to jobs."""
 
-    def __init__(self, process: subprocess.Popen, connection: Connection, log_path: Path,
-                 name: str):
+    def __init__(
+        self, process: subprocess.Popen, connection: Connection, log_path: Path, name: str
+    ):
         self.process = process
         self.log_path = log_path
         self.name = name
@@ -325,8 +344,11 @@ class _Child:
         self._jobs_lock = threading.Lock()  # guards _jobs and _gone
         self._jobs: dict[int, queue.Queue] = {}
         self._gone = False
-        self._reader = threading.Thread(target=self._route_messages, daemon=True,
-                                        name=f"napari-deeplab {name} {process.pid} reader")
+        self._reader = threading.Thread(
+            target=self._route_messages,
+            daemon=True,
+            name=f"napari-deeplab {name} {process.pid} reader",
+        )
         self._reader.start()
 
     @classmethod
@@ -418,9 +440,13 @@ class _Child:
 def _spawn_child(log_path: Path) -> subprocess.Popen:
     with _open_log(log_path) as log:
         return subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
-            stdout=log, stderr=log, env=_child_environment(),
-            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            [sys.executable, "-m", CHILD_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            env=_child_environment(),
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+        )
 
 
 def _child_environment() -> dict[str, str]:
@@ -431,8 +457,9 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _accept_child(listener: Listener, process: subprocess.Popen, authkey: bytes,
-                  log_path: Path, name: str) -> Connection:
+def _accept_child(
+    listener: Listener, process: subprocess.Popen, authkey: bytes, log_path: Path, name: str
+) -> Connection:
     """The child's connection; ModelProcessError if it dies or does not connect in time."""
     accepted: queue.Queue = queue.Queue()
 
@@ -521,6 +548,11 @@ def _remove_old_logs(folder: Path) -> None:
 
 def _open_log(path: Path):
     """``path`` opened for appending, never through a symbolic link, private to the user."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) \
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_APPEND
+        | getattr(os, "O_NOFOLLOW", 0)
         | getattr(os, "O_BINARY", 0)
+    )
     return os.fdopen(os.open(path, flags, 0o600), "ab")
