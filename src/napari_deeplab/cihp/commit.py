@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 try:
     import fcntl
 except ImportError:  # Windows: the lock is filelock's
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 class SampleExistsError(DatasetError):
@@ -359,8 +359,8 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
     if "Images" in sample.paths:
         destination = sample.paths["Images"]
         try:
-            same = os.lstat(destination)  # a case-insensitive file system: x.JPG is x.jpg
-            same = (same.st_dev, same.st_ino)
+            info = os.lstat(destination)  # a case-insensitive file system: x.JPG is x.jpg
+            same: tuple[int, int] | None = (info.st_dev, info.st_ino)
         except OSError:
             same = None
         for old in photos_of(split_dir / "Images", sample.sample_id, follow=False):

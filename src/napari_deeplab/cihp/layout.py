@@ -230,7 +230,7 @@ class Listing:
             self._folded = None
 
 
-_LISTINGS: dict[str, tuple[tuple, Listing]] = {}
+_LISTINGS: dict[str, tuple[tuple | None, Listing]] = {}
 """Per process: each id list read or written, by path, with the identity of the file then
 (device, inode, size, modification and change times): a commit of 100,000 listed samples
 neither reads nor parses the list again while no other process changed it."""

@@ -66,7 +66,7 @@ def _write_png(path: Path, ids: np.ndarray, colour_type: int, pixels) -> None:
             values = pixels(np.ascontiguousarray(ids[first : first + band], np.uint8))
             rows = np.zeros((values.shape[0], 1 + channels * width), np.uint8)  # filter byte 0
             rows[:, 1:] = values.reshape(values.shape[0], -1)
-            _png_chunk(file, b"IDAT", compressor.compress(rows))
+            _png_chunk(file, b"IDAT", compressor.compress(rows.tobytes()))
         _png_chunk(file, b"IDAT", compressor.flush())
         _png_chunk(file, b"IEND", b"")
 

@@ -32,7 +32,7 @@ def use_jax_compilation_cache() -> None:
         return
     import jax
 
-    if jax.config.jax_compilation_cache_dir:
+    if jax.config.read("jax_compilation_cache_dir"):
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the initialisers are quick

@@ -124,7 +124,7 @@ def remove_stale_conversions(folder: str | os.PathLike) -> list[Path]:
     or folders made before they were named after their writer), and the atomic writer's
     temporaries of dead writers (:func:`napari_deeplab.files.remove_stale_temporaries`).
     Returns what was removed."""
-    folder, now, removed = Path(folder), time.time(), []
+    folder, now, removed = Path(folder), time.time(), list[Path]()
     if not folder.is_dir():
         return removed
     for entry in os.scandir(folder):
@@ -136,7 +136,7 @@ def remove_stale_conversions(folder: str | os.PathLike) -> list[Path]:
         except FileNotFoundError:
             continue
         mine = match is not None and match["host"] == files.HOST_TAG
-        stale = old if not mine else not files.process_alive(int(match["pid"]))
+        stale = not files.process_alive(int(match["pid"])) if match and mine else old
         if stale:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
@@ -284,7 +284,7 @@ def _seed_layer_roles(seed_layers: list[dict]) -> dict[str, str]:
             name = inputs(name)[0]
         return name
 
-    role_of = {}
+    role_of: dict[str, str] = {}
     for layer in seed_layers:  # config order is topological
         name = layer["name"]
         if layer["class_name"] != "Conv2D" or _TRUNK_LAYER.match(name):
