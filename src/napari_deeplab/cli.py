@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
@@ -316,10 +317,12 @@ def _predict(args) -> int:
     if args.engine == "ray":
         from .ray_engine import RayEngineError, expand_ray_inputs, prelabel_with_ray
 
-        paths, problems = expand_ray_inputs(args.inputs)  # URIs too: s3://, gs://, ...
+        uris, problems = expand_ray_inputs(args.inputs)  # URIs too: s3://, gs://, ...
+        paths: list[str] | list[Path] = uris
         engine_errors: tuple[type[Exception], ...] = (RayEngineError,)
     else:
-        paths, problems = expand_inputs(args.inputs)
+        photos, problems = expand_inputs(args.inputs)
+        paths = photos
         engine_errors = ()
     for problem in problems:
         print(f"napari-deeplab: {problem}", file=sys.stderr)
@@ -328,7 +331,7 @@ def _predict(args) -> int:
         return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
-            paths,
+            uris,
             args.model,
             args.out,
             split=args.split,
@@ -340,10 +343,10 @@ def _predict(args) -> int:
             precision=args.precision,
         )
     else:
-        check_unique_ids(paths)
+        check_unique_ids(photos)
         model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
         outcomes = prelabel_files(
-            paths,
+            photos,
             model,
             args.out,
             split=args.split,

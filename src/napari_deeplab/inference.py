@@ -15,7 +15,7 @@ the photo's size, bilinearly, one band of rows at a time so that memory stays bo
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -274,7 +274,7 @@ def segment_stack(
     workers: int = 1,
     clock=None,
     max_in_flight: int | None = None,
-) -> Iterator[Segmentation]:
+) -> Generator[Segmentation, None, None]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
     Parameters
@@ -334,7 +334,7 @@ def segment_pipeline(
     discard: Callable | None = None,
     max_in_flight: int | None = None,
     clock=None,
-) -> Iterator:
+) -> Generator:
     """Run ``items`` through the three stages of segmentation, prepare (:func:`model_input`,
     clocked as ``resize``), model (:func:`batch_outputs`, ``model``) and finish
     (:func:`finish`, ``upsample``), in :func:`napari_deeplab.pipeline.run_pipeline`; yield one

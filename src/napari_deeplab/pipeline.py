@@ -32,7 +32,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +140,7 @@ def run_pipeline(
     discard: Callable[[Any], None] | None = None,
     max_in_flight: int | None = None,
     clock: StageClock | None = None,
-) -> Iterator:
+) -> Generator:
     """Run ``items`` through prepare -> model -> finish [-> commit] (see the module's doc) and
     yield one outcome per item, in order: ``Failed.outcome``, else ``commit``'s outcome for the
     item, else ``finish``'s result. ``model(inputs)`` gets N x S x S x 3 float32 and returns

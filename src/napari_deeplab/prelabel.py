@@ -31,7 +31,7 @@ class InputError(ValueError):
 class FileOutcome:
     """What happened to one input: ``status`` is ``"written"``, ``"skipped"`` or ``"failed"``."""
 
-    path: Path
+    path: Path | str  # a URI as it is (the Ray engine)
     sample_id: str
     status: str
     message: str = ""
@@ -236,7 +236,7 @@ def stage_photo(
 
 
 def listed_outcomes(
-    photos: Sequence[tuple[object, str]], out, split: str, overwrite: bool
+    photos: Sequence[tuple[Path | str, str]], out, split: str, overwrite: bool
 ) -> dict[str, FileOutcome]:
     """The "skipped" outcome, by id, of each of ``photos`` ((what the outcome names, sample id)
     pairs, in order) whose id the split already lists: such photos are not even read. None
@@ -253,11 +253,12 @@ def listed_outcomes(
     }
 
 
-def commit_outcomes(out, split: str, results: list[tuple[Path, object]]) -> list[FileOutcome]:
+def commit_outcomes(out, split: str, results: Sequence[tuple[Path, object]]) -> list[FileOutcome]:
     """Commit ``(photo path, staged sample)`` pairs (:func:`~napari_deeplab.cihp.stage_sample`)
     of one split as one group, in order; a :class:`FileOutcome` in place of a staged sample
     (one that failed earlier) is passed through. Returns one outcome per pair."""
     staged = [sample for _, sample in results if isinstance(sample, cihp.StagedSample)]
+    errors: Iterator[Exception | None]
     try:
         errors = iter(cihp.commit_samples(staged))
     except (OSError, cihp.DatasetError) as error:

@@ -257,6 +257,7 @@ def prelabel_with_ray(
             blocks.close()  # closed early (Ctrl+C, Cancel): Ray Data stops the job's work
     finally:
         if own_marker:
+            assert kill_marker is not None  # an own marker is always named
             Path(kill_marker).unlink(missing_ok=True)
         if started_here:
             ray.shutdown()
@@ -476,8 +477,9 @@ class Segmenter:
             _pixels(batch["pixels"][row], str(batch["shape"][row]), str(batch["dtype"][row]))
             for row in readable
         ]
+        labels: list[np.ndarray | None]
         try:
-            labels = self._segment(photos)
+            labels = list(self._segment(photos))
         except Exception:  # noqa: BLE001  (retried photo by photo just below)
             labels = []
             for row, photo in zip(readable, photos, strict=True):
@@ -531,7 +533,7 @@ def write_samples(
     them as one group (:func:`~napari_deeplab.prelabel.commit_outcomes`: one lock, journal and
     id-list rewrite for the batch); one outcome row each (columns ``location``,
     ``sample_id``, ``status``, ``message``)."""
-    results = []
+    results: list[tuple[Path, cihp.StagedSample | FileOutcome]] = []
     for location, sample_id, labels, shape, message in zip(
         batch["location"],
         batch["sample_id"],
@@ -586,7 +588,7 @@ def _local_copy(location: str, sample_id: str):
 # --- helpers of the driver -----------------------------------------------------------------------
 
 
-def _outcome_path(location: str):
+def _outcome_path(location: str) -> Path | str:
     """What an outcome names: a Path for a file, the URI as it is for a URI."""
     return location if is_uri(location) else Path(location)
 
@@ -620,8 +622,9 @@ def _job_failure(error: BaseException, timeout_s: float) -> str:
             "`ray status`) and that every node can read the photos and the model"
         )
     cause = error
-    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
-        cause = cause.cause
+    # a RayTaskError's .cause: what the task raised
+    while (inner := getattr(cause, "cause", None)) is not None and inner is not cause:
+        cause = inner
     # an actor that died in __init__ (a model that does not load) carries its error only as
     # text: a traceback whose last line is "module.SomeError: message"
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]

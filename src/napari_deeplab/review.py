@@ -497,7 +497,8 @@ class ReviewQueue:
             cihp.write_sample(
                 self.root,
                 sample_id,
-                self._load_png(kept / "Category_ids.png", "kept mask"),
+                # an unreadable kept mask (None) fails in write_sample, as before
+                self._load_png(kept / "Category_ids.png", "kept mask"),  # type: ignore[arg-type]
                 split=self.split,
                 image_path=photo,
                 overwrite=True,

@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +67,7 @@ def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
     ndarray
         ``size`` x ``size`` (or height x width) ids, in ``labels``' dtype.
     """
-    height, width = (size, size) if np.ndim(size) == 0 else size
+    height, width = (int(v) for v in np.broadcast_to(size, 2))
     rows = np.minimum(
         ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int), labels.shape[0] - 1
     )
@@ -95,7 +95,7 @@ def resize_photo(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     ndarray
         ``size`` x ``size`` (or height x width) x 3 float32 RGB in 0..255.
     """
-    height, width = (size, size) if np.ndim(size) == 0 else size
+    height, width = (int(v) for v in np.broadcast_to(size, 2))
     return resize_bilinear(to_rgb(image).astype(np.float32), width, height)
 
 
@@ -197,7 +197,12 @@ def _listed_dataset(root: Path, split: str | None) -> Dataset:
         ) from None
     ids = list(dict.fromkeys(listed))
     seen: set[str] = set()
-    duplicates = tuple(dict.fromkeys(i for i in listed if i in seen or seen.add(i)))
+    repeated = []  # each repetition of an id, in order
+    for sample_id in listed:
+        if sample_id in seen:
+            repeated.append(sample_id)
+        seen.add(sample_id)
+    duplicates = tuple(dict.fromkeys(repeated))
     return Dataset(root, split, ids, duplicates)
 
 
@@ -386,7 +391,7 @@ class SampleCache:
         needed = sum(height * width * SAMPLE_CHANNELS for height, width in self.shapes)
         budget = cache_memory_budget() if memory_budget is None else memory_budget
         self.in_memory = needed <= budget
-        self.folder = None
+        self.folder: Path | None = None
         if not self.in_memory:
             from ..model import cache_dir
 
@@ -423,7 +428,9 @@ class SampleCache:
 
     def _decode(self, index: int) -> np.ndarray:
         sample = cihp.read_sample(self.dataset.root, self.dataset.ids[index], self.dataset.split)
-        photo, labels = sample.image, sample.category_ids  # H x W x 3 uint8: photos.read_photo
+        photo = sample.image  # H x W x 3 uint8: photos.read_photo
+        # check_samples found each mask: one removed since fails just below, as before
+        labels: np.ndarray = sample.category_ids  # type: ignore[assignment]
         shape = self.shapes[index]
         if photo.shape[:2] != shape:
             photo = np.round(resize_photo(photo, shape)).astype(np.uint8)
@@ -431,6 +438,7 @@ class SampleCache:
         return np.concatenate([photo, labels.astype(np.uint8)[..., None]], axis=-1)
 
     def _from_disk(self, index: int) -> np.ndarray:
+        assert self.folder is not None  # set whenever the samples are not kept in memory
         photo, mask = self.paths[index]
         where = hashlib.sha256(f"{photo.resolve()}\n{mask.resolve()}\n{self.max_side}".encode())
         stamp = hashlib.sha256(
@@ -488,12 +496,13 @@ class AugmentedBatches:
                 np.random.default_rng([self.seed, epoch]).permutation(len(self.cache)),
             )
         order = self._order[1]
+        assert order is not None  # set with the epoch just above
         batch = np.resize(order, max(self.batch_size, len(order)))  # repeats if too few samples
         part = self.batch_size // self.shard[1]
         first = step * self.batch_size + self.shard[0] * part
         return batch[first : first + part]
 
-    def batches(self, first_epoch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(self, first_epoch: int = 1) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
         """The batches of epoch ``first_epoch``, then of the epochs after it, without end;
         close the generator to stop the threads' work ahead."""
         pending: deque = deque()

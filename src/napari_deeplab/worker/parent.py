@@ -362,6 +362,7 @@ class _Child:
             except OSError as error:  # e.g. a link planted at the log's name (never followed)
                 raise ModelProcessError(f"cannot start the {name}: {error}") from None
             handshake = json.dumps({"address": listener.address, "authkey": authkey.hex()})
+            assert process.stdin is not None  # spawned with stdin=subprocess.PIPE
             try:
                 process.stdin.write(handshake.encode())
                 process.stdin.close()
