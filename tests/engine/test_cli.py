@@ -10,6 +10,7 @@ from PIL import Image
 from napari_deeplab.cihp import PALETTE, read_id_list
 from napari_deeplab.cli import main
 from tests.conftest import SAMPLE_IDS
+from tests.engine.commands import predict_command, quick_finetune_command
 
 
 @pytest.fixture
@@ -40,18 +41,9 @@ def test_predict_writes_the_cihp_layout_and_reports_bad_files(
 ):
     out = tmp_path / "prelabels"
     code = main(
-        [
-            "predict",
-            str(photos),
-            "--model",
-            str(seed_checkpoint),
-            "--out",
-            str(out),
-            "--batch-size",
-            "3",
-            "--workers",
-            "3",
-        ]
+        predict_command(
+            photos, model=seed_checkpoint, out=out, options=["--batch-size", "3", "--workers", "3"]
+        )
     )
     assert code == 1  # the corrupt file
     err = capsys.readouterr().err
@@ -81,7 +73,7 @@ def test_predict_writes_the_cihp_layout_and_reports_bad_files(
 def test_existing_outputs_are_kept_unless_overwrite(cihp_samples, seed_checkpoint, tmp_path):
     out = tmp_path / "out"
     photo = cihp_samples / "Images" / "0002190.jpg"
-    args = ["predict", str(photo), "--model", str(seed_checkpoint), "--out", str(out)]
+    args = predict_command(photo, model=seed_checkpoint, out=out)
     assert main(args) == 0
     mask = out / "Training" / "Category_ids" / "0002190.png"
     mask.write_bytes(b"hand-corrected")
@@ -97,16 +89,9 @@ def test_validation_split_and_globs(cihp_samples, seed_checkpoint, tmp_path):
     pattern = str(cihp_samples / "Images" / "00*.jpg")
     assert (
         main(
-            [
-                "predict",
-                pattern,
-                "--model",
-                str(seed_checkpoint),
-                "--out",
-                str(out),
-                "--split",
-                "Validation",
-            ]
+            predict_command(
+                pattern, model=seed_checkpoint, out=out, options=["--split", "Validation"]
+            )
         )
         == 0
     )
@@ -120,17 +105,7 @@ def test_same_stem_twice_is_an_error_before_writing(
     other.mkdir()
     shutil.copy(cihp_samples / "Images" / "0002190.jpg", other / "0002190.png")
     out = tmp_path / "out"
-    code = main(
-        [
-            "predict",
-            str(cihp_samples / "Images"),
-            str(other),
-            "--model",
-            str(seed_checkpoint),
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(predict_command(cihp_samples / "Images", other, model=seed_checkpoint, out=out))
     assert code == 2
     assert "two inputs have the id '0002190'" in capsys.readouterr().err
     assert not out.exists()
@@ -141,17 +116,8 @@ def test_missing_inputs_are_reported_and_the_rest_goes_on(
     cihp_samples, seed_checkpoint, tmp_path, capsys
 ):
     out = tmp_path / "out"
-    code = main(
-        [
-            "predict",
-            str(tmp_path / "nope.jpg"),
-            str(cihp_samples / "Images" / "0002190.jpg"),
-            "--model",
-            str(seed_checkpoint),
-            "--out",
-            str(out),
-        ]
-    )
+    missing, photo = tmp_path / "nope.jpg", cihp_samples / "Images" / "0002190.jpg"
+    code = main(predict_command(missing, photo, model=seed_checkpoint, out=out))
     assert code == 1
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err
     assert read_id_list(out, "Training") == ["0002190"]
@@ -179,16 +145,7 @@ def test_convert_writes_a_keras_file_that_predict_uses(seed_checkpoint, cihp_sam
     assert main(["convert", str(seed_checkpoint), "--out", str(model_file)]) == 0
     out = tmp_path / "out"
     assert (
-        main(
-            [
-                "predict",
-                str(cihp_samples / "Images" / "0005008.jpg"),
-                "--model",
-                str(model_file),
-                "--out",
-                str(out),
-            ]
-        )
+        main(predict_command(cihp_samples / "Images" / "0005008.jpg", model=model_file, out=out))
         == 0
     )
     assert read_id_list(out, "Training") == ["0005008"]
@@ -240,23 +197,7 @@ def test_finetune_on_a_full_disk_is_one_line(cihp_samples, model_file, tmp_path,
     source = model_file  # the session's model: only read
     with small_filesystem(tmp_path / "full") as full:
         out = full / "tuned.keras"
-        assert (
-            main(
-                [
-                    "finetune",
-                    str(cihp_samples),
-                    "--model",
-                    str(source),
-                    "--out",
-                    str(out),
-                    "--image-size",
-                    "64",
-                    "--epochs",
-                    "1",
-                ]
-            )
-            == 2
-        )
+        assert main(quick_finetune_command(cihp_samples, source, out)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0], err
         assert "as it was" in err[0] and list(full.iterdir()) == []

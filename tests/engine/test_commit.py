@@ -156,6 +156,19 @@ def _photo(path: Path, value: int) -> Path:
     return path
 
 
+def _write_filled(root: Path, sample_id: str, value: int, photo: Path, **options) -> None:
+    """Write ``sample_id`` as :data:`WRITER` does, in this process: mask and people filled with
+    ``value``, ``photo`` copied; ``options`` go to :func:`cihp.write_sample`."""
+    cihp.write_sample(
+        root,
+        sample_id,
+        np.full(SHAPE, value, np.uint8),
+        image_path=photo,
+        human_ids=np.full(SHAPE, value, np.uint8),
+        **options,
+    )
+
+
 def _temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if ".tmp" in p.name]
 
@@ -213,14 +226,7 @@ def _crash_at_every_step(
             assert not [p for p in (root / "Training").rglob("s.*") if not p.name.startswith(".")]
         assert not _temporaries(root), "stale temporaries of the dead writer were not removed"
 
-        cihp.write_sample(
-            root,
-            "s",
-            np.full(SHAPE, value, np.uint8),
-            image_path=photo,
-            human_ids=np.full(SHAPE, value, np.uint8),
-            overwrite=True,
-        )
+        _write_filled(root, "s", value, photo, overwrite=True)
         assert _assert_consistent(root, versions) == listed | {"s"}
         assert cihp.read_sample(root, "s").category_ids[0, 0] == value
         assert not _temporaries(root)
@@ -232,22 +238,10 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scri
     keep_photo = _photo(tmp_path / "keep.png", 3)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes(), 3: keep_photo.read_bytes()}
     empty = tmp_path / "base-new"
-    cihp.write_sample(
-        empty,
-        "keep",
-        np.full(SHAPE, 3, np.uint8),
-        image_path=keep_photo,
-        human_ids=np.full(SHAPE, 3, np.uint8),
-    )
+    _write_filled(empty, "keep", 3, keep_photo)
     with_old = tmp_path / "base-old"
     shutil.copytree(empty, with_old)
-    cihp.write_sample(
-        with_old,
-        "s",
-        np.full(SHAPE, 1, np.uint8),
-        image_path=old_photo,
-        human_ids=np.full(SHAPE, 1, np.uint8),
-    )
+    _write_filled(with_old, "s", 1, old_photo)
 
     new_sample_steps = _crash_at_every_step(scripts, tmp_path, empty, new_photo, 2, versions)
     # an overwrite that changes the photo's suffix (.jpg -> .png): the old photo must go too
@@ -297,13 +291,7 @@ def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(scr
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     versions = {1: old_photo.read_bytes(), 2: new_photo.read_bytes()}
     base = tmp_path / "base"
-    cihp.write_sample(
-        base,
-        "g0",
-        np.full(SHAPE, 1, np.uint8),
-        image_path=old_photo,
-        human_ids=np.full(SHAPE, 1, np.uint8),
-    )  # g0 old (its photo a .jpg); g1 new
+    _write_filled(base, "g0", 1, old_photo)  # g0 old (its photo a .jpg); g1 new
     steps = []
     for number in range(1, 200):
         root = tmp_path / f"crash-{number}"
@@ -769,21 +757,8 @@ def test_a_crash_at_any_step_of_a_removal_leaves_the_sample_whole_or_gone(script
     keep = _photo(tmp_path / "keep.png", 3)
     versions = {1: photo.read_bytes(), 3: keep.read_bytes()}
     base = tmp_path / "base"
-    cihp.write_sample(
-        base,
-        "keep",
-        np.full(SHAPE, 3, np.uint8),
-        image_path=keep,
-        human_ids=np.full(SHAPE, 3, np.uint8),
-    )
-    cihp.write_sample(
-        base,
-        "s",
-        np.full(SHAPE, 1, np.uint8),
-        image_path=photo,
-        human_ids=np.full(SHAPE, 1, np.uint8),
-        writer_tool="review",
-    )
+    _write_filled(base, "keep", 3, keep)
+    _write_filled(base, "s", 1, photo, writer_tool="review")
     steps = []
     for number in range(1, 100):
         root = tmp_path / f"crash-{number}"

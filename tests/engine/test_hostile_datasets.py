@@ -17,7 +17,16 @@ import pytest
 from PIL import Image
 
 from napari_deeplab import cihp, files
-from tests.engine.test_commit import SHAPE, WRITER, ForkedScripts, _env, _photo, _temporaries
+from tests.engine.commands import run_as_nobody
+from tests.engine.test_commit import (
+    SHAPE,
+    WRITER,
+    ForkedScripts,
+    _env,
+    _photo,
+    _temporaries,
+    _write_filled,
+)
 
 
 @pytest.fixture(scope="module")
@@ -139,29 +148,28 @@ def test_photos_are_found_by_their_suffix_in_either_case_and_others_by_a_scan(tm
 # --- 3. links and planted journals ----------------------------------------------------------------
 
 
+def _write_x(root: Path, value: int, **options) -> None:
+    """Write sample x of ``root``: mask ``value``, person 1 everywhere, a black photo;
+    ``options`` go to :func:`cihp.write_sample`."""
+    cihp.write_sample(
+        root,
+        "x",
+        np.full(SHAPE, value, np.uint8),
+        human_ids=np.ones(SHAPE, np.uint8),
+        image=np.zeros(SHAPE, np.uint8),
+        **options,
+    )
+
+
 @pytest.mark.parametrize("folder", ["Humans", "Human_ids", "Images", ".napari-deeplab"])
 def test_a_sample_folder_replaced_by_a_link_is_refused(tmp_path, folder):
     files = _victim(tmp_path)
     root = tmp_path / "shared"
-    cihp.write_sample(
-        root,
-        "x",
-        np.ones(SHAPE, np.uint8),
-        human_ids=np.ones(SHAPE, np.uint8),
-        image=np.zeros(SHAPE, np.uint8),
-        writer_tool="review",
-    )
+    _write_x(root, 1, writer_tool="review")
     shutil.rmtree(root / "Training" / folder)
     (root / "Training" / folder).symlink_to(next(iter(files)).parent)
     for action in (
-        lambda: cihp.write_sample(
-            root,
-            "x",
-            np.full(SHAPE, 2, np.uint8),
-            human_ids=np.ones(SHAPE, np.uint8),
-            image=np.zeros(SHAPE, np.uint8),
-            overwrite=True,
-        ),
+        lambda: _write_x(root, 2, overwrite=True),
         lambda: cihp.list_samples(root, "Training"),
         lambda: cihp.remove_sample(root, "x"),
     ):
@@ -191,13 +199,7 @@ def test_a_planted_journal_with_linked_folders_is_not_rolled_forward(tmp_path):
     files = _victim(tmp_path)
     victim = next(iter(files)).parent
     root = tmp_path / "shared"
-    cihp.write_sample(
-        root,
-        "x",
-        np.ones(SHAPE, np.uint8),
-        human_ids=np.ones(SHAPE, np.uint8),
-        image=np.zeros(SHAPE, np.uint8),
-    )
+    _write_x(root, 1)
     split = root / "Training"
     before = {p: p.read_bytes() for p in split.rglob("*") if p.is_file() and not p.is_symlink()}
     # The attack of the issue: the people folders are links to the victim's folder and the
@@ -483,13 +485,7 @@ def _crashed_after_journal(tmp_path: Path) -> tuple[Path, bytes]:
     journal was written, and the new photo's bytes."""
     old_photo, new_photo = _photo(tmp_path / "old.jpg", 1), _photo(tmp_path / "new.png", 2)
     root = tmp_path / "media"
-    cihp.write_sample(
-        root,
-        "s",
-        np.full(SHAPE, 1, np.uint8),
-        image_path=old_photo,
-        human_ids=np.full(SHAPE, 1, np.uint8),
-    )
+    _write_filled(root, "s", 1, old_photo)
     cihp.write_sample(root, "keep", np.full(SHAPE, 3, np.uint8), image_path=old_photo)
     run = subprocess.run(
         [sys.executable, "-c", WRITER, str(root), "s", "2", str(new_photo), "review"],
@@ -580,22 +576,7 @@ def _read_as_nobody(tmp_path: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by all, writable by root only
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     env = _env(HOME=str(tmp_path))
-    run = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            READER,
-            str(root),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_as_nobody(READER, root, env=env, timeout=120)
     if "Permission denied" in run.stderr and "napari_deeplab" not in run.stderr:
         pytest.skip("nobody cannot read the test folders here")
     assert run.returncode == 0, run.stderr

@@ -14,6 +14,7 @@ from PIL import Image
 
 from napari_deeplab import cihp, photos
 from napari_deeplab.photos import read_photo
+from tests.engine.commands import run_as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,23 +276,7 @@ def test_an_unreadable_photo_is_called_unreadable_not_corrupt():
         "import sys; sys.path.insert(0, sys.argv[2]); from napari_deeplab.photos import "
         "read_photo\ntry:\n    read_photo(sys.argv[1])\nexcept ValueError as e:\n    print(e)"
     )
-    run = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            script,
-            str(photo),
-            str(REPO / "src"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
+    run = run_as_nobody(script, photo, REPO / "src", timeout=60, cwd="/")
     shutil.rmtree(folder)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "this user cannot read the file" in run.stdout and "corrupt" not in run.stdout

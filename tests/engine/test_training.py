@@ -31,6 +31,7 @@ from napari_deeplab.training import (
     training_and_validation,
 )
 from tests.conftest import SAMPLE_IDS
+from tests.engine.commands import quick_finetune_command, run_as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -424,18 +425,7 @@ def _evaluate_and_finetune(split: Path, model: Path, out: Path) -> list[list[str
     """The command lines of ``evaluate`` and of a 1-epoch ``finetune`` (64 px) on ``split``."""
     return [
         ["evaluate", str(split.parent), "--split", "Training", "--model", str(model)],
-        [
-            "finetune",
-            str(split.parent),
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-        ],
+        quick_finetune_command(split.parent, model, out),
     ]
 
 
@@ -501,20 +491,10 @@ def test_an_id_list_that_is_a_folder_or_unreadable_is_one_line(cihp_samples, tmp
         (split / "train_id.txt").chmod(0o600)
         for folder in (root, split):
             folder.chmod(0o777)  # the split's lock file may be made by anyone
-        run = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                sys.executable,
-                "-c",
-                NOBODY_READS_THE_ID_LIST,
-                str(root),
-                str(REPO / "src"),
-            ],
-            capture_output=True,
-            text=True,
+        run = run_as_nobody(
+            NOBODY_READS_THE_ID_LIST,
+            root,
+            REPO / "src",
             timeout=120,
             cwd="/",
             env={**os.environ, "HOME": "/tmp", "TF_CPP_MIN_LOG_LEVEL": "3"},
