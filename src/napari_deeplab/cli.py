@@ -56,18 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     the splits of :data:`~napari_deeplab.cihp.SPLIT_ID_FILES`, the defaults of
     :class:`~napari_deeplab.training.FinetuneSettings`), none of which loads Keras, so that
     ``--help`` and a mistyped option answer at once."""
-    from . import DEFAULT_MODEL, PRECISIONS
-    from .cihp import SPLIT_ID_FILES
-    from .training import (
-        IMAGE_SIZE_MULTIPLE,
-        TRAINING_SPLIT,
-        VALIDATION_SPLIT,
-        FinetuneSettings,
-    )
+    from . import DEFAULT_MODEL
 
-    defaults = FinetuneSettings()
-    default_precision = PRECISIONS[0]  # float32, what load_model computes in unless told
-    other_precisions = " or ".join(PRECISIONS[1:])
     parser = argparse.ArgumentParser(
         prog="napari-deeplab",
         description="Pre-label human body parts (CIHP, 20 classes) with DeepLabV3+.",
@@ -77,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         f"model: a Hugging Face hub id (default {DEFAULT_MODEL}, cached after the "
         "first download), a SavedModel folder in the seed's format, or a .keras file"
     )
+
+    _add_predict(commands, model_help)
+    _add_finetune(commands, model_help)
+    _add_evaluate(commands, model_help)
+    _add_convert(commands, model_help)
+    return parser
+
+
+def _add_predict(commands, model_help: str) -> None:
+    """``predict``: photos -> a CIHP dataset folder."""
+    from .cihp import SPLIT_ID_FILES
+    from .training import TRAINING_SPLIT
 
     predict = commands.add_parser(
         "predict",
@@ -100,13 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="photos per model call (default 4)",
     )
-    predict.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=default_precision,
-        help=f"{default_precision} (default) or {other_precisions} (faster where "
-        "the hardware has it)",
-    )
+    _add_precision(predict, "(faster where the hardware has it)")
     predict.add_argument(
         "--split",
         default=TRAINING_SPLIT,
@@ -147,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --engine ray: GPUs per model actor (default 0: CPU)",
     )
 
+
+def _add_finetune(commands, model_help: str) -> None:
+    """``finetune``: its defaults are :class:`~napari_deeplab.training.FinetuneSettings`."""
+    from .training import IMAGE_SIZE_MULTIPLE, TRAINING_SPLIT, VALIDATION_SPLIT, FinetuneSettings
+
+    defaults = FinetuneSettings()
     finetune = commands.add_parser(
         "finetune",
         help="fine-tune a model on a CIHP-format folder",
@@ -208,13 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train data-parallel on all or N local devices (JAX backend, "
         "keras.distribution; across machines when its environment is set)",
     )
-    finetune.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=default_precision,
-        help=f"{default_precision} (default) or {other_precisions} mixed precision "
-        "(weights stay float32)",
-    )
+    _add_precision(finetune, "mixed precision (weights stay float32)")
+
+
+def _add_evaluate(commands, model_help: str) -> None:
+    """``evaluate``: a model's IoU on a split."""
+    from .training import VALIDATION_SPLIT
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -227,16 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--split", default=VALIDATION_SPLIT, help=f"split (default {VALIDATION_SPLIT})"
     )
-    evaluate.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=default_precision,
-        help=f"{default_precision} (default) or {other_precisions}",
-    )
+    _add_precision(evaluate, "")
     evaluate.add_argument(
         "--json", action="store_true", help="print JSON with keys miou, pixel_accuracy, per_class"
     )
 
+
+def _add_convert(commands, model_help: str) -> None:
+    """``convert``: any model source -> a ``.keras`` file."""
     convert = commands.add_parser(
         "convert",
         help="convert a model (e.g. the seed SavedModel) into a .keras file",
@@ -245,7 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", metavar="SRC", help=model_help)
     convert.add_argument("--out", required=True, metavar="FILE.keras", help="file to write")
-    return parser
+
+
+def _add_precision(command: argparse.ArgumentParser, note: str) -> None:
+    """``--precision``, one of :data:`~napari_deeplab.PRECISIONS` (the first the default)."""
+    from . import PRECISIONS
+
+    default, others = PRECISIONS[0], " or ".join(PRECISIONS[1:])
+    command.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default,
+        help=f"{default} (default) or {others}" + (f" {note}" if note else ""),
+    )
 
 
 def _positive_int(text: str) -> int:
