@@ -355,19 +355,26 @@ def relabel(
 def _random_walk(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarray:
     """scikit-image's random walker on ``photo`` (H x W [x C]); ``seeds`` holds class id + 1
     (0: to decide). Returns class ids (seeds passed as consecutive markers and mapped back)."""
-    from skimage.segmentation import random_walker
-
     classes = np.unique(seeds[seeds > 0])
     if len(classes) == 1:
         return np.full(seeds.shape, classes[0] - 1, np.int32)
     markers = np.where(seeds > 0, np.searchsorted(classes, seeds) + 1, 0)
+    return classes[_walk_markers(photo, markers, beta) - 1] - 1
+
+
+def _walk_markers(photo: np.ndarray, markers: np.ndarray, beta: float) -> np.ndarray:
+    """scikit-image's random walker (mode ``cg_j``, tolerance 1e-3) on ``photo`` (H x W [x C],
+    its first 3 channels) scaled to [0, 1], from ``markers`` as it takes them (1..N seeded,
+    0 to decide, negative outside the walk)."""
+    from skimage.segmentation import random_walker
+
     photo = np.asarray(photo, np.float32)
     if photo.ndim == 3:
         photo = photo[..., :3]
     photo = photo / max(float(photo.max()), 1e-6)
     with warnings.catch_warnings():  # sharp edges (high beta) leave probabilities a hair off [0, 1]
         warnings.filterwarnings("ignore", "The probability range is outside", UserWarning)
-        walked = random_walker(
+        return random_walker(
             photo,
             markers,
             beta=beta,
@@ -375,7 +382,6 @@ def _random_walk(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarra
             tol=1e-3,
             channel_axis=-1 if photo.ndim == 3 else None,
         )
-    return classes[walked - 1] - 1
 
 
 def _band_walk(
@@ -674,26 +680,11 @@ def refine_with_scribbles(
 
 def _random_walk_inside(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarray:
     """Random walker where ``seeds`` is -1 outside the region, 0 to decide, class + 1 seeded."""
-    from skimage.segmentation import random_walker
-
     classes = np.unique(seeds[seeds > 0])
     if len(classes) == 1:
         return np.full(seeds.shape, classes[0] - 1, np.int32)
     markers = np.where(seeds > 0, np.searchsorted(classes, seeds) + 1, np.minimum(seeds, 0))
-    photo = np.asarray(photo, np.float32)
-    if photo.ndim == 3:
-        photo = photo[..., :3]
-    photo = photo / max(float(photo.max()), 1e-6)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The probability range is outside", UserWarning)
-        walked = random_walker(
-            photo,
-            markers,
-            beta=beta,
-            mode="cg_j",
-            tol=1e-3,
-            channel_axis=-1 if photo.ndim == 3 else None,
-        )
+    walked = _walk_markers(photo, markers, beta)
     return np.where(walked > 0, classes[np.maximum(walked, 1) - 1] - 1, 0)
 
 

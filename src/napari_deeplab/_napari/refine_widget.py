@@ -89,6 +89,20 @@ one setting fits a person close up and one three times smaller (docs/benchmarks.
 REVIEW_REGION_SHARE = 0.4  # of the canvas a region to review is zoomed to fill
 
 
+def _relative_size_box(what: str, value: float, step: float) -> FloatSpinBox:
+    """The field of one of :data:`RELATIVE_SIZES`: ``what``, in % of the people's area."""
+    box = FloatSpinBox(
+        value=value,
+        min=0.001,
+        max=100,
+        step=step,
+        tooltip=f"{what}, in % of the people's area (the labelled pixels of the frame)",
+    )
+    box.native.setDecimals(3)
+    box.native.setSuffix(" %")
+    return box
+
+
 class OperationButton(PushButton):
     """The button of one :class:`Operation`, showing its key; the key presses it."""
 
@@ -128,23 +142,8 @@ class RefineWidget(Container):
             text="Scribbles layer",
             tooltip="Add (or pick) '<parts> scribbles': paint the right class on wrong regions",
         )
-        self.min_size = FloatSpinBox(
-            value=0.05,
-            min=0.001,
-            max=100,
-            step=0.01,
-            tooltip=("Minimum size, in % of the people's area (the labelled pixels of the frame)"),
-        )
-        self.max_hole = FloatSpinBox(
-            value=0.2,
-            min=0.001,
-            max=100,
-            step=0.05,
-            tooltip=("Largest hole, in % of the people's area (the labelled pixels of the frame)"),
-        )
-        for size in (self.min_size, self.max_hole):
-            size.native.setDecimals(3)
-            size.native.setSuffix(" %")
+        self.min_size = _relative_size_box("Minimum size", value=0.05, step=0.01)
+        self.max_hole = _relative_size_box("Largest hole", value=0.2, step=0.05)
         self.radius = SpinBox(value=1, min=1, max=10, tooltip="Smoothing radius (pixels)")
         classes = [(f"{value} {name}", value) for value, name in enumerate(CLASS_NAMES)]
         self.source_class = ComboBox(choices=classes, value=5, tooltip="Relabel this class…")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -141,27 +142,46 @@ class ReviewWidget(Container):
         )
         photo_list = Container(labels=False)
         photo_list.native.layout().addWidget(self.photo_list)
-        buttons = [
-            PushButton(text=text, tooltip=tooltip)
-            for text, tooltip in (
-                ("Open queue", "Open the photos; the work saved in the dataset folder resumes"),
-                ("Previous", f"Save this photo's draft and show the previous one ({PREVIOUS_KEY})"),
-                ("Next", f"Save this photo's draft and show the next one ({NEXT_KEY})"),
+        buttons = _action_buttons(
+            (
+                "Open queue",
+                "Open the photos; the work saved in the dataset folder resumes",
+                self.open_queue,
+            ),
+            (
+                "Previous",
+                f"Save this photo's draft and show the previous one ({PREVIOUS_KEY})",
+                self.previous_photo,
+            ),
+            (
+                "Next",
+                f"Save this photo's draft and show the next one ({NEXT_KEY})",
+                self.next_photo,
+            ),
+            (
+                "Accept",
+                f"Export the photo, its parts and people, then show the next ({ACCEPT_KEY})",
+                self.accept,
+            ),
+            (
+                "Propose people",
                 (
-                    "Accept",
-                    f"Export the photo, its parts and people, then show the next ({ACCEPT_KEY})",
+                    "Add an editable '<photo> people' layer, one label per person "
+                    "region of the parts; exported as Human_ids"
                 ),
-                (
-                    "Propose people",
-                    (
-                        "Add an editable '<photo> people' layer, one label per person "
-                        "region of the parts; exported as Human_ids"
-                    ),
-                ),
-                ("Flag", "Mark this photo for a second look (press again to clear the flag)"),
-                ("Undo export", "Put the dataset's sample back as it was before the last Accept"),
-            )
-        ]
+                self.propose_people,
+            ),
+            (
+                "Flag",
+                "Mark this photo for a second look (press again to clear the flag)",
+                self.flag,
+            ),
+            (
+                "Undo export",
+                "Put the dataset's sample back as it was before the last Accept",
+                self.undo_export,
+            ),
+        )
         (
             self.open_button,
             self.previous_button,
@@ -171,48 +191,31 @@ class ReviewWidget(Container):
             self.flag_button,
             self.undo_button,
         ) = buttons
-        for button, action in zip(
-            buttons,
-            (
-                self.open_queue,
-                self.previous_photo,
-                self.next_photo,
-                self.accept,
-                self.propose_people,
-                self.flag,
-                self.undo_export,
-            ),
-            strict=True,
-        ):
-            button.changed.connect(action)
         self.undo_button.visible = False
-        choices = [
-            PushButton(text=text, tooltip=tooltip)
-            for text, tooltip in (
-                ("Keep mine", "Export your mask anyway, replacing the dataset's newer sample"),
-                (
-                    "Open theirs",
-                    (
-                        "Show the dataset's sample; your mask is kept aside in the queue "
-                        "folder (kept/)"
-                    ),
-                ),
-                ("Export all-background", "Export the mask although every pixel is background"),
-                ("Cancel", "Keep working on this photo; nothing is exported"),
-            )
-        ]
+        choices = _action_buttons(
+            (
+                "Keep mine",
+                "Export your mask anyway, replacing the dataset's newer sample",
+                self.keep_mine,
+            ),
+            (
+                "Open theirs",
+                "Show the dataset's sample; your mask is kept aside in the queue folder (kept/)",
+                self.open_theirs,
+            ),
+            (
+                "Export all-background",
+                "Export the mask although every pixel is background",
+                self.export_empty,
+            ),
+            ("Cancel", "Keep working on this photo; nothing is exported", self.cancel_choice),
+        )
         (
             self.keep_mine_button,
             self.open_theirs_button,
             self.export_empty_button,
             self.cancel_choice_button,
         ) = choices
-        for button, action in zip(
-            choices,
-            (self.keep_mine, self.open_theirs, self.export_empty, self.cancel_choice),
-            strict=True,
-        ):
-            button.changed.connect(action)
         self.choice_row = Container(widgets=choices, layout="horizontal", labels=False)
         self.choice_row.visible = False
         self.progress = Label(value="")
@@ -491,11 +494,7 @@ class ReviewWidget(Container):
 
     def keep_mine(self) -> None:
         """The second step of a refused Accept: replace the dataset's newer sample with yours."""
-        choice = self._chosen("changed")
-        if choice is not None:
-            _, _, labels, people_ids, version = choice
-            self._clear_choice()
-            self._export(labels, people_ids, version)
+        self._export_chosen("changed")
 
     def open_theirs(self) -> None:
         """Show the dataset's newer sample instead of yours; yours is kept aside."""
@@ -518,7 +517,11 @@ class ReviewWidget(Container):
 
     def export_empty(self) -> None:
         """The second step of Accept for an all-background mask."""
-        choice = self._chosen("empty")
+        self._export_chosen("empty")
+
+    def _export_chosen(self, kind: str) -> None:
+        """Export the parts and people of the choice offered, if it is a ``kind`` choice."""
+        choice = self._chosen(kind)
         if choice is not None:
             _, _, labels, people_ids, version = choice
             self._clear_choice()
@@ -1058,6 +1061,16 @@ class ReviewWidget(Container):
             on_done=done,
             message=f"Pre-labelling {', '.join(i.sample_id for i in items)}{loading}",
         )
+
+
+def _action_buttons(*table: tuple[str, str, Callable[[], object]]) -> list[PushButton]:
+    """A button for each (text, tooltip, action) of ``table``; pressing it calls the action."""
+    buttons = []
+    for text, tooltip, action in table:
+        button = PushButton(text=text, tooltip=tooltip)
+        button.changed.connect(action)
+        buttons.append(button)
+    return buttons
 
 
 def os_error_line(error: OSError) -> str:
