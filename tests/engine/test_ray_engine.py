@@ -83,13 +83,40 @@ def folder_contents(root: Path) -> dict[str, bytes]:
     }
 
 
-def assert_same_dataset(out: Path, reference: Path) -> None:
+NEAR_TIE_PIXELS = 16
+"""Pixels of a redone photo's mask that may differ from the local engine's: on the CPU a
+photo's float32 logits depend on its place in the model's batch (by about 6e-7, measured), so
+where this random-weights model's top two classes tie that closely the label may flip. A photo
+redone after a kill, or in a resumed job, meets other batch-mates than in the local run."""
+
+
+def assert_same_dataset(out: Path, reference: Path, redone: bool = False) -> None:
     contents, expected = folder_contents(out), folder_contents(reference)
     assert sorted(contents) == sorted(expected)
     differing = [name for name in expected if contents[name] != expected[name]]
+    if redone:
+        differing = [
+            name for name in differing if not _masks_agree_but_near_ties(out, reference, name)
+        ]
     assert not differing, f"files that differ from the local engine's: {differing}"
     ids = cihp.read_id_list(out, "Training")
     assert ids == sorted(ids) and len(ids) == 12
+
+
+def _masks_agree_but_near_ties(out: Path, reference: Path, name: str) -> bool:
+    """Whether ``name`` is a mask (or its picture) that differs from the reference's in at most
+    :data:`NEAR_TIE_PIXELS` pixels, and whose picture is still the palette colouring of its ids."""
+    folder = Path(name).parent.name
+    if folder not in ("Category_ids", "Categories"):
+        return False
+    ids = [
+        np.asarray(Image.open(root / "Training" / "Category_ids" / Path(name).name))
+        for root in (out, reference)
+    ]
+    picture = np.asarray(Image.open(out / "Training" / "Categories" / Path(name).name))
+    return (ids[0] != ids[1]).sum() <= NEAR_TIE_PIXELS and np.array_equal(
+        picture, cihp.colorize(ids[0])
+    )
 
 
 def run(photos, model_file, out, **options) -> list:
@@ -151,7 +178,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_photos_redone(
     assert sorted(o.sample_id for o in outcomes if o.status == "written") == sorted(
         p.stem for p in photos if p.stem != CORRUPT
     )
-    assert_same_dataset(out, local_dataset)
+    assert_same_dataset(out, local_dataset, redone=True)
 
 
 @pytest.mark.one_backend
@@ -175,7 +202,7 @@ def test_an_interrupted_job_resumes_where_it_stopped(
     assert listed <= skipped  # not read again
     assert skipped | written == {p.stem for p in photos} - {CORRUPT} and not skipped & written
     assert_corrupt_reported(outcomes)
-    assert_same_dataset(out, local_dataset)
+    assert_same_dataset(out, local_dataset, redone=True)
 
 
 @pytest.mark.one_backend
