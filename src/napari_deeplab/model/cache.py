@@ -32,7 +32,8 @@ def use_jax_compilation_cache() -> None:
         return
     import jax
 
-    if jax.config.read("jax_compilation_cache_dir"):
+    # JAX declares its flags at run time: typeshed-less mypy cannot see this one.
+    if jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the initialisers are quick
