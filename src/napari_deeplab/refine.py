@@ -686,32 +686,3 @@ def _random_walk_inside(photo: np.ndarray, seeds: np.ndarray, beta: float) -> np
     markers = np.where(seeds > 0, np.searchsorted(classes, seeds) + 1, np.minimum(seeds, 0))
     walked = _walk_markers(photo, markers, beta)
     return np.where(walked > 0, classes[np.maximum(walked, 1) - 1] - 1, 0)
-
-
-def people_from_parts(labels: np.ndarray, min_size: int = 200) -> np.ndarray:
-    """Propose person instances from a parts map: each connected non-background region is a
-    person (8-connectivity); pieces under ``min_size`` pixels join the person nearest to them.
-
-    Returns H x W uint8: 0 background, 1..N people, numbered from the largest. People who
-    touch in the photo come out as one and are split by hand.
-    """
-    labels = _check(labels, None)
-    person = labels > 0
-    pieces, count = ndi.label(person, structure=np.ones((3, 3)))
-    if count == 0:
-        return np.zeros(labels.shape, np.uint8)
-    sizes = np.bincount(pieces.ravel())[1:]
-    order = np.argsort(-sizes)
-    big = order[sizes[order] >= min_size]
-    if len(big) == 0:
-        big = order[:1]
-    number = np.zeros(count + 1, np.int64)
-    number[big + 1] = np.arange(1, len(big) + 1)
-    people = number[pieces]
-    stray = person & (people == 0)
-    if stray.any():
-        nearest = ndi.distance_transform_edt(
-            people == 0, return_distances=False, return_indices=True
-        )
-        people[stray] = people[tuple(index[stray] for index in nearest)]
-    return np.minimum(people, 255).astype(np.uint8)

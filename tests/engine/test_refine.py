@@ -396,15 +396,3 @@ def test_mask_limits_every_operation_and_dtype_is_kept():
         assert (operation(None) != labels).any()
     with pytest.raises(ValueError, match="mask shape"):
         refine.relabel(labels, 1, 2, mask=mask[:5])
-
-
-def test_people_are_proposed_from_connected_person_regions():
-    labels = np.zeros((40, 60), np.uint8)
-    labels[5:35, 5:20] = 5  # a person
-    labels[5:35, 30:55] = 13  # a larger one
-    labels[2, 22] = 2  # a stray speck near the first
-    people = refine.people_from_parts(labels, min_size=50)
-    assert people.dtype == np.uint8
-    assert set(np.unique(people)) == {0, 1, 2}
-    assert (people[5:35, 30:55] == 1).all() and (people[5:35, 5:20] == 2).all()
-    assert people[2, 22] == 2 and (people[labels == 0] == 0).all()

@@ -32,8 +32,8 @@ from qtpy.QtWidgets import QListWidget, QSizePolicy
 from .. import cihp
 from ..cihp import SPLIT_ID_FILES
 from ..inference import Segmentation
+from ..people import propose_people
 from ..photos import read_photo
-from ..refine import people_from_parts
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX
@@ -576,7 +576,7 @@ class ReviewWidget(Container):
         parts, people = self._parts_or_refuse(), self._layer("people")
         if parts is None:
             return
-        proposal = people_from_parts(parts.data)
+        proposal = propose_people(parts.data)
         if people is None:
             people = self.viewer.add_labels(
                 proposal, name=self.shown_id + PEOPLE_SUFFIX, opacity=0.4
