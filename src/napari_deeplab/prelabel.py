@@ -110,6 +110,7 @@ def prelabel_files(
     workers: int = 1,
     clock=None,
     max_in_flight: int | None = None,
+    scores: bool = False,
 ) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
@@ -147,6 +148,11 @@ def prelabel_files(
         ``encode`` (and staging the files) and ``commit``.
     max_in_flight : int, optional
         At most this many photos between reading and reporting.
+    scores : bool
+        Also compute each photo's confidence and uncertainty score
+        (:func:`napari_deeplab.scoring.score_photo`, stage ``score``) and record those of the
+        written photos in the split's scores file (:func:`~napari_deeplab.cihp.record_scores`)
+        after each group's commit.
 
     Yields
     ------
@@ -171,20 +177,29 @@ def prelabel_files(
         except ValueError as error:
             return Failed(FileOutcome(path, path.stem, "failed", str(error)))
 
-    def stage(path, labels, _):
+    photo_scores: dict[Path, dict] = {}
+
+    def stage(path, labels, confidence):
+        if scores:
+            with timed(clock, "score"):
+                photo_scores[path] = score_entry(labels, confidence)
         with timed(clock, "encode"):
             return stage_photo(out, path, labels, split=split, overwrite=overwrite)
 
     def commit(results):
         with timed(clock, "commit", len(results)):
-            return commit_outcomes(out, split, results)
+            outcomes = commit_outcomes(out, split, results)
+        if scores:
+            with timed(clock, "score"):
+                record_written_scores(out, split, outcomes, photo_scores, model.name)
+        return outcomes
 
     yield from segment_pipeline(
         todo,
         model,
         photo_of=read,
         result_of=stage,
-        confidence=False,
+        confidence=scores,
         commit=commit,
         discard=_discard,
         batch_size=batch_size,
@@ -192,6 +207,41 @@ def prelabel_files(
         max_in_flight=max_in_flight,
         clock=clock,
     )
+
+
+def score_entry(labels: np.ndarray, confidence: np.ndarray) -> dict:
+    """A photo's scores-file entry (score, low_fraction, regions) from its labels (H x W uint8)
+    and confidence (H x W float32) (:func:`napari_deeplab.scoring.score_photo`)."""
+    from .scoring import score_photo
+
+    scored = score_photo(labels, confidence)
+    return {
+        "score": scored.score,
+        "low_fraction": scored.low_fraction,
+        "regions": [region.to_json() for region in scored.regions],
+    }
+
+
+def record_written_scores(
+    out, split: str, outcomes: Sequence[FileOutcome], photo_scores: dict, model_name: str
+) -> None:
+    """Record in the split's scores file the entries (``photo_scores``: what each outcome
+    names -> :func:`score_entry`) of the ``"written"`` ``outcomes``; the entries are removed
+    from ``photo_scores``. A failure to write the file fails nothing that was committed: it
+    is reported as a warning."""
+    written = {}
+    for outcome in outcomes:
+        entry = photo_scores.pop(outcome.path, None)
+        if entry is not None and outcome.status == "written":
+            written[outcome.sample_id] = entry
+    if not written:
+        return
+    try:
+        cihp.record_scores(out, split, written, model=model_name)
+    except (OSError, cihp.DatasetError) as error:
+        import warnings
+
+        warnings.warn(f"the scores were not recorded: {error}", stacklevel=2)
 
 
 def stage_photo(

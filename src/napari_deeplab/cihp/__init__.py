@@ -5,7 +5,8 @@ writer uses. ``from napari_deeplab import cihp`` gives the public API of the pac
 - :mod:`.layout`: splits, the sample id rule, paths, the photo lookup, :func:`locate`;
 - :mod:`.png`: the label PNG encoder;
 - :mod:`.commit`: the lock, the journal and recovery, :func:`commit_samples`;
-- :mod:`.samples`: listing, reading, staging, writing and removing samples, their versions.
+- :mod:`.samples`: listing, reading, staging, writing and removing samples, their versions;
+- :mod:`.scores`: the per-sample uncertainty scores file, merged under the commit lock.
 
 Each module imports only those listed above it.
 """
@@ -66,6 +67,14 @@ from .samples import (
     stage_sample,
     write_sample,
 )
+from .scores import (
+    SCORES_FILE,
+    SCORES_VERSION,
+    ranked,
+    read_scores,
+    record_scores,
+    scores_path,
+)
 
 __all__ = [
     "ANNOTATOR_ENV",
@@ -82,6 +91,8 @@ __all__ = [
     "PALETTE",
     "PHOTO_SUFFIXES",
     "SAMPLE_FOLDERS",
+    "SCORES_FILE",
+    "SCORES_VERSION",
     "SPLIT_ID_FILES",
     "WRITERS_FOLDER",
     "WRITER_KEYS",
@@ -104,8 +115,11 @@ __all__ = [
     "locate",
     "normal_id",
     "photos_of",
+    "ranked",
     "read_id_list",
     "read_sample",
+    "read_scores",
+    "record_scores",
     "recover",
     "remove_sample",
     "sample_exists",
@@ -114,6 +128,7 @@ __all__ = [
     "sample_writer",
     "save_label_png",
     "save_rgb_png",
+    "scores_path",
     "split_folder",
     "stage_sample",
     "write_sample",
