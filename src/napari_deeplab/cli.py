@@ -1,4 +1,5 @@
-"""The ``napari-deeplab`` command: ``predict``, ``evaluate``, ``finetune`` and ``convert``."""
+"""The ``napari-deeplab`` command: ``predict``, ``scores``, ``evaluate``, ``finetune`` and
+``convert``."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_predict(commands, model_help)
+    _add_scores(commands)
     _add_finetune(commands, model_help)
     _add_evaluate(commands, model_help)
     _add_convert(commands, model_help)
@@ -142,6 +144,29 @@ def _add_predict(commands, model_help: str) -> None:
         metavar="G",
         help="with --engine ray: GPUs per model actor (default 0: CPU)",
     )
+    predict.add_argument(
+        "--scores",
+        action="store_true",
+        help="also record each photo's uncertainty score in the split's scores file "
+        "(local engine; see `napari-deeplab scores`)",
+    )
+
+
+def _add_scores(commands) -> None:
+    """``scores``: the split's photos, least confident first."""
+    from .training import TRAINING_SPLIT
+
+    scores = commands.add_parser(
+        "scores",
+        help="rank a split's photos by how unsure the model was (predict --scores)",
+        description="Print the split's scores file, least confident photo first: the score "
+        "(mean of 1 - confidence), the fraction of pixels under the confidence threshold, the "
+        "model, and the largest low-confidence regions.",
+    )
+    scores.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
+    scores.add_argument("--split", default=TRAINING_SPLIT, help=f"split (default {TRAINING_SPLIT})")
+    scores.add_argument("--top", type=_positive_int, default=None, metavar="K", help="first K only")
+    scores.add_argument("--json", action="store_true", help="print the ranked entries as JSON")
 
 
 def _add_finetune(commands, model_help: str) -> None:
@@ -290,6 +315,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         command = {
             "predict": _predict,
+            "scores": _scores,
             "finetune": _finetune,
             "evaluate": _evaluate,
             "convert": _convert,
@@ -318,6 +344,39 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _scores(args) -> int:
+    import json
+
+    from . import cihp
+
+    location = cihp.locate(args.root, split=args.split)
+    entries = cihp.read_scores(location.root, location.split)
+    order = cihp.ranked(entries)[: args.top]
+    if args.json:
+        print(json.dumps([{"id": key, **entries[key]} for key in order], indent=1))
+        return EXIT_OK
+    if not order:
+        print(
+            f"napari-deeplab: no scores in {cihp.scores_path(location.root, location.split)}; "
+            "pre-label with `napari-deeplab predict --scores`",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    print(f"{'rank':>4}  {'id':<24} {'score':>7} {'low':>6}  model  (regions: class@box)")
+    for rank, key in enumerate(order, 1):
+        entry = entries[key]
+        regions = ", ".join(
+            f"{region.get('class_id')}@{region.get('top')},{region.get('left')}-"
+            f"{region.get('bottom')},{region.get('right')}"
+            for region in entry.get("regions", ())[:3]
+        )
+        print(
+            f"{rank:>4}  {key:<24} {entry['score']:>7.4f} {entry.get('low_fraction', 0):>6.1%}  "
+            f"{entry.get('model', '')}  ({regions})"
+        )
+    return EXIT_OK
+
+
 def _predict(args) -> int:
     from tqdm import tqdm
 
@@ -339,6 +398,9 @@ def _predict(args) -> int:
         print(f"napari-deeplab: {problem}", file=sys.stderr)
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
+        return EXIT_ERROR
+    if args.scores and args.engine == "ray":
+        print("napari-deeplab: error: --scores needs --engine local", file=sys.stderr)
         return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
@@ -364,6 +426,7 @@ def _predict(args) -> int:
             batch_size=args.batch_size,
             overwrite=args.overwrite,
             workers=args.workers,
+            scores=args.scores,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:
