@@ -1,5 +1,5 @@
-"""The ``napari-deeplab`` command: ``predict``, ``scores``, ``evaluate``, ``finetune`` and
-``convert``."""
+"""The ``napari-deeplab`` command: ``predict``, ``scores``, ``evaluate``, ``audit``,
+``finetune`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scores(commands)
     _add_finetune(commands, model_help)
     _add_evaluate(commands, model_help)
+    _add_audit(commands, model_help)
     _add_convert(commands, model_help)
     return parser
 
@@ -259,6 +260,36 @@ def _add_evaluate(commands, model_help: str) -> None:
     )
 
 
+def _add_audit(commands, model_help: str) -> None:
+    """``audit``: accepted masks ranked by how strongly a confident model disagrees."""
+    from .training import TRAINING_SPLIT
+
+    audit = commands.add_parser(
+        "audit",
+        help="rank a split's masks by confident disagreement of a model (label noise)",
+        description="Predict every sample of the split and list the regions where the model, "
+        "confident, disagrees with the mask: a left/right swap, a missed part (the mask says "
+        "background), an extra part (the model says background) or a wrong class; samples "
+        "ranked by the total strength (area x confidence) of their regions.",
+    )
+    audit.add_argument("root", metavar="ROOT", help="dataset root (or a split folder)")
+    audit.add_argument("--model", metavar="SRC", default=None, help=model_help)
+    audit.add_argument("--split", default=TRAINING_SPLIT, help=f"split (default {TRAINING_SPLIT})")
+    audit.add_argument("--top", type=_positive_int, default=None, metavar="K", help="first K only")
+    audit.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.8,
+        metavar="P",
+        help="only pixels where the model's top-class probability is at least P count (0.8)",
+    )
+    audit.add_argument(
+        "--min-area", type=_positive_int, default=50, metavar="N", help="smallest region (50 px)"
+    )
+    _add_precision(audit, "")
+    audit.add_argument("--json", action="store_true", help="print every sample and region as JSON")
+
+
 def _add_convert(commands, model_help: str) -> None:
     """``convert``: any model source -> a ``.keras`` file."""
     convert = commands.add_parser(
@@ -318,6 +349,7 @@ def _main(argv: list[str] | None) -> int:
             "scores": _scores,
             "finetune": _finetune,
             "evaluate": _evaluate,
+            "audit": _audit,
             "convert": _convert,
         }[args.command]
         return command(args)
@@ -617,6 +649,54 @@ def _evaluate(args) -> int:
         f"{'mean IoU':>14}  {result['miou']:.4f}\n{'pixel accuracy':>14}  "
         f"{result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)"
     )
+    return EXIT_OK
+
+
+def _audit(args) -> int:
+    import json
+
+    from . import cihp
+    from .audit import rank_samples, region_dict, suspect_regions
+    from .inference import segment
+    from .model import load_model
+    from .training import locate_dataset, require_good_samples
+
+    dataset = locate_dataset(args.root, args.split)
+    _report_duplicates(dataset)
+    if not dataset.ids:
+        print(
+            f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
+    model = load_model(args.model, precision=args.precision, num_classes=cihp.NUM_CLASSES)
+    found = {}
+    for sample_id in dataset.ids:
+        sample = cihp.read_sample(dataset.root, sample_id, dataset.split)
+        labels, confidence = segment(sample.image, model)
+        found[sample_id] = suspect_regions(
+            sample.category_ids,  # type: ignore[arg-type]
+            labels,
+            confidence,
+            min_confidence=args.min_confidence,
+            min_area=args.min_area,
+        )
+    ranking = rank_samples(found)[: args.top]
+    if args.json:
+        listed = [
+            {"id": key, "strength": total, "regions": [region_dict(r) for r in found[key]]}
+            for key, total in ranking
+        ]
+        print(json.dumps(listed, indent=1))
+        return EXIT_OK
+    for rank, (key, total) in enumerate(ranking, 1):
+        worst = "; ".join(
+            f"{r.kind} {cihp.CLASS_NAMES[r.mask_class]}->{cihp.CLASS_NAMES[r.model_class]} "
+            f"{r.area} px at {r.bbox[0]},{r.bbox[1]}-{r.bbox[2]},{r.bbox[3]}"
+            for r in found[key][:3]
+        )
+        print(f"{rank:>4}  {key:<24} {total:>10.0f}  {worst or 'nothing suspect'}")
     return EXIT_OK
 
 
