@@ -151,6 +151,12 @@ def _add_predict(commands, model_help: str) -> None:
         help="also record each photo's uncertainty score in the split's scores file "
         "(local engine; see `napari-deeplab scores`)",
     )
+    predict.add_argument(
+        "--people",
+        action="store_true",
+        help="also propose each photo's people (as napari's Propose people) and write them "
+        "as Human_ids and Humans (local engine)",
+    )
 
 
 def _add_scores(commands) -> None:
@@ -431,9 +437,10 @@ def _predict(args) -> int:
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
-    if args.scores and args.engine == "ray":
-        print("napari-deeplab: error: --scores needs --engine local", file=sys.stderr)
-        return EXIT_ERROR
+    for option in ("scores", "people"):
+        if getattr(args, option) and args.engine == "ray":
+            print(f"napari-deeplab: error: --{option} needs --engine local", file=sys.stderr)
+            return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
             uris,
@@ -459,6 +466,7 @@ def _predict(args) -> int:
             overwrite=args.overwrite,
             workers=args.workers,
             scores=args.scores,
+            people=args.people,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:

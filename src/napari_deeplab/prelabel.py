@@ -111,6 +111,7 @@ def prelabel_files(
     clock=None,
     max_in_flight: int | None = None,
     scores: bool = False,
+    people: bool = False,
 ) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
@@ -153,6 +154,10 @@ def prelabel_files(
         (:func:`napari_deeplab.scoring.score_photo`, stage ``score``) and record those of the
         written photos in the split's scores file (:func:`~napari_deeplab.cihp.record_scores`)
         after each group's commit.
+    people : bool
+        Also propose the people of each photo (:func:`napari_deeplab.people.propose_people`,
+        stage ``people``, the same as napari's Propose people) and write them as the sample's
+        ``Human_ids`` and ``Humans``.
 
     Yields
     ------
@@ -183,8 +188,16 @@ def prelabel_files(
         if scores:
             with timed(clock, "score"):
                 photo_scores[path] = score_entry(labels, confidence)
+        human_ids = None
+        if people:
+            from .people import propose_people
+
+            with timed(clock, "people"):
+                human_ids = propose_people(labels)
         with timed(clock, "encode"):
-            return stage_photo(out, path, labels, split=split, overwrite=overwrite)
+            return stage_photo(
+                out, path, labels, split=split, overwrite=overwrite, human_ids=human_ids
+            )
 
     def commit(results):
         with timed(clock, "commit", len(results)):
@@ -252,6 +265,7 @@ def stage_photo(
     split: str,
     overwrite: bool,
     sample_id: str | None = None,
+    human_ids: np.ndarray | None = None,
 ) -> tuple[Path, cihp.StagedSample | FileOutcome]:
     """Encode and stage the sample of one labelled photo, to be committed by
     :func:`commit_outcomes` (``predict``'s two engines both write through these two).
@@ -270,6 +284,8 @@ def stage_photo(
         Replace a sample of that id.
     sample_id : str, optional
         The sample's id; default the photo's file stem.
+    human_ids : ndarray, optional
+        H x W uint8 people (0 none, 1..N), written as ``Human_ids`` and ``Humans``.
 
     Returns
     -------
@@ -279,7 +295,13 @@ def stage_photo(
     """
     try:
         return photo, cihp.stage_sample(
-            out, sample_id or photo.stem, labels, split=split, image_path=photo, overwrite=overwrite
+            out,
+            sample_id or photo.stem,
+            labels,
+            split=split,
+            image_path=photo,
+            human_ids=human_ids,
+            overwrite=overwrite,
         )
     except (OSError, cihp.DatasetError) as error:
         return photo, write_failure(photo, error)

@@ -81,3 +81,25 @@ def test_consistency_rule_and_repair():
     assert P.consistent(repaired, labels)
     assert (repaired[:, :4] == 1).all() and repaired[0, 5] == 0
     assert not P.consistent(np.where(labels > 0, 2, 0).astype(np.uint8), labels)  # no 1
+
+
+def test_predict_people_writes_the_proposed_people(cihp_samples, model_file, tmp_path):
+    import shutil
+
+    from napari_deeplab import cihp
+    from napari_deeplab.cli import EXIT_ERROR, EXIT_OK, main
+    from tests.engine.commands import predict_command
+
+    photos = tmp_path / "photos"
+    shutil.copytree(cihp_samples / "Images", photos)
+    out = tmp_path / "dataset"
+    assert main(predict_command(photos, model=model_file, out=out, options=["--people"])) == EXIT_OK
+    for photo in sorted(photos.iterdir()):
+        sample = cihp.read_sample(out, photo.stem)
+        assert sample.human_ids is not None
+        np.testing.assert_array_equal(sample.human_ids, P.propose_people(sample.category_ids))
+        assert (out / "Training" / "Humans" / f"{photo.stem}.png").is_file()
+    ray = predict_command(
+        photos, model=model_file, out=out, options=["--people", "--engine", "ray"]
+    )
+    assert main(ray) == EXIT_ERROR
