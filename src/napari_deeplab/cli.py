@@ -262,7 +262,10 @@ def _add_evaluate(commands, model_help: str) -> None:
     )
     _add_precision(evaluate, "")
     evaluate.add_argument(
-        "--json", action="store_true", help="print JSON with keys miou, pixel_accuracy, per_class"
+        "--json",
+        action="store_true",
+        help="print JSON with keys miou, miou_all_classes, pixel_accuracy, "
+        "mean_class_accuracy, per_class",
     )
 
 
@@ -654,8 +657,11 @@ def _evaluate(args) -> int:
     for name, iou in result["per_class"].items():
         print(f"{name:>14}  {'-' if iou is None else f'{iou:.4f}'}")
     print(
-        f"{'mean IoU':>14}  {result['miou']:.4f}\n{'pixel accuracy':>14}  "
-        f"{result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)"
+        f"{'mean IoU':>14}  {result['miou']:.4f}  (classes present; CIHP_PGN)\n"
+        f"{'':>14}  {result['miou_all_classes']:.4f}  (all 20, absent = 0; "
+        "Self-Correction-Human-Parsing)\n"
+        f"{'pixel accuracy':>14}  {result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)\n"
+        f"{'class accuracy':>14}  {result['mean_class_accuracy']:.4f}  (mean over all 20)"
     )
     return EXIT_OK
 

@@ -200,9 +200,31 @@ def test_finetuning_lowers_the_loss_raises_miou_and_the_model_predicts(cihp_samp
 def test_evaluate_command_prints_json(cihp_samples, model_file, capsys):
     assert main(["evaluate", str(cihp_samples), "--model", str(model_file), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"miou", "pixel_accuracy", "per_class"}
+    assert set(result) == {
+        "miou",
+        "miou_all_classes",
+        "pixel_accuracy",
+        "mean_class_accuracy",
+        "per_class",
+    }
     assert set(result["per_class"]) == set(CLASS_NAMES)
     assert 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
+
+
+def test_both_miou_conventions_and_class_accuracy_are_exact():
+    from napari_deeplab.training.metrics import scores
+
+    matrix = np.zeros((4, 4), np.int64)  # rows truth, columns prediction; class 3 absent
+    matrix[0, 0], matrix[0, 1] = 6, 2
+    matrix[1, 1], matrix[1, 2] = 3, 1
+    matrix[2, 2] = 4
+    result = scores(matrix, ["a", "b", "c", "d"])
+    ious = [6 / 8, 3 / 6, 4 / 5]
+    assert result["miou"] == pytest.approx(np.mean(ious))
+    assert result["miou_all_classes"] == pytest.approx(sum(ious) / 4)
+    assert result["mean_class_accuracy"] == pytest.approx((6 / 8 + 3 / 4 + 1) / 4)
+    assert result["pixel_accuracy"] == pytest.approx(13 / 16)
+    assert result["per_class"]["d"] is None
 
 
 def _dataset_with_bad_samples(tmp_path, cihp_samples):

@@ -52,7 +52,8 @@ def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.
 
 
 def scores(matrix: np.ndarray, class_names) -> dict:
-    """Mean IoU, pixel accuracy and per-class IoU of a confusion matrix.
+    """Mean IoU (under both conventions of the field), accuracies and per-class IoU of a
+    confusion matrix.
 
     Parameters
     ----------
@@ -65,8 +66,12 @@ def scores(matrix: np.ndarray, class_names) -> dict:
     -------
     dict
         ``miou``: float, the mean IoU over the classes present in truth or prediction (0.0 if
-        none is; CIHP_PGN's convention); ``pixel_accuracy``: float, the share of pixels
-        predicted right; ``per_class``: {name: IoU as a float, or None where absent}.
+        none is; CIHP_PGN's convention, TF ``mean_iou``); ``miou_all_classes``: float, the
+        mean over all C classes, an absent class counting 0 (Self-Correction-Human-Parsing's
+        ``utils/miou.py``); ``pixel_accuracy``: float, the share of pixels predicted right;
+        ``mean_class_accuracy``: float, the mean over all C classes of the share of the class's
+        pixels predicted as it (absent classes 0, as in that same file); ``per_class``:
+        {name: IoU as a float, or None where absent}.
     """
     intersection = np.diag(matrix).astype(float)
     union = matrix.sum(0) + matrix.sum(1) - intersection
@@ -74,7 +79,9 @@ def scores(matrix: np.ndarray, class_names) -> dict:
     iou = np.where(present, intersection / np.maximum(union, 1), np.nan)
     return {
         "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+        "miou_all_classes": float(np.mean(intersection / np.maximum(union, 1))),
         "pixel_accuracy": float(intersection.sum() / max(matrix.sum(), 1)),
+        "mean_class_accuracy": float(np.mean(intersection / np.maximum(matrix.sum(1), 1))),
         "per_class": {
             name: (None if np.isnan(v) else float(v))
             for name, v in zip(class_names, iou, strict=True)
