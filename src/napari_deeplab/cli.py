@@ -632,12 +632,10 @@ def _report_duplicates(*datasets) -> None:
             )
 
 
-def _evaluate(args) -> int:
-    import json
-
-    from .cihp import NUM_CLASSES
-    from .model import load_model
-    from .training import evaluate, locate_dataset, require_good_samples
+def _samples_to_score(args):
+    """The split ``evaluate`` and ``audit`` score, every sample checked before the model loads
+    (each bad one named); None, with one line, when it has no labelled sample."""
+    from .training import locate_dataset, require_good_samples
 
     dataset = locate_dataset(args.root, args.split)
     _report_duplicates(dataset)
@@ -646,8 +644,21 @@ def _evaluate(args) -> int:
             f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
             file=sys.stderr,
         )
+        return None
+    require_good_samples(dataset)
+    return dataset
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .cihp import NUM_CLASSES
+    from .model import load_model
+    from .training import evaluate
+
+    dataset = _samples_to_score(args)
+    if dataset is None:
         return EXIT_ERROR
-    require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
     result = evaluate(
         load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES), dataset
     )
@@ -673,17 +684,10 @@ def _audit(args) -> int:
     from .audit import rank_samples, region_dict, suspect_regions
     from .inference import segment
     from .model import load_model
-    from .training import locate_dataset, require_good_samples
 
-    dataset = locate_dataset(args.root, args.split)
-    _report_duplicates(dataset)
-    if not dataset.ids:
-        print(
-            f"napari-deeplab: error: no labelled samples in {os.path.join(args.root, args.split)}",
-            file=sys.stderr,
-        )
+    dataset = _samples_to_score(args)
+    if dataset is None:
         return EXIT_ERROR
-    require_good_samples(dataset)  # before loading the model: fail fast, naming each sample
     model = load_model(args.model, precision=args.precision, num_classes=cihp.NUM_CLASSES)
     found = {}
     for sample_id in dataset.ids:
