@@ -33,9 +33,12 @@ from scipy import ndimage as ndi
 from skimage import measure
 
 from napari_deeplab import refine
-from napari_deeplab.cihp import LEFT_RIGHT_PAIRS
+from napari_deeplab.cihp import LEFT_RIGHT_PAIRS, LEFT_RIGHT_SWAP
 
 SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "cihp_samples"
+LIP_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "lip_samples"
+"""26 manual LIP annotations (CIHP ids), evaluation only: read where they lie, never copied."""
+DATASETS = {"CIHP": SAMPLES, "LIP": LIP_SAMPLES}
 SCALES = {"full": 1.0, "1/2": 1 / 2, "1/3": 1 / 3, "flipped": 1.0}
 WIDGET_DEFAULTS = {"min_size": 40, "max_size": 200, "radius": 1}
 """The refine widget's spin boxes as they open (pixels)."""
@@ -94,11 +97,14 @@ def variants(samples: Path = SAMPLES, names=tuple(SCALES)):
         for name in names:
             scale = SCALES[name]
             if name == "flipped":
+                flipped = samples / "Category_ids_flipped" / path.name
                 yield (
                     name,
                     scale,
                     path.stem,
-                    np.asarray(Image.open(samples / "Category_ids_flipped" / path.name)),
+                    np.asarray(Image.open(flipped))
+                    if flipped.exists()
+                    else LEFT_RIGHT_SWAP[truth[:, ::-1]],
                     np.ascontiguousarray(photo[:, ::-1]),
                 )
             else:
@@ -277,14 +283,14 @@ def evaluate(case, truth, photo, scale, rng):
     return mean_iou(bad, truth), mean_iou(fixed, truth), clean, widget, relative
 
 
-def table() -> list[tuple]:
+def table(samples: Path = SAMPLES) -> list[tuple]:
     """Rows (operation vs corruption, scale, corrupted, after, won back, clean mean, clean
     worst, worst clean with the widget's pixel defaults, worst clean with the relative
-    defaults, worst won back of a sample)."""
+    defaults, worst won back of a sample) over the samples of ``samples``."""
     rows = []
-    data = list(variants())
+    data = list(variants(samples))
     if not data:
-        raise SystemExit(f"no CIHP samples in {SAMPLES}")
+        raise SystemExit(f"no samples in {samples}")
     for case in CASES:
         for scale_name, scale in SCALES.items():
             rng = np.random.default_rng(0)
@@ -355,25 +361,31 @@ def main() -> None:
     if "--snap" in sys.argv:
         snap_timings()
         return
-    rows = table()
-    print(
-        "mean IoU against the ground truth, mean over the 3 CIHP samples; clean: the operation "
-        "on the uncorrupted mask (mean / worst sample; px: the widget's pixel defaults 40, 200, "
-        "1; rel: the relative defaults 1/2000, 1/500 of the person, radius 1; worst sample)"
-    )
-    print(
-        f"{'operation vs corruption':<72} | scale   | corrupted | after  | won back | "
-        "clean  | worst  | px     | rel"
-    )
-    for name, scale, corrupted, fixed, won, clean, worst, widget, relative, _ in rows:
-        text = [
-            f"{value:.4f}" if value is not None else "  -   "
-            for value in (clean, worst, widget, relative)
-        ]
+    for dataset, samples in DATASETS.items():
+        if dataset != "CIHP" and not samples.is_dir():
+            print(f"\n{dataset}: {samples} is not here; skipped")
+            continue
+        rows = table(samples)
+        count = len(list((samples / "Category_ids").glob("*.png")))
         print(
-            f"{name:<72} | {scale:<7} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%}  | "
-            + " | ".join(text)
+            f"\n{dataset} ({count} samples in {samples}): mean IoU against the ground truth, "
+            "mean over the samples; clean: the operation on the uncorrupted mask (mean / worst "
+            "sample; px: the widget's pixel defaults 40, 200, 1; rel: the relative defaults "
+            "1/2000, 1/500 of the person, radius 1; worst sample)"
         )
+        print(
+            f"{'operation vs corruption':<72} | scale   | corrupted | after  | won back | "
+            "clean  | worst  | px     | rel"
+        )
+        for name, scale, corrupted, fixed, won, clean, worst, widget, relative, _ in rows:
+            text = [
+                f"{value:.4f}" if value is not None else "  -   "
+                for value in (clean, worst, widget, relative)
+            ]
+            print(
+                f"{name:<72} | {scale:<7} | {corrupted:9.4f} | {fixed:.4f} | {won:7.0%}  | "
+                + " | ".join(text)
+            )
 
     rng = np.random.default_rng(0)
     paths = sorted((SAMPLES / "Category_ids").glob("*.png"))
