@@ -168,6 +168,43 @@ def remove_small_regions(
     return _limit(labels, _fill_from_surroundings(labels, regions, small), mask)
 
 
+_GAP_ELONGATION = 3.0
+"""Background that clothing encloses is a gap (kept), not a hole, from this length-to-width
+ratio."""
+_GAP_CLASSES = (5, 6, 7, 9, 12)
+"""Upper-clothes, dress, coat, pants, skirt: the classes that wrap around the slits between
+legs and between an arm and the body (cihp/labels.py)."""
+
+
+def _inside_its_counterpart(touching: np.ndarray, region_class: np.ndarray) -> np.ndarray:
+    """R bools: the region is of a left or right class and touches only its counterpart
+    (``touching``: R x C bools, the classes each region touches)."""
+    known = region_class < len(LEFT_RIGHT_SWAP)
+    counterpart = LEFT_RIGHT_SWAP[np.where(known, region_class, 0)]
+    sided = known & (counterpart != region_class)
+    rows = np.arange(len(region_class))
+    return sided & touching[rows, counterpart] & (touching.sum(axis=1) == 1)
+
+
+def _elongation(regions: np.ndarray, num_regions: int) -> np.ndarray:
+    """R values: each region's length over its width, the square root of the ratio of its
+    pixel coordinates' principal variances (1 for a square or a disc, at least 1)."""
+    ys, xs = np.indices(regions.shape, dtype=np.float64)
+    flat = regions.ravel()
+    count = np.bincount(flat, minlength=num_regions).astype(np.float64)
+
+    def mean(values):
+        return np.bincount(flat, values.ravel(), minlength=num_regions) / count
+
+    my, mx = mean(ys), mean(xs)
+    vyy = mean(ys * ys) - my * my + 1 / 12  # a pixel is a unit square, not a point
+    vxx = mean(xs * xs) - mx * mx + 1 / 12
+    vxy = mean(ys * xs) - my * mx
+    spread = np.sqrt(np.maximum(((vyy - vxx) / 2) ** 2 + vxy * vxy, 0))
+    major, minor = (vyy + vxx) / 2 + spread, np.maximum((vyy + vxx) / 2 - spread, 1e-12)
+    return np.sqrt(major / minor)
+
+
 def fill_holes(
     labels: np.ndarray,
     max_size: int | None = None,
@@ -196,10 +233,14 @@ def fill_holes(
       (a hole on the boundary between two parts; 1/500 of the person).
 
     Not holes: background seen between an arm and the body, between the legs (it reaches the
-    border or is bounded by several parts and larger than a hole), and a piece that touches
-    several other classes (a glove at the end of an arm touches the arm and the background).
-    A gap that one class alone encloses (a coat's sleeve held against the coat) looks like a
-    hole and is filled up to the size: ``max_fraction`` keeps that size in step with the person.
+    border or is bounded by several parts and larger than a hole), a piece that touches
+    several other classes (a glove at the end of an arm touches the arm and the background),
+    a piece of a left or right class that its counterpart encloses (a piece of the left arm
+    seen through the right arm: which side is which is for :func:`swap_left_right`), and
+    background that one piece of clothing encloses but that is at least ``_GAP_ELONGATION``
+    times longer than wide (the slit between two trouser legs, a sleeve held against a coat;
+    a model's holes in clothes are blobs). Other gaps that one class alone encloses look like holes and are filled
+    up to the size: ``max_fraction`` keeps that size in step with the person.
     The reason: a model leaves holes as small blobs inside one part; the true small parts and
     gaps that one or several classes enclose are either the one place of their class or
     bounded by several parts, and removing them costs more than leaving a hole.
@@ -222,10 +263,16 @@ def fill_holes(
     enclosed_by_one = touching.sum(axis=1) == 1
     person = region_class > 0
     part = _protected_parts(labels, regions, sizes, region_class, largest, part_fraction)
+    part |= _inside_its_counterpart(touching, region_class)
+    gap = (
+        (region_class == 0)
+        & np.isin(touching.argmax(axis=1), _GAP_CLASSES)
+        & (_elongation(regions, num_regions) >= _GAP_ELONGATION)
+    )
     holes = ~border & np.where(
         person,
         enclosed_by_one & ~part,
-        ~touching[:, 0] & (enclosed_by_one | (sizes < gap_fraction * person_area(labels))),
+        ~touching[:, 0] & ~gap & (enclosed_by_one | (sizes < gap_fraction * person_area(labels))),
     )
     if max_size is not None:
         holes &= sizes <= max_size

@@ -396,3 +396,45 @@ def test_mask_limits_every_operation_and_dtype_is_kept():
         assert (operation(None) != labels).any()
     with pytest.raises(ValueError, match="mask shape"):
         refine.relabel(labels, 1, 2, mask=mask[:5])
+
+
+def test_fill_holes_keeps_a_limb_seen_inside_its_counterpart_and_a_slit_between_legs(variants):
+    """Shapes the samples lack, made in them at every scale: a piece of the left arm seen
+    inside the right arm (32 pixels at full size) stays left arm, and a slit of background
+    (3 x 30 pixels at full size) that the largest clothing encloses, the gap between two
+    trouser legs, stays background; a hole of the same area as a blob is still filled."""
+    checked = 0
+    for name, scale, sample, truth, _ in variants:
+        side = max(2, round(np.sqrt(32) * scale))
+        arms, sizes = _pieces(truth, 15)
+        if len(sizes) and ndi.binary_erosion(arms == np.argmax(sizes) + 1, iterations=side).any():
+            y, x = _interior(arms == np.argmax(sizes) + 1, side)
+            seen = truth.copy()
+            seen[y : y + side, x : x + side] = 14
+            out = refine.fill_holes(seen, max_fraction=0.01)
+            assert (out[y : y + side, x : x + side] == 14).all(), (sample, name)
+            checked += 1
+        clothes = max((5, 7, 9, 12), key=lambda c: (truth == c).sum())
+        width, length = max(1, round(3 * scale)), max(4, round(30 * scale))
+        pieces, sizes = _pieces(truth, clothes)
+        core = ndi.binary_erosion(pieces == np.argmax(sizes) + 1, iterations=length // 2 + 2)
+        if not core.any():
+            continue
+        ys, xs = np.nonzero(core)
+        y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+        slit_region = np.zeros(truth.shape, bool)
+        slit_region[y - length // 2 : y - length // 2 + length, x : x + width] = True
+        edge = int(np.ceil(np.sqrt(width * length)))
+        blob_region = np.zeros(truth.shape, bool)
+        blob_region[y - edge // 2 : y - edge // 2 + edge, x : x + edge] = True
+        for max_size in (None, 10**6):
+            expected = refine.fill_holes(truth, max_size)
+            np.testing.assert_array_equal(
+                refine.fill_holes(_with(truth, slit_region, 0), max_size),
+                _with(expected, slit_region, 0),
+            )
+            np.testing.assert_array_equal(
+                refine.fill_holes(_with(truth, blob_region, 0), max_size), expected
+            )
+        checked += 1
+    assert checked >= 8
