@@ -262,3 +262,97 @@ def test_scores_are_the_mean_confidence_and_rank_the_predictions():
         assert scores == {1: pytest.approx(good), 2: pytest.approx(bad)}
         accumulator.add_image(truth, {1: 2}, predicted, {1: 2, 2: 2}, scores)
         assert accumulator.average_precision()[0, 4] == pytest.approx(expected)
+
+
+# The command line: evaluate --instances (a model) and evaluate --against (two datasets).
+
+
+def _write_dataset(root, cihp_samples, people=True, parts_of=lambda parts: parts, ids=SAMPLE_IDS):
+    """The samples written into ``root``'s Validation split through write_sample, their
+    people (Propose people on the true parts) as Human_ids when ``people``."""
+    from napari_deeplab.cihp import write_sample
+
+    for sample_id in ids:
+        truth = np.asarray(Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
+        parts = parts_of(truth)
+        write_sample(
+            root,
+            sample_id,
+            parts,
+            split="Validation",
+            image_path=cihp_samples / "Images" / f"{sample_id}.jpg",
+            human_ids=propose_people(parts) if people else None,
+        )
+    return root
+
+
+def test_evaluate_instances_prints_apr_app_and_the_table(
+    cihp_samples, model_file, tmp_path, capsys
+):
+    import json
+
+    from napari_deeplab.cli import main
+
+    root = _write_dataset(tmp_path / "truth", cihp_samples)
+    assert main(["evaluate", str(root), "--model", str(model_file), "--instances"]) == 0
+    out = capsys.readouterr().out
+    assert "mean IoU" in out and "APr" in out and "APp" in out
+    table = [line.split() for line in out.splitlines() if line.strip()[:3] in {"0.1", "0.5"}]
+    assert len(table) == 2 and all(len(row) == 4 for row in table)
+    assert main(["evaluate", str(root), "--model", str(model_file), "--instances", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ap_r = result["instances"]["ap_r"]
+    assert len(ap_r["per_threshold"]) == 9 and ap_r["images"] == 3
+    assert 0.0 <= ap_r["ap"] < 0.5  # random weights
+    assert sum(ap_r["truth_instances"].values()) == 79  # the 3 samples' part instances
+    assert result["samples_without_people"] == []
+
+
+def test_evaluate_against_a_copy_is_one_and_less_against_a_corrupted_copy(
+    cihp_samples, tmp_path, capsys
+):
+    import json
+    import shutil
+
+    from napari_deeplab.cli import main
+
+    truth = _write_dataset(tmp_path / "truth", cihp_samples)
+    copy = tmp_path / "copy"
+    shutil.copytree(truth, copy)
+    assert main(["evaluate", str(copy), "--against", str(truth), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["miou"] == 1.0 and same["miou_all_classes"] < 1.0  # absent classes count 0
+    assert same["instances"]["ap_r"]["ap"] == 1.0 and same["instances"]["ap_p"]["ap"] == 1.0
+
+    shifted = _write_dataset(
+        tmp_path / "shifted", cihp_samples, parts_of=lambda p: np.roll(p, 12, axis=1)
+    )
+    assert main(["evaluate", str(shifted), "--against", str(truth), "--json"]) == 0
+    worse = json.loads(capsys.readouterr().out)
+    assert worse["miou"] < 0.9 and worse["instances"]["ap_r"]["ap"] < 0.9
+    assert main(["evaluate", str(shifted), "--against", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert f"{worse['miou']:.4f}" in out and f"{worse['instances']['ap_r']['ap']:.4f}" in out
+
+
+def test_evaluate_against_refuses_other_ids_and_counts_samples_without_people(
+    cihp_samples, tmp_path, capsys
+):
+    import json
+
+    from napari_deeplab.cli import main
+
+    truth = _write_dataset(tmp_path / "truth", cihp_samples)
+    fewer = _write_dataset(tmp_path / "fewer", cihp_samples, ids=SAMPLE_IDS[:2])
+    assert main(["evaluate", str(fewer), "--against", str(truth)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"1 only in {truth / 'Validation'} ({SAMPLE_IDS[2]})" in err[0], err
+
+    no_people = _write_dataset(tmp_path / "no_people", cihp_samples, people=False)
+    assert main(["evaluate", str(no_people), "--against", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 samples have no Human_ids" in out and "no APr or APp" in out
+    assert main(["evaluate", str(no_people), "--against", str(truth), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["miou"] == 1.0 and result["instances"] is None
+    assert result["samples_without_people"] == list(SAMPLE_IDS)
