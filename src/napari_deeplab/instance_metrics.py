@@ -68,8 +68,8 @@ def part_instance_map(
 def person_instance_map(human_ids: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
     """The people as instances of one class: (``human_ids`` itself, {person: PERSON_CLASS})."""
     people = np.asarray(human_ids)
-    values = np.unique(people)
-    return people, {int(v): PERSON_CLASS for v in values if v != 0}
+    sizes = np.bincount(people.ravel().astype(np.int64))
+    return people, {int(v): PERSON_CLASS for v in np.flatnonzero(sizes) if v != 0}
 
 
 def instance_scores(
