@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .cihp.instances import part_instances
 from .cihp.labels import CLASS_NAMES, NUM_CLASSES
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -54,15 +53,23 @@ IGNORE_CLASS = 255
 def part_instance_map(
     category_ids: np.ndarray, human_ids: np.ndarray
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """The part instances of parts x people (:func:`~napari_deeplab.cihp.part_instances`).
+    """The part instances of parts x people, numbered ``person * 20 + class``.
 
-    ``category_ids``: H x W uint8 class ids (255 = unlabelled, no instance there);
-    ``human_ids``: H x W uint8 people. Returns (H x W uint8 instance map, {value: class}).
+    The same instances, in the same order, as :func:`~napari_deeplab.cihp.part_instances`
+    (whose ``Instance_ids`` values are ordered by person, then class), without the 255 an 8-bit
+    map holds: a model's prediction may have more. ``category_ids``: H x W uint8 class ids
+    (255 = unlabelled, no instance there); ``human_ids``: H x W uint8 people. Returns (H x W
+    uint16 instance map, 0 background; {value: class}).
     """
-    parts = np.asarray(category_ids)
-    parts = np.where(parts == IGNORE_CLASS, 0, parts).astype(np.uint8)
-    instance_map, instances = part_instances(parts, np.asarray(human_ids))
-    return instance_map, {i.value: i.class_id for i in instances}
+    parts, people = np.asarray(category_ids), np.asarray(human_ids)
+    if parts.shape != people.shape or parts.ndim != 2:
+        raise ValueError(f"parts {parts.shape} and people {people.shape}: expected one H x W shape")
+    both = (parts > 0) & (parts != IGNORE_CLASS) & (people > 0)
+    instance_map = people.astype(np.uint16) * NUM_CLASSES  # at most 255 * 20 + 19
+    instance_map += parts.astype(np.uint16)
+    instance_map[~both] = 0
+    values = np.flatnonzero(np.bincount(instance_map.ravel()))
+    return instance_map, {int(v): int(v) % NUM_CLASSES for v in values if v != 0}
 
 
 def person_instance_map(human_ids: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
@@ -111,29 +118,30 @@ class APAccumulator:
         """Add one image: two H x W integer instance maps (0 background), each value's class,
         and each predicted value's score. Values absent from their map are no instance (the
         script reads the instances off the maps); classes not in ``classes`` are left out."""
-        truth = np.asarray(truth_map).astype(np.int64).ravel()
-        predicted = np.asarray(predicted_map).astype(np.int64).ravel()
+        truth, truth_values = _compact(truth_map)
+        predicted, predicted_values = _compact(predicted_map)
         if truth.shape != predicted.shape:
             raise ValueError(f"instance maps of {truth.size} and {predicted.size} pixels")
-        rows, columns = int(truth.max(initial=0)) + 1, int(predicted.max(initial=0)) + 1
+        rows, columns = len(truth_values), len(predicted_values)
         overlap = np.bincount(truth * columns + predicted, minlength=rows * columns)
-        overlap = overlap.reshape(rows, columns)
+        overlap = overlap.reshape(rows, columns)  # pixels of each (truth, predicted) value pair
         truth_area, predicted_area = overlap.sum(1), overlap.sum(0)
+        truth_row = {int(v): row for row, v in enumerate(truth_values)}
         truth_of_class: dict[int, list[int]] = {c: [] for c in self.classes}
         for value, class_id in sorted(truth_classes.items()):
-            if class_id in truth_of_class and 0 < value < rows and truth_area[value] > 0:
-                truth_of_class[class_id].append(value)
-        for class_id, values in truth_of_class.items():
-            self.truth_counts[class_id] += len(values)
+            if class_id in truth_of_class and value != 0 and value in truth_row:
+                truth_of_class[class_id].append(truth_row[value])
+        for class_id, found in truth_of_class.items():
+            self.truth_counts[class_id] += len(found)
+        predicted_column = {int(v): column for column, v in enumerate(predicted_values)}
         for value, class_id in sorted(predicted_classes.items()):  # the script's order: by value
-            if class_id not in truth_of_class or not 0 < value < columns:
-                continue
-            if predicted_area[value] == 0:
-                continue
+            if class_id not in truth_of_class or value == 0 or value not in predicted_column:
+                continue  # values absent from the map are no instance
+            column = predicted_column[value]
             matches = np.asarray(truth_of_class[class_id], np.int64)
             if len(matches):
-                intersection = overlap[matches, value]
-                union = truth_area[matches] + predicted_area[value] - intersection
+                intersection = overlap[matches, column]
+                union = truth_area[matches] + predicted_area[column] - intersection
                 best = float(np.max(intersection / union))
             else:
                 best = 0.0
@@ -191,6 +199,15 @@ class APAccumulator:
             },
             "images": self.images,
         }
+
+
+def _compact(instance_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the map's pixels, flat int64, renumbered 0..n-1 in value order; the n values present)."""
+    flat = np.asarray(instance_map).ravel()
+    values = np.flatnonzero(np.bincount(flat))
+    table = np.zeros(int(values[-1]) + 1 if len(values) else 1, np.int64)
+    table[values] = np.arange(len(values))
+    return table[flat], values
 
 
 def _number(value) -> float | None:

@@ -356,3 +356,21 @@ def test_evaluate_against_refuses_other_ids_and_counts_samples_without_people(
     result = json.loads(capsys.readouterr().out)
     assert result["miou"] == 1.0 and result["instances"] is None
     assert result["samples_without_people"] == list(SAMPLE_IDS)
+
+
+def test_the_scored_instances_are_those_of_part_instances_in_their_order(truth):
+    from napari_deeplab.instance_metrics import part_instance_map
+
+    for parts, people in truth:
+        cihp_map, instances = part_instances(parts, people)
+        scored_map, classes = part_instance_map(parts, people)
+        assert list(classes.values()) == [i.class_id for i in instances]
+        for value, instance in zip(sorted(classes), instances, strict=True):
+            assert np.array_equal(scored_map == value, cihp_map == instance.value)
+    # more than 255 instances: part_instances refuses them (8 bits), scoring does not
+    many_parts = np.tile(np.arange(1, 20, dtype=np.uint8), (20, 1))
+    many_people = np.repeat(np.arange(1, 21, dtype=np.uint8), 19).reshape(20, 19)
+    with pytest.raises(ValueError, match="255"):
+        part_instances(many_parts, many_people)
+    summary = _ap([(many_parts, many_people, many_parts, many_people)])
+    assert summary["ap_r"]["ap"] == 1.0 and sum(summary["ap_r"]["truth_instances"].values()) == 380
