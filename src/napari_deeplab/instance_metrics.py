@@ -9,7 +9,9 @@ APʳ (region-level AP) follows CIHP_PGN's ``evaluation/test_inst_part_ap.py``:
   matching: two predictions that both overlap one ground-truth instance are both hits, and a
   ground-truth instance is never "used up";
 * recall = hits / ground-truth instances of the class (all images), precision = hits / ranked
-  so far; the class AP is the VOC all-point interpolated area under that curve;
+  so far; the class AP is the VOC all-point interpolated area under that curve. Without
+  one-to-one matching the recall, and so the AP, can exceed 1 (more hits than true
+  instances, e.g. one person proposed as two who both overlap it enough); so does the script's;
 * the script's figure is the mean over thresholds 0.1 ... 0.9 of the mean over the 19 classes.
 
 Where a class has no ground-truth instance at all (never on CIHP's 5000 validation photos,
@@ -306,6 +308,16 @@ def format_instance_summary(summary: dict) -> str:
         lines.append(
             f"{part_row['iou']:>14.1f}  {shown(part_row['ap']):>7} "
             f"{shown(part_row['ap_official']):>7} {shown(person_row['ap']):>7}"
+        )
+    if any(
+        (row[key] or 0) > 1
+        for summary_ in (ap_r, ap_p)
+        for row in summary_["per_threshold"]
+        for key in ("ap", "ap_official")
+    ):
+        lines.append(
+            f"{'':>14}  an AP over 1: more predictions hit than there are true instances "
+            "(no one-to-one matching, as in CIHP's script)"
         )
     truth = sum(ap_r["truth_instances"].values())
     predicted = sum(ap_r["predicted_instances"].values())

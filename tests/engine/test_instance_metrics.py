@@ -353,6 +353,9 @@ def test_evaluate_against_refuses_other_ids_and_counts_samples_without_people(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"1 only in {truth / 'Validation'} ({SAMPLE_IDS[2]})" in err[0], err
 
+    assert main(["evaluate", str(truth), "--against", str(truth), "--model", "unused"]) == 2
+    assert "drop --model" in capsys.readouterr().err
+
     no_people = _write_dataset(tmp_path / "no_people", cihp_samples, people=False)
     assert main(["evaluate", str(no_people), "--against", str(truth)]) == 0
     out = capsys.readouterr().out
@@ -379,3 +382,29 @@ def test_the_scored_instances_are_those_of_part_instances_in_their_order(truth):
         part_instances(many_parts, many_people)
     summary = _ap([(many_parts, many_people, many_parts, many_people)])
     assert summary["ap_r"]["ap"] == 1.0 and sum(summary["ap_r"]["truth_instances"].values()) == 380
+
+
+def test_duplicate_hits_all_count_so_ap_can_exceed_one_as_in_the_script(tmp_path):
+    """One true person with hair everywhere, proposed as two people side by side: each half's
+    hair has IoU 0.5 with the true hair, both are hits under 0.5 (no one-to-one matching),
+    recall reaches 2 and AP is 2.0; the plain re-implementation of the script says the same."""
+    evaluation = InstanceEvaluation()
+    parts = np.full((10, 10), 2, np.uint8)
+    people = np.ones((10, 10), np.uint8)
+    split = np.ones((10, 10), np.uint8)
+    split[:, 5:] = 2
+    evaluation.add(parts, people, parts, split)
+    summary = evaluation.summary()
+    per_threshold = {row["iou"]: row["ap"] for row in summary["ap_r"]["per_threshold"]}
+    assert per_threshold[0.1] == 2.0 and per_threshold[0.4] == 2.0 and per_threshold[0.5] == 0.0
+    assert "an AP over 1" in format_instance_summary(summary)
+    truth_dir, predicted_dir = tmp_path / "truth", tmp_path / "predicted"
+    truth_dir.mkdir()
+    predicted_dir.mkdir()
+    truth_map, instances = part_instances(parts, people)
+    Image.fromarray(truth_map).save(truth_dir / "a.png")
+    (truth_dir / "a.txt").write_text(format_instance_table(instances))
+    Image.fromarray(split).save(predicted_dir / "a.png")  # values 1, 2: lines 1, 2
+    (predicted_dir / "a.txt").write_text("2 1.0\n2 1.0\n")
+    official = _official_class_ap(truth_dir, predicted_dir, ["a"], 2, IOU_THRESHOLDS)
+    assert list(official) == [per_threshold[t] for t in IOU_THRESHOLDS]
