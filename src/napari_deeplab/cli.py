@@ -262,10 +262,24 @@ def _add_evaluate(commands, model_help: str) -> None:
     )
     _add_precision(evaluate, "")
     evaluate.add_argument(
+        "--instances",
+        action="store_true",
+        help="also APr (part instances, as CIHP's evaluation computes it) and APp (people) "
+        "over the samples with Human_ids, the model's people from Propose people",
+    )
+    evaluate.add_argument(
+        "--against",
+        metavar="REFERENCE",
+        default=None,
+        help="no model: score ROOT's masks against those of the dataset REFERENCE (same ids; "
+        "its --split too) as the truth: mean IoU, and APr / APp where both have Human_ids",
+    )
+    evaluate.add_argument(
         "--json",
         action="store_true",
         help="print JSON with keys miou, miou_all_classes, pixel_accuracy, "
-        "mean_class_accuracy, per_class",
+        "mean_class_accuracy, per_class (and with --instances or --against: samples, "
+        "instances, samples_without_people)",
     )
 
 
@@ -656,12 +670,30 @@ def _evaluate(args) -> int:
     from .model import load_model
     from .training import evaluate
 
+    if args.against is not None and args.model is not None:
+        print(
+            "napari-deeplab: error: --against scores masks without a model: drop --model",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     dataset = _samples_to_score(args)
     if dataset is None:
         return EXIT_ERROR
-    result = evaluate(
-        load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES), dataset
-    )
+    if args.against is not None:
+        from .agreement import compare_datasets
+        from .training import locate_dataset
+
+        reference = locate_dataset(args.against, args.split)
+        _report_duplicates(reference)
+        result = compare_datasets(dataset, reference)
+    elif args.instances:
+        from .agreement import evaluate_instances
+
+        model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
+        result = evaluate_instances(model, dataset)
+    else:
+        model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
+        result = evaluate(model, dataset)
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK
@@ -674,6 +706,10 @@ def _evaluate(args) -> int:
         f"{'pixel accuracy':>14}  {result['pixel_accuracy']:.4f}  ({len(dataset.ids)} samples)\n"
         f"{'class accuracy':>14}  {result['mean_class_accuracy']:.4f}  (mean over all 20)"
     )
+    if "instances" in result:
+        from .agreement import format_instances_report
+
+        print(format_instances_report(result))
     return EXIT_OK
 
 
