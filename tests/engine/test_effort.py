@@ -185,3 +185,62 @@ def test_a_writer_killed_mid_line_leaves_the_log_readable(tmp_path):
     assert (
         len(log.skipped) == 1 and "line 2 skipped: not a line of the effort log" in log.skipped[0]
     )
+
+
+def _synthetic_log(root) -> list[float]:
+    """12 Accepts over two days: 6 pre-labelled by the first model, then 6 by a fine-tuned one
+    that needs half the corrections; returns the changed fractions in order."""
+    fractions = [0.30, 0.26, 0.34, 0.28, 0.32, 0.30, 0.16, 0.14, 0.12, 0.18, 0.15, 0.15]
+    for place, fraction in enumerate(fractions):
+        model = "/models/random0.keras" if place < 6 else "/models/finetuned-1.keras"
+        entry = _entry(f"{place:07d}", model=model, changed_fraction=fraction)
+        entry.update(
+            when=f"2026-12-0{1 + place // 8}T10:{place:02d}:00+00:00",
+            active_s=float(10 * (place + 1)),
+            actions=place,
+        )
+        effort_log.append(root, entry)
+    return fractions
+
+
+def test_report_per_model_and_over_time(tmp_path, capsys):
+    from napari_deeplab import cli
+
+    root = tmp_path / "dataset"
+    fractions = _synthetic_log(root)
+    png = tmp_path / "plot" / "effort.png"
+    assert cli.main(["report", str(root), "--json", "--plot", str(png)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accepts"] == 12 and report["skipped_lines"] == 0
+    first, tuned = report["models"]
+    assert (first["name"], tuned["name"]) == ("random0.keras", "finetuned-1.keras")
+    assert first["count"] == tuned["count"] == 6
+    assert first["mean_changed_fraction"] == pytest.approx(np.mean(fractions[:6]))
+    assert tuned["mean_changed_fraction"] == pytest.approx(np.mean(fractions[6:]))
+    assert first["mean_active_s"] == pytest.approx(35.0)  # 10..60 s
+    assert tuned["mean_actions"] == pytest.approx(8.5)  # 6..11
+    day1, day2 = report["periods"]
+    assert (day1["period"], day1["count"], day2["count"]) == ("2026-12-01", 8, 4)
+    assert day1["models"] == ["random0.keras", "finetuned-1.keras"]
+    assert day2["mean_changed_fraction"] == pytest.approx(np.mean(fractions[8:]))
+
+    # the plot: a PNG with a colour for each model (matplotlib's tab10: blue, then orange)
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (800, 400)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(pixels - colour).sum(axis=1) < 10).sum() > 200, colour
+
+    # as text, per N accepts
+    assert cli.main(["report", str(root), "--every", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "12 accepted photos" in text
+    assert "random0.keras          6    30.0%    35.0s      2.5" in text
+    assert "accepts 11-12      2    15.0%   115.0s     10.5  finetuned-1.keras" in text
+
+
+def test_report_of_a_dataset_without_a_log(tmp_path, capsys):
+    from napari_deeplab import cli
+
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert "no Accepts recorded" in capsys.readouterr().err
