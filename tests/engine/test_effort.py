@@ -13,7 +13,7 @@ from PIL import Image
 from napari_deeplab import files
 from napari_deeplab.cihp import effort_log
 from napari_deeplab.effort import IDLE_GAP_S, ActiveClock, dense_matrix, effort, sparse_pairs
-from napari_deeplab.kept_prelabels import keep_prelabel, load_prelabel, prelabel_paths
+from napari_deeplab.review_effort import keep_prelabel, load_prelabel, prelabel_paths
 
 
 def _real_mask(cihp_samples, sample_id="0005008") -> np.ndarray:
