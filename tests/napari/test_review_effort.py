@@ -109,3 +109,45 @@ def test_accept_logs_the_exact_effort(
     report = json.loads(capsys.readouterr().out)
     (model,) = report["models"]
     assert model["count"] == 2 and model["mean_actions"] == 1.5
+
+
+def test_the_watch_counts_edits_and_active_time_per_photo():
+    """EffortWatch on napari's viewer model and a real Labels layer, with a clock the test sets."""
+    from napari.components import ViewerModel
+    from napari.layers import Labels
+
+    from napari_deeplab._napari.effort_watch import EffortWatch
+    from napari_deeplab._napari.parts_layer import edit_tracker
+
+    viewer, clock = ViewerModel(), [0.0]
+    watch = EffortWatch(viewer, now=lambda: clock[0])
+    parts = viewer.add_labels(np.zeros((50, 60), np.uint8))
+    assert isinstance(parts, Labels)
+    watch.watch_layer(parts)
+    tracker = edit_tracker(parts)
+
+    watch.show("a")  # at 0
+    clock[0] = 10.0
+    parts.paint((5, 5), 3)  # an action; in use at 10
+    clock[0] = 25.0
+    with tracker.model_writes():  # the model's write: no action, not the annotator's time
+        parts.data_setitem((np.array([1]), np.array([1])), 7)
+    clock[0] = 40.0
+    viewer.scene.camera.zoom = 3.0  # in use at 40 (+30)
+    clock[0] = 200.0
+    parts.paint((20, 20), 4)  # after 160 s idle: an action, the gap left out
+    clock[0] = 205.0
+    watch.show("b")  # a pauses at 205 (+5)
+    clock[0] = 300.0
+    parts.paint((30, 30), 5)  # b's action (the 95 s before it are idle: left out)
+    clock[0] = 310.0
+    watch.show("a")  # b pauses (+10); a runs again from 310
+    clock[0] = 312.0
+    assert watch.take("a") == (2, 10 + 30 + 5 + 2)
+    assert watch.take("b") == (1, 10.0)
+    clock[0] = 320.0
+    assert watch.take("a") == (0, 8.0)  # still shown: counted again from its last take
+    watch.close()
+    clock[0] = 330.0
+    viewer.scene.camera.zoom = 2.0  # no longer watched
+    assert watch.take("a") == (0, 10.0)  # only the time shown, no event since 320
