@@ -46,7 +46,7 @@ def effort(prelabel: np.ndarray, accepted: np.ndarray, num_classes: int = NUM_CL
     for name, mask in (("pre-label", prelabel), ("accepted mask", accepted)):
         if mask.size and (mask.min() < 0 or mask.max() >= num_classes):
             raise ValueError(f"the {name} has class ids outside 0..{num_classes - 1}")
-    matrix = confusion(prelabel.astype(np.int64), accepted.astype(np.int64), num_classes)
+    matrix = confusion(prelabel, accepted, num_classes)
     pixels = int(prelabel.size)
     changed = pixels - int(np.trace(matrix))
     return {

@@ -118,6 +118,13 @@ def test_log_lines_are_versioned_and_read_back(tmp_path):
     assert first["changed"] == 1 and first["pixels"] == 4 and first["actions"] == 3
     log = effort_log.read_log(tmp_path)
     assert [e["id"] for e in log.entries] == ["a", "b"] and log.skipped == []
+    # read on from where a read ended: only the lines appended since
+    assert log.end == path.stat().st_size
+    assert effort_log.read_log(tmp_path, start=log.end).entries == []
+    effort_log.append(tmp_path, _entry("c", model="b.keras", changed_fraction=0.125))
+    assert [e["id"] for e in effort_log.read_log(tmp_path, start=log.end).entries] == ["c"]
+    with path.open("r+b") as log_file:  # back to the two lines
+        log_file.truncate(log.end)
     assert effort_log.running_figures(log.entries) == "mean changed 18.8% over 2 photos"
     assert (
         effort_log.running_figures(log.entries, "b.keras")
@@ -178,6 +185,7 @@ def test_a_writer_killed_mid_line_leaves_the_log_readable(tmp_path):
     log = effort_log.read_log(tmp_path)
     assert [e["id"] for e in log.entries] == ["before"]
     assert len(log.skipped) == 1 and "line 2 skipped: an unfinished append" in log.skipped[0]
+    assert log.end == data.rfind(b"\n") + 1  # a reader reading on starts at the torn line
     # the next append ends the torn line first: its own line reads whole
     effort_log.append(tmp_path, _entry("after"))
     log = effort_log.read_log(tmp_path)
@@ -185,6 +193,8 @@ def test_a_writer_killed_mid_line_leaves_the_log_readable(tmp_path):
     assert (
         len(log.skipped) == 1 and "line 2 skipped: not a line of the effort log" in log.skipped[0]
     )
+    read_on = effort_log.read_log(tmp_path, start=data.rfind(b"\n") + 1)
+    assert [e["id"] for e in read_on.entries] == ["after"] and len(read_on.skipped) == 1
 
 
 def _synthetic_log(root) -> list[float]:

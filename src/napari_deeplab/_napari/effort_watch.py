@@ -36,6 +36,7 @@ class EffortWatch:
         self.shown: str | None = None
         self._clocks: dict[str, ActiveClock] = {}
         self._actions: dict[str, int] = {}
+        self._log_read: dict = {}  # effort log path -> (bytes read, entries read)
         self._viewer = viewer
         self._callbacks = [
             (viewer.mouse_move_callbacks, self._mouse),
@@ -86,21 +87,25 @@ class EffortWatch:
             self._clocks[sample_id].resume(self.now())
         return self._actions.pop(sample_id, 0), active_s
 
+    def figures(self, queue, model: str | None) -> str:
+        """The running figures of the queue's dataset (:func:`review_effort.figures_line`),
+        reading only the lines appended since the last call (by anyone); a log that cannot be
+        read shows nothing (the Accepts go on)."""
+        path = effort_log.effort_log_path(queue.root)
+        end, entries = self._log_read.get(path, (0, []))
+        try:
+            log = effort_log.read_log(queue.root, start=end)
+        except OSError:
+            return ""
+        entries = entries + log.entries
+        self._log_read[path] = (log.end, entries)
+        return figures_line(entries, model)
+
     def close(self) -> None:
         for callbacks, callback in self._callbacks:
             if callback in callbacks:
                 callbacks.remove(callback)
         self._viewer.scene.camera.events.disconnect(self._in_use)
-
-
-def figures_of(queue, model: str | None) -> str:
-    """The running figures of the queue's dataset (:func:`review_effort.figures_line`); a log
-    that cannot be read shows nothing (the Accepts go on)."""
-    try:
-        entries = effort_log.read_log(queue.root).entries
-    except OSError:
-        return ""
-    return figures_line(entries, model)
 
 
 def log_accept(watch: EffortWatch, queue, sample_id: str, labels, state: str | None) -> str:
@@ -114,5 +119,5 @@ def log_accept(watch: EffortWatch, queue, sample_id: str, labels, state: str | N
         )
     except (OSError, ValueError) as error:  # DatasetError (the lock) is a ValueError
         show_warning(f"{sample_id} was exported, but its effort was not logged: {error}")
-        return figures_of(queue, None)
-    return figures_of(queue, entry["model"])
+        return watch.figures(queue, None)
+    return watch.figures(queue, entry["model"])

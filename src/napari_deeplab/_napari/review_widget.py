@@ -342,7 +342,7 @@ class ReviewWidget(Container):
         self._release()
         self.runner.cancel()
         self.queue, self._warned = queue, 0
-        self.effort_line.value = effort_watch.figures_of(queue, self.model.source)
+        self.effort_line.value = self._effort.figures(queue, self.model.source)
         self._last_export, self.undo_button.visible = None, False
         self._clear_choice()
         self._unreadable.clear()

@@ -126,19 +126,27 @@ class EffortLog:
     path: Path
     entries: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    end: int = 0
+    """The byte offset after the last complete line read: where to read on from."""
 
 
-def read_log(root: str | os.PathLike) -> EffortLog:
-    """The dataset's effort log, in the order appended; an empty one when there is no file.
+def read_log(root: str | os.PathLike, start: int = 0) -> EffortLog:
+    """The dataset's effort log, in the order appended, from byte ``start`` (the
+    :attr:`EffortLog.end` of an earlier read: only the lines appended since); an empty one
+    when there is no file.
 
     A line that is not a complete JSON object of this format (a torn append, damage) or is of
-    a newer version is skipped, with one line in :attr:`EffortLog.skipped` naming it."""
+    a newer version is skipped, with one line in :attr:`EffortLog.skipped` naming it (lines
+    counted from ``start``). An unfinished last line is skipped and not read past."""
     path = effort_log_path(root)
-    log = EffortLog(path)
+    log = EffortLog(path, end=start)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            file.seek(start)
+            data = file.read()
     except FileNotFoundError:
         return log
+    log.end = start + data.rfind(b"\n") + 1
     lines = data.split(b"\n")
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
