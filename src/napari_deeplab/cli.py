@@ -1,5 +1,5 @@
-"""The ``napari-deeplab`` command: ``predict``, ``scores``, ``evaluate``, ``audit``,
-``finetune`` and ``convert``."""
+"""The ``napari-deeplab`` command: ``predict``, ``scores``, ``report``, ``evaluate``,
+``audit``, ``finetune`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_predict(commands, model_help)
     _add_scores(commands)
+    _add_report(commands)
     _add_finetune(commands, model_help)
     _add_evaluate(commands, model_help)
     _add_audit(commands, model_help)
@@ -174,6 +175,26 @@ def _add_scores(commands) -> None:
     scores.add_argument("--split", default=TRAINING_SPLIT, help=f"split (default {TRAINING_SPLIT})")
     scores.add_argument("--top", type=_positive_int, default=None, metavar="K", help="first K only")
     scores.add_argument("--json", action="store_true", help="print the ranked entries as JSON")
+
+
+def _add_report(commands) -> None:
+    """``report``: the effort log per model and over time (:mod:`napari_deeplab.report`)."""
+    report = commands.add_parser(
+        "report",
+        help="what the corrections cost, per model and over time (the review queue's effort log)",
+        description="Summarise the dataset's effort log (.napari-deeplab/effort.jsonl, one line "
+        "per Accept in the review queue): per model that made the pre-labels, the photos, the "
+        "mean fraction of pixels the annotator changed, the mean active time and editing "
+        "actions; then the same per day (or per N accepts).",
+    )
+    report.add_argument("dataset", metavar="DATASET", help="dataset root (or a split folder)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument(
+        "--plot", metavar="OUT.png", help="write the changed-pixel rate per accepted photo"
+    )
+    report.add_argument(
+        "--every", type=_positive_int, metavar="N", help="over time per N accepts, not per day"
+    )
 
 
 def _add_finetune(commands, model_help: str) -> None:
@@ -360,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":  # reads a log: no Keras
+        from .report import run
+
+        return run(args)
     _import_tensorflow_quietly()
     from .cihp import DatasetError
     from .model import ModelError

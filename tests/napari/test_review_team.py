@@ -20,7 +20,7 @@ from qtpy.QtCore import Qt
 import napari_deeplab._napari.review_widget as review_widget
 from napari_deeplab import cihp
 from napari_deeplab._napari.review_widget import AUTOSAVE_S, MIN_SEEN_S
-from napari_deeplab.cihp import ANNOTATOR_ENV
+from napari_deeplab.cihp import ANNOTATOR_ENV, effort_log
 from napari_deeplab.review import ReviewQueue
 
 from .gui import press_key
@@ -228,6 +228,16 @@ def test_two_annotators_in_two_napari_processes(
         "exported-reviewed",
         "exported-reviewed",
         "corrected",
+    ]
+    # every Accept of both processes is in the dataset's effort log, each by its annotator
+    # (these drafts were no model's pre-label: compared with an empty mask, model None)
+    log = effort_log.read_log(root)
+    assert log.skipped == [] and all(entry["model"] is None for entry in log.entries)
+    assert [(entry["id"], entry["annotator"]["user"]) for entry in log.entries] == [
+        ("b", "bob"),
+        ("a", "alice"),
+        ("a", "alice"),
+        ("c", "alice"),
     ]
     print(f"\nAccept key press (export + next photo shown): {stall * 1000:.0f} ms")
 

@@ -44,6 +44,11 @@ class EditTracker:
         self._model_writing = False
         layer.events.paint.connect(self._on_paint)
 
+    @property
+    def model_writing(self) -> bool:
+        """Whether the change being made now is the model's (inside :meth:`model_writes`)."""
+        return self._model_writing
+
     @contextmanager
     def model_writes(self):
         self._model_writing = True

@@ -35,6 +35,8 @@ from ..inference import Segmentation
 from ..people import propose_people
 from ..photos import read_photo
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
+from ..review_effort import keep_prelabel
+from . import effort_watch
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
@@ -219,6 +221,7 @@ class ReviewWidget(Container):
         self.choice_row = Container(widgets=choices, layout="horizontal", labels=False)
         self.choice_row.visible = False
         self.progress = Label(value="")
+        self.effort_line = Label(value="")  # the running figures of the effort log
         self.status = Label(value="Give the photos and the dataset folder, then Open queue")
         self.status.native.setWordWrap(True)
         self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
@@ -247,6 +250,7 @@ class ReviewWidget(Container):
                 self.choice_row,
                 self.status,
                 self.progress,
+                self.effort_line,
                 self.runner,
                 self.help_line,
                 Label(value="Classes"),
@@ -268,6 +272,7 @@ class ReviewWidget(Container):
             ]
         )
         self._process = model_process_for(self)
+        self._effort = effort_watch.EffortWatch(napari_viewer)
         self._ahead_timer = QTimer(self.native, singleShot=True, interval=0)
         self._ahead_timer.timeout.connect(self._prelabel_ahead)
         self._autosave_timer = QTimer(self.native, singleShot=True, interval=int(AUTOSAVE_S * 1000))
@@ -337,6 +342,7 @@ class ReviewWidget(Container):
         self._release()
         self.runner.cancel()
         self.queue, self._warned = queue, 0
+        self.effort_line.value = self._effort.figures(queue, self.model.source)
         self._last_export, self.undo_button.visible = None, False
         self._clear_choice()
         self._unreadable.clear()
@@ -435,6 +441,7 @@ class ReviewWidget(Container):
     def _export(self, labels, people_ids, expected_version) -> None:
         sample_id = self.shown_id
         self._flush_autosave()
+        state = self.queue.full_state(sample_id)
         try:
             record = self.queue.accept(
                 sample_id, labels, people_ids, expected_version=expected_version
@@ -457,6 +464,9 @@ class ReviewWidget(Container):
         except ValueError as error:
             return self._refuse(f"{sample_id}: {_one_line(error)}")
         self._clear_choice()
+        self.effort_line.value = effort_watch.log_accept(
+            self._effort, self.queue, sample_id, labels, state
+        )
         self._draft_shown = labels
         self.queue.forget_export(self._last_export)  # one Undo: the last Accept's
         self._last_export = record
@@ -791,6 +801,7 @@ class ReviewWidget(Container):
         self._autosave_timer.stop()
         self._heartbeat_timer.stop()
         self._release()
+        self._effort.close()
         self._saver.shutdown(wait=True)
         with contextlib.suppress(TypeError, ValueError, RuntimeError):
             self.viewer.layers.events.removing.disconnect(self._layer_leaving_callback)
@@ -817,6 +828,7 @@ class ReviewWidget(Container):
         self._clear_choice()
         self._autosave_timer.stop()
         self.shown_id = item.sample_id
+        self._effort.show(item.sample_id)
         self.photo_list.setCurrentRow(position)
         self._seen_since = None
         try:
@@ -901,6 +913,7 @@ class ReviewWidget(Container):
                 self.legend.apply_to(parts)
                 parts.events.paint.connect(self._painted_callback)
                 parts.events.data.connect(self._painted_callback)
+                self._effort.watch_layer(parts)
             tracker = edit_tracker(parts)  # before any swap, while its shape matches the layer's
             parts.data, parts.name = labels, self.shown_id + PARTS_SUFFIX
             forget_undo_history(parts)  # no undoing into the previous photo's mask
@@ -1018,7 +1031,9 @@ class ReviewWidget(Container):
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
             corrected = False
-            if not queue.save_draft(sample_id, labels, corrected=False):
+            if queue.save_draft(sample_id, labels, corrected=False):
+                keep_prelabel(queue.folder, sample_id, labels, source)  # for the effort log
+            else:
                 # another napari made (or corrected) its draft first: show that one, never
                 # an empty mask
                 queue.refresh()
