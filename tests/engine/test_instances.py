@@ -124,3 +124,31 @@ def test_removing_a_sample_removes_its_instance_table(tmp_path):
     }
     assert {"Instance_ids/r.png", "Instance_ids/r.txt", "Instances/r.png"} <= removed
     assert not list((tmp_path / "Training" / "Instance_ids").iterdir())
+
+
+@pytest.mark.parametrize("sample_id", SAMPLE_IDS)
+def test_the_real_samples_whole_records_round_trip_byte_for_byte(tmp_path, sample_id):
+    official = cihp.read_sample(SAMPLES, sample_id, split=None)
+    parts, people = official.category_ids, official.human_ids
+    assert people is not None and int(people.max()) == {"0002190": 2, "0005008": 7}.get(
+        sample_id, 3
+    )
+    # the stored instances are CIHP's numbering of exactly these parts x people
+    both = (parts > 0) & (people > 0)
+    expected = np.where(both, parts.astype(int) + 20 * (people.astype(int) - 1), 0)
+    np.testing.assert_array_equal(official.instance_ids, expected)
+    table = (SAMPLES / "Instance_ids" / f"{sample_id}.txt").read_text()
+    assert table == _direct_table(parts, people)
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    cihp.write_sample(first, sample_id, parts, image_path=official.image_path, human_ids=people)
+    back = cihp.read_sample(first, sample_id)
+    cihp.write_sample(
+        second, sample_id, back.category_ids, image_path=back.image_path, human_ids=back.human_ids
+    )
+    written = _record_files(first / "Training", sample_id)
+    assert written == _record_files(second / "Training", sample_id)
+    assert written["Images"] == official.image_path.read_bytes()
+    for folder in ("Human_ids", "Humans", "Instances", "Instance_ids"):  # as made in tests/data
+        assert written[folder] == (SAMPLES / folder / f"{sample_id}.png").read_bytes()
+    assert written["Instance_ids.txt"] == table.encode()
