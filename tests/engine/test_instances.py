@@ -152,3 +152,22 @@ def test_the_real_samples_whole_records_round_trip_byte_for_byte(tmp_path, sampl
     for folder in ("Human_ids", "Humans", "Instances", "Instance_ids"):  # as made in tests/data
         assert written[folder] == (SAMPLES / folder / f"{sample_id}.png").read_bytes()
     assert written["Instance_ids.txt"] == table.encode()
+
+
+def test_an_overwrite_keeps_fitting_people_unless_told_the_sample_has_none(tmp_path):
+    parts, people = _random_record(4, 3)
+    photo = np.zeros(parts.shape + (3,), np.uint8)
+    cihp.write_sample(tmp_path, "r", parts, image=photo, human_ids=people)
+    new_parts = np.where(parts > 0, 7, 0).astype(np.uint8)
+    cihp.write_sample(tmp_path, "r", new_parts, overwrite=True)  # people kept, instances anew
+    sample = cihp.read_sample(tmp_path, "r")
+    np.testing.assert_array_equal(sample.human_ids, people)
+    np.testing.assert_array_equal(sample.instance_ids, cihp.part_instances(new_parts, people)[0])
+    table = (tmp_path / "Training" / "Instance_ids" / "r.txt").read_text()
+    assert table == _direct_table(new_parts, people)
+    cihp.write_sample(tmp_path, "r", new_parts, overwrite=True, human_ids=cihp.NO_PEOPLE)
+    sample = cihp.read_sample(tmp_path, "r")
+    assert sample.human_ids is None and sample.instance_ids is None
+    for folder in cihp.PEOPLE_FOLDERS:
+        assert not list((tmp_path / "Training" / folder).glob("r.*")), folder
+    np.testing.assert_array_equal(sample.category_ids, new_parts)

@@ -91,6 +91,16 @@ ANY_VERSION = _AnyVersion()
 """``expected_version`` meaning "whatever is there" (``overwrite`` decides)."""
 
 
+class _NoPeople:
+    def __repr__(self) -> str:
+        return "cihp.NO_PEOPLE"
+
+
+NO_PEOPLE = _NoPeople()
+"""``human_ids`` meaning "this sample has no people": an overwrite removes its people and
+instance files (with ``human_ids=None`` it keeps those that fit the new mask)."""
+
+
 class SampleChangedError(DatasetError):
     """The sample's committed version is not the one the writer expected (another writer
     committed or removed it since it was read); decided under the split's lock.
@@ -389,11 +399,14 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
 
 def _people_kept_or_removed(split_dir: Path, sample: StagedSample) -> list[Path]:
     """For a sample written without people, under the lock: its committed ``Human_ids`` are
-    kept when they are an 8-bit map of the new mask's size, and their part instances are
-    derived again from the new parts (staged into ``sample`` here, so they commit with it);
-    otherwise its people and instance files are returned, to be removed in the same commit."""
+    kept when they are an 8-bit map of the new mask's size (unless written with
+    :data:`NO_PEOPLE`), and their part instances are derived again from the new parts
+    (staged into ``sample`` here, so they commit with it); otherwise its people and instance
+    files are returned, to be removed in the same commit."""
     sample_id = sample.sample_id
-    kept = _readable_people(split_dir / "Human_ids" / f"{sample_id}.png", sample.shape)
+    kept = None
+    if not sample.drop_people:
+        kept = _readable_people(split_dir / "Human_ids" / f"{sample_id}.png", sample.shape)
     if kept is None:
         stale = [split_dir / folder / f"{sample_id}.png" for folder in PEOPLE_FOLDERS]
         stale.append(split_dir / "Instance_ids" / f"{sample_id}.txt")

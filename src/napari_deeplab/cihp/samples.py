@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import files, photos
 from . import commit
-from .commit import ANY_VERSION, reading
+from .commit import ANY_VERSION, NO_PEOPLE, reading
 from .instances import sample_instance_writers
 from .labels import HUMAN_COLOURS, NUM_CLASSES, PALETTE
 from .layout import (
@@ -233,7 +233,8 @@ def write_sample(
     people (:mod:`~napari_deeplab.cihp.instances`): ``Instance_ids/<id>.png`` with its table
     ``Instance_ids/<id>.txt`` and the picture ``Instances/``. Without ``human_ids`` an overwrite
     keeps the sample's people when they fit the new mask (its instances derived again from
-    the new parts in the same commit) and removes them otherwise.
+    the new parts in the same commit) and removes them otherwise; ``human_ids=NO_PEOPLE``
+    removes them in any case.
 
     Everything is checked before anything is written, then the sample is committed with the
     dataset's commit protocol (:func:`stage_sample`, :func:`commit_samples`): all or nothing,
@@ -284,6 +285,7 @@ class StagedSample:
     shape: tuple[int, int] | None
     overwrite: bool
     expected_version: object = ANY_VERSION
+    drop_people: bool = False
 
     def discard(self) -> None:
         """Remove the temporaries (a sample that will not be committed)."""
@@ -322,8 +324,8 @@ def stage_sample(
         raise DatasetError(
             f"sample {sample_id}: mask shape {labels.shape} differs from image shape {photo_shape}"
         )
-    people = None
-    if human_ids is not None:
+    people, drop_people = None, human_ids is NO_PEOPLE
+    if human_ids is not None and not drop_people:
         people = _checked_ids(human_ids, f"sample {sample_id}: human ids", 255)
         if people.shape != labels.shape:
             raise DatasetError(
@@ -355,6 +357,7 @@ def stage_sample(
         labels.shape,
         overwrite,
         expected_version,
+        drop_people,
     )
     try:
         for key, write in writers.items():
