@@ -502,7 +502,9 @@ class ReviewQueue:
                 split=self.split,
                 image_path=photo,
                 overwrite=True,
-                human_ids=self._load_png(people, "kept people") if people.exists() else None,
+                human_ids=(  # none before: the Accept's people go too
+                    self._load_png(people, "kept people") if people.exists() else cihp.NO_PEOPLE
+                ),
                 expected_version=record.version_after,
                 writer_tool="review undo",
             )

@@ -190,7 +190,29 @@ def _assert_consistent(root: Path, versions: dict[int, bytes]) -> set[str]:
         np.testing.assert_array_equal(sample.human_ids, value)
         picture = np.asarray(Image.open(root / "Training" / "Categories" / f"{sample_id}.png"))
         np.testing.assert_array_equal(picture, np.broadcast_to(cihp.PALETTE[value], SHAPE + (3,)))
+        _assert_instances_of(root / "Training", sample_id, value, value)
     return set(listed)
+
+
+def _assert_instances_of(split: Path, sample_id: str, part: int, person: int | None) -> None:
+    """The sample's instance files are those of a mask filled with ``part`` and people filled
+    with ``person``; with ``person`` None, the sample has no people or instance files."""
+    files_of = [split / f / f"{sample_id}.png" for f in ("Human_ids", "Humans", "Instances")]
+    files_of += [
+        split / "Instance_ids" / f"{sample_id}.png",
+        split / "Instance_ids" / f"{sample_id}.txt",
+    ]
+    if person is None:
+        assert not [path for path in files_of if path.exists()]
+        return
+    value = part + 20 * (person - 1)
+    instance_map = np.asarray(Image.open(split / "Instance_ids" / f"{sample_id}.png"))
+    np.testing.assert_array_equal(instance_map, np.full(SHAPE, value))
+    table = (split / "Instance_ids" / f"{sample_id}.txt").read_text()
+    assert table == f"{value} {part} {person}\n"
+    picture = np.asarray(Image.open(split / "Instances" / f"{sample_id}.png"))
+    colour = cihp.INSTANCE_COLOURS[value]
+    np.testing.assert_array_equal(picture, np.broadcast_to(colour, SHAPE + (3,)))
 
 
 def _run_crashing_at(scripts, number: int, script: str, *args) -> str | None:
@@ -260,12 +282,18 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scri
         "staged Categories",
         "staged Human_ids",
         "staged Humans",
+        "staged Instance_ids",
+        "staged Instance_table",
+        "staged Instances",
         "locked",
         "journal staged",
         "journal written",
         "renamed Images/s.png",
         "renamed Category_ids/s.png",
         "renamed Humans/s.png",
+        "renamed Instance_ids/s.png",
+        "renamed Instance_ids/s.txt",
+        "renamed Instances/s.png",
         "journal removed",
     }
     assert expected | {"id list staged", "id list written"} <= set(new_sample_steps)
@@ -285,6 +313,54 @@ def test_a_crash_at_any_commit_step_leaves_old_or_new_and_a_rerun_completes(scri
         f"(overwrite with another suffix) + {len(recovery_steps)} (a writer that first completes "
         "a crashed commit), all consistent and completed by a re-run"
     )
+
+
+# A mask-only overwrite of sample "s" (mask filled with VALUE, HEIGHT rows; a new blank photo
+# when the size changes): no people given.
+MASK_ONLY_WRITER = f"""
+import sys
+import numpy as np
+from napari_deeplab import cihp
+root, value, height = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+shape = (height, {SHAPE[1]})
+photo = None if shape == {SHAPE} else np.zeros(shape + (3,), np.uint8)
+cihp.write_sample(root, "s", np.full(shape, value, np.uint8), image=photo, overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("height", [SHAPE[0], SHAPE[0] + 1], ids=["same size", "other size"])
+def test_an_overwrite_without_people_keeps_or_removes_them_whole_at_any_crash(
+    scripts, tmp_path, height
+):
+    base = tmp_path / "base"
+    _write_filled(base, "s", 1, _photo(tmp_path / "p.png", 1))  # parts 1, one person
+    steps = []
+    for number in range(1, 100):
+        root = tmp_path / f"crash-{number}"
+        shutil.copytree(base, root)
+        step = _run_crashing_at(scripts, number, MASK_ONLY_WRITER, root, 4, height)
+        sample = cihp.read_sample(root, "s")  # completes an interrupted commit first
+        split = root / "Training"
+        assert not _temporaries(root)
+        if sample.category_ids[0, 0] == 1:  # old: all of it
+            _assert_instances_of(split, "s", 1, 1)
+            np.testing.assert_array_equal(sample.human_ids, 1)
+        elif height == SHAPE[0]:  # new parts, the people kept, their instances derived again
+            np.testing.assert_array_equal(sample.human_ids, 1)
+            _assert_instances_of(split, "s", 4, 1)
+        else:  # new parts of another size: no people or instances left
+            assert sample.human_ids is None and sample.instance_ids is None
+            _assert_instances_of(split, "s", 4, None)
+        if step is None:
+            break
+        steps.append(step)
+    else:
+        raise AssertionError("the writer never completed")
+    assert cihp.read_sample(root, "s").category_ids[0, 0] == 4
+    if height == SHAPE[0]:
+        assert {"staged kept people's Instance_ids", "renamed Instance_ids/s.txt"} <= set(steps)
+    else:
+        assert {"removed Human_ids/s.png", "removed Instance_ids/s.txt"} <= set(steps)
 
 
 def test_a_group_commit_is_all_or_nothing_at_any_crash_and_a_rerun_completes(scripts, tmp_path):
@@ -727,6 +803,9 @@ def test_remove_sample_unlists_it_and_removes_only_its_files(tmp_path):
             "Categories/s.png",
             "Human_ids/s.png",
             "Humans/s.png",
+            "Instance_ids/s.png",
+            "Instance_ids/s.txt",
+            "Instances/s.png",
             f"{cihp.WRITERS_FOLDER}/s.json",
         ]
     )

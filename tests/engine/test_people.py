@@ -99,6 +99,11 @@ def test_predict_people_writes_the_proposed_people(cihp_samples, model_file, tmp
         assert sample.human_ids is not None
         np.testing.assert_array_equal(sample.human_ids, P.propose_people(sample.category_ids))
         assert (out / "Training" / "Humans" / f"{photo.stem}.png").is_file()
+        instance_map, instances = cihp.part_instances(sample.category_ids, sample.human_ids)
+        np.testing.assert_array_equal(sample.instance_ids, instance_map)  # the whole record
+        table = out / "Training" / "Instance_ids" / f"{photo.stem}.txt"
+        assert table.read_text() == cihp.format_instance_table(instances)
+        assert (out / "Training" / "Instances" / f"{photo.stem}.png").is_file()
     ray = predict_command(
         photos, model=model_file, out=out, options=["--people", "--engine", "ray"]
     )

@@ -184,11 +184,19 @@ def test_accept_refuses_a_sample_changed_since_it_was_shown_and_undo_puts_it_bac
     labels, version, origin = queue.opening(first)
     assert origin == "dataset" and labels.max() == 5 and version == refused.value.current_version
     before = (root / "Training" / "Images" / f"{first}.png").read_bytes()
-    record = queue.accept(first, np.full((200, 300), 3, np.uint8), expected_version=version)
+    record = queue.accept(
+        first,
+        np.full((200, 300), 3, np.uint8),
+        expected_version=version,
+        human_ids=np.ones((200, 300), np.uint8),
+    )
     assert cihp.read_sample(root, first).category_ids.max() == 3
+    assert (root / "Training" / "Instance_ids" / f"{first}.txt").read_text() == "3 3 1\n"
     assert not (root / "Training" / "Images" / f"{first}.png").exists()  # the photo's jpg now
     queue.undo_export(record)
     assert cihp.read_sample(root, first).category_ids.max() == 5
+    for folder in cihp.PEOPLE_FOLDERS:  # it had no people before that Accept
+        assert not list((root / "Training" / folder).glob(f"{first}.*")), folder
     assert (root / "Training" / "Images" / f"{first}.png").read_bytes() == before
     assert not (root / "Training" / "Images" / f"{first}.jpg").exists()
 

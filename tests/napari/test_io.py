@@ -20,8 +20,13 @@ from .gui import drop_files
 def test_open_a_split_folder_and_a_mask(make_napari_viewer, cihp_samples):
     viewer = make_napari_viewer()
     viewer.open(str(cihp_samples), plugin="napari-deeplab")
-    photo, parts = viewer.layers
+    photo, parts, people, instances = viewer.layers
     assert photo.name == "0002190" and parts.name == "0002190 parts"
+    assert people.name == "0002190 people" and instances.name == "0002190 instances"
+    for layer, folder in ((people, "Human_ids"), (instances, "Instance_ids")):
+        assert isinstance(layer, Labels)
+        stored = np.asarray(PIL.Image.open(cihp_samples / folder / "0002190.png"))
+        np.testing.assert_array_equal(layer.data, stored)
     np.testing.assert_array_equal(
         parts.data, np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0002190.png"))
     )
@@ -30,7 +35,12 @@ def test_open_a_split_folder_and_a_mask(make_napari_viewer, cihp_samples):
 
     viewer.layers.clear()
     viewer.open(str(cihp_samples / "Category_ids" / "0026375.png"), plugin="napari-deeplab")
-    assert [layer.name for layer in viewer.layers] == ["0026375", "0026375 parts"]
+    assert [layer.name for layer in viewer.layers] == [
+        "0026375",
+        "0026375 parts",
+        "0026375 people",
+        "0026375 instances",
+    ]
     assert viewer.layers[0].data.shape == (498, 500, 3)
 
 
@@ -39,6 +49,8 @@ def test_save_selected_layers_writes_a_sample_and_reads_back(
 ):
     viewer = make_napari_viewer()
     viewer.open(str(cihp_samples / "Category_ids" / "0005008.png"), plugin="napari-deeplab")
+    for name in ("0005008 people", "0005008 instances"):  # people made anew below
+        viewer.layers.remove(name)
     photo, parts = viewer.layers
     parts.data_setitem((np.array([10]), np.array([10])), 13)  # a correction
     people = viewer.add_labels((parts.data > 0).astype(np.uint8), name="0005008 people")
@@ -53,8 +65,16 @@ def test_save_selected_layers_writes_a_sample_and_reads_back(
 
     viewer.layers.clear()
     viewer.open(str(tmp_path / "dataset"), plugin="napari-deeplab")
-    assert [layer.name for layer in viewer.layers] == ["0005008", "0005008 parts", "0005008 people"]
+    assert [layer.name for layer in viewer.layers] == [
+        "0005008",
+        "0005008 parts",
+        "0005008 people",
+        "0005008 instances",
+    ]
     assert viewer.layers["0005008 parts"].data[10, 10] == 13
+    np.testing.assert_array_equal(  # one person: the instances are the parts
+        viewer.layers["0005008 instances"].data, viewer.layers["0005008 parts"].data
+    )
 
 
 # --- Which reader napari uses: the user's File > Open (or drag and drop) path ---------------
@@ -115,13 +135,13 @@ def test_file_open_of_a_split_folder_or_a_mask_offers_and_reads_cihp(
     reader_dialog.choice = OURS
     file_open(viewer, cihp_samples)
     assert OURS in reader_dialog.offered[-1]
-    assert [layer.name for layer in viewer.layers] == ["0002190", "0002190 parts"]
+    assert [layer.name for layer in viewer.layers][:2] == ["0002190", "0002190 parts"]
     assert isinstance(viewer.layers["0002190 parts"], Labels)
 
     viewer.layers.clear()
     file_open(viewer, cihp_samples / "Category_ids" / "0026375.png")
     assert sorted(reader_dialog.offered[-1]) == [BUILTINS, OURS]
-    assert [layer.name for layer in viewer.layers] == ["0026375", "0026375 parts"]
+    assert [layer.name for layer in viewer.layers][:2] == ["0026375", "0026375 parts"]
     np.testing.assert_array_equal(
         viewer.layers["0026375 parts"].data,
         np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0026375.png")),
@@ -285,3 +305,60 @@ def test_save_refuses_a_sample_changed_by_someone_else_since_it_was_opened(
     assert "since you opened it" in str(refused.value)  # who and when, from H1's record
     assert "\n" not in str(refused.value)
     assert cihp.read_sample(dataset, "0005008").category_ids[0, 0] == 7
+
+
+RECORD_FILES = (
+    "Images/{}.jpg",
+    "Category_ids/{}.png",
+    "Categories/{}.png",
+    "Human_ids/{}.png",
+    "Humans/{}.png",
+    "Instance_ids/{}.png",
+    "Instance_ids/{}.txt",
+    "Instances/{}.png",
+)
+
+
+def _open_all_and_save(viewer, source, target) -> None:
+    """File > Open ``source`` with napari-deeplab, select every layer (the instances too),
+    File > Save Selected Layers into ``target``."""
+    viewer.layers.clear()
+    viewer.open(str(source), plugin="napari-deeplab")
+    viewer.layers.selection = set(viewer.layers)
+    assert viewer.layers.save(str(target), selected=True, plugin="napari-deeplab")
+
+
+@pytest.mark.parametrize("sample_id", ["0005008"])
+def test_the_whole_record_of_a_real_sample_round_trips_through_napari_byte_for_byte(
+    make_napari_viewer, cihp_samples, tmp_path, sample_id
+):
+    viewer = make_napari_viewer()
+    mask = cihp_samples / "Category_ids" / f"{sample_id}.png"
+    _open_all_and_save(viewer, mask, tmp_path / "first")
+    assert [layer.name for layer in viewer.layers][2:] == [
+        f"{sample_id} people",
+        f"{sample_id} instances",
+    ]
+    first = tmp_path / "first" / "Training"
+    for name in RECORD_FILES:  # the people, instances and photo exactly as in tests/data
+        if not name.startswith("Categor"):
+            path = name.format(sample_id)
+            assert (first / path).read_bytes() == (cihp_samples / path).read_bytes(), path
+    _open_all_and_save(viewer, first / "Category_ids" / f"{sample_id}.png", tmp_path / "second")
+    second = tmp_path / "second" / "Training"
+    for name in RECORD_FILES:
+        path = name.format(sample_id)
+        assert (first / path).read_bytes() == (second / path).read_bytes(), path
+
+    # an edit of the people in napari is saved with instances derived from it
+    people = viewer.layers[f"{sample_id} people"]
+    parts = viewer.layers[f"{sample_id} parts"].data
+    merged = people.data.copy()
+    merged[merged == 2] = 1
+    people.visible = True  # opened hidden; napari paints on the layer shown
+    people.data_setitem(np.nonzero(people.data == 2), 1)
+    viewer.layers.selection = set(viewer.layers)
+    assert viewer.layers.save(str(tmp_path / "second"), selected=True, plugin="napari-deeplab")
+    sample = cihp.read_sample(tmp_path / "second", sample_id)
+    np.testing.assert_array_equal(sample.human_ids, merged)
+    np.testing.assert_array_equal(sample.instance_ids, cihp.part_instances(parts, merged)[0])

@@ -153,6 +153,11 @@ def test_review_queue_from_the_plugins_menu(
     sample = cihp.read_sample(root, IDS[2])
     np.testing.assert_array_equal(sample.category_ids, expected_parts)
     np.testing.assert_array_equal(sample.human_ids, expected_people)
+    instance_map, instances = cihp.part_instances(expected_parts, expected_people)
+    np.testing.assert_array_equal(sample.instance_ids, instance_map)  # the whole record
+    table = root / "Training" / "Instance_ids" / f"{IDS[2]}.txt"
+    assert table.read_text() == cihp.format_instance_table(instances)
+    assert (root / "Training" / "Instances" / f"{IDS[2]}.png").is_file()
     assert (root / "Training" / "Images" / f"{IDS[2]}.jpg").read_bytes() == (
         photos / f"{IDS[2]}.jpg"
     ).read_bytes()

@@ -2,11 +2,16 @@
 
 Reader: a CIHP root, a split folder (or a folder laid out like one), or a ``Category_ids``
 PNG beside its ``Images/`` photo opens as the photo, a parts Labels layer and, where the
-sample has them, its people. A folder opens its first sample; the review queue walks them all.
+sample has them, its people (``<photo> people``, from ``Human_ids``) and part instances
+(``<photo> instances``: the stored ``Instance_ids``, else derived from parts x people). A
+folder opens its first sample; the review queue walks them all.
 
 Writer: File > Save Selected Layers (or ``viewer.layers.save(path, selected=True,
 plugin="napari-deeplab")``) with a parts layer (with or without its photo and people layer)
-writes one CIHP sample, named after the photo layer (or the parts layer less " parts"). Where:
+writes one CIHP sample, named after the photo layer (or the parts layer less " parts"), with
+its whole CIHP record where people are saved (``Human_ids``, ``Humans``, ``Instance_ids`` and
+its ``.txt``, ``Instances``). An instances layer is information only: it is not saved (the
+instances are derived again from the parts and people; edit those). Where:
 
 - ``path`` an existing dataset (a CIHP root, or a split folder ``<dataset>/<split>``): into it.
 - ``path`` a new name inside an existing dataset or split folder: into that folder. napari's
@@ -33,6 +38,7 @@ from .. import cihp, photos
 from .parts_layer import PARTS_SUFFIX, parts_colormap, parts_features
 
 PEOPLE_SUFFIX = " people"
+INSTANCES_SUFFIX = " instances"
 
 
 def get_reader(path):
@@ -118,7 +124,34 @@ def sample_layers(sample: cihp.Sample, root=None, split: str | None = None) -> l
                 "labels",
             )
         )
+    instances = _instances_of(sample)
+    if instances is not None:
+        layers.append(
+            (
+                instances,
+                {
+                    "name": sample.sample_id + INSTANCES_SUFFIX,
+                    "visible": False,
+                    "metadata": dict(origin),
+                },
+                "labels",
+            )
+        )
     return layers
+
+
+def _instances_of(sample: cihp.Sample) -> np.ndarray | None:
+    """The sample's part-instance map (H x W uint8) for its information layer: as stored,
+    else derived from its parts x people; None without people."""
+    if sample.human_ids is None:
+        return None
+    if sample.instance_ids is not None and sample.instance_ids.shape == sample.human_ids.shape:
+        return sample.instance_ids
+    if sample.category_ids is None:
+        return None
+    with contextlib.suppress(ValueError):  # more instances than 8 bits: no layer
+        return cihp.part_instances(sample.category_ids, sample.human_ids)[0]
+    return None
 
 
 def read_cihp(root: Path, split: str | None, sample_id: str | None = None) -> list[tuple]:
@@ -144,7 +177,11 @@ def write_cihp(path: str, layer_data: list[tuple]) -> list[str]:
 
 def _write_cihp(path: str, layer_data: list[tuple]) -> list[str]:
     images = [(data, meta) for data, meta, kind in layer_data if kind == "image"]
-    labels = [(data, meta) for data, meta, kind in layer_data if kind == "labels"]
+    labels = [
+        (data, meta)
+        for data, meta, kind in layer_data
+        if kind == "labels" and not _base_name(meta["name"]).endswith(INSTANCES_SUFFIX)
+    ]  # instances are derived from the parts and people, never saved from their layer
     if len(images) > 1:
         raise ValueError("select one photo layer with its parts layer to save a CIHP sample")
     parts = [(d, m) for d, m in labels if not _base_name(m["name"]).endswith(PEOPLE_SUFFIX)]
@@ -273,7 +310,12 @@ def save_sample(
             "photo": str(written.get("Images", "")) or None,
             "version": sample_version(root, sample_id, split),
         }
-        for layer_name in (sample_id, sample_id + PARTS_SUFFIX, sample_id + PEOPLE_SUFFIX):
+        for layer_name in (
+            sample_id,
+            sample_id + PARTS_SUFFIX,
+            sample_id + PEOPLE_SUFFIX,
+            sample_id + INSTANCES_SUFFIX,
+        ):
             if layer_name in viewer.layers:
                 viewer.layers[layer_name].metadata[META_KEY] = dict(new)
     return written

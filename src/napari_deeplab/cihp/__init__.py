@@ -4,6 +4,7 @@ writer uses. ``from napari_deeplab import cihp`` gives the public API of the pac
 - :mod:`.labels`: class names, palette, left/right pairs and their swap table;
 - :mod:`.layout`: splits, the sample id rule, paths, the photo lookup, :func:`locate`;
 - :mod:`.png`: the label PNG encoder;
+- :mod:`.instances`: part instances from parts x people (``Instance_ids`` and its table);
 - :mod:`.commit`: the lock, the journal and recovery, :func:`commit_samples`;
 - :mod:`.samples`: listing, reading, staging, writing and removing samples, their versions;
 - :mod:`.scores`: the per-sample uncertainty scores file, merged under the commit lock.
@@ -15,6 +16,7 @@ from .commit import (
     ANY_VERSION,
     JOURNAL_NAME,
     LOCK_NAME,
+    NO_PEOPLE,
     WRITER_KEYS,
     SampleChangedError,
     SampleExistsError,
@@ -22,9 +24,17 @@ from .commit import (
     commit_samples,
     recover,
 )
+from .instances import (
+    MAX_PEOPLE_CIHP_NUMBERING,
+    Instance,
+    format_instance_table,
+    parse_instance_table,
+    part_instances,
+)
 from .labels import (
     CLASS_NAMES,
     HUMAN_COLOURS,
+    INSTANCE_COLOURS,
     LEFT_RIGHT_PAIRS,
     LEFT_RIGHT_SWAP,
     NUM_CLASSES,
@@ -33,8 +43,10 @@ from .labels import (
     colorize_humans,
 )
 from .layout import (
+    INSTANCE_TABLE,
     MAX_ID_BYTES,
     MAX_SUFFIX_LENGTH,
+    PEOPLE_FOLDERS,
     PHOTO_SUFFIXES,
     SAMPLE_FOLDERS,
     SPLIT_ID_FILES,
@@ -81,14 +93,19 @@ __all__ = [
     "ANY_VERSION",
     "CLASS_NAMES",
     "HUMAN_COLOURS",
+    "INSTANCE_COLOURS",
+    "INSTANCE_TABLE",
     "JOURNAL_NAME",
     "LEFT_RIGHT_PAIRS",
     "LEFT_RIGHT_SWAP",
     "LOCK_NAME",
     "MAX_ID_BYTES",
+    "MAX_PEOPLE_CIHP_NUMBERING",
     "MAX_SUFFIX_LENGTH",
+    "NO_PEOPLE",
     "NUM_CLASSES",
     "PALETTE",
+    "PEOPLE_FOLDERS",
     "PHOTO_SUFFIXES",
     "SAMPLE_FOLDERS",
     "SCORES_FILE",
@@ -97,6 +114,7 @@ __all__ = [
     "WRITERS_FOLDER",
     "WRITER_KEYS",
     "DatasetError",
+    "Instance",
     "Location",
     "Sample",
     "SampleChangedError",
@@ -110,10 +128,13 @@ __all__ = [
     "colorize_humans",
     "commit_samples",
     "find_image",
+    "format_instance_table",
     "id_list_path",
     "list_samples",
     "locate",
     "normal_id",
+    "parse_instance_table",
+    "part_instances",
     "photos_of",
     "ranked",
     "read_id_list",

@@ -36,10 +36,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from .. import files
+from .instances import sample_instance_writers
 from .layout import (
+    PEOPLE_FOLDERS,
     SAMPLE_FOLDERS,
     SPLIT_ID_FILES,
     WRITERS_FOLDER,
@@ -57,6 +60,7 @@ from .layout import (
     photos_of,
     remember_listing,
     sample_id_problem,
+    sample_paths,
     split_folder,
 )
 
@@ -85,6 +89,16 @@ class _AnyVersion:
 
 ANY_VERSION = _AnyVersion()
 """``expected_version`` meaning "whatever is there" (``overwrite`` decides)."""
+
+
+class _NoPeople:
+    def __repr__(self) -> str:
+        return "cihp.NO_PEOPLE"
+
+
+NO_PEOPLE = _NoPeople()
+"""``human_ids`` meaning "this sample has no people": an overwrite removes its people and
+instance files (with ``human_ids=None`` it keeps those that fit the new mask)."""
 
 
 class SampleChangedError(DatasetError):
@@ -353,7 +367,8 @@ def _split_of(id_list_name: str) -> str:
 
 def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
     """The journal record of a staged sample: its renames, and the removal of its photo of
-    another photo suffix (``x.jpg`` replaced by ``x.png``) and of people maps of another size."""
+    another photo suffix (``x.jpg`` replaced by ``x.png``) and of people and instance files
+    that do not fit its new mask (:func:`_people_kept_or_removed`)."""
     written = set(sample.staged)
     removals = []
     if "Images" in sample.paths:
@@ -367,10 +382,8 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
             info = os.lstat(old)
             if old != destination and (info.st_dev, info.st_ino) != same:
                 removals.append(old)
-    for folder in ("Human_ids", "Humans"):
-        old = split_dir / folder / f"{sample.sample_id}.png"
-        if old not in written and old.exists() and _size_differs(old, sample.shape):
-            removals.append(old)
+    if "Human_ids" not in sample.paths:
+        removals += _people_kept_or_removed(split_dir, sample)
     record = split_dir / WRITERS_FOLDER / f"{sample.sample_id}.json"
     if record not in written and os.path.lexists(record):  # it described the version replaced
         removals.append(record)
@@ -384,12 +397,42 @@ def _commit_record(split_dir: Path, sample: StagedSample) -> dict:
     }
 
 
-def _size_differs(path: Path, shape) -> bool:
+def _people_kept_or_removed(split_dir: Path, sample: StagedSample) -> list[Path]:
+    """For a sample written without people, under the lock: its committed ``Human_ids`` are
+    kept when they are an 8-bit map of the new mask's size (unless written with
+    :data:`NO_PEOPLE`), and their part instances are derived again from the new parts
+    (staged into ``sample`` here, so they commit with it); otherwise its people and instance
+    files are returned, to be removed in the same commit."""
+    sample_id = sample.sample_id
+    kept = None
+    if not sample.drop_people:
+        kept = _readable_people(split_dir / "Human_ids" / f"{sample_id}.png", sample.shape)
+    if kept is None:
+        stale = [split_dir / folder / f"{sample_id}.png" for folder in PEOPLE_FOLDERS]
+        stale.append(split_dir / "Instance_ids" / f"{sample_id}.txt")
+        return [path for path in stale if os.path.lexists(path)]
+    with Image.open(sample.staged[sample.paths["Category_ids"]]) as staged_parts:
+        parts = np.asarray(staged_parts)
+    paths = sample_paths(split_dir, sample_id, None)
+    for key, write in sample_instance_writers(sample_id, parts, kept).items():
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        sample.staged[paths[key]] = files.stage(paths[key], write)
+        sample.paths[key] = paths[key]
+        files.checkpoint(f"staged kept people's {key}")
+    return []
+
+
+def _readable_people(path: Path, shape) -> np.ndarray | None:
+    """The 8-bit people map at ``path`` (a regular file) when it has ``shape``, else None."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
         with Image.open(path) as image:
-            return shape is None or (image.height, image.width) != tuple(shape)
-    except OSError:
-        return True
+            if image.mode not in ("L", "P") or (image.height, image.width) != tuple(shape):
+                return None
+            return np.asarray(image)
+    except (OSError, ValueError):
+        return None
 
 
 def _relative(path: Path, split_dir: Path) -> str:

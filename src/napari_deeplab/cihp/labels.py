@@ -88,3 +88,24 @@ def colorize_humans(human_ids: np.ndarray) -> np.ndarray:
     """The picture of a person-instance map (H x W ints in 0..255): background black, each
     person a colour, as H x W x 3 uint8."""
     return HUMAN_COLOURS[np.asarray(human_ids)]
+
+
+def _bit_shuffle_colours(count: int) -> np.ndarray:
+    """``count`` x 3 uint8: the PASCAL VOC colour map (the bits of each index spread over the
+    high bits of R, G and B), which keeps neighbouring indices far apart in colour."""
+    colours = np.zeros((count, 3), np.uint8)
+    for index in range(count):
+        value, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colours[index] = r, g, b
+    return colours
+
+
+INSTANCE_COLOURS = _bit_shuffle_colours(256)
+"""256 x 3 uint8: the colour of each part-instance value in ``Instances/`` pictures (0 black):
+the PASCAL VOC colour map, so the instances of one picture are told apart."""
+INSTANCE_COLOURS.setflags(write=False)

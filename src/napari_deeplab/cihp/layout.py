@@ -22,8 +22,24 @@ class DatasetError(ValueError):
 SPLIT_ID_FILES = {"Training": "train_id.txt", "Validation": "val_id.txt", "Testing": "test_id.txt"}
 """The id list of each split of the official layout."""
 
-SAMPLE_FOLDERS = ("Images", "Category_ids", "Categories", "Human_ids", "Humans")
-"""The folders of a split that hold a sample's files, one file each."""
+SAMPLE_FOLDERS = (
+    "Images",
+    "Category_ids",
+    "Categories",
+    "Human_ids",
+    "Humans",
+    "Instance_ids",
+    "Instances",
+)
+"""The folders of a split that hold a sample's files: one ``<id>.png`` each (the photo any
+photo suffix), and ``Instance_ids`` also the instance table ``<id>.txt``."""
+
+PEOPLE_FOLDERS = ("Human_ids", "Humans", "Instance_ids", "Instances")
+"""The folders of a sample's people and part instances (written only where people exist)."""
+
+INSTANCE_TABLE = "Instance_table"
+"""The key of ``Instance_ids/<id>.txt`` (``<value> <class_id> <person_id>`` lines) among a
+sample's paths (:func:`sample_paths`)."""
 
 MAX_ID_BYTES = 120
 """Longest sample id (UTF-8 bytes): its temporary file names must stay under NAME_MAX (255)."""
@@ -105,12 +121,14 @@ def sample_paths(
     image_suffix: str = ".png",
 ) -> dict[str, Path]:
     """Where each file of a sample lives: keys ``Images``, ``Category_ids``, ``Categories``,
-    ``Human_ids`` and ``Humans``."""
+    ``Human_ids``, ``Humans``, ``Instance_ids``, ``Instances`` and :data:`INSTANCE_TABLE`
+    (``Instance_ids/<id>.txt``)."""
     base = split_folder(root, split)
     sample_id = normal_id(check_sample_id(sample_id))
     paths = {"Images": base / "Images" / f"{sample_id}{image_suffix}"}
     for folder in SAMPLE_FOLDERS[1:]:
         paths[folder] = base / folder / f"{sample_id}.png"
+    paths[INSTANCE_TABLE] = base / "Instance_ids" / f"{sample_id}.txt"
     return paths
 
 
@@ -362,7 +380,7 @@ def check_real_folders(split_dir: Path) -> None:
 def is_sample_file(relative, sample_id: str, renamed: bool = False) -> bool:
     """Whether ``relative`` (to the split) names a file of ``sample_id``: its photo (any photo
     suffix; a renamed-in photo any suffix at all, as ``write_sample`` keeps it), a mask or
-    picture, or its writer record."""
+    picture, its instance table (``Instance_ids/<id>.txt``), or its writer record."""
     if not isinstance(relative, str) or not relative.isprintable():
         return False
     folder, _, name = relative.rpartition("/")
@@ -377,6 +395,8 @@ def is_sample_file(relative, sample_id: str, renamed: bool = False) -> bool:
                 and not set(suffix[1:]) & {".", "/", "\\"}
             )
         )
+    if folder == "Instance_ids" and name == f"{sample_id}.txt":
+        return True
     if folder in SAMPLE_FOLDERS:
         return name == f"{sample_id}.png"
     return folder == WRITERS_FOLDER and name == f"{sample_id}.json"

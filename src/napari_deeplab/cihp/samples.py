@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import files, photos
 from . import commit
-from .commit import ANY_VERSION, reading
+from .commit import ANY_VERSION, NO_PEOPLE, reading
+from .instances import sample_instance_writers
 from .labels import HUMAN_COLOURS, NUM_CLASSES, PALETTE
 from .layout import (
     MAX_SUFFIX_LENGTH,
@@ -159,13 +160,16 @@ def _writer_record(tool: str | None, photo_name: str | None) -> dict:
 class Sample:
     """One sample read back: ``image`` H x W x 3 uint8 RGB (as
     :func:`napari_deeplab.photos.read_photo` decodes it), ``category_ids`` H x W uint8 (None
-    for an unlabelled Testing photo), ``human_ids`` H x W uint8 or None, ``image_path``."""
+    for an unlabelled Testing photo), ``human_ids`` H x W uint8 or None, ``image_path``;
+    ``instance_ids`` H x W uint8 or None: the ``Instance_ids`` map as stored, for information
+    (a writer derives it again from parts x people, so one that disagrees is not kept)."""
 
     sample_id: str
     image: np.ndarray
     category_ids: np.ndarray | None
     human_ids: np.ndarray | None
     image_path: Path
+    instance_ids: np.ndarray | None = None
 
 
 def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Training") -> Sample:
@@ -183,7 +187,14 @@ def read_sample(root: str | os.PathLike, sample_id: str, split: str | None = "Tr
             path = pending.resolve(paths[key]) if pending else paths[key]
             return _read_array(path) if path is not None and path.exists() else None
 
-        return Sample(sample_id, image, optional("Category_ids"), optional("Human_ids"), image_path)
+        return Sample(
+            sample_id,
+            image,
+            optional("Category_ids"),
+            optional("Human_ids"),
+            image_path,
+            optional("Instance_ids"),
+        )
 
 
 def _read_photo(path: Path) -> np.ndarray:
@@ -218,14 +229,19 @@ def write_sample(
     ``category_ids``: H x W integers in 0..19. ``image_path`` is copied byte for byte into
     ``Images/`` (its suffix kept); else ``image`` (H x W [x 3|4] uint8) is written as a
     lossless PNG. ``human_ids`` (H x W integers, 0 background, 1..255 people) adds
-    ``Human_ids/`` and its picture ``Humans/``.
+    ``Human_ids/`` and its picture ``Humans/``, and the part instances derived from parts x
+    people (:mod:`~napari_deeplab.cihp.instances`): ``Instance_ids/<id>.png`` with its table
+    ``Instance_ids/<id>.txt`` and the picture ``Instances/``. Without ``human_ids`` an overwrite
+    keeps the sample's people when they fit the new mask (its instances derived again from
+    the new parts in the same commit) and removes them otherwise; ``human_ids=NO_PEOPLE``
+    removes them in any case.
 
     Everything is checked before anything is written, then the sample is committed with the
     dataset's commit protocol (:func:`stage_sample`, :func:`commit_samples`): all or nothing,
     even across a crash, and safe against concurrent writers. Whether the sample exists is
     decided at commit time under the split's lock: :class:`SampleExistsError` unless
     ``overwrite``. An overwrite replaces the sample's files and removes its photo of another
-    photo suffix (and people maps that no longer fit the mask).
+    photo suffix (and people and instance files that no longer fit the mask).
 
     ``expected_version``: :data:`ANY_VERSION` (``overwrite`` decides); None: the sample must
     not be listed; a :func:`sample_version` string: replace the sample only if that is still
@@ -269,6 +285,7 @@ class StagedSample:
     shape: tuple[int, int] | None
     overwrite: bool
     expected_version: object = ANY_VERSION
+    drop_people: bool = False
 
     def discard(self) -> None:
         """Remove the temporaries (a sample that will not be committed)."""
@@ -307,9 +324,9 @@ def stage_sample(
         raise DatasetError(
             f"sample {sample_id}: mask shape {labels.shape} differs from image shape {photo_shape}"
         )
-    people = None
-    if human_ids is not None:
-        people = _checked_ids(human_ids, "human ids", 255)
+    people, drop_people = None, human_ids is NO_PEOPLE
+    if human_ids is not None and not drop_people:
+        people = _checked_ids(human_ids, f"sample {sample_id}: human ids", 255)
         if people.shape != labels.shape:
             raise DatasetError(
                 f"sample {sample_id}: human ids shape {people.shape} differs from "
@@ -329,6 +346,7 @@ def stage_sample(
     if people is not None:
         writers["Human_ids"] = lambda tmp: save_label_png(people, tmp)
         writers["Humans"] = lambda tmp: save_rgb_png(people, HUMAN_COLOURS, tmp)
+        writers.update(sample_instance_writers(sample_id, labels, people))
     record_path = split_dir / WRITERS_FOLDER / f"{sample_id}.json"
     sample = StagedSample(
         split_dir,
@@ -339,6 +357,7 @@ def stage_sample(
         labels.shape,
         overwrite,
         expected_version,
+        drop_people,
     )
     try:
         for key, write in writers.items():
@@ -392,6 +411,7 @@ def remove_sample(
         removals = [
             *photos_of(split_dir / "Images", sample_id, follow=False),
             *(split_dir / folder / f"{sample_id}.png" for folder in SAMPLE_FOLDERS[1:]),
+            split_dir / "Instance_ids" / f"{sample_id}.txt",
             split_dir / WRITERS_FOLDER / f"{sample_id}.json",
         ]
         removals = [path for path in removals if os.path.lexists(path)]
@@ -410,7 +430,10 @@ def _checked_ids(array, what: str, largest: int) -> np.ndarray:
             "it to integers first; NaN is no class)"
         )
     if array.size and (array.min() < 0 or array.max() > largest):
-        raise DatasetError(f"{what} must lie in 0..{largest}, got {array.min()}..{array.max()}")
+        limit = " (an 8-bit map holds at most 255 people)" if largest == 255 else ""
+        raise DatasetError(
+            f"{what} must lie in 0..{largest}{limit}, got {array.min()}..{array.max()}"
+        )
     return np.ascontiguousarray(array, dtype=np.uint8)  # no copy when it is uint8 already
 
 
