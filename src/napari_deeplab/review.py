@@ -151,8 +151,8 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
         twice = next(i for i in ids if i in seen or seen.add(i))
         names = ", ".join(item.photo.name for item in items if item.sample_id == twice)
         raise ValueError(
-            f"{source}: the photos {names} have one id {twice!r} (ids are file stems, their "
-            "dots written as '_'); rename one"
+            f"{source}: the photos {names} share a file stem, the id {twice!r} (ids are "
+            "file stems, their dots written as '_'); rename one"
         )
     for sample_id in ids:
         cihp.check_new_sample_id(sample_id)
