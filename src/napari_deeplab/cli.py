@@ -511,11 +511,13 @@ def _predict(args) -> int:
             people=args.people,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
+    converted = 0  # written with a note: a photo stored as PNG (not JPEG or PNG)
     try:
         with tqdm(total=len(paths), unit="photo", file=sys.stderr, dynamic_ncols=True) as bar:
             for outcome in outcomes:
                 counts[outcome.status] += 1
-                if outcome.status != "written":
+                converted += outcome.status == "written" and bool(outcome.message)
+                if outcome.status != "written" or outcome.message:
                     bar.write(
                         f"{outcome.path}: {outcome.status}: {outcome.message}", file=sys.stderr
                     )
@@ -523,9 +525,15 @@ def _predict(args) -> int:
     except engine_errors as error:
         print(f"napari-deeplab: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    note = (
+        f" ({converted} photo{'s' if converted > 1 else ''} converted losslessly to PNG: "
+        "Images/ holds JPEG or PNG only)"
+        if converted
+        else ""
+    )
     print(
-        f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
-        f"-> {os.path.join(args.out, args.split)}"
+        f"{counts['written']} written{note}, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed -> {os.path.join(args.out, args.split)}"
     )
     return EXIT_SOME_FAILED if counts["failed"] or problems else EXIT_OK
 

@@ -71,28 +71,27 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     return unique, problems
 
 
-def _file_stem(path: str | os.PathLike) -> str:
-    return Path(path).stem
-
-
-def check_unique_ids(locations: Sequence, id_of: Callable[[Any], str] = _file_stem) -> list[str]:
+def check_unique_ids(
+    locations: Sequence, id_of: Callable[[Any], str] = cihp.sample_id_of_file
+) -> list[str]:
     """The sample id of each of ``locations`` (photo paths, or what ``id_of`` takes), in order.
 
     Raises :class:`InputError` if two share an id, ids differing only in case or Unicode
     normalisation included (one file on macOS and Windows), or
     :class:`~napari_deeplab.cihp.DatasetError` if an id cannot be one
-    (:func:`~napari_deeplab.cihp.check_sample_id`). ``id_of``: a location's id, default its
-    file stem (the Ray engine's also reads URIs: :func:`~napari_deeplab.ray_engine.sample_id_of`)."""
+    (:func:`~napari_deeplab.cihp.check_new_sample_id`). ``id_of``: a location's id, default its
+    file stem with dots as ``_`` (:func:`~napari_deeplab.cihp.sample_id_of_file`; the Ray
+    engine's also reads URIs: :func:`~napari_deeplab.ray_engine.sample_id_of`)."""
     seen: dict[str, Any] = {}
     ids = []
     for location in locations:
-        sample_id = cihp.check_sample_id(id_of(location))
+        sample_id = cihp.check_new_sample_id(id_of(location))
         key = cihp.normal_id(sample_id).casefold()
         if key in seen:
             raise InputError(
                 f"two inputs have the id {sample_id!r} (ids differing only in case "
                 f"are one on macOS and Windows): {seen[key]} and {location}; rename "
-                "one (ids are file stems)"
+                "one (ids are file stems, their dots written as '_')"
             )
         seen[key] = location
         ids.append(sample_id)
@@ -171,16 +170,17 @@ def prelabel_files(
     require_classes(model, cihp.NUM_CLASSES, f"model {model.name!r}")
     cihp.check_split(split)
     check_unique_ids(paths)
-    skipped = listed_outcomes([(path, path.stem) for path in paths], out, split, overwrite)
+    ids = {path: cihp.sample_id_of_file(path) for path in paths}
+    skipped = listed_outcomes([(path, ids[path]) for path in paths], out, split, overwrite)
     yield from skipped.values()
-    todo = [path for path in paths if path.stem not in skipped]
+    todo = [path for path in paths if ids[path] not in skipped]
 
     def read(_, path):
         try:
             with timed(clock, "read"):
                 return read_photo(path), path
         except ValueError as error:
-            return Failed(FileOutcome(path, path.stem, "failed", str(error)))
+            return Failed(FileOutcome(path, ids[path], "failed", str(error)))
 
     photo_scores: dict[Path, dict] = {}
 
@@ -275,7 +275,7 @@ def stage_photo(
     out : path-like
         The dataset root.
     photo : Path
-        The photo file, copied into ``Images/``.
+        The photo file, copied into ``Images/`` (converted to PNG unless JPEG or PNG).
     labels : ndarray
         H x W uint8 class ids, at the photo's size.
     split : str
@@ -283,7 +283,7 @@ def stage_photo(
     overwrite : bool
         Replace a sample of that id.
     sample_id : str, optional
-        The sample's id; default the photo's file stem.
+        The sample's id; default :func:`~napari_deeplab.cihp.sample_id_of_file` of the photo.
     human_ids : ndarray, optional
         H x W uint8 people (0 none, 1..N), written as ``Human_ids`` and ``Humans``.
 
@@ -296,7 +296,7 @@ def stage_photo(
     try:
         return photo, cihp.stage_sample(
             out,
-            sample_id or photo.stem,
+            sample_id or cihp.sample_id_of_file(photo),
             labels,
             split=split,
             image_path=photo,
@@ -340,7 +340,7 @@ def commit_outcomes(out, split: str, results: Sequence[tuple[Path, object]]) -> 
         if isinstance(sample, FileOutcome):
             outcomes.append(sample)
         else:
-            outcomes.append(_commit_outcome(out, path, split, next(errors)))
+            outcomes.append(_commit_outcome(out, path, split, next(errors), sample))
     return outcomes
 
 
@@ -349,15 +349,18 @@ def _discard(result: tuple[Path, object]) -> None:
         result[1].discard()
 
 
-def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> FileOutcome:
-    """The outcome of committing ``path``'s sample: written (no ``error``), skipped (another
-    writer committed it first) or failed."""
+def _commit_outcome(
+    out, path: Path, split: str, error: Exception | None, sample: cihp.StagedSample
+) -> FileOutcome:
+    """The outcome of committing ``path``'s ``sample``: written (no ``error``; its message the
+    sample's note, such as a photo converted to PNG), skipped (another writer committed it
+    first) or failed."""
     if error is None:
-        return FileOutcome(path, path.stem, "written")
+        return FileOutcome(path, sample.sample_id, "written", sample.note)
     if isinstance(error, cihp.SampleExistsError):
         return FileOutcome(
             path,
-            path.stem,
+            sample.sample_id,
             "skipped",
             f"committed to {Path(out) / split} by "
             "another writer while this batch ran; kept (--overwrite replaces it)",
@@ -367,4 +370,6 @@ def _commit_outcome(out, path: Path, split: str, error: Exception | None) -> Fil
 
 def write_failure(path: Path, error: Exception) -> FileOutcome:
     """The outcome of a photo whose sample could not be staged or committed (``error`` says why)."""
-    return FileOutcome(path, path.stem, "failed", f"cannot write the sample ({error})")
+    return FileOutcome(
+        path, cihp.sample_id_of_file(path), "failed", f"cannot write the sample ({error})"
+    )

@@ -96,11 +96,11 @@ def is_uri(location: str) -> bool:
 
 
 def sample_id_of(location: str) -> str:
-    """The sample id of a photo: its file stem (``s3://b/photos/0005008.jpg`` -> ``0005008``;
-    a URI's percent-escapes decoded)."""
+    """The sample id of a photo: :func:`~napari_deeplab.cihp.sample_id_of_file` of its name
+    (``s3://b/photos/0005008.jpg`` -> ``0005008``; a URI's percent-escapes decoded)."""
     if is_uri(location):
-        return Path(urllib.parse.unquote(posixpath.basename(location.partition("://")[2]))).stem
-    return Path(location).stem
+        location = urllib.parse.unquote(posixpath.basename(location.partition("://")[2]))
+    return cihp.sample_id_of_file(location)
 
 
 def expand_ray_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -144,12 +144,18 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     photos = list_photos(folder)
     if not photos:
         raise FileNotFoundError(f"{source}: no photos ({', '.join(IMAGE_SUFFIXES)})")
-    items = [QueueItem(p.stem, p) for p in photos]
+    items = [QueueItem(cihp.sample_id_of_file(p), p) for p in photos]
     ids = [item.sample_id for item in items]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{source}: two photos share a file stem; ids must be unique")
+        seen: set[str] = set()
+        twice = next(i for i in ids if i in seen or seen.add(i))
+        names = ", ".join(item.photo.name for item in items if item.sample_id == twice)
+        raise ValueError(
+            f"{source}: the photos {names} share a file stem, the id {twice!r} (ids are "
+            "file stems, their dots written as '_'); rename one"
+        )
     for sample_id in ids:
-        cihp.check_sample_id(sample_id)
+        cihp.check_new_sample_id(sample_id)
     return items
 
 

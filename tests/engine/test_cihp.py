@@ -58,9 +58,11 @@ def test_id_list_stays_sorted_and_unique(tmp_path):
 
 
 def test_existing_sample_is_refused_without_overwrite(tmp_path):
-    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8))
+    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8), image=np.zeros((3, 3), np.uint8))
     with pytest.raises(cihp.DatasetError, match="overwrite"):
-        cihp.write_sample(tmp_path, "x", np.zeros((3, 3), np.uint8))
+        cihp.write_sample(
+            tmp_path, "x", np.zeros((3, 3), np.uint8), image=np.zeros((3, 3), np.uint8)
+        )
     assert np.asarray(Image.open(tmp_path / "Training" / "Category_ids" / "x.png")).max() == 1
 
 
@@ -69,18 +71,20 @@ def test_bad_ids_and_labels_are_rejected_before_writing(tmp_path, bad_id):
     with pytest.raises(cihp.DatasetError):
         cihp.write_sample(tmp_path, bad_id, np.zeros((3, 3), np.uint8))
     with pytest.raises(cihp.DatasetError, match="0..19"):
-        cihp.write_sample(tmp_path, "ok", np.full((3, 3), 20))
+        cihp.write_sample(tmp_path, "ok", np.full((3, 3), 20), image=np.zeros((3, 3), np.uint8))
     with pytest.raises(cihp.DatasetError, match="differs"):
         cihp.write_sample(
             tmp_path, "ok", np.zeros((3, 3), int), image=np.zeros((4, 3, 3), np.uint8)
         )
     with pytest.raises(cihp.DatasetError, match="split"):
-        cihp.write_sample(tmp_path, "ok", np.zeros((3, 3), int), split="Train")
+        cihp.write_sample(
+            tmp_path, "ok", np.zeros((3, 3), int), split="Train", image=np.zeros((3, 3), np.uint8)
+        )
     assert not any(tmp_path.iterdir())
 
 
 def test_failure_part_way_leaves_the_dataset_as_it_was(tmp_path):
-    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8))
+    cihp.write_sample(tmp_path, "x", np.ones((3, 3), np.uint8), image=np.zeros((3, 3), np.uint8))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # The photo to copy is missing: the masks were already staged when the copy fails.
     with pytest.raises(OSError):

@@ -60,19 +60,25 @@ def _assert_untouched(files: dict[Path, bytes]) -> None:
 
 @pytest.mark.one_backend
 def test_an_id_list_saved_by_notepad_still_protects_its_samples(tmp_path):
-    cihp.write_sample(tmp_path, "0002190", np.full(SHAPE, 5, np.uint8))  # a hand correction
-    cihp.write_sample(tmp_path, "0005008", np.full(SHAPE, 5, np.uint8))
+    cihp.write_sample(
+        tmp_path, "0002190", np.full(SHAPE, 5, np.uint8), image=np.zeros(SHAPE, np.uint8)
+    )  # a hand correction
+    cihp.write_sample(
+        tmp_path, "0005008", np.full(SHAPE, 5, np.uint8), image=np.zeros(SHAPE, np.uint8)
+    )
     id_list = tmp_path / "Training" / "train_id.txt"
     id_list.write_bytes(b"\xef\xbb\xbf0002190\r\n0005008\r\n")  # Notepad: BOM and CRLF
     assert cihp.list_samples(tmp_path, "Training") == ["0002190", "0005008"]
     with pytest.raises(cihp.SampleExistsError):  # what a plain predict meets at commit time
-        cihp.write_sample(tmp_path, "0002190", np.zeros(SHAPE, np.uint8))
+        cihp.write_sample(
+            tmp_path, "0002190", np.zeros(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+        )
     from napari_deeplab.prelabel import listed_outcomes
 
     skipped = listed_outcomes([(Path("0002190.jpg"), "0002190")], tmp_path, "Training", False)
     assert skipped["0002190"].status == "skipped"
     assert np.asarray(Image.open(tmp_path / "Training" / "Category_ids" / "0002190.png")).max() == 5
-    cihp.write_sample(tmp_path, "new", np.zeros(SHAPE, np.uint8))
+    cihp.write_sample(tmp_path, "new", np.zeros(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     assert id_list.read_bytes() == b"0002190\n0005008\nnew\n"  # written without BOM, with \n
 
 
@@ -86,7 +92,7 @@ def test_old_mac_line_ends_and_decomposed_ids_are_one_sample(tmp_path):
     (tmp_path / "Training" / "train_id.txt").write_bytes(f"a\r{nfd}\rb".encode())
     assert cihp.list_samples(tmp_path, "Training") == ["a", nfc, "b"]
     with pytest.raises(cihp.SampleExistsError):
-        cihp.write_sample(tmp_path, nfc, np.zeros(SHAPE, np.uint8))
+        cihp.write_sample(tmp_path, nfc, np.zeros(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     assert (
         cihp.sample_exists(tmp_path, nfd)
         and cihp.read_sample(tmp_path, nfd).category_ids.max() == 1
@@ -95,12 +101,17 @@ def test_old_mac_line_ends_and_decomposed_ids_are_one_sample(tmp_path):
 
 @pytest.mark.one_backend
 def test_an_id_differing_only_in_case_from_a_listed_one_is_refused(tmp_path):
-    cihp.write_sample(tmp_path, "Photo1", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(tmp_path, "Photo1", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     with pytest.raises(
         cihp.DatasetError, match="differs only in case from the listed sample Photo1"
     ):
-        cihp.write_sample(tmp_path, "photo1", np.zeros(SHAPE, np.uint8))
-    staged = [cihp.stage_sample(tmp_path, i, np.zeros(SHAPE, np.uint8)) for i in ("ab", "AB")]
+        cihp.write_sample(
+            tmp_path, "photo1", np.zeros(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+        )
+    staged = [
+        cihp.stage_sample(tmp_path, i, np.zeros(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
+        for i in ("ab", "AB")
+    ]
     results = cihp.commit_samples(staged)
     assert results[0] is None and "differ only in case" in str(results[1])
     assert cihp.list_samples(tmp_path, "Training") == ["Photo1", "ab"]
@@ -185,7 +196,9 @@ def test_a_split_folder_that_is_a_link_is_refused(tmp_path):
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "Training").symlink_to(next(iter(files)).parent)
     with pytest.raises(cihp.DatasetError, match="is a symbolic link"):
-        cihp.write_sample(tmp_path / "shared", "x", np.ones(SHAPE, np.uint8))
+        cihp.write_sample(
+            tmp_path / "shared", "x", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+        )
     _assert_untouched(files)
 
 
@@ -251,7 +264,7 @@ def test_a_planted_journal_with_linked_folders_is_not_rolled_forward(tmp_path):
     ):
         journal = _plant(root, {"id_list": "train_id.txt", "samples": [bad]})
         with pytest.raises(cihp.DatasetError, match="was not applied"):
-            cihp.write_sample(root, "z", np.ones(SHAPE, np.uint8))
+            cihp.write_sample(root, "z", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     journal.unlink()
     after = {p: p.read_bytes() for p in split.rglob("*") if p.is_file() and not p.is_symlink()}
     assert {p: d for p, d in after.items() if p.parent.name not in ("Humans", "Human_ids")} == {
@@ -291,14 +304,16 @@ def test_a_planted_temporary_that_is_a_link_is_not_renamed_into_the_dataset(tmp_
 def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
     files = _victim(tmp_path)
     root = tmp_path / "shared"
-    cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(root, "x", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     lock = root / "Training" / cihp.LOCK_NAME
     lock.unlink()
     lock.symlink_to(tmp_path / "victim" / ".ssh" / "authorized_keys")
     for action in (
         lambda: cihp.list_samples(root, "Training"),
         lambda: cihp.read_sample(root, "x"),
-        lambda: cihp.write_sample(root, "y", np.ones(SHAPE, np.uint8)),
+        lambda: cihp.write_sample(
+            root, "y", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+        ),
     ):
         with pytest.raises(
             cihp.DatasetError,
@@ -311,15 +326,17 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     with pytest.raises(cihp.DatasetError, match="not a regular file"):
         cihp.list_samples(root, "Training")
     lock.rmdir()
-    cihp.write_sample(root, "y", np.ones(SHAPE, np.uint8))  # made again
+    cihp.write_sample(
+        root, "y", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8)
+    )  # made again
     assert lock.is_file() and not lock.is_symlink()
 
 
 def test_the_lock_file_is_never_truncated(tmp_path):
-    cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(tmp_path, "x", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     lock = tmp_path / "Training" / cihp.LOCK_NAME
     lock.write_bytes(b"kept")
-    cihp.write_sample(tmp_path, "y", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(tmp_path, "y", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     cihp.list_samples(tmp_path, "Training")
     assert lock.read_bytes() == b"kept"
 
@@ -387,7 +404,7 @@ def _namespaces_available() -> bool:
 )
 def test_a_writer_in_another_container_keeps_its_live_temporaries(tmp_path, hostnames):
     root = tmp_path / "shared"
-    cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     writer = subprocess.Popen(
         _in_container(hostnames[0]) + [sys.executable, "-c", STAGE_AND_WAIT, str(root), "live"],
         env=_env(),
@@ -423,7 +440,7 @@ def test_a_writer_in_another_container_keeps_its_live_temporaries(tmp_path, host
 
 def test_a_dead_writer_of_this_host_is_swept_at_once(tmp_path):
     root = tmp_path / "d"
-    cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8))
+    cihp.write_sample(root, "first", np.ones(SHAPE, np.uint8), image=np.zeros(SHAPE, np.uint8))
     writer = subprocess.Popen(
         [sys.executable, "-c", STAGE_AND_WAIT, str(root), "dead"],
         env=_env(),

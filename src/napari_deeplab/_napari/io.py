@@ -248,20 +248,21 @@ def save_sample(
             f"sample id (e.g. '{original.removesuffix(PARTS_SUFFIX)}') to save "
             "them: nothing was written"
         )
-    sample_id = name if image is not None else name.removesuffix(PARTS_SUFFIX)
-    if image is None and sample_id == name:
+    layer_id = name if image is not None else name.removesuffix(PARTS_SUFFIX)
+    if image is None and layer_id == name:
         raise ValueError(f"'{name}' is not named '<photo> parts': select its photo too")
-    cihp.check_sample_id(sample_id)
+    # napari names a photo's layer by its file stem: its dots become '_' as in every writer
+    sample_id = cihp.check_new_sample_id(cihp.sample_id_from_stem(layer_id))
     origin = (parts_meta.get("metadata") or {}).get(META_KEY) or {}
     photo_array, photo_path = None, None
     viewer = napari.current_viewer()
     if (
         image is None
         and viewer is not None
-        and sample_id in viewer.layers
-        and isinstance(viewer.layers[sample_id], napari.layers.Image)
+        and layer_id in viewer.layers
+        and isinstance(viewer.layers[layer_id], napari.layers.Image)
     ):
-        layer = viewer.layers[sample_id]
+        layer = viewer.layers[layer_id]
         image = (
             layer.data,
             {"name": layer.name, "metadata": layer.metadata, "source_path": layer.source.path},
@@ -311,10 +312,10 @@ def save_sample(
             "version": sample_version(root, sample_id, split),
         }
         for layer_name in (
-            sample_id,
-            sample_id + PARTS_SUFFIX,
-            sample_id + PEOPLE_SUFFIX,
-            sample_id + INSTANCES_SUFFIX,
+            layer_id,
+            layer_id + PARTS_SUFFIX,
+            layer_id + PEOPLE_SUFFIX,
+            layer_id + INSTANCES_SUFFIX,
         ):
             if layer_name in viewer.layers:
                 viewer.layers[layer_name].metadata[META_KEY] = dict(new)

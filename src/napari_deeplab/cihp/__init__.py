@@ -5,6 +5,7 @@ writer uses. ``from napari_deeplab import cihp`` gives the public API of the pac
 - :mod:`.layout`: splits, the sample id rule, paths, the photo lookup, :func:`locate`;
 - :mod:`.png`: the label PNG encoder;
 - :mod:`.instances`: part instances from parts x people (``Instance_ids`` and its table);
+- :mod:`.stored_photos`: the formats ``Images/`` holds, the photo a mask-only write needs;
 - :mod:`.commit`: the lock, the journal and recovery, :func:`commit_samples`;
 - :mod:`.samples`: listing, reading, staging, writing and removing samples, their versions;
 - :mod:`.scores`: the per-sample uncertainty scores file, merged under the commit lock.
@@ -53,12 +54,16 @@ from .layout import (
     WRITERS_FOLDER,
     DatasetError,
     Location,
+    check_new_sample_id,
     check_sample_id,
     check_split,
+    file_order_key,
     id_list_path,
     locate,
     normal_id,
     photos_of,
+    sample_id_from_stem,
+    sample_id_of_file,
     sample_paths,
     split_folder,
 )
@@ -122,11 +127,13 @@ __all__ = [
     "StagedSample",
     "add_to_id_list",
     "annotator_name",
+    "check_new_sample_id",
     "check_sample_id",
     "check_split",
     "colorize",
     "colorize_humans",
     "commit_samples",
+    "file_order_key",
     "find_image",
     "format_instance_table",
     "id_list_path",
@@ -144,6 +151,8 @@ __all__ = [
     "recover",
     "remove_sample",
     "sample_exists",
+    "sample_id_from_stem",
+    "sample_id_of_file",
     "sample_paths",
     "sample_version",
     "sample_writer",

@@ -14,8 +14,9 @@ version, case twins), hence what a committed sample's version is and who wrote i
    atomically), fsync the folders, delete the journal.
 4. Release the lock.
 A group commit (:func:`commit_samples`) does steps 3-4 once for several staged samples: each
-is decided on its own, the journal lists all that are committed, the id list (kept sorted,
-so its bytes do not depend on the commit order) is rewritten once.
+is decided on its own, the journal lists all that are committed, the id list (kept in
+file-name order, :func:`~napari_deeplab.cihp.layout.file_order_key`, so its bytes do not depend
+on the commit order) is rewritten once.
 Applying a journal is idempotent, so recovery simply applies it again (rolls forward): after
 any crash a sample is wholly old or wholly new once recovered, and readers recover first.
 Every rename and removal goes through folder descriptors opened without following links
@@ -52,6 +53,7 @@ from .layout import (
     check_sample_id,
     committed_ids,
     forget_listing,
+    in_file_order,
     is_listed,
     is_sample_file,
     link_message,
@@ -350,6 +352,12 @@ class _Decider:
                     "they are one file); rename the photo, or write it as "
                     f"{other}"
                 )
+        if "Images" not in sample.paths:  # a mask-only write: its stored photo must fit it
+            from .stored_photos import stored_photo_problem
+
+            problem = stored_photo_problem(self.split_dir, sample_id, sample.shape)
+            if problem:
+                return DatasetError(problem)
         vanished = [str(tmp) for tmp in sample.staged.values() if not tmp.exists()]
         if vanished:
             return DatasetError(
@@ -875,7 +883,7 @@ class Pending:
         return True
 
     def listed(self, ids: list[str]) -> list[str]:
-        return sorted((set(ids) - self.unlisted) | self.added)
+        return in_file_order((set(ids) - self.unlisted) | self.added)
 
     def resolve(self, path: Path) -> Path | None:
         """Where the file ``path`` of the last complete state is (None: it is not there)."""

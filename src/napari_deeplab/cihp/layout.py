@@ -83,6 +83,68 @@ def check_sample_id(sample_id: str) -> str:
     return sample_id
 
 
+def check_new_sample_id(sample_id: str) -> str:
+    """Return ``sample_id`` if a writer may give a sample this id, else raise
+    :class:`DatasetError` (one line, naming the id to use instead): :func:`check_sample_id`'s
+    rule, and no dot (:func:`new_sample_id_problem`). Ids of samples written before the rule
+    (``frame.left``) are still read, listed and removed; they are not written again."""
+    problem = new_sample_id_problem(sample_id)
+    if problem:
+        raise DatasetError(f"invalid sample id {sample_id!r}: {problem}")
+    return sample_id
+
+
+def new_sample_id_problem(sample_id) -> str | None:
+    """Why a writer may not give a sample the id ``sample_id``, or None: it breaks the id rule
+    (:func:`sample_id_problem`) or contains a dot.
+
+    Why no dot: a loader that knows nothing of the id list (the seed's Keras loader) pairs
+    ``sorted(glob("Images/*"))`` with ``sorted(glob("Category_ids/*"))``, i.e. it sorts the
+    names ``<id>.jpg`` and ``<id>.png``. Two such names first differ inside the shorter id,
+    or where the shorter id ends: there one name has the ``.`` of its suffix and the other
+    the next character of the longer id, never a dot. So the suffix is never compared and
+    every folder sorts its names in the same order, whatever the photos' formats: the order
+    of :func:`file_order_key`, which is also the id list's order. With dots the suffix can
+    decide: ``frame.jpg`` < ``frame.left.jpg`` < ``frame.orig.jpg`` but
+    ``frame.left.png`` < ``frame.orig.png`` < ``frame.png``, and every pair is wrong."""
+    problem = sample_id_problem(sample_id)
+    if problem is None and "." in sample_id:
+        problem = (
+            "ids may not contain '.' (a loader pairing sorted file names of Images/ and "
+            "Category_ids/ would pair the wrong files); use "
+            f"{sample_id_from_stem(sample_id)!r} (cihp.sample_id_from_stem)"
+        )
+    return problem
+
+
+def sample_id_from_stem(stem: str) -> str:
+    """The sample id of a file whose stem is ``stem`` (a photo ``frame.left.jpg`` has the stem
+    ``frame.left``): every ``.`` becomes ``_`` (ids have no dot, see
+    :func:`new_sample_id_problem`), so ``frame.left`` -> ``frame_left``. The one mapping of
+    file names to ids (``predict``, the review queue, napari's writer); two files that map to
+    one id (``frame.left.jpg`` and ``frame_left.jpg``) are refused as two inputs with one id."""
+    return stem.replace(".", "_")
+
+
+def sample_id_of_file(path: str | os.PathLike) -> str:
+    """The sample id of the photo ``path``: :func:`sample_id_from_stem` of its file stem."""
+    return sample_id_from_stem(Path(path).stem)
+
+
+def file_order_key(sample_id: str) -> str:
+    """The sort key of ids in file-name order: ``<id>.png`` and ``<id>.jpg`` sort as
+    ``<id>.`` does (ids have no dot). The id list is kept in this order, so its n-th id is
+    the n-th name of ``sorted(glob("Images/*"))`` and of every mask folder; it differs from
+    plain string order only where an id continues another with a character below ``.``
+    (``a-1`` comes before ``a``, as ``a-1.png`` comes before ``a.png``)."""
+    return sample_id + "."
+
+
+def in_file_order(ids) -> list[str]:
+    """``ids`` sorted by :func:`file_order_key`."""
+    return sorted(ids, key=file_order_key)
+
+
 def sample_id_problem(sample_id) -> str | None:
     """Why ``sample_id`` breaks the id rule (:func:`check_sample_id`), or None."""
     if not isinstance(sample_id, str) or not sample_id:
@@ -152,7 +214,7 @@ def normal_id(sample_id: str) -> str:
 def committed_ids(base: Path, split: str | None) -> list[str]:
     """The ids of the split folder ``base``, NFC, read without its lock: its id list in file
     order (with ``split`` None: the first of the three official ones found), else the stems
-    of its ``Category_ids`` masks, sorted."""
+    of its ``Category_ids`` masks, in file order."""
     names = [SPLIT_ID_FILES[split]] if split else list(SPLIT_ID_FILES.values())
     for name in names:
         if (base / name).exists():
@@ -161,14 +223,15 @@ def committed_ids(base: Path, split: str | None) -> list[str]:
 
 
 def mask_stems(base: Path) -> list[str]:
-    """The valid sample ids among the stems of ``base/Category_ids/*.png``, NFC, sorted."""
+    """The valid sample ids among the stems of ``base/Category_ids/*.png``, NFC, in file
+    order (:func:`file_order_key`)."""
     folder = base / "Category_ids"
     if not folder.is_dir():
         return []
     stems = (
         normal_id(entry.name[:-4]) for entry in os.scandir(folder) if entry.name.endswith(".png")
     )
-    return sorted(stem for stem in stems if sample_id_problem(stem) is None)
+    return in_file_order(stem for stem in stems if sample_id_problem(stem) is None)
 
 
 _BOM = "\ufeff"
@@ -216,9 +279,10 @@ def is_listed(base: Path, split: str | None, sample_id: str) -> bool:
 
 @dataclass
 class Listing:
-    """A split's committed ids as a writer needs them under the lock: ``ids`` sorted and
-    unique (what the id list is rewritten to), ``present`` the same as a set, ``exists``
-    whether the id list file exists (else the ids are the mask stems)."""
+    """A split's committed ids as a writer needs them under the lock: ``ids`` in file order
+    (:func:`file_order_key`) and unique (what the id list is rewritten to), ``present`` the
+    same as a set, ``exists`` whether the id list file exists (else the ids are the mask
+    stems)."""
 
     ids: list[str]
     present: set[str]
@@ -236,14 +300,16 @@ class Listing:
 
     def add(self, sample_id: str) -> None:
         if sample_id not in self.present:
-            bisect.insort(self.ids, sample_id)
+            bisect.insort(self.ids, sample_id, key=file_order_key)
             self.present.add(sample_id)
             if self._folded is not None:
                 self._folded.setdefault(sample_id.casefold(), sample_id)
 
     def remove(self, sample_id: str) -> None:
         if sample_id in self.present:
-            del self.ids[bisect.bisect_left(self.ids, sample_id)]
+            del self.ids[
+                bisect.bisect_left(self.ids, file_order_key(sample_id), key=file_order_key)
+            ]
             self.present.discard(sample_id)
             self._folded = None
 
@@ -273,7 +339,7 @@ def listing(base: Path, split: str) -> Listing:
     cached = _LISTINGS.get(os.path.abspath(path))
     if cached is not None and cached[0] == identity:
         return cached[1]
-    ids = sorted(dict.fromkeys(read_ids(path)))
+    ids = in_file_order(dict.fromkeys(read_ids(path)))
     listed = Listing(ids, set(ids), True)
     _LISTINGS[os.path.abspath(path)] = (identity, listed)
     return listed

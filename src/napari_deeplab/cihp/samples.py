@@ -21,11 +21,11 @@ from .commit import ANY_VERSION, NO_PEOPLE, reading
 from .instances import sample_instance_writers
 from .labels import HUMAN_COLOURS, NUM_CLASSES, PALETTE
 from .layout import (
-    MAX_SUFFIX_LENGTH,
     SAMPLE_FOLDERS,
     SPLIT_ID_FILES,
     WRITERS_FOLDER,
     DatasetError,
+    check_new_sample_id,
     check_real_folders,
     check_sample_id,
     check_split,
@@ -39,6 +39,7 @@ from .layout import (
     split_folder,
 )
 from .png import save_image_png, save_label_png, save_rgb_png
+from .stored_photos import StoredPhoto, plan_stored_photo, stored_photo_problem
 
 
 def read_id_list(root: str | os.PathLike, split: str) -> list[str]:
@@ -226,15 +227,19 @@ def write_sample(
 ) -> dict[str, Path]:
     """Write one sample into the CIHP layout under ``root`` and list its id; return its paths.
 
-    ``category_ids``: H x W integers in 0..19. ``image_path`` is copied byte for byte into
-    ``Images/`` (its suffix kept); else ``image`` (H x W [x 3|4] uint8) is written as a
-    lossless PNG. ``human_ids`` (H x W integers, 0 background, 1..255 people) adds
-    ``Human_ids/`` and its picture ``Humans/``, and the part instances derived from parts x
-    people (:mod:`~napari_deeplab.cihp.instances`): ``Instance_ids/<id>.png`` with its table
-    ``Instance_ids/<id>.txt`` and the picture ``Instances/``. Without ``human_ids`` an overwrite
-    keeps the sample's people when they fit the new mask (its instances derived again from
-    the new parts in the same commit) and removes them otherwise; ``human_ids=NO_PEOPLE``
-    removes them in any case.
+    ``category_ids``: H x W integers in 0..19. ``image_path``: a JPEG or PNG is copied byte
+    for byte into ``Images/`` (as ``<id>.jpg`` or ``<id>.png``), any other format converted
+    losslessly to ``<id>.png`` (:mod:`~napari_deeplab.cihp.stored_photos`); else ``image``
+    (H x W [x 3|4] uint8) is written as a lossless PNG. Neither: the sample's stored photo is
+    kept, and must exist at the mask's size. ``sample_id`` has no dot
+    (:func:`~napari_deeplab.cihp.check_new_sample_id`; a file's id:
+    :func:`~napari_deeplab.cihp.sample_id_of_file`). ``human_ids`` (H x W integers, 0
+    background, 1..255 people) adds ``Human_ids/`` and its picture ``Humans/``, and the part
+    instances derived from parts x people (:mod:`~napari_deeplab.cihp.instances`):
+    ``Instance_ids/<id>.png`` with its table ``Instance_ids/<id>.txt`` and the picture
+    ``Instances/``. Without ``human_ids`` an overwrite keeps the sample's people when they fit
+    the new mask (its instances derived again from the new parts in the same commit) and
+    removes them otherwise; ``human_ids=NO_PEOPLE`` removes them in any case.
 
     Everything is checked before anything is written, then the sample is committed with the
     dataset's commit protocol (:func:`stage_sample`, :func:`commit_samples`): all or nothing,
@@ -286,6 +291,7 @@ class StagedSample:
     overwrite: bool
     expected_version: object = ANY_VERSION
     drop_people: bool = False
+    note: str = ""  # one line for the user (a photo converted to PNG), else empty
 
     def discard(self) -> None:
         """Remove the temporaries (a sample that will not be committed)."""
@@ -311,7 +317,7 @@ def stage_sample(
     samples can be staged in parallel and committed together (:func:`commit_samples`).
     Raises :class:`DatasetError` (nothing written) for a sample that cannot be written."""
     check_split(split)
-    sample_id = normal_id(check_sample_id(sample_id))
+    sample_id = normal_id(check_new_sample_id(sample_id))
     if not (
         expected_version is ANY_VERSION
         or expected_version is None
@@ -319,7 +325,8 @@ def stage_sample(
     ):
         raise TypeError("expected_version is cihp.ANY_VERSION, None or a sample_version string")
     labels = _checked_ids(category_ids, "category ids", NUM_CLASSES - 1)
-    photo_shape, suffix = _photo_shape_and_suffix(image, image_path)
+    photo_shape, stored = _photo_shape_and_suffix(image, image_path)
+    suffix = stored.suffix if stored is not None else ".png"
     if photo_shape is not None and photo_shape != labels.shape:
         raise DatasetError(
             f"sample {sample_id}: mask shape {labels.shape} differs from image shape {photo_shape}"
@@ -334,12 +341,18 @@ def stage_sample(
             )
     split_dir = split_folder(root, split)
     check_real_folders(split_dir)
+    if image is None and image_path is None:  # decided again under the lock when committed
+        problem = stored_photo_problem(split_dir, sample_id, labels.shape)
+        if problem:
+            raise DatasetError(problem)
     paths = sample_paths(root, sample_id, split, suffix)
     writers = {
         "Category_ids": lambda tmp: save_label_png(labels, tmp),
         "Categories": lambda tmp: save_rgb_png(labels, PALETTE, tmp),
     }
-    if image_path is not None:
+    if stored is not None and stored.pixels is not None:
+        writers["Images"] = lambda tmp: save_image_png(stored.pixels, tmp)
+    elif image_path is not None:
         writers["Images"] = lambda tmp: _copy_file(image_path, tmp)
     elif image is not None:
         writers["Images"] = lambda tmp: save_image_png(np.asarray(image), tmp)
@@ -358,6 +371,7 @@ def stage_sample(
         overwrite,
         expected_version,
         drop_people,
+        stored.note if stored is not None else "",
     )
     try:
         for key, write in writers.items():
@@ -437,24 +451,13 @@ def _checked_ids(array, what: str, largest: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)  # no copy when it is uint8 already
 
 
-def _photo_shape_and_suffix(image, image_path) -> tuple[tuple[int, int] | None, str]:
+def _photo_shape_and_suffix(image, image_path) -> tuple[tuple[int, int] | None, StoredPhoto | None]:
+    """The (H, W) of the photo given (None: none) and how a photo file is stored (None: no
+    file; ``image`` pixels are written as ``<id>.png``)."""
     if image_path is None:
-        return (None if image is None else tuple(np.shape(image)[:2])), ".png"
-    suffix = Path(image_path).suffix
-    if not suffix or len(suffix) > MAX_SUFFIX_LENGTH or not suffix.isprintable():
-        raise DatasetError(
-            f"{image_path}: a photo needs a file suffix such as .jpg or .png "
-            f"(at most {MAX_SUFFIX_LENGTH} characters); rename it"
-        )
-    try:
-        with photos.open_image(image_path) as photo:
-            return (photo.height, photo.width), suffix
-    except photos.PhotoTooLargeError:
-        raise
-    except OSError:
-        if not Path(image_path).is_file():
-            raise
-        return None, suffix  # a format Pillow cannot open (some TIFFs): the caller read it its way
+        return (None if image is None else tuple(np.shape(image)[:2])), None
+    stored = plan_stored_photo(image_path)
+    return stored.shape, stored
 
 
 def _copy_file(source, path: Path) -> None:
