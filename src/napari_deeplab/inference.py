@@ -37,11 +37,14 @@ RGB_MAX = 255
 @dataclass
 class Segmentation:
     """The result for one photo: ``labels`` H x W uint8 class ids, ``confidence`` H x W float32
-    top-class probability in [0, 1]; ``index`` is the photo's position in the input."""
+    top-class probability in [0, 1]; ``index`` is the photo's position in the input;
+    ``runner_up`` H x W uint8, the class of the second largest logit
+    (:func:`napari_deeplab.second_choice.upsample_runner_up`), when it was asked for."""
 
     index: int
     labels: np.ndarray
     confidence: np.ndarray
+    runner_up: np.ndarray | None = None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -176,13 +179,44 @@ def upsample_logits(
         grid_labels = logits.argmax(axis=-1)
         grid_confidence = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
     grid_labels = np.asarray(grid_labels, np.uint8)
-    # a grid cell is mixed when the four pixels at its corners do not all share one class
-    padded = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
-    mixed = (
+    labels = upsample_classes(
+        logits, shape, grid_labels, mixed_cells(grid_labels), lambda blend: blend.argmax(axis=-1)
+    )
+    if not confidence:
+        return labels, None
+    top_probability = resize_bilinear(
+        np.asarray(grid_confidence, np.float32)[..., None], width, height
+    )
+    return labels, top_probability.reshape(height, width)
+
+
+def mixed_cells(grid_classes: np.ndarray) -> np.ndarray:
+    """h x w bool: the grid cells whose four corner pixels (the cell's own, right, below and
+    below right; edges repeated) do not all share one value of ``grid_classes`` (h x w)."""
+    padded = np.pad(grid_classes, ((0, 1), (0, 1)), mode="edge")
+    return (
         (padded[:-1, :-1] != padded[1:, :-1])
         | (padded[:-1, :-1] != padded[:-1, 1:])
         | (padded[:-1, :-1] != padded[1:, 1:])
     )
+
+
+def upsample_classes(
+    logits: np.ndarray,
+    shape: tuple[int, int],
+    grid_classes: np.ndarray,
+    mixed: np.ndarray,
+    choose: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``choose`` of the logits upsampled bilinearly (half-pixel centres) at every pixel of
+    an (H, W) photo, as H x W uint8, in bands of :data:`BAND_PIXELS`.
+
+    ``choose`` maps M x C float32 logit vectors to M class ids (argmax: the labels);
+    ``grid_classes`` (h x w) is its value on the grid, taken as is in every cell that is not
+    ``mixed`` (h x w bool): the caller guarantees that a blend of the four corners of such a
+    cell chooses the same class. Only in mixed cells is the C-class blend computed.
+    """
+    height, width = shape
     y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
     x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
     labels = np.empty((height, width), np.uint8)
@@ -192,7 +226,7 @@ def upsample_logits(
     grid_width = logits.shape[1]
     for first in range(0, height, band):
         rows = slice(first, min(first + band, height))
-        band_labels = np.take(grid_labels[y_low[rows]], x_low, axis=1)
+        band_labels = np.take(grid_classes[y_low[rows]], x_low, axis=1)
         band_y, band_x = np.nonzero(np.take(mixed[y_low[rows]], x_low, axis=1))
         if band_y.size:
             y = band_y + first
@@ -203,14 +237,9 @@ def upsample_logits(
             blend += np.take(flat_logits, top + right, axis=0) * ((1 - wy) * wx)
             blend += np.take(flat_logits, bottom + left, axis=0) * (wy * (1 - wx))
             blend += np.take(flat_logits, bottom + right, axis=0) * (wy * wx)
-            band_labels[band_y, band_x] = blend.argmax(axis=-1)
+            band_labels[band_y, band_x] = choose(blend)
         labels[rows] = band_labels
-    if not confidence:
-        return labels, None
-    top_probability = resize_bilinear(
-        np.asarray(grid_confidence, np.float32)[..., None], width, height
-    )
-    return labels, top_probability.reshape(height, width)
+    return labels
 
 
 TTA_CHOICES = ("none", "flip")
@@ -325,6 +354,7 @@ def segment_stack(
     clock=None,
     max_in_flight: int | None = None,
     tta: str | None = None,
+    runner_up: bool = False,
 ) -> Generator[Segmentation, None, None]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
@@ -352,6 +382,8 @@ def segment_stack(
         :func:`~napari_deeplab.pipeline.default_in_flight`).
     tta : None, "none" or "flip"
         Test-time augmentation (:func:`inference_model`; "flip" doubles the model's work).
+    runner_up : bool
+        Also each photo's runner-up class map (``Segmentation.runner_up``, 1 byte per pixel).
 
     Yields
     ------
@@ -372,6 +404,7 @@ def segment_stack(
         max_in_flight=max_in_flight,
         clock=clock,
         tta=tta,
+        runner_up=runner_up,
     )
 
 
@@ -389,6 +422,7 @@ def segment_pipeline(
     max_in_flight: int | None = None,
     clock=None,
     tta: str | None = None,
+    runner_up: bool = False,
 ) -> Generator:
     """Run ``items`` through the three stages of segmentation, prepare (:func:`model_input`,
     clocked as ``resize``), model (:func:`batch_outputs`, ``model``) and finish
@@ -402,7 +436,9 @@ def segment_pipeline(
     (H x W uint8) and confidence (H x W float32, None unless ``confidence``) and returns
     the item's result. ``commit``, ``discard``, ``batch_size``, ``workers``,
     ``max_in_flight`` and ``clock`` are :func:`~napari_deeplab.pipeline.run_pipeline`'s;
-    ``tta`` is :func:`inference_model`'s.
+    ``tta`` is :func:`inference_model`'s. ``runner_up``: ``result_of`` gets a fourth
+    argument, the photo's runner-up class map (H x W uint8,
+    :func:`~napari_deeplab.second_choice.upsample_runner_up`).
     """
     from .model import model_info
     from .pipeline import Failed, Prepared, run_pipeline, timed
@@ -426,7 +462,13 @@ def segment_pipeline(
         context, shape = prepared_context
         with timed(clock, "upsample"):
             labels, top_probability = finish(output, shape, confidence=confidence)
-        return result_of(context, labels, top_probability)
+        if not runner_up:
+            return result_of(context, labels, top_probability)
+        from .second_choice import upsample_runner_up
+
+        with timed(clock, "runner-up"):
+            second = upsample_runner_up(output[0], shape, output[1])
+        return result_of(context, labels, top_probability, second)
 
     return run_pipeline(
         items,
