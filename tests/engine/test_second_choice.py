@@ -12,7 +12,12 @@ def upsampled_whole(logits: np.ndarray, shape) -> np.ndarray:
     y_low, y_high, wy = _bilinear_taps(shape[0], logits.shape[0])
     x_low, x_high, wx = _bilinear_taps(shape[1], logits.shape[1])
     wy, wx = wy[:, None, None], wx[None, :, None]
-    grid = np.ix_(y_low, x_low), np.ix_(y_low, x_high), np.ix_(y_high, x_low), np.ix_(y_high, x_high)
+    grid = (
+        np.ix_(y_low, x_low),
+        np.ix_(y_low, x_high),
+        np.ix_(y_high, x_low),
+        np.ix_(y_high, x_high),
+    )
     blend = logits[grid[0]] * ((1 - wy) * (1 - wx))
     blend += logits[grid[1]] * ((1 - wy) * wx)
     blend += logits[grid[2]] * (wy * (1 - wx))
@@ -25,9 +30,7 @@ def test_runner_up_is_the_second_largest():
     assert runner_up(logits).tolist() == [2, 1, 0]  # a tie: argmax 0, runner-up 1
     assert runner_up(logits).dtype == np.uint8
     order = np.argsort(-np.random.default_rng(0).normal(size=(5, 6, 20)), axis=-1)
-    assert np.array_equal(
-        runner_up(-np.argsort(order, axis=-1).astype(np.float32)), order[..., 1]
-    )
+    assert np.array_equal(runner_up(-np.argsort(order, axis=-1).astype(np.float32)), order[..., 1])
     with pytest.raises(ValueError, match="at least 2 classes"):
         runner_up(np.zeros((3, 1)))
 
@@ -102,7 +105,9 @@ def test_segment_stack_keeps_the_runner_up_of_what_it_labels(tta):
     images = [photo(seed) for seed in (1, 2, 3)]
     results = list(segment_stack(images, model, batch_size=2, tta=tta, runner_up=True))
     for image, result in zip(images, results, strict=True):
-        logits = (flip_averaged if tta == "flip" else known_logits)(exact_input(image), kernel, bias)
+        logits = (flip_averaged if tta == "flip" else known_logits)(
+            exact_input(image), kernel, bias
+        )
         assert np.array_equal(result.labels, upsample_logits(logits, image.shape[:2])[0])
         assert np.array_equal(result.runner_up, upsample_runner_up(logits, image.shape[:2]))
     assert next(segment_stack(images, model)).runner_up is None  # only when asked

@@ -35,7 +35,7 @@ def known_model(num_classes: int = NUM_CLASSES, seed: int = 0):
     bias = rng.integers(-256, 257, num_classes) / 8
     names = CLASS_NAMES if num_classes == NUM_CLASSES else [f"c{i}" for i in range(num_classes)]
     rgb = keras.Input(shape=(None, None, 3), name="rgb")
-    conv = keras.layers.Conv2D(num_classes, 3, padding="same", name="known_logits")
+    conv = keras.layers.Conv2D(num_classes, 3, padding="same", name="logits")
     logits = ModelInfo(names, SIDE, name="model_info")(conv(rgb))
     model = keras.Model(rgb, logits, name="known")
     conv.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
@@ -145,3 +145,41 @@ def test_refusals():
     other, *_ = known_model(num_classes=5)
     with pytest.raises(ValueError, match="needs the 20 CIHP classes"):
         segment(photo(9), other, tta="flip")
+
+
+@pytest.mark.one_backend
+def test_predict_and_evaluate_with_tta_flip(known, tmp_path, capsys):
+    """``predict --tta flip`` writes the flip-averaged labels; ``evaluate --tta flip`` of them
+    scores 1.0, plain ``evaluate`` less; with ``--engine ray`` it is refused in one line."""
+    import json
+
+    from PIL import Image
+
+    from napari_deeplab.cihp import read_sample
+    from napari_deeplab.cli import main
+    from napari_deeplab.model import save_model
+
+    model, *_ = known
+    model_path = tmp_path / "known.keras"
+    save_model(model, model_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    images = {f"p{seed}": photo(seed) for seed in (1, 2, 3)}
+    for name, image in images.items():
+        Image.fromarray(image).save(photos / f"{name}.png")
+    out = tmp_path / "out"
+    predict = ["predict", str(photos), "--out", str(out), "--model", str(model_path)]
+    assert main([*predict, "--split", "Validation", "--tta", "flip", "--workers", "2"]) == 0
+    for name, image in images.items():
+        written = read_sample(out, name, "Validation").category_ids
+        assert np.array_equal(written, segment(image, model, tta="flip")[0])
+    capsys.readouterr()
+    evaluate = ["evaluate", str(out), "--model", str(model_path), "--json"]
+    assert main([*evaluate, "--tta", "flip"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_accuracy"] == 1.0
+    assert main(evaluate) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_accuracy"] < 0.9
+
+    assert main([*predict, "--tta", "flip", "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["napari-deeplab: error: --tta needs --engine local"], err
