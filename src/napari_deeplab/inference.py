@@ -10,6 +10,10 @@ labels and confidence at H x W). :func:`segment_pipeline` runs them in
 The photo is resized to the model's square input (512 x 512 for the seed) without keeping
 aspect, exactly as the seed was trained; the logits, not the labels, are upsampled back to
 the photo's size, bilinearly, one band of rows at a time so that memory stays bounded.
+
+``tta="flip"`` (``--tta flip``) averages the logits with those of the mirrored photo, left and
+right swapped back, on the model's grid (:func:`inference_model`); ``runner_up=True`` also
+gives each photo's runner-up class map (:mod:`napari_deeplab.second_choice`).
 """
 
 from __future__ import annotations
