@@ -3,7 +3,9 @@ from the Plugins menu and driven with a real mouse position and real keys."""
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QPoint, Qt
+from qtpy.QtCore import QEvent, QPoint, QPointF, Qt
+from qtpy.QtGui import QMouseEvent
+from qtpy.QtWidgets import QApplication
 from skimage.segmentation import flood
 
 from napari_deeplab._napari.prelabel_widget import ALL_FRAMES
@@ -40,7 +42,16 @@ def point_at(qtbot, viewer, row: int, col: int) -> None:
         round((col - center[-1]) * zoom + canvas.width() / 2),
         round((row - center[-2]) * zoom + canvas.height() / 2),
     )
-    qtbot.mouseMove(canvas, point)
+    # the mouse's move as Qt delivers it to the canvas (QTest.mouseMove moves no pointer here)
+    move = QMouseEvent(
+        QEvent.Type.MouseMove,
+        QPointF(point),
+        QPointF(canvas.mapToGlobal(point)),
+        Qt.MouseButton.NoButton,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(canvas, move)
     qtbot.waitUntil(
         lambda: tuple(np.round(viewer.cursor.position[-2:]).astype(int)) == (row, col),
         timeout=5000,
@@ -97,10 +108,14 @@ def test_second_choice_relabels_the_region_under_the_cursor_undoably(
     press_key(viewer, Qt.Key.Key_Z, CONTROL)  # one undo step
     np.testing.assert_array_equal(parts.data, before)
 
-    point_at(qtbot, viewer, *map(int, np.argwhere(before == 0)[0]))
+    erased = np.zeros_like(before, bool)  # background, as an eraser leaves it
+    erased[10:20, 10:20] = True
+    parts.data_setitem(np.nonzero(erased), 0)
+    with_background = parts.data.copy()
+    point_at(qtbot, viewer, 15, 15)
     press_key(viewer, Qt.Key.Key_O, SHIFT)
-    assert "background" in widget.runner.status.value
-    np.testing.assert_array_equal(parts.data, before)
+    assert "background" in widget.runner.status.value  # refused: its region is the photo
+    np.testing.assert_array_equal(parts.data, with_background)
 
     # a re-run (another model, flip averaging ticked) replaces the map with its own
     widget.model.source = other_model_file
