@@ -146,6 +146,7 @@ def _add_predict(commands, model_help: str) -> None:
         metavar="G",
         help="with --engine ray: GPUs per model actor (default 0: CPU)",
     )
+    _add_tta(predict)
     predict.add_argument(
         "--scores",
         action="store_true",
@@ -282,6 +283,7 @@ def _add_evaluate(commands, model_help: str) -> None:
         "--split", default=VALIDATION_SPLIT, help=f"split (default {VALIDATION_SPLIT})"
     )
     _add_precision(evaluate, "")
+    _add_tta(evaluate)
     evaluate.add_argument(
         "--instances",
         action="store_true",
@@ -356,6 +358,18 @@ def _add_precision(command: argparse.ArgumentParser, note: str) -> None:
         choices=PRECISIONS,
         default=default,
         help=f"{default} (default) or {others}" + (f" {note}" if note else ""),
+    )
+
+
+def _add_tta(command: argparse.ArgumentParser) -> None:
+    from .inference import TTA_CHOICES
+
+    command.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="none",
+        help="test-time augmentation: flip averages the logits with the mirrored photo's, "
+        "left/right swapped back (about 2x the model's time; local engine; default none)",
     )
 
 
@@ -479,8 +493,8 @@ def _predict(args) -> int:
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
-    for option in ("scores", "people"):
-        if getattr(args, option) and args.engine == "ray":
+    for option in ("scores", "people", "tta"):
+        if getattr(args, option) not in (False, "none") and args.engine == "ray":
             print(f"napari-deeplab: error: --{option} needs --engine local", file=sys.stderr)
             return EXIT_ERROR
     if args.engine == "ray":
@@ -509,6 +523,7 @@ def _predict(args) -> int:
             workers=args.workers,
             scores=args.scores,
             people=args.people,
+            tta=args.tta,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     converted = 0  # written with a note: a photo stored as PNG (not JPEG or PNG)
@@ -726,7 +741,7 @@ def _evaluate(args) -> int:
         result = evaluate_instances(model, dataset)
     else:
         model = load_model(args.model, precision=args.precision, num_classes=NUM_CLASSES)
-        result = evaluate(model, dataset)
+        result = evaluate(model, dataset, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK

@@ -10,6 +10,10 @@ labels and confidence at H x W). :func:`segment_pipeline` runs them in
 The photo is resized to the model's square input (512 x 512 for the seed) without keeping
 aspect, exactly as the seed was trained; the logits, not the labels, are upsampled back to
 the photo's size, bilinearly, one band of rows at a time so that memory stays bounded.
+
+``tta="flip"`` (``--tta flip``) averages the logits with those of the mirrored photo, left and
+right swapped back, on the model's grid (:func:`inference_model`); ``runner_up=True`` also
+gives each photo's runner-up class map (:mod:`napari_deeplab.second_choice`).
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ RGB_MAX = 255
 @dataclass
 class Segmentation:
     """The result for one photo: ``labels`` H x W uint8 class ids, ``confidence`` H x W float32
-    top-class probability in [0, 1]; ``index`` is the photo's position in the input."""
+    top-class probability in [0, 1]; ``index`` is the photo's position in the input;
+    ``runner_up`` H x W uint8, the class of the second largest logit
+    (:func:`napari_deeplab.second_choice.upsample_runner_up`), when it was asked for."""
 
     index: int
     labels: np.ndarray
     confidence: np.ndarray
+    runner_up: np.ndarray | None = None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -176,13 +183,44 @@ def upsample_logits(
         grid_labels = logits.argmax(axis=-1)
         grid_confidence = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
     grid_labels = np.asarray(grid_labels, np.uint8)
-    # a grid cell is mixed when the four pixels at its corners do not all share one class
-    padded = np.pad(grid_labels, ((0, 1), (0, 1)), mode="edge")
-    mixed = (
+    labels = upsample_classes(
+        logits, shape, grid_labels, mixed_cells(grid_labels), lambda blend: blend.argmax(axis=-1)
+    )
+    if not confidence:
+        return labels, None
+    top_probability = resize_bilinear(
+        np.asarray(grid_confidence, np.float32)[..., None], width, height
+    )
+    return labels, top_probability.reshape(height, width)
+
+
+def mixed_cells(grid_classes: np.ndarray) -> np.ndarray:
+    """h x w bool: the grid cells whose four corner pixels (the cell's own, right, below and
+    below right; edges repeated) do not all share one value of ``grid_classes`` (h x w)."""
+    padded = np.pad(grid_classes, ((0, 1), (0, 1)), mode="edge")
+    return (
         (padded[:-1, :-1] != padded[1:, :-1])
         | (padded[:-1, :-1] != padded[:-1, 1:])
         | (padded[:-1, :-1] != padded[1:, 1:])
     )
+
+
+def upsample_classes(
+    logits: np.ndarray,
+    shape: tuple[int, int],
+    grid_classes: np.ndarray,
+    mixed: np.ndarray,
+    choose: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``choose`` of the logits upsampled bilinearly (half-pixel centres) at every pixel of
+    an (H, W) photo, as H x W uint8, in bands of :data:`BAND_PIXELS`.
+
+    ``choose`` maps M x C float32 logit vectors to M class ids (argmax: the labels);
+    ``grid_classes`` (h x w) is its value on the grid, taken as is in every cell that is not
+    ``mixed`` (h x w bool): the caller guarantees that a blend of the four corners of such a
+    cell chooses the same class. Only in mixed cells is the C-class blend computed.
+    """
+    height, width = shape
     y_low, y_high, y_weight = _bilinear_taps(height, logits.shape[0])
     x_low, x_high, x_weight = _bilinear_taps(width, logits.shape[1])
     labels = np.empty((height, width), np.uint8)
@@ -192,7 +230,7 @@ def upsample_logits(
     grid_width = logits.shape[1]
     for first in range(0, height, band):
         rows = slice(first, min(first + band, height))
-        band_labels = np.take(grid_labels[y_low[rows]], x_low, axis=1)
+        band_labels = np.take(grid_classes[y_low[rows]], x_low, axis=1)
         band_y, band_x = np.nonzero(np.take(mixed[y_low[rows]], x_low, axis=1))
         if band_y.size:
             y = band_y + first
@@ -203,48 +241,91 @@ def upsample_logits(
             blend += np.take(flat_logits, top + right, axis=0) * ((1 - wy) * wx)
             blend += np.take(flat_logits, bottom + left, axis=0) * (wy * (1 - wx))
             blend += np.take(flat_logits, bottom + right, axis=0) * (wy * wx)
-            band_labels[band_y, band_x] = blend.argmax(axis=-1)
+            band_labels[band_y, band_x] = choose(blend)
         labels[rows] = band_labels
-    if not confidence:
-        return labels, None
-    top_probability = resize_bilinear(
-        np.asarray(grid_confidence, np.float32)[..., None], width, height
-    )
-    return labels, top_probability.reshape(height, width)
+    return labels
 
 
+TTA_CHOICES = ("none", "flip")
+"""Test-time augmentation: ``"none"``, or ``"flip"`` (:func:`inference_model`), the values of
+``--tta``."""
+
+_FOLDED_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def inference_model(model):
+def checked_tta(tta: str | None) -> str | None:
+    """``tta`` as the engine takes it: None (also for ``"none"``) or ``"flip"``; ValueError
+    naming the choices otherwise."""
+    if tta is None or tta == "none":
+        return None
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}: choose one of {TTA_CHOICES}")
+    return tta
+
+
+def flip_swap(model) -> np.ndarray:
+    """The C int32 channel order that turns the logits of a mirrored photo into the photo's
+    own (:data:`~napari_deeplab.cihp.LEFT_RIGHT_SWAP`: 14<->15, 16<->17, 18<->19); ValueError
+    for a model whose classes are not the CIHP classes (no left/right pairs known)."""
+    from .cihp import CLASS_NAMES, LEFT_RIGHT_SWAP
+    from .model import model_info
+
+    names = model_info(model).class_names
+    if tuple(names) != CLASS_NAMES:
+        raise ValueError(
+            f"flip averaging needs the {len(CLASS_NAMES)} CIHP classes (their left/right "
+            f"pairs); model {model.name!r} has {len(names)} other classes: run without it"
+        )
+    return LEFT_RIGHT_SWAP[: len(names)].astype(np.int32)
+
+
+def inference_model(model, tta: str | None = None):
     """``model`` with batch norm folded (:func:`~napari_deeplab.model.fold_batch_norm`) and three
     outputs: logits (N x h x w x C), their argmax (N x h x w) and top softmax probability
-    (N x h x w). Built once per model and reused (see :func:`forget_inference_model`)."""
+    (N x h x w). Built once per model and ``tta`` and reused (see :func:`forget_inference_model`).
+
+    ``tta="flip"``: the logits are the mean of the photo's and its mirror's, the mirror's
+    un-mirrored and with left/right channels swapped back (:func:`flip_swap`), on the model's
+    grid, before anything is upsampled. The N mirrored inputs go through the network in the
+    same call as the N photos (one batch of 2N), so the cost is that of twice the photos.
+    """
     import keras
     from keras import ops
 
     from .model import fold_batch_norm
 
-    if model not in _INFERENCE_MODELS:
-        folded = fold_batch_norm(model)
-        logits = folded.outputs[0]
+    tta = checked_tta(tta)
+    built = _INFERENCE_MODELS.setdefault(model, {})
+    if tta not in built:
+        if model not in _FOLDED_MODELS:
+            _FOLDED_MODELS[model] = fold_batch_norm(model)
+        folded = _FOLDED_MODELS[model]
+        if tta is None:
+            rgb, logits = folded.inputs, folded.outputs[0]
+        else:
+            swap = flip_swap(model)
+            rgb = keras.Input(shape=folded.inputs[0].shape[1:], name="rgb")
+            both = folded(ops.concatenate([rgb, ops.flip(rgb, axis=2)], axis=0))
+            plain, mirrored = ops.split(both, 2, axis=0)
+            logits = (plain + ops.take(ops.flip(mirrored, axis=2), swap, axis=-1)) * 0.5
         outputs = [
             logits,
             ops.argmax(logits, axis=-1),
             ops.max(ops.softmax(logits, axis=-1), axis=-1),
         ]
-        _INFERENCE_MODELS[model] = keras.Model(
-            folded.inputs, outputs, name=f"{model.name}_inference"
-        )
-    return _INFERENCE_MODELS[model]
+        suffix = "" if tta is None else f"_{tta}"
+        built[tta] = keras.Model(rgb, outputs, name=f"{model.name}_inference{suffix}")
+    return built[tta]
 
 
 def forget_inference_model(model) -> None:
-    """Drop the folded copy of ``model``: call after changing its weights (training)."""
+    """Drop the folded copies of ``model``: call after changing its weights (training)."""
     _INFERENCE_MODELS.pop(model, None)
+    _FOLDED_MODELS.pop(model, None)
 
 
-def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
+def segment(image: np.ndarray, model, *, tta: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Segment one photo at its full resolution.
 
     Parameters
@@ -253,6 +334,8 @@ def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
         H x W, H x W x 3 or H x W x 4; uint8, uint16 or float (see :func:`to_rgb`).
     model : keras.Model
         One of ours (:func:`napari_deeplab.model.load_model`).
+    tta : None, "none" or "flip"
+        Test-time augmentation (:func:`inference_model`).
 
     Returns
     -------
@@ -261,7 +344,7 @@ def segment(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
     confidence : ndarray
         H x W float32 top-class probability in [0, 1].
     """
-    result = next(segment_stack([image], model))
+    result = next(segment_stack([image], model, tta=tta))
     return result.labels, result.confidence
 
 
@@ -274,6 +357,8 @@ def segment_stack(
     workers: int = 1,
     clock=None,
     max_in_flight: int | None = None,
+    tta: str | None = None,
+    runner_up: bool = False,
 ) -> Generator[Segmentation, None, None]:
     """Segment photos in batches; a generator yielding one :class:`Segmentation` per photo, in order.
 
@@ -299,6 +384,10 @@ def segment_stack(
     max_in_flight : int, optional
         At most this many photos taken from ``images`` and not yet yielded (default
         :func:`~napari_deeplab.pipeline.default_in_flight`).
+    tta : None, "none" or "flip"
+        Test-time augmentation (:func:`inference_model`; "flip" doubles the model's work).
+    runner_up : bool
+        Also each photo's runner-up class map (``Segmentation.runner_up``, 1 byte per pixel).
 
     Yields
     ------
@@ -318,6 +407,8 @@ def segment_stack(
         workers=workers,
         max_in_flight=max_in_flight,
         clock=clock,
+        tta=tta,
+        runner_up=runner_up,
     )
 
 
@@ -334,6 +425,8 @@ def segment_pipeline(
     discard: Callable | None = None,
     max_in_flight: int | None = None,
     clock=None,
+    tta: str | None = None,
+    runner_up: bool = False,
 ) -> Generator:
     """Run ``items`` through the three stages of segmentation, prepare (:func:`model_input`,
     clocked as ``resize``), model (:func:`batch_outputs`, ``model``) and finish
@@ -346,7 +439,10 @@ def segment_pipeline(
     ``result_of(context, labels, confidence)`` (in a worker thread) gets the photo's labels
     (H x W uint8) and confidence (H x W float32, None unless ``confidence``) and returns
     the item's result. ``commit``, ``discard``, ``batch_size``, ``workers``,
-    ``max_in_flight`` and ``clock`` are :func:`~napari_deeplab.pipeline.run_pipeline`'s.
+    ``max_in_flight`` and ``clock`` are :func:`~napari_deeplab.pipeline.run_pipeline`'s;
+    ``tta`` is :func:`inference_model`'s. ``runner_up``: ``result_of`` gets a fourth
+    argument, the photo's runner-up class map (H x W uint8,
+    :func:`~napari_deeplab.second_choice.upsample_runner_up`).
     """
     from .model import model_info
     from .pipeline import Failed, Prepared, run_pipeline, timed
@@ -354,6 +450,9 @@ def segment_pipeline(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     size = model_info(model).input_size
+    tta = checked_tta(tta)
+    if tta is not None:
+        inference_model(model, tta)  # a model it cannot take is refused before any photo
 
     def prepare(index, item):
         taken = photo_of(index, item)
@@ -367,12 +466,18 @@ def segment_pipeline(
         context, shape = prepared_context
         with timed(clock, "upsample"):
             labels, top_probability = finish(output, shape, confidence=confidence)
-        return result_of(context, labels, top_probability)
+        if not runner_up:
+            return result_of(context, labels, top_probability)
+        from .second_choice import upsample_runner_up
+
+        with timed(clock, "runner-up"):
+            second = upsample_runner_up(output[0], shape, output[1])
+        return result_of(context, labels, top_probability, second)
 
     return run_pipeline(
         items,
         prepare=prepare,
-        model=lambda inputs: batch_outputs(model, inputs),
+        model=lambda inputs: batch_outputs(model, inputs, tta=tta),
         finish=finish_photo,
         commit=commit,
         discard=discard,
@@ -383,7 +488,9 @@ def segment_pipeline(
     )
 
 
-def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def batch_outputs(
+    model, inputs: np.ndarray, *, tta: str | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The model stage: a batch of model inputs -> the model's outputs for each photo.
 
     Parameters
@@ -392,6 +499,9 @@ def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
         One of ours; runs as its cached :func:`inference_model`.
     inputs : ndarray
         N x S x S x 3 float32 RGB in 0..255, from :func:`model_input`.
+    tta : None, "none" or "flip"
+        Test-time augmentation (:func:`inference_model`: the N mirrored inputs join the
+        batch, whose outputs are N as without).
 
     Returns
     -------
@@ -401,7 +511,7 @@ def batch_outputs(model, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
 
     Call it from one thread at a time.
     """
-    outputs = inference_model(model).predict_on_batch(inputs)
+    outputs = inference_model(model, tta).predict_on_batch(inputs)
     return list(zip(*(np.asarray(output) for output in outputs), strict=True))
 
 

@@ -111,6 +111,7 @@ def prelabel_files(
     max_in_flight: int | None = None,
     scores: bool = False,
     people: bool = False,
+    tta: str | None = None,
 ) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
@@ -157,6 +158,8 @@ def prelabel_files(
         Also propose the people of each photo (:func:`napari_deeplab.people.propose_people`,
         stage ``people``, the same as napari's Propose people) and write them as the sample's
         ``Human_ids`` and ``Humans``.
+    tta : None, "none" or "flip"
+        Test-time augmentation (:func:`napari_deeplab.inference.inference_model`).
 
     Yields
     ------
@@ -219,6 +222,7 @@ def prelabel_files(
         workers=workers,
         max_in_flight=max_in_flight,
         clock=clock,
+        tta=tta,
     )
 
 

@@ -29,6 +29,7 @@ from .parts_layer import (
     parts_features,
 )
 from .recent_datasets import DatasetChooser, remember_dataset
+from .second_choice import SECOND_CHOICE_KEY, relabel_with_second_choice, store_runner_up
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"
@@ -88,6 +89,11 @@ class PrelabelWidget(Container):
             tooltip="Unticked (default): pixels you painted, filled, erased or refined keep "
             "their value when the model runs again",
         )
+        self.flip = CheckBox(
+            text="Flip averaging (2x time)",
+            tooltip="Average the model's logits with those of the mirrored photo (left and "
+            "right swapped back): steadier parts, twice the model's time",
+        )
         self.runner = JobRunner(
             self._prepare,
             run_tooltip=f"Pre-label the image ({RUN_KEY})",
@@ -117,6 +123,7 @@ class PrelabelWidget(Container):
         keys = {
             RUN_KEY: "run",
             SAVE_KEY: "save",
+            SECOND_CHOICE_KEY: "second choice",
             f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
         }
         super().__init__(
@@ -125,6 +132,7 @@ class PrelabelWidget(Container):
                 self.model,
                 self.frames,
                 self.discard_edits,
+                self.flip,
                 self.runner,
                 saving,
                 Label(value=shortcut_help(keys), label="Keys"),
@@ -145,6 +153,7 @@ class PrelabelWidget(Container):
             {
                 RUN_KEY: self.runner.run,
                 SAVE_KEY: self.save_to_dataset,
+                SECOND_CHOICE_KEY: self.second_choice,
                 NEXT_CLASS_KEY: self.legend.next_class,
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
             },
@@ -218,6 +227,20 @@ class PrelabelWidget(Container):
         status.value = f"Saved '{image.name}' into {root} ({split})"
         show_info(status.value)
 
+    def second_choice(self) -> None:
+        """Relabel the region under the cursor (or the selected shapes) of the frame shown
+        with the model's runner-up class (:mod:`.second_choice`); one undo step."""
+        parts = self.parts_layer()
+        try:
+            if parts is None:
+                raise ValueError("No parts layer: run the model on a photo first")
+            self.runner.status.value = relabel_with_second_choice(self.viewer, parts)
+        except ValueError as refusal:
+            self.runner.status.value = str(refusal)
+            show_info(str(refusal))
+            return
+        self.viewer.layers.selection.active = parts  # Ctrl+Z undoes on the layer changed
+
     def _offer_frames(self, *_) -> None:
         try:
             is_stack = self.image.value is not None and frame_count(self.image.value) is not None
@@ -279,7 +302,9 @@ class PrelabelWidget(Container):
             return "Done: correct the parts layer; every step undoes with Ctrl+Z"
 
         return Job(
-            self._process.segment(photos, source),
+            self._process.segment(
+                photos, source, tta="flip" if self.flip.value else None, runner_up=True
+            ),
             total=len(photos),
             description=f"Pre-labelling {image.name}",
             on_result=write,
@@ -312,6 +337,8 @@ class PrelabelWidget(Container):
         if frame is not None or not created:
             apply_prediction(parts, result.labels, frame, keep_edits=keep_edits)
             self.viewer.layers.selection.active = parts  # Ctrl+Z undoes the run
+        if result.runner_up is not None:
+            store_runner_up(parts, result.runner_up, frame)
         # the confidence layer in a later turn of the event loop, so that no turn does both
         self._pending_confidence.append((image, frame, result.confidence, shape))
         self._confidence_timer.start()

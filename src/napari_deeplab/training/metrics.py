@@ -89,13 +89,14 @@ def scores(matrix: np.ndarray, class_names) -> dict:
     }
 
 
-def evaluate(model, dataset: Dataset) -> dict:
+def evaluate(model, dataset: Dataset, *, tta: str | None = None) -> dict:
     """Score ``model`` on every sample of ``dataset`` at full resolution (our inference path).
 
     Every sample is checked first (:func:`~napari_deeplab.training.check_samples`):
     :class:`~napari_deeplab.training.SampleProblems` lists the bad ones before any prediction.
     Pixels labelled 255 are ignored; :class:`~napari_deeplab.training.NoLabelledPixels` if no
-    pixel is labelled.
+    pixel is labelled. ``tta``: test-time augmentation
+    (:func:`~napari_deeplab.inference.inference_model`).
 
     Returns
     -------
@@ -115,7 +116,7 @@ def evaluate(model, dataset: Dataset) -> dict:
                 [sample_problem_line(dataset, sample_id, str(error))],
                 str(cihp.split_folder(dataset.root, dataset.split)),
             ) from None
-        predicted, _ = segment(sample.image, model)
+        predicted, _ = segment(sample.image, model, tta=tta)
         # require_good_samples found each mask: one removed since fails in confusion, as before
         matrix += confusion(sample.category_ids, predicted, len(names))  # type: ignore[arg-type]
     if not matrix.any():

@@ -157,7 +157,12 @@ def _segment(inbox: Inbox, request: SegmentJob, models: ModelCache) -> None:
     # which stops those threads before the next job
     with contextlib.closing(
         segment_stack(
-            request.images, model, batch_size=request.batch_size, workers=os.cpu_count() or 1
+            request.images,
+            model,
+            batch_size=request.batch_size,
+            workers=os.cpu_count() or 1,
+            tta=request.tta,
+            runner_up=request.runner_up,
         )
     ) as results:
         for result in results:

@@ -30,12 +30,16 @@ if TYPE_CHECKING:
 class SegmentJob:
     """Segment ``images`` (each H x W or H x W x 3/4 numpy array, any form
     :func:`~napari_deeplab.inference.to_rgb` takes) with the model ``source``,
-    ``batch_size`` photos per model call."""
+    ``batch_size`` photos per model call; ``tta``: None or ``"flip"``
+    (:func:`~napari_deeplab.inference.inference_model`); ``runner_up``: also each photo's
+    runner-up class map (``Segmentation.runner_up``)."""
 
     job: int
     source: str
     images: list[np.ndarray]
     batch_size: int
+    tta: str | None = None
+    runner_up: bool = False
 
 
 @dataclass(frozen=True)

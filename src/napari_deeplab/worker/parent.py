@@ -133,7 +133,13 @@ class ModelProcess:
         self._persistent_child()
 
     def segment(
-        self, images: Sequence[np.ndarray], source: str | None, batch_size: int = 1
+        self,
+        images: Sequence[np.ndarray],
+        source: str | None,
+        batch_size: int = 1,
+        *,
+        tta: str | None = None,
+        runner_up: bool = False,
     ) -> Iterator[Waiting | Segmentation]:
         """Segment ``images`` with the model ``source``.
 
@@ -150,6 +156,10 @@ class ModelProcess:
             Anything :func:`~napari_deeplab.model.load_model` takes (None: the seed).
         batch_size : int
             Photos per model call.
+        tta : None, "none" or "flip"
+            Test-time augmentation (:func:`~napari_deeplab.inference.inference_model`).
+        runner_up : bool
+            Also each photo's runner-up class map (``Segmentation.runner_up``, H x W uint8).
 
         Returns
         -------
@@ -160,7 +170,8 @@ class ModelProcess:
             cancels the job.
         """
         source = _checked_source(source)
-        return self._segment_results(list(images), source, batch_size)
+        tta = None if tta in (None, "none") else tta
+        return self._segment_results(list(images), source, batch_size, tta, runner_up)
 
     def finetune(
         self,
@@ -228,11 +239,13 @@ class ModelProcess:
 
     # jobs
 
-    def _segment_results(self, images: list, source: str, batch_size: int):
+    def _segment_results(
+        self, images: list, source: str, batch_size: int, tta: str | None, runner_up: bool
+    ):
         if not self.is_alive():
             yield Waiting(0, len(images), "starting the model process")
         child = self._persistent_child()
-        request = SegmentJob(self._new_job_id(), source, images, batch_size)
+        request = SegmentJob(self._new_job_id(), source, images, batch_size, tta, runner_up)
         for item in _job_answers(
             child, request, len(images), cancel=lambda: child.send(Cancel(request.job))
         ):
