@@ -239,8 +239,9 @@ def fill_holes(
     seen through the right arm: which side is which is for :func:`swap_left_right`), and
     background that one piece of clothing encloses but that is at least ``_GAP_ELONGATION``
     times longer than wide (the slit between two trouser legs, a sleeve held against a coat;
-    a model's holes in clothes are blobs). Other gaps that one class alone encloses look like holes and are filled
-    up to the size: ``max_fraction`` keeps that size in step with the person.
+    a model's holes in clothes are blobs). Other gaps that one class alone encloses look like
+    holes and are filled up to the size: ``max_fraction`` keeps that size in step with the
+    person.
     The reason: a model leaves holes as small blobs inside one part; the true small parts and
     gaps that one or several classes enclose are either the one place of their class or
     bounded by several parts, and removing them costs more than leaving a hole.
