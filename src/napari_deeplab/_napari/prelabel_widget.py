@@ -17,6 +17,7 @@ from qtpy.QtCore import QTimer
 
 from ..inference import Segmentation
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
+from .class_picker import PICKER_KEY_HELP, attach_class_picker
 from .io import PEOPLE_SUFFIX, dataset_target, save_sample
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
@@ -118,6 +119,7 @@ class PrelabelWidget(Container):
             RUN_KEY: "run",
             SAVE_KEY: "save",
             f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
+            **PICKER_KEY_HELP,
         }
         super().__init__(
             widgets=[
@@ -149,6 +151,7 @@ class PrelabelWidget(Container):
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
             },
         )
+        attach_class_picker(napari_viewer, self, self.legend)
 
     def parts_layer(self, image: Image | None = None) -> Labels | None:
         """The parts layer of ``image`` (the chosen one by default), if there is one."""

@@ -36,6 +36,7 @@ from ..people import propose_people
 from ..photos import read_photo
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
+from .class_picker import PICKER_KEY_HELP, attach_class_picker
 from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
@@ -232,7 +233,12 @@ class ReviewWidget(Container):
         self.legend = ClassLegend(self.parts_layer)
         self.help_line = Label(
             value=shortcut_help(
-                {"Alt-Left/Right": "photo", ACCEPT_KEY: "accept", "Shift-Up/Down": "class"}
+                {
+                    "Alt-Left/Right": "photo",
+                    ACCEPT_KEY: "accept",
+                    "Shift-Up/Down": "class",
+                    **PICKER_KEY_HELP,
+                }
             )
         )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
@@ -305,6 +311,7 @@ class ReviewWidget(Container):
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
             },
         )
+        attach_class_picker(napari_viewer, self, self.legend)
 
     @staticmethod
     def _pick_recent(field: FileEdit, value) -> None:
