@@ -30,6 +30,7 @@ from .parts_layer import (
     parts_features,
 )
 from .recent_datasets import DatasetChooser, remember_dataset
+from .reparse_tool import REPARSE_KEY, ReparseTool
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"
@@ -94,6 +95,7 @@ class PrelabelWidget(Container):
             run_tooltip=f"Pre-label the image ({RUN_KEY})",
             cancel_tooltip="Stop at once; finished frames are kept",
         )
+        self.reparse = ReparseTool(self)
         self.legend = ClassLegend(self.parts_layer)
         self.legend.label = "Classes"
         self.dataset = DatasetChooser(
@@ -118,6 +120,7 @@ class PrelabelWidget(Container):
         keys = {
             RUN_KEY: "run",
             SAVE_KEY: "save",
+            REPARSE_KEY: "re-parse person",
             f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
             **PICKER_KEY_HELP,
         }
@@ -128,6 +131,7 @@ class PrelabelWidget(Container):
                 self.frames,
                 self.discard_edits,
                 self.runner,
+                self.reparse,
                 saving,
                 Label(value=shortcut_help(keys), label="Keys"),
                 self.legend,
@@ -152,6 +156,7 @@ class PrelabelWidget(Container):
             },
         )
         attach_class_picker(napari_viewer, self, self.legend)
+        self.reparse.bind()
 
     def parts_layer(self, image: Image | None = None) -> Labels | None:
         """The parts layer of ``image`` (the chosen one by default), if there is one."""
