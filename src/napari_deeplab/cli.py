@@ -157,6 +157,15 @@ def _add_predict(commands, model_help: str) -> None:
         help="also propose each photo's people (as napari's Propose people) and write them "
         "as Human_ids and Humans (local engine)",
     )
+    predict.add_argument(
+        "--per-person",
+        type=_positive_int,
+        default=None,
+        metavar="MIN_PIXELS",
+        help="re-parse every proposed person of at least MIN_PIXELS pixels on a crop around "
+        "them, at the model's full input size (local engine, one model thread; see "
+        "docs/workflow.md)",
+    )
 
 
 def _add_scores(commands) -> None:
@@ -440,9 +449,10 @@ def _predict(args) -> int:
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
-    for option in ("scores", "people"):
+    for option in ("scores", "people", "per_person"):
         if getattr(args, option) and args.engine == "ray":
-            print(f"napari-deeplab: error: --{option} needs --engine local", file=sys.stderr)
+            flag = option.replace("_", "-")
+            print(f"napari-deeplab: error: --{flag} needs --engine local", file=sys.stderr)
             return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
@@ -470,6 +480,7 @@ def _predict(args) -> int:
             workers=args.workers,
             scores=args.scores,
             people=args.people,
+            per_person=args.per_person,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:

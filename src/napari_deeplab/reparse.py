@@ -215,3 +215,19 @@ def reparse_people(
         positions, values = crop_changes(merged, crop_labels, box, keep)
         merged[positions] = values
     return merged, len(chosen)
+
+
+def reparse_with_model(
+    photo: np.ndarray, labels: np.ndarray, model, min_pixels: int, *, batch_size: int = 4
+) -> tuple[np.ndarray, int]:
+    """``predict --per-person``: propose the people of ``labels`` (H x W uint8, the plain run
+    on ``photo``) and re-parse each of at least ``min_pixels`` pixels with ``model``
+    (:func:`napari_deeplab.inference.segment_stack` on the crops, in the calling thread);
+    returns the H x W uint8 labels and how many people were re-parsed."""
+    from .inference import segment_stack
+    from .people import propose_people
+
+    def segment(crops):
+        return [r.labels for r in segment_stack(crops, model, batch_size, confidence=False)]
+
+    return reparse_people(photo, labels, propose_people(labels), segment, min_pixels)

@@ -123,3 +123,37 @@ def test_reparse_runs_the_model_on_the_crop_at_its_input_size(model, cihp_photo)
     merged = merge_crop(labels, crop_labels, box)
     np.testing.assert_array_equal(merged[box], crop_labels)
     assert not merged[: box[0].start].any() and not merged[box[0].stop :].any()
+
+
+def test_predict_per_person_writes_every_person_reparsed(cihp_samples, model, model_file, tmp_path):
+    """``predict --per-person 500`` writes, for each photo, the plain run's labels with every
+    proposed person of 500 pixels or more re-parsed on their crop."""
+    import shutil
+
+    from napari_deeplab import cihp
+    from napari_deeplab.cli import EXIT_ERROR, EXIT_OK, main
+    from napari_deeplab.inference import segment
+    from napari_deeplab.people import propose_people
+    from napari_deeplab.photos import read_photo
+    from napari_deeplab.reparse import reparse_with_model
+    from tests.engine.commands import predict_command
+
+    photos = tmp_path / "photos"
+    shutil.copytree(cihp_samples / "Images", photos)
+    out = tmp_path / "dataset"
+    command = predict_command(photos, model=model_file, out=out, options=["--per-person", "500"])
+    assert main(command) == EXIT_OK
+    for path in sorted(photos.iterdir()):
+        photo = read_photo(path)
+        plain, _ = segment(photo, model)
+        expected, count = reparse_with_model(photo, plain, model, 500)
+        written = cihp.read_sample(out, path.stem).category_ids
+        np.testing.assert_array_equal(written, expected)
+        if count:  # some person was re-parsed: the file is not the plain run's
+            people = propose_people(plain)
+            big = np.bincount(people.ravel())[1:] >= 500
+            assert big.sum() == count
+    ray = predict_command(
+        photos, model=model_file, out=out, options=["--per-person", "9", "--engine", "ray"]
+    )
+    assert main(ray) == EXIT_ERROR
