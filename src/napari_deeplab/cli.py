@@ -159,6 +159,15 @@ def _add_predict(commands, model_help: str) -> None:
         help="also propose each photo's people (as napari's Propose people) and write them "
         "as Human_ids and Humans (local engine)",
     )
+    predict.add_argument(
+        "--per-person",
+        type=_positive_int,
+        default=None,
+        metavar="MIN_PIXELS",
+        help="re-parse every proposed person of at least MIN_PIXELS pixels on a crop around "
+        "them, at the model's full input size (local engine, one model thread; see "
+        "docs/workflow.md)",
+    )
 
 
 def _add_scores(commands) -> None:
@@ -493,9 +502,10 @@ def _predict(args) -> int:
     if not paths:
         print("napari-deeplab: error: no photos to pre-label", file=sys.stderr)
         return EXIT_ERROR
-    for option in ("scores", "people", "tta"):
-        if getattr(args, option) not in (False, "none") and args.engine == "ray":
-            print(f"napari-deeplab: error: --{option} needs --engine local", file=sys.stderr)
+    for option in ("scores", "people", "tta", "per_person"):
+        if getattr(args, option) not in (False, None, "none") and args.engine == "ray":
+            flag = option.replace("_", "-")
+            print(f"napari-deeplab: error: --{flag} needs --engine local", file=sys.stderr)
             return EXIT_ERROR
     if args.engine == "ray":
         outcomes = prelabel_with_ray(
@@ -524,6 +534,7 @@ def _predict(args) -> int:
             scores=args.scores,
             people=args.people,
             tta=args.tta,
+            per_person=args.per_person,
         )
     counts = {"written": 0, "skipped": 0, "failed": 0}
     converted = 0  # written with a note: a photo stored as PNG (not JPEG or PNG)

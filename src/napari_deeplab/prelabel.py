@@ -112,6 +112,7 @@ def prelabel_files(
     scores: bool = False,
     people: bool = False,
     tta: str | None = None,
+    per_person: int | None = None,
 ) -> Iterator[FileOutcome]:
     """Segment each photo and write it as a CIHP sample under ``out``; yield one outcome per photo.
 
@@ -160,6 +161,10 @@ def prelabel_files(
         ``Human_ids`` and ``Humans``.
     tta : None, "none" or "flip"
         Test-time augmentation (:func:`napari_deeplab.inference.inference_model`).
+    per_person : int, optional
+        Re-parse every proposed person of at least this many pixels on a crop around them
+        (:func:`napari_deeplab.reparse.reparse_with_model`, stage ``per-person``); the model
+        then runs in one thread (``workers`` is 1).
 
     Yields
     ------
@@ -178,16 +183,26 @@ def prelabel_files(
     yield from skipped.values()
     todo = [path for path in paths if ids[path] not in skipped]
 
+    if per_person is not None:
+        workers = 1  # the crops' model calls run in the finish stage: one thread for the model
+
     def read(_, path):
         try:
             with timed(clock, "read"):
-                return read_photo(path), path
+                photo = read_photo(path)
+                return photo, ((path, photo) if per_person is not None else path)
         except ValueError as error:
             return Failed(FileOutcome(path, ids[path], "failed", str(error)))
 
     photo_scores: dict[Path, dict] = {}
 
     def stage(path, labels, confidence):
+        if per_person is not None:
+            from .reparse import reparse_with_model
+
+            path, photo = path
+            with timed(clock, "per-person"):
+                labels, _ = reparse_with_model(photo, labels, model, per_person)
         if scores:
             with timed(clock, "score"):
                 photo_scores[path] = score_entry(labels, confidence)

@@ -17,6 +17,7 @@ from qtpy.QtCore import QTimer
 
 from ..inference import Segmentation
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
+from .class_picker import PICKER_KEY_HELP, attach_class_picker
 from .io import PEOPLE_SUFFIX, dataset_target, save_sample
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
@@ -30,6 +31,7 @@ from .parts_layer import (
 )
 from .recent_datasets import DatasetChooser, remember_dataset
 from .second_choice import SECOND_CHOICE_KEY, relabel_with_second_choice, store_runner_up
+from .reparse_tool import REPARSE_KEY, ReparseTool
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"
@@ -99,6 +101,7 @@ class PrelabelWidget(Container):
             run_tooltip=f"Pre-label the image ({RUN_KEY})",
             cancel_tooltip="Stop at once; finished frames are kept",
         )
+        self.reparse = ReparseTool(self)
         self.legend = ClassLegend(self.parts_layer)
         self.legend.label = "Classes"
         self.dataset = DatasetChooser(
@@ -124,7 +127,9 @@ class PrelabelWidget(Container):
             RUN_KEY: "run",
             SAVE_KEY: "save",
             SECOND_CHOICE_KEY: "second choice",
+            REPARSE_KEY: "re-parse person",
             f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
+            **PICKER_KEY_HELP,
         }
         super().__init__(
             widgets=[
@@ -134,6 +139,7 @@ class PrelabelWidget(Container):
                 self.discard_edits,
                 self.flip,
                 self.runner,
+                self.reparse,
                 saving,
                 Label(value=shortcut_help(keys), label="Keys"),
                 self.legend,
@@ -158,6 +164,8 @@ class PrelabelWidget(Container):
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
             },
         )
+        attach_class_picker(napari_viewer, self, self.legend)
+        self.reparse.bind()
 
     def parts_layer(self, image: Image | None = None) -> Labels | None:
         """The parts layer of ``image`` (the chosen one by default), if there is one."""

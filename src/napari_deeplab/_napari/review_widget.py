@@ -38,6 +38,7 @@ from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from ..review_effort import keep_prelabel
 from . import effort_watch
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
+from .class_picker import PICKER_KEY_HELP, attach_class_picker
 from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
@@ -235,7 +236,12 @@ class ReviewWidget(Container):
         self.legend = ClassLegend(self.parts_layer)
         self.help_line = Label(
             value=shortcut_help(
-                {"Alt-Left/Right": "photo", ACCEPT_KEY: "accept", "Shift-Up/Down": "class"}
+                {
+                    "Alt-Left/Right": "photo",
+                    ACCEPT_KEY: "accept",
+                    "Shift-Up/Down": "class",
+                    **PICKER_KEY_HELP,
+                }
             )
         )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
@@ -310,6 +316,7 @@ class ReviewWidget(Container):
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
             },
         )
+        attach_class_picker(napari_viewer, self, self.legend)
 
     @staticmethod
     def _pick_recent(field: FileEdit, value) -> None:
