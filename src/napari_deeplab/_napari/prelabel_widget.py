@@ -30,8 +30,8 @@ from .parts_layer import (
     parts_features,
 )
 from .recent_datasets import DatasetChooser, remember_dataset
-from .second_choice import SECOND_CHOICE_KEY, relabel_with_second_choice, store_runner_up
 from .reparse_tool import REPARSE_KEY, ReparseTool
+from .second_choice import SECOND_CHOICE_KEY, relabel_with_second_choice, store_runner_up
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 RUN_KEY = "Shift-R"
