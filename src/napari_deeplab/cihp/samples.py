@@ -39,7 +39,12 @@ from .layout import (
     split_folder,
 )
 from .png import save_image_png, save_label_png, save_rgb_png
-from .stored_photos import StoredPhoto, plan_stored_photo, stored_photo_problem
+from .stored_photos import (
+    StoredPhoto,
+    plan_stored_photo,
+    save_converted_png,
+    stored_photo_problem,
+)
 
 
 def read_id_list(root: str | os.PathLike, split: str) -> list[str]:
@@ -351,7 +356,7 @@ def stage_sample(
         "Categories": lambda tmp: save_rgb_png(labels, PALETTE, tmp),
     }
     if stored is not None and stored.pixels is not None:
-        writers["Images"] = lambda tmp: save_image_png(stored.pixels, tmp)
+        writers["Images"] = lambda tmp: save_converted_png(stored.pixels, tmp)
     elif image_path is not None:
         writers["Images"] = lambda tmp: _copy_file(image_path, tmp)
     elif image is not None:

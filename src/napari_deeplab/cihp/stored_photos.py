@@ -53,6 +53,14 @@ class StoredPhoto:
         )
 
 
+def save_converted_png(pixels: np.ndarray, path: Path) -> None:
+    """Write a converted photo (H x W x 3 uint8) as a lossless PNG, zlib level 1: about 4
+    times faster than Pillow's default level 6 on photos, for a slightly larger file."""
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+
+
 def plan_stored_photo(path: str | os.PathLike) -> StoredPhoto:
     """How the photo file ``path`` is stored (:class:`StoredPhoto`); a photo to convert is
     decoded here, so that nothing is written for one that cannot be read. Raises
