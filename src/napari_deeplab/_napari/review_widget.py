@@ -32,14 +32,13 @@ from qtpy.QtWidgets import QListWidget, QSizePolicy
 from .. import cihp
 from ..cihp import SPLIT_ID_FILES
 from ..inference import Segmentation
-from ..people import propose_people
 from ..photos import read_photo
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
-from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .parts_layer import PARTS_SUFFIX, apply_prediction, edit_tracker, parts_features
+from .people_layer import PeopleTools
 from .recent import RecentList
 from .recent_datasets import recent_datasets, remember_dataset
 from .shortcuts import bind_keys, on_removed, shortcut_help
@@ -230,6 +229,7 @@ class ReviewWidget(Container):
             cancel_tooltip="Stop pre-labelling; the drafts made are kept",
         )
         self.legend = ClassLegend(self.parts_layer)
+        self.people = PeopleTools(napari_viewer, self.parts_layer, lambda: self._layer("people"))
         self.help_line = Label(
             value=shortcut_help(
                 {"Alt-Left/Right": "photo", ACCEPT_KEY: "accept", "Shift-Up/Down": "class"}
@@ -251,6 +251,7 @@ class ReviewWidget(Container):
                 self.help_line,
                 Label(value="Classes"),
                 self.legend,
+                self.people,
             ],
             labels=False,
         )
@@ -303,6 +304,7 @@ class ReviewWidget(Container):
                 ACCEPT_KEY: self.accept,
                 NEXT_CLASS_KEY: self.legend.next_class,
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
+                **self.people.key_actions(),
             },
         )
 
@@ -573,20 +575,11 @@ class ReviewWidget(Container):
 
     def propose_people(self) -> None:
         """Add (or replace) the people layer of the photo in hand, proposed from its parts."""
-        parts, people = self._parts_or_refuse(), self._layer("people")
-        if parts is None:
+        if self._parts_or_refuse() is None:
             return
-        proposal = propose_people(parts.data)
-        if people is None:
-            people = self.viewer.add_labels(
-                proposal, name=self.shown_id + PEOPLE_SUFFIX, opacity=0.4
-            )
-            self._layer_ids["people"] = people.unique_id
-        people.data = proposal
-        self.status.value = (
-            f"{self.shown_id}: {proposal.max()} people proposed; split or merge "
-            "them by painting, then Accept"
-        )
+        people = self.people.propose(self.shown_id)
+        self._layer_ids["people"] = people.unique_id
+        self.status.value = f"{self.shown_id}: {self.people.status.value}"
 
     def parts_layer(self) -> Labels | None:
         """The parts layer of the photo shown, if there is one."""
