@@ -295,3 +295,54 @@ def test_the_people_keys_are_napari_free(make_napari_viewer):
     _, widget = dock_plugin(viewer, "Review queue")
     assert all(coerce_keybinding(key) in viewer.keymap for key in keys)
     assert all(key in widget.people.help_line.value for key in keys)
+
+
+def test_the_queue_proposes_people_ahead_and_keeps_their_edits(
+    make_napari_viewer, qtbot, cihp_samples, model_file, tmp_path
+):
+    from napari_deeplab._napari.review_widget import NEXT_KEY, PREVIOUS_KEY
+
+    assert (NEXT_KEY, PREVIOUS_KEY) == ("Alt-Right", "Alt-Left")
+    alt = Qt.KeyboardModifier.AltModifier
+    photos = tmp_path / "photos"
+    shutil.copytree(cihp_samples / "Images", photos)
+    viewer = make_napari_viewer(show=True)
+    _, widget = dock_plugin(viewer, "Review queue")
+    assert widget.people.ahead.value  # on by default
+    widget.photos.value, widget.dataset.value = photos, tmp_path / "dataset"
+    widget.model.source = model_file
+    widget.open_button.native.click()
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=240_000)
+    queue, first, second, third = widget.queue, *TRUE_COUNTS
+
+    # the people of the drafts made ahead: kept beside them, shown with the photo
+    for sample_id in (first, second):
+        expected = people.propose_people(queue.load_draft(sample_id))
+        np.testing.assert_array_equal(queue.load_people_draft(sample_id), expected)
+    layer = viewer.layers[f"{first} people"]
+    np.testing.assert_array_equal(layer.data, people.propose_people(queue.load_draft(first)))
+
+    # an edit (all part pixels one new person, from a rectangle over the whole photo) is kept
+    # on Next and shown again on Previous
+    shapes = viewer.add_shapes(
+        [np.array([[-1, -1], [layer.data.shape[0], layer.data.shape[1]]])],
+        shape_type="rectangle",
+    )
+    shapes.selected_data = {0}
+    viewer.layers.selection.active = shapes
+    _press(viewer, NEW_PERSON_KEY)
+    edited = layer.data.copy()
+    assert edited.max() == 1 and people.consistent(edited, viewer.layers[f"{first} parts"].data)
+    viewer.layers.remove(shapes)
+    widget.people.ahead.value = False  # the next drafts come without people
+    press_key(viewer, Qt.Key.Key_Right, alt)
+    assert widget.shown_id == second and f"{first} people" not in viewer.layers
+    np.testing.assert_array_equal(queue.load_people_draft(first), edited)
+    np.testing.assert_array_equal(
+        viewer.layers[f"{second} people"].data, queue.load_people_draft(second)
+    )
+    qtbot.waitUntil(lambda: not widget.prelabelling, timeout=240_000)
+    assert queue.load_draft(third) is not None and queue.load_people_draft(third) is None
+    press_key(viewer, Qt.Key.Key_Left, alt)
+    assert widget.shown_id == first
+    np.testing.assert_array_equal(viewer.layers[f"{first} people"].data, edited)

@@ -201,6 +201,18 @@ class PeopleTools(Container):
         self.legend.refresh()
         return layer
 
+    def show_matching(self, people: np.ndarray | None, name: str) -> Labels | None:
+        """Show saved ``people`` (H x W uint8, or None: nothing shown) for the parts shown,
+        repaired to them if they no longer fit (the parts were edited since); None when
+        there are no parts of that shape."""
+        parts = self._parts_layer()
+        if people is None or parts is None or people.shape != parts.data.shape:
+            return None
+        labels = np.asarray(parts.data)
+        if not engine.consistent(people, labels):
+            people = engine.repair(people, labels)
+        return self.show(people, name)
+
     def watch(self, people: Labels | None = None) -> None:
         """Connect the people layer (``people``, or the one shown) and the parts layer to the
         repair and the legend (once per layer; the connections hold no reference to the

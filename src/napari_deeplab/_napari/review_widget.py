@@ -32,6 +32,7 @@ from qtpy.QtWidgets import QListWidget, QSizePolicy
 from .. import cihp
 from ..cihp import SPLIT_ID_FILES
 from ..inference import Segmentation
+from ..people import propose_people
 from ..photos import read_photo
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
@@ -581,6 +582,28 @@ class ReviewWidget(Container):
         self._layer_ids["people"] = people.unique_id
         self.status.value = f"{self.shown_id}: {self.people.status.value}"
 
+    def _show_people(self, people: np.ndarray | None) -> None:
+        """Show the draft's people (if any, fitting the parts shown) in the people layer."""
+        layer = self.people.show_matching(people, self.shown_id)
+        if layer is not None:
+            self._layer_ids["people"] = layer.unique_id
+
+    def _save_people(self) -> bool:
+        """Keep the people layer of the photo in hand as its draft's people, if changed; False
+        after saying why if it could not be written."""
+        people = self._layer("people")
+        if self.queue is None or self.shown_id is None or people is None:
+            return True
+        saved = self.queue.load_people_draft(self.shown_id)
+        if saved is not None and np.array_equal(saved, people.data):
+            return True
+        try:
+            self.queue.save_people_draft(self.shown_id, np.array(people.data))
+        except OSError as error:
+            self._refuse(f"{self.shown_id}: your people are not saved ({os_error_line(error)})")
+            return False
+        return True
+
     def parts_layer(self) -> Labels | None:
         """The parts layer of the photo shown, if there is one."""
         return self._layer("parts")
@@ -647,6 +670,8 @@ class ReviewWidget(Container):
         only looked at keeps its draft and state (an exported one stays exported). False, after
         saying why, if the draft could not be written: then the photo stays in hand."""
         self._autosave_timer.stop()
+        if not self._save_people():
+            return False
         if self.queue is None or self.shown_id is None or not self._edited():
             return True
         self._flush_autosave()
@@ -860,6 +885,8 @@ class ReviewWidget(Container):
                 self._swapping = False
             edit_tracker(parts).mask |= in_hand != base
             note = "your unsaved edits restored"
+        if origin != "dataset":
+            self._show_people(self.queue.load_people_draft(item.sample_id))
         self._show_state(note=note)
         self._prelabel_ahead()
         return True
@@ -981,9 +1008,11 @@ class ReviewWidget(Container):
         except ValueError as error:
             raise JobRefused(str(error)) from None
         queue, position, made = self.queue, self.queue.position, []
+        people_ahead = self.people.ahead.value
 
         def work():
-            """Read the photos (off the GUI thread) and yield (sample id, labels) for each."""
+            """Read the photos (off the GUI thread) and yield (sample id, labels, people or
+            None) for each."""
             readable = []
             for item in items:
                 try:
@@ -996,22 +1025,29 @@ class ReviewWidget(Container):
             try:
                 for result in results:  # routed by sample id, never by place in a list
                     yield (
-                        (readable[result.index][0], result.labels)
+                        (
+                            readable[result.index][0],
+                            result.labels,
+                            propose_people(result.labels) if people_ahead else None,
+                        )
                         if isinstance(result, Segmentation)
                         else result
                     )
             finally:
                 results.close()
 
-        def take(result: tuple[str, np.ndarray]) -> None:
+        def take(result: tuple[str, np.ndarray, np.ndarray | None]) -> None:
             """Keep the model's draft (unless the annotator saved one meanwhile) and show it if
             its photo is shown, keeping what was painted on it."""
-            sample_id, labels = result
+            sample_id, labels, people = result
             self._model_loaded = source
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
             corrected = False
-            if not queue.save_draft(sample_id, labels, corrected=False):
+            if queue.save_draft(sample_id, labels, corrected=False):
+                if people is not None:
+                    queue.save_people_draft(sample_id, people)
+            else:
                 # another napari made (or corrected) its draft first: show that one, never
                 # an empty mask
                 queue.refresh()
@@ -1036,6 +1072,7 @@ class ReviewWidget(Container):
                     self._seen_since = time.monotonic()
                 else:  # nothing to merge or to undo
                     self._show_parts(labels, corrected=corrected)
+                self._show_people(queue.load_people_draft(sample_id))
                 self._show_state()
 
         def done() -> str:
