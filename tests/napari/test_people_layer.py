@@ -346,3 +346,45 @@ def test_the_queue_proposes_people_ahead_and_keeps_their_edits(
     press_key(viewer, Qt.Key.Key_Left, alt)
     assert widget.shown_id == first
     np.testing.assert_array_equal(viewer.layers[f"{first} people"].data, edited)
+
+
+def _side_by_side(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays (H x W [x C]) side by side, padded at the bottom with zeros."""
+    height = max(a.shape[0] for a in arrays)
+    return np.concatenate(
+        [np.pad(a, [(0, height - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) for a in arrays], axis=1
+    )
+
+
+def test_a_composed_crowd_shown_with_its_parts_and_people(
+    make_napari_viewer, qtbot, cihp_samples, tmp_path
+):
+    """Two samples side by side (7 + 3 people) as one photo; its screenshot is
+    docs/images/people_layer.png (written there when $PEOPLE_SCREENSHOT names it)."""
+    import os
+
+    ids = ("0005008", "0026375")
+    photos, root = tmp_path / "photos", tmp_path / "dataset"
+    photos.mkdir()
+    photo = _side_by_side(
+        [np.asarray(PILImage.open(cihp_samples / "Images" / f"{i}.jpg")) for i in ids]
+    )
+    labels = _side_by_side([_true_parts(cihp_samples, i) for i in ids])
+    PILImage.fromarray(photo).save(photos / "crowd.png")
+    cihp.write_sample(root, "crowd", labels, image_path=photos / "crowd.png")
+    viewer = make_napari_viewer(show=True)
+    main_window(viewer).resize(1600, 1000)
+    widget = _open_queue(viewer, photos, root)
+    widget.people_button.native.click()
+    layer = viewer.layers["crowd people"]
+    assert layer.data.max() == TRUE_COUNTS[ids[0]] + TRUE_COUNTS[ids[1]]
+    assert "10 people proposed" in widget.status.value
+    layer.contour = 3  # each person outlined over the parts, for the picture
+    layer.opacity = 1.0
+    viewer.reset_view()
+    qtbot.wait(LEGEND_MS)
+    assert len(_legend(widget)) == 10
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.shape[0] > 500 and shot.std() > 10
+    out = os.environ.get("PEOPLE_SCREENSHOT") or str(tmp_path / "people_layer.png")
+    PILImage.fromarray(shot).save(out)

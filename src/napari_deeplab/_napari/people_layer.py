@@ -179,16 +179,18 @@ class PeopleTools(Container):
         if parts is None:
             return self._say("No parts layer: pre-label or paint the parts first")
         proposal = engine.propose_people(np.asarray(parts.data))
-        layer = self.show(proposal, name)
+        layer = self.show(proposal, name, activate=True)
         self._say(
             f"{int(proposal.max())} people proposed; {MERGE_KEY}/{SPLIT_KEY}/"
             f"{NEW_PERSON_KEY}/{REMOVE_KEY} edit them"
         )
         return layer
 
-    def show(self, people: np.ndarray, name: str) -> Labels:
+    def show(self, people: np.ndarray, name: str, activate: bool = False) -> Labels:
         """Show ``people`` (H x W uint8) in the people layer: a new layer ``<name> people``
-        when there is none (or it has another shape), else written as one undoable step."""
+        when there is none (or it has another shape), else written as one undoable step.
+        The layer active before stays active (the parts, for Ctrl+Z) unless ``activate``."""
+        active = self.viewer.layers.selection.active
         layer = self._people_layer()
         if layer is None or layer.data.shape != people.shape:
             if layer is not None:
@@ -197,6 +199,10 @@ class PeopleTools(Container):
         else:
             with self._tools_write():
                 write_people(layer, people)
+        if activate:
+            self.viewer.layers.selection.active = layer
+        elif active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
         self.watch(layer)
         self.legend.refresh()
         return layer

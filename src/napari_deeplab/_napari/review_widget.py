@@ -582,11 +582,13 @@ class ReviewWidget(Container):
         self._layer_ids["people"] = people.unique_id
         self.status.value = f"{self.shown_id}: {self.people.status.value}"
 
-    def _show_people(self, people: np.ndarray | None) -> None:
-        """Show the draft's people (if any, fitting the parts shown) in the people layer."""
+    def _show_people(self, people: np.ndarray | None) -> bool:
+        """Show the draft's people (if any, fitting the parts shown) in the people layer;
+        whether they were."""
         layer = self.people.show_matching(people, self.shown_id)
         if layer is not None:
             self._layer_ids["people"] = layer.unique_id
+        return layer is not None
 
     def _save_people(self) -> bool:
         """Keep the people layer of the photo in hand as its draft's people, if changed; False
@@ -885,8 +887,8 @@ class ReviewWidget(Container):
                 self._swapping = False
             edit_tracker(parts).mask |= in_hand != base
             note = "your unsaved edits restored"
-        if origin != "dataset":
-            self._show_people(self.queue.load_people_draft(item.sample_id))
+        if origin != "dataset" and self._show_people(self.queue.load_people_draft(item.sample_id)):
+            self._seen_since = time.monotonic()  # on screen once its people are too
         self._show_state(note=note)
         self._prelabel_ahead()
         return True
