@@ -10,7 +10,7 @@ from napari.layers import Labels
 from PIL import Image as PILImage
 from qtpy.QtCore import QPoint, Qt
 
-from napari_deeplab import cihp, people
+from napari_deeplab import people
 from napari_deeplab._napari.people_layer import (
     MERGE_KEY,
     NEW_PERSON_KEY,
@@ -31,18 +31,18 @@ def _true_parts(cihp_samples, sample_id: str) -> np.ndarray:
     return np.asarray(PILImage.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
 
 
-def _queue_of_true_parts(tmp_path, cihp_samples):
-    """A folder of the three photos, and a dataset holding their true parts (what the queue
-    shows for them)."""
+def _queue_of_true_parts(tmp_path, cihp_samples, samples=None):
+    """A folder of photos (the three samples' by default, else {id: photo file}) whose queue
+    drafts are their true parts: what the queue shows, with nothing left to pre-label."""
+    from napari_deeplab.review import ReviewQueue
+
     photos, root = tmp_path / "photos", tmp_path / "dataset"
-    shutil.copytree(cihp_samples / "Images", photos)
-    for sample_id in TRUE_COUNTS:
-        cihp.write_sample(
-            root,
-            sample_id,
-            _true_parts(cihp_samples, sample_id),
-            image_path=photos / f"{sample_id}.jpg",
-        )
+    if samples is None:
+        shutil.copytree(cihp_samples / "Images", photos)
+        samples = {i: _true_parts(cihp_samples, i) for i in TRUE_COUNTS}
+    queue = ReviewQueue(photos, root)
+    for sample_id, labels in samples.items():
+        queue.save_draft(sample_id, labels, corrected=False)
     return photos, root
 
 
@@ -101,6 +101,7 @@ def shown_queue(make_napari_viewer, qtbot, cihp_samples, tmp_path):
     viewer = make_napari_viewer(show=True)
     main_window(viewer).resize(1800, 1100)  # the whole photo on the canvas, beside the dock
     widget = _open_queue(viewer, *_queue_of_true_parts(tmp_path, cihp_samples))
+    assert not widget.prelabelling  # every photo has its draft
     qtbot.wait(50)
     return viewer, widget
 
@@ -364,25 +365,27 @@ def test_a_composed_crowd_shown_with_its_parts_and_people(
     import os
 
     ids = ("0005008", "0026375")
-    photos, root = tmp_path / "photos", tmp_path / "dataset"
+    photos = tmp_path / "photos"
     photos.mkdir()
     photo = _side_by_side(
         [np.asarray(PILImage.open(cihp_samples / "Images" / f"{i}.jpg")) for i in ids]
     )
     labels = _side_by_side([_true_parts(cihp_samples, i) for i in ids])
     PILImage.fromarray(photo).save(photos / "crowd.png")
-    cihp.write_sample(root, "crowd", labels, image_path=photos / "crowd.png")
+    photos, root = _queue_of_true_parts(tmp_path, cihp_samples, {"crowd": labels})
     viewer = make_napari_viewer(show=True)
     main_window(viewer).resize(1600, 1000)
     widget = _open_queue(viewer, photos, root)
+    assert not widget.prelabelling
     widget.people_button.native.click()
     layer = viewer.layers["crowd people"]
     assert layer.data.max() == TRUE_COUNTS[ids[0]] + TRUE_COUNTS[ids[1]]
     assert "10 people proposed" in widget.status.value
     layer.contour = 3  # each person outlined over the parts, for the picture
     layer.opacity = 1.0
+    qtbot.wait(LEGEND_MS)  # the window laid out, the legend counted
     viewer.reset_view()
-    qtbot.wait(LEGEND_MS)
+    qtbot.wait(100)
     assert len(_legend(widget)) == 10
     shot = viewer.screenshot(canvas_only=False, flash=False)
     assert shot.shape[0] > 500 and shot.std() > 10
