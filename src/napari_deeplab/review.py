@@ -12,7 +12,9 @@ their own, and a photo shown is *claimed* (:meth:`ReviewQueue.claim`) so that no
 works on it at the same time. Every write of the shared state merges under a lock
 (``filelock``), so two annotators' states never overwrite each other. The edits in hand are
 kept in ``in-hand/<id>.png`` (:meth:`ReviewQueue.save_in_hand`) a moment after each change, so
-a crash loses at most those seconds. No napari here: ``_napari.review_widget`` drives it.
+a crash loses at most those seconds. A draft's people (the Review queue's Propose people, made
+ahead with the parts, then as edited) are kept in ``people/<id>.png``. No napari here:
+``_napari.review_widget`` drives it.
 """
 
 from __future__ import annotations
@@ -400,6 +402,21 @@ class ReviewQueue:
             self.set_state(sample_id, "pre-labelled")
         return True
 
+    def people_draft_path(self, sample_id: str) -> Path:
+        return self.folder / "people" / f"{cihp.check_sample_id(sample_id)}.png"
+
+    def load_people_draft(self, sample_id: str) -> np.ndarray | None:
+        """The draft's people (H x W uint8, 0 background, 1..N people), or None. A damaged
+        file is moved aside like a damaged draft."""
+        return self._load_png(self.people_draft_path(sample_id), "draft's people")
+
+    def save_people_draft(self, sample_id: str, people: np.ndarray) -> None:
+        """Keep the draft's people (atomically); they are matched to the parts when shown."""
+        people = np.asarray(people, np.uint8)
+        files.write_file_atomically(
+            self.people_draft_path(sample_id), lambda tmp: cihp.save_label_png(people, tmp)
+        )
+
     def save_in_hand(self, sample_id: str, labels: np.ndarray) -> None:
         """Keep the edits in hand (atomically; a fast PNG, see :func:`cihp.save_label_png`)."""
         labels = np.asarray(labels, np.uint8)
@@ -467,6 +484,8 @@ class ReviewQueue:
             raise
         after = self.dataset_version(sample_id)
         self.save_draft(sample_id, labels, corrected=True)
+        if human_ids is not None:
+            self.save_people_draft(sample_id, human_ids)
         self.set_state(sample_id, "exported-reviewed", base=after)
         self.drop_in_hand(sample_id)
         return ExportRecord(sample_id, after, before, entry_before)

@@ -113,8 +113,13 @@ def test_review_queue_from_the_plugins_menu(
     assert queue.load_draft(IDS[1])[40, 50] == queue.load_draft(IDS[1])[10, 10] == 13
     # the same two layers show the next photo (no removing and re-adding), and its parts
     # cannot be undone back into the previous photo's mask
-    assert [layer.name for layer in viewer.layers] == [IDS[2], f"{IDS[2]} parts"]
-    assert [layer.unique_id for layer in viewer.layers] == layer_ids
+    # (and the people proposed ahead with the parts)
+    assert [layer.name for layer in viewer.layers] == [
+        IDS[2],
+        f"{IDS[2]} parts",
+        f"{IDS[2]} people",
+    ]
+    assert [layer.unique_id for layer in viewer.layers][:2] == layer_ids
     parts = viewer.layers[f"{IDS[2]} parts"]
     parts.paint((30, 30), 7)
     press_key(viewer, Qt.Key.Key_Z, CONTROL)  # undoes the stroke

@@ -39,10 +39,10 @@ from ..review_effort import keep_prelabel
 from . import effort_watch
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .class_picker import PICKER_KEY_HELP, attach_class_picker
-from .io import PEOPLE_SUFFIX
 from .job_runner import Job, JobRefused, JobRunner, model_process_for
 from .model_chooser import ModelChooser, remember_model
 from .parts_layer import PARTS_SUFFIX, apply_prediction, edit_tracker, parts_features
+from .people_layer import PeopleTools
 from .recent import RecentList
 from .recent_datasets import recent_datasets, remember_dataset
 from .shortcuts import bind_keys, on_removed, shortcut_help
@@ -234,6 +234,7 @@ class ReviewWidget(Container):
             cancel_tooltip="Stop pre-labelling; the drafts made are kept",
         )
         self.legend = ClassLegend(self.parts_layer)
+        self.people = PeopleTools(napari_viewer, self.parts_layer, lambda: self._layer("people"))
         self.help_line = Label(
             value=shortcut_help(
                 {
@@ -261,6 +262,7 @@ class ReviewWidget(Container):
                 self.help_line,
                 Label(value="Classes"),
                 self.legend,
+                self.people,
             ],
             labels=False,
         )
@@ -314,6 +316,7 @@ class ReviewWidget(Container):
                 ACCEPT_KEY: self.accept,
                 NEXT_CLASS_KEY: self.legend.next_class,
                 PREVIOUS_CLASS_KEY: self.legend.previous_class,
+                **self.people.key_actions(),
             },
         )
         attach_class_picker(napari_viewer, self, self.legend)
@@ -590,20 +593,35 @@ class ReviewWidget(Container):
 
     def propose_people(self) -> None:
         """Add (or replace) the people layer of the photo in hand, proposed from its parts."""
-        parts, people = self._parts_or_refuse(), self._layer("people")
-        if parts is None:
+        if self._parts_or_refuse() is None:
             return
-        proposal = propose_people(parts.data)
-        if people is None:
-            people = self.viewer.add_labels(
-                proposal, name=self.shown_id + PEOPLE_SUFFIX, opacity=0.4
-            )
-            self._layer_ids["people"] = people.unique_id
-        people.data = proposal
-        self.status.value = (
-            f"{self.shown_id}: {proposal.max()} people proposed; split or merge "
-            "them by painting, then Accept"
-        )
+        people = self.people.propose(self.shown_id)
+        self._layer_ids["people"] = people.unique_id
+        self.status.value = f"{self.shown_id}: {self.people.status.value}"
+
+    def _show_people(self, people: np.ndarray | None) -> bool:
+        """Show the draft's people (if any, fitting the parts shown) in the people layer;
+        whether they were."""
+        layer = self.people.show_matching(people, self.shown_id)
+        if layer is not None:
+            self._layer_ids["people"] = layer.unique_id
+        return layer is not None
+
+    def _save_people(self) -> bool:
+        """Keep the people layer of the photo in hand as its draft's people, if changed; False
+        after saying why if it could not be written."""
+        people = self._layer("people")
+        if self.queue is None or self.shown_id is None or people is None:
+            return True
+        saved = self.queue.load_people_draft(self.shown_id)
+        if saved is not None and np.array_equal(saved, people.data):
+            return True
+        try:
+            self.queue.save_people_draft(self.shown_id, np.array(people.data))
+        except OSError as error:
+            self._refuse(f"{self.shown_id}: your people are not saved ({os_error_line(error)})")
+            return False
+        return True
 
     def parts_layer(self) -> Labels | None:
         """The parts layer of the photo shown, if there is one."""
@@ -671,6 +689,8 @@ class ReviewWidget(Container):
         only looked at keeps its draft and state (an exported one stays exported). False, after
         saying why, if the draft could not be written: then the photo stays in hand."""
         self._autosave_timer.stop()
+        if not self._save_people():
+            return False
         if self.queue is None or self.shown_id is None or not self._edited():
             return True
         self._flush_autosave()
@@ -886,6 +906,8 @@ class ReviewWidget(Container):
                 self._swapping = False
             edit_tracker(parts).mask |= in_hand != base
             note = "your unsaved edits restored"
+        if origin != "dataset" and self._show_people(self.queue.load_people_draft(item.sample_id)):
+            self._seen_since = time.monotonic()  # on screen once its people are too
         self._show_state(note=note)
         self._prelabel_ahead()
         return True
@@ -1008,9 +1030,11 @@ class ReviewWidget(Container):
         except ValueError as error:
             raise JobRefused(str(error)) from None
         queue, position, made = self.queue, self.queue.position, []
+        people_ahead = self.people.ahead.value
 
         def work():
-            """Read the photos (off the GUI thread) and yield (sample id, labels) for each."""
+            """Read the photos (off the GUI thread) and yield (sample id, labels, people or
+            None) for each."""
             readable = []
             for item in items:
                 try:
@@ -1023,23 +1047,29 @@ class ReviewWidget(Container):
             try:
                 for result in results:  # routed by sample id, never by place in a list
                     yield (
-                        (readable[result.index][0], result.labels)
+                        (
+                            readable[result.index][0],
+                            result.labels,
+                            propose_people(result.labels) if people_ahead else None,
+                        )
                         if isinstance(result, Segmentation)
                         else result
                     )
             finally:
                 results.close()
 
-        def take(result: tuple[str, np.ndarray]) -> None:
+        def take(result: tuple[str, np.ndarray, np.ndarray | None]) -> None:
             """Keep the model's draft (unless the annotator saved one meanwhile) and show it if
             its photo is shown, keeping what was painted on it."""
-            sample_id, labels = result
+            sample_id, labels, people = result
             self._model_loaded = source
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
             corrected = False
             if queue.save_draft(sample_id, labels, corrected=False):
                 keep_prelabel(queue.folder, sample_id, labels, source)  # for the effort log
+                if people is not None:
+                    queue.save_people_draft(sample_id, people)
             else:
                 # another napari made (or corrected) its draft first: show that one, never
                 # an empty mask
@@ -1065,6 +1095,7 @@ class ReviewWidget(Container):
                     self._seen_since = time.monotonic()
                 else:  # nothing to merge or to undo
                     self._show_parts(labels, corrected=corrected)
+                self._show_people(queue.load_people_draft(sample_id))
                 self._show_state()
 
         def done() -> str:
