@@ -34,6 +34,8 @@ from ..cihp import SPLIT_ID_FILES
 from ..inference import Segmentation
 from ..people import propose_people
 from ..photos import read_photo
+from ..prelabel import score_entry
+from ..queue_order import score_text
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from .class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY, ClassLegend
 from .io import PEOPLE_SUFFIX
@@ -944,7 +946,8 @@ class ReviewWidget(Container):
             state = f"{self.queue.state(sample_id)}, {self._others[sample_id].describe()}"
         else:
             state = self.queue.state(sample_id)
-        return f"{sample_id} — {state}"
+        score = score_text(self.queue.score(sample_id))
+        return f"{sample_id} — {state} · {score}" if score else f"{sample_id} — {state}"
 
     def _update_row(self, sample_id: str) -> None:
         row = next(i for i, item in enumerate(self.queue.items) if item.sample_id == sample_id)
@@ -990,7 +993,8 @@ class ReviewWidget(Container):
         queue, position, made = self.queue, self.queue.position, []
 
         def work():
-            """Read the photos (off the GUI thread) and yield (sample id, labels) for each."""
+            """Read the photos (off the GUI thread) and yield (sample id, labels, scores-file
+            entry) for each."""
             readable = []
             for item in items:
                 try:
@@ -1003,22 +1007,29 @@ class ReviewWidget(Container):
             try:
                 for result in results:  # routed by sample id, never by place in a list
                     yield (
-                        (readable[result.index][0], result.labels)
+                        (
+                            readable[result.index][0],
+                            result.labels,
+                            score_entry(result.labels, result.confidence),
+                        )
                         if isinstance(result, Segmentation)
                         else result
                     )
             finally:
                 results.close()
 
-        def take(result: tuple[str, np.ndarray]) -> None:
-            """Keep the model's draft (unless the annotator saved one meanwhile) and show it if
-            its photo is shown, keeping what was painted on it."""
-            sample_id, labels = result
+        def take(result: tuple[str, np.ndarray, dict]) -> None:
+            """Keep the model's draft (unless the annotator saved one meanwhile) and its score,
+            and show it if its photo is shown, keeping what was painted on it."""
+            sample_id, labels, entry = result
             self._model_loaded = source
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
             corrected = False
-            if not queue.save_draft(sample_id, labels, corrected=False):
+            saved = queue.save_draft(sample_id, labels, corrected=False)
+            if saved:
+                self._scored(queue, {sample_id: entry}, source)
+            if not saved:
                 # another napari made (or corrected) its draft first: show that one, never
                 # an empty mask
                 queue.refresh()
