@@ -271,3 +271,44 @@ class QueueExtras:
         return [
             i.sample_id for i in self.items if self.full_state(i.sample_id) == "exported-reviewed"
         ]
+
+
+RELABEL_CHUNK = 8
+"""Photos read and sent to the model at a time when re-pre-labelling (bounded memory)."""
+
+
+def relabel_results(items, segment, source: str | None, chunk: int = RELABEL_CHUNK):
+    """The model's new drafts of ``items`` (:class:`~napari_deeplab.review.QueueItem`),
+    computed by ``segment(images, source)`` (:meth:`napari_deeplab.worker.ModelProcess.segment`
+    or any function yielding :class:`~napari_deeplab.inference.Segmentation` and waiting
+    heartbeats): yields the heartbeats and ``(sample id, labels, scores-file entry)`` per
+    readable photo (unreadable ones are left out), ``chunk`` photos read at a time. Runs off
+    the GUI thread; the caller keeps each result with
+    :meth:`QueueExtras.replace_untouched_draft` and :meth:`QueueExtras.record_scores`."""
+    from .inference import Segmentation
+    from .photos import read_photo
+    from .prelabel import score_entry
+
+    items = list(items)
+    for start in range(0, len(items), chunk):
+        readable = []
+        for item in items[start : start + chunk]:
+            try:
+                readable.append((item.sample_id, read_photo(item.photo)))
+            except ValueError:
+                continue
+        if not readable:
+            continue
+        results = segment([photo for _, photo in readable], source)
+        try:
+            for result in results:
+                if isinstance(result, Segmentation):
+                    labels = result.labels
+                    entry = score_entry(labels, result.confidence)
+                    yield readable[result.index][0], labels, entry
+                else:
+                    yield result
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()

@@ -44,6 +44,7 @@ from .model_chooser import ModelChooser, remember_model
 from .parts_layer import PARTS_SUFFIX, apply_prediction, edit_tracker, parts_features
 from .recent import RecentList
 from .recent_datasets import recent_datasets, remember_dataset
+from .review_extras import ReviewExtras, held_note
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 # free in napari's viewer and layer keymaps; Alt+A is neither a menu mnemonic (File, View,
@@ -85,7 +86,7 @@ class _WindowClose(QObject):
         return False
 
 
-class ReviewWidget(Container):
+class ReviewWidget(ReviewExtras, Container):
     """Review a folder of photos into a dataset (Plugins > napari-deeplab > Review queue)."""
 
     def __init__(self, napari_viewer):
@@ -175,7 +176,7 @@ class ReviewWidget(Container):
             ),
             (
                 "Flag",
-                "Mark this photo for a second look (press again to clear the flag)",
+                "Mark this photo for a second look, with its Note (again: clear the flag)",
                 self.flag,
             ),
             (
@@ -239,13 +240,16 @@ class ReviewWidget(Container):
         )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
         more_row = Container(widgets=buttons[4:], layout="horizontal", labels=False)
+        extra_rows = self._extra_widgets()  # order, notes, audit, re-pre-label (review_extras)
         review = Container(
             widgets=[
                 self.open_button,
+                self.order,
                 self.skip_exported,
                 photo_list,
                 button_row,
                 more_row,
+                *extra_rows,
                 self.choice_row,
                 self.status,
                 self.progress,
@@ -349,8 +353,7 @@ class ReviewWidget(Container):
             combo.reset_choices()
         self._watch_window()
         self._others = self._live_claims()
-        self.photo_list.clear()
-        self.photo_list.addItems([self._row_text(item.sample_id) for item in queue.items])
+        self._show_order()  # the order's ComboBox and the list, in the queue's order
         self._heartbeat_timer.start()
         start = queue.position
         free = [
@@ -361,6 +364,7 @@ class ReviewWidget(Container):
         for position in free:
             if self._show(position):
                 queue.go_to(position)
+                self._offer_relabel()
                 return
         self.shown_id = None
         self.status.value = "Every photo of the queue is open in another napari; try later"
@@ -560,14 +564,11 @@ class ReviewWidget(Container):
             return self._refuse(OPEN_FIRST)
         if not self._save_current():
             return
-        flagged = self.queue.full_state(self.shown_id) == "flagged"
-        after = (
-            ("corrected" if self.queue.draft_path(self.shown_id).exists() else "new")
-            if flagged
-            else "flagged"
-        )
         try:
-            self.queue.set_state(self.shown_id, after)
+            if self.queue.full_state(self.shown_id) == "flagged":
+                self.queue.unflag(self.shown_id)
+            else:
+                self.queue.flag(self.shown_id, self.note.value)
         except OSError as error:
             return self._refuse(f"{self.shown_id}: not flagged ({os_error_line(error)})")
         self._update_row(self.shown_id)
@@ -829,7 +830,7 @@ class ReviewWidget(Container):
         except ValueError as error:
             self._unreadable.add(item.sample_id)
             self._update_row(item.sample_id)
-            for role in ("people", "parts", "photo"):
+            for role in ("suspects", "people", "parts", "photo"):
                 self._remove_layer(role)
             self._draft_shown = None
             self._refuse(f"{item.photo.name}: {error}")
@@ -870,6 +871,7 @@ class ReviewWidget(Container):
             edit_tracker(parts).mask |= in_hand != base
             note = "your unsaved edits restored"
         self._show_state(note=note)
+        self._show_suspects()
         self._prelabel_ahead()
         return True
 
@@ -929,6 +931,7 @@ class ReviewWidget(Container):
             return
         place = f"{self.queue.position + 1} of {len(self.queue.items)}"
         text = f"{self.shown_id}: {self.queue.describe(self.shown_id)} ({place})"
+        text += held_note(self.queue, self.shown_id)
         self.status.value = f"{note} · {text}" if note else text
         self._show_progress()
 
