@@ -87,7 +87,9 @@ def main() -> None:
         process.close()
         assert replaced == args.photos
         cpu = _cpu()
-        print(f"{args.photos} untouched photos ({pixels:.2f} MP each), {cpu}, {os.cpu_count()} CPUs")
+        print(
+            f"{args.photos} untouched photos ({pixels:.2f} MP each), {cpu}, {os.cpu_count()} CPUs"
+        )
         print(f"model load and warm-up: {load_s:.1f} s (once per model)")
         print(
             f"re-pre-label: {total_s:.1f} s total, {total_s / args.photos * 1000:.0f} ms/photo; "

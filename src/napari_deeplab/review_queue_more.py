@@ -49,7 +49,9 @@ class QueueExtras:
         try:
             stored = cihp.read_scores(self.root, self.split)
         except (OSError, cihp.DatasetError) as error:
-            self.warnings.append(f"{error}; the queue is shown without scores")
+            warning = f"{error}; the queue is shown without scores"
+            if warning not in self.warnings:  # read again on every move: said once
+                self.warnings.append(warning)
             stored = {}
         return {
             item.sample_id: stored[key]

@@ -99,7 +99,9 @@ def test_score_order_and_a_new_model_re_pre_labels_only_untouched_photos(
     relabelled = [IDS[1], IDS[2], IDS[4]]
     assert all(queue.draft_path(i).read_bytes() != before[i] for i in relabelled)
     recorded = cihp.read_scores(root)
-    assert {i: recorded[i]["model"] for i in recorded} == {i: other_model_file for i in relabelled}
+    assert {i: recorded[i]["model"] for i in recorded} == dict.fromkeys(
+        relabelled, other_model_file
+    )
     assert not runner.visible  # nothing left to re-pre-label with this model
     assert widget.status.value.startswith(runner.status.value)  # the one line, kept in view
 

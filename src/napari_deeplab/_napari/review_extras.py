@@ -84,7 +84,8 @@ class ReviewExtras:
         audit_row = Container(
             widgets=[self.audit_file, self.open_audit_button], layout="horizontal", labels=True
         )
-        for row in (note_row, audit_row):
+        self.order_row = Container(widgets=[self.order], layout="horizontal", labels=True)
+        for row in (note_row, audit_row, self.order_row):
             row.margins = (0, 0, 0, 0)
         return [note_row, audit_row, self.relabel_runner]
 
@@ -115,6 +116,17 @@ class ReviewExtras:
             return self._refuse(f"The order was not kept ({error}); it is shown anyway")
         self._rebuild_list()
         self._show_state(note=f"Order: {text}")
+
+    def _rerank(self) -> None:
+        """Read the scores file again (another writer may have added to it) and rank what is
+        ahead of the photo in hand again."""
+        try:
+            changed = self.queue.reorder(read_scores=True)
+        except OSError:
+            return  # the order is a view; it is saved with the next change
+        if changed:
+            self._rebuild_list()
+        self._show_warnings()
 
     def _scored(self, queue, entries: dict, source: str) -> None:
         """Record the scores of new drafts; rank what is ahead of the photo in hand again."""

@@ -244,7 +244,7 @@ class ReviewWidget(ReviewExtras, Container):
         review = Container(
             widgets=[
                 self.open_button,
-                self.order,
+                self.order_row,
                 self.skip_exported,
                 photo_list,
                 button_row,
@@ -761,6 +761,7 @@ class ReviewWidget(ReviewExtras, Container):
             return
         self._others = self._live_claims()
         self.queue.refresh()
+        self._rerank()  # scores another writer recorded (predict --scores): review_extras
         for row, item in enumerate(self.queue.items):
             text = self._row_text(item.sample_id)
             if self.photo_list.item(row) is not None and self.photo_list.item(row).text() != text:
