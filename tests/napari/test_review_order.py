@@ -112,8 +112,10 @@ def test_score_order_and_a_new_model_re_pre_labels_only_untouched_photos(
     expected = [first, *sorted(relabelled, key=lambda i: -scores[i]["score"]), corrected]
     assert _row_ids(widget) == expected == ordered(IDS, scores, "score", first, IDS)
     assert widget.shown_id == first and widget.photo_list.currentRow() == 0
-    if SCREENSHOT:
-        qtbot.wait(500)
+    if SCREENSHOT:  # docs/images/review_queue_scores.png; the fields show short names
+        widget.photos.value, widget.dataset.value = Path("photos"), Path("dataset")
+        viewer.window.resize(1400, 900)
+        qtbot.wait(800)
         viewer.screenshot(SCREENSHOT, canvas_only=False, flash=False)
 
     # Next: the least confident photo; then scores change (re-pre-labelled by the first model):
