@@ -102,7 +102,9 @@ class QueueExtras:
         previous = [
             i for i in (stored_ids if isinstance(stored_ids, list) else []) if isinstance(i, str)
         ] or sorted(ids)
-        in_hand = previous[self.position] if self.position < len(previous) else None
+        # an annotator new to the queue has no photo in hand yet: the order is the ranking
+        new_here = not mine and self.me_key not in self._stored["positions"]
+        in_hand = None if new_here or self.position >= len(previous) else previous[self.position]
         self._by_id = {item.sample_id: item for item in self.items}
         self._place(ordered(ids, self._scores, self.order_mode, in_hand, previous), in_hand)
         if mine.get("ids") != [item.sample_id for item in self.items]:

@@ -123,6 +123,21 @@ def test_the_queue_orders_by_recorded_scores_and_resumes(tmp_path, cihp_samples)
         again.set_order("random")
 
 
+def test_an_annotator_new_to_the_queue_starts_at_the_least_confident(
+    tmp_path, cihp_samples, monkeypatch
+):
+    from napari_deeplab.cihp import ANNOTATOR_ENV
+    from napari_deeplab.review import ReviewQueue
+
+    photos, root = _photos(tmp_path, cihp_samples), tmp_path / "dataset"
+    monkeypatch.setenv(ANNOTATOR_ENV, "alice")
+    scores = {"0002190": 0.1, "0005008": 0.7, "0026375": 0.3, "0099999": 0.5}
+    ReviewQueue(photos, root).record_scores({i: {"score": s} for i, s in scores.items()}, "m")
+    monkeypatch.setenv(ANNOTATOR_ENV, "bob")
+    bob = ReviewQueue(photos, root)
+    assert _ids(bob) == ["0005008", "0099999", "0026375", "0002190"] and bob.position == 0
+
+
 def test_held_photos_stay_held_although_the_dataset_lists_them(tmp_path, cihp_samples):
     import numpy as np
 
