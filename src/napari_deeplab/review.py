@@ -37,8 +37,19 @@ from PIL import Image
 from . import cihp, files
 from .photos import list_photos
 from .prelabel import IMAGE_SUFFIXES
+from .review_queue_more import EXTRA_MAPS, HELD_STATES, QueueExtras
 
-STATES = ("new", "pre-labelled", "seen", "corrected", "flagged", "exported", "exported-reviewed")
+STATES = (
+    "new",
+    "pre-labelled",
+    "seen",
+    "corrected",
+    "flagged",
+    "to-check",
+    "returned",
+    "exported",
+    "exported-reviewed",
+)
 """Every state a photo can have (the state file's values)."""
 EXPORTED_STATES = ("exported", "exported-reviewed")
 SHORT_STATES = {"exported-reviewed": "exported"}
@@ -161,7 +172,7 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     return items
 
 
-class ReviewQueue:
+class ReviewQueue(QueueExtras):
     """The state of reviewing ``source`` into ``<root>/<split>``, shared by every annotator.
 
     The state file (``queue.json``: each photo's state, who set it and when, the dataset
@@ -195,6 +206,7 @@ class ReviewQueue:
         self.position = self._my_position(self._stored)
         self._states: dict[str, str] = {}
         self._derive()
+        self._open_order()  # self.items in this annotator's order (review_queue_more)
 
     # --- the state file ----------------------------------------------------------------------
 
@@ -239,7 +251,7 @@ class ReviewQueue:
             sample_id = item.sample_id
             state = states.get(sample_id, "new")
             if sample_id in exported:
-                if state not in EXPORTED_STATES:
+                if state not in EXPORTED_STATES and state not in HELD_STATES:
                     states[sample_id] = "exported"
             elif state == "new" and self.draft_path(sample_id).exists():
                 states[sample_id] = "corrected"  # a draft whose state was never saved
@@ -720,7 +732,14 @@ def _create_exclusively(path: Path, write) -> bool:
 
 
 def _empty_state() -> dict:
-    return {"position": 0, "positions": {}, "states": {}, "by": {}, "bases": {}}
+    return {
+        "position": 0,
+        "positions": {},
+        "states": {},
+        "by": {},
+        "bases": {},
+        **{key: {} for key in EXTRA_MAPS},
+    }
 
 
 def _parse_state(data: bytes, item_count: int) -> dict:
@@ -747,7 +766,7 @@ def _parse_state(data: bytes, item_count: int) -> dict:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r} of {sample_id!r}")
     maps = {}
-    for key in ("positions", "by", "bases"):
+    for key in ("positions", "by", "bases", *EXTRA_MAPS):
         maps[key] = stored.get(key, {})
         if not isinstance(maps[key], dict):
             raise ValueError(f"{key} is not a mapping")

@@ -168,7 +168,8 @@ def test_review_queue_from_the_plugins_menu(
     ).read_bytes()
     assert widget.shown_id == IDS[3] and f"{IDS[2]} people" not in viewer.layers
     qtbot.waitUntil(lambda: not widget.prelabelling, timeout=TIMEOUT_MS)
-    assert widget.photo_list.item(2).text() == f"{IDS[2]} — exported"
+    # the row shows the score the pre-label recorded
+    assert widget.photo_list.item(2).text().startswith(f"{IDS[2]} — exported · score 0.")
 
     # close the widget and open the queue again: it resumes from the dataset folder
     viewer.window.remove_dock_widget(dock)

@@ -34,6 +34,8 @@ from ..cihp import SPLIT_ID_FILES
 from ..inference import Segmentation
 from ..people import propose_people
 from ..photos import read_photo
+from ..prelabel import score_entry
+from ..queue_order import score_text
 from ..review import CLAIM_HEARTBEAT_S, ReviewQueue, when
 from ..review_effort import keep_prelabel
 from . import effort_watch
@@ -45,6 +47,7 @@ from .parts_layer import PARTS_SUFFIX, apply_prediction, edit_tracker, parts_fea
 from .people_layer import PeopleTools
 from .recent import RecentList
 from .recent_datasets import recent_datasets, remember_dataset
+from .review_extras import ReviewExtras, held_note
 from .shortcuts import bind_keys, on_removed, shortcut_help
 
 # free in napari's viewer and layer keymaps; Alt+A is neither a menu mnemonic (File, View,
@@ -86,7 +89,7 @@ class _WindowClose(QObject):
         return False
 
 
-class ReviewWidget(Container):
+class ReviewWidget(ReviewExtras, Container):
     """Review a folder of photos into a dataset (Plugins > napari-deeplab > Review queue)."""
 
     def __init__(self, napari_viewer):
@@ -176,7 +179,7 @@ class ReviewWidget(Container):
             ),
             (
                 "Flag",
-                "Mark this photo for a second look (press again to clear the flag)",
+                "Mark this photo for a second look, with its Note (again: clear the flag)",
                 self.flag,
             ),
             (
@@ -247,13 +250,16 @@ class ReviewWidget(Container):
         )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
         more_row = Container(widgets=buttons[4:], layout="horizontal", labels=False)
+        extra_rows = self._extra_widgets()  # order, notes, audit, re-pre-label (review_extras)
         review = Container(
             widgets=[
                 self.open_button,
+                self.order_row,
                 self.skip_exported,
                 photo_list,
                 button_row,
                 more_row,
+                *extra_rows,
                 self.choice_row,
                 self.status,
                 self.progress,
@@ -363,8 +369,7 @@ class ReviewWidget(Container):
             combo.reset_choices()
         self._watch_window()
         self._others = self._live_claims()
-        self.photo_list.clear()
-        self.photo_list.addItems([self._row_text(item.sample_id) for item in queue.items])
+        self._show_order()  # the order's ComboBox and the list, in the queue's order
         self._heartbeat_timer.start()
         start = queue.position
         free = [
@@ -375,6 +380,7 @@ class ReviewWidget(Container):
         for position in free:
             if self._show(position):
                 queue.go_to(position)
+                self._offer_relabel()
                 return
         self.shown_id = None
         self.status.value = "Every photo of the queue is open in another napari; try later"
@@ -578,14 +584,11 @@ class ReviewWidget(Container):
             return self._refuse(OPEN_FIRST)
         if not self._save_current():
             return
-        flagged = self.queue.full_state(self.shown_id) == "flagged"
-        after = (
-            ("corrected" if self.queue.draft_path(self.shown_id).exists() else "new")
-            if flagged
-            else "flagged"
-        )
         try:
-            self.queue.set_state(self.shown_id, after)
+            if self.queue.full_state(self.shown_id) == "flagged":
+                self.queue.unflag(self.shown_id)
+            else:
+                self.queue.flag(self.shown_id, self.note.value)
         except OSError as error:
             return self._refuse(f"{self.shown_id}: not flagged ({os_error_line(error)})")
         self._update_row(self.shown_id)
@@ -795,6 +798,7 @@ class ReviewWidget(Container):
             return
         self._others = self._live_claims()
         self.queue.refresh()
+        self._rerank()  # scores another writer recorded (predict --scores): review_extras
         for row, item in enumerate(self.queue.items):
             text = self._row_text(item.sample_id)
             if self.photo_list.item(row) is not None and self.photo_list.item(row).text() != text:
@@ -866,7 +870,7 @@ class ReviewWidget(Container):
         except ValueError as error:
             self._unreadable.add(item.sample_id)
             self._update_row(item.sample_id)
-            for role in ("people", "parts", "photo"):
+            for role in ("suspects", "people", "parts", "photo"):
                 self._remove_layer(role)
             self._draft_shown = None
             self._refuse(f"{item.photo.name}: {error}")
@@ -909,6 +913,7 @@ class ReviewWidget(Container):
         if origin != "dataset" and self._show_people(self.queue.load_people_draft(item.sample_id)):
             self._seen_since = time.monotonic()  # on screen once its people are too
         self._show_state(note=note)
+        self._show_suspects()
         self._prelabel_ahead()
         return True
 
@@ -969,6 +974,7 @@ class ReviewWidget(Container):
             return
         place = f"{self.queue.position + 1} of {len(self.queue.items)}"
         text = f"{self.shown_id}: {self.queue.describe(self.shown_id)} ({place})"
+        text += held_note(self.queue, self.shown_id)
         self.status.value = f"{note} · {text}" if note else text
         self._show_progress()
 
@@ -986,7 +992,8 @@ class ReviewWidget(Container):
             state = f"{self.queue.state(sample_id)}, {self._others[sample_id].describe()}"
         else:
             state = self.queue.state(sample_id)
-        return f"{sample_id} — {state}"
+        score = score_text(self.queue.score(sample_id))
+        return f"{sample_id} — {state} · {score}" if score else f"{sample_id} — {state}"
 
     def _update_row(self, sample_id: str) -> None:
         row = next(i for i, item in enumerate(self.queue.items) if item.sample_id == sample_id)
@@ -1034,7 +1041,7 @@ class ReviewWidget(Container):
 
         def work():
             """Read the photos (off the GUI thread) and yield (sample id, labels, people or
-            None) for each."""
+            None, scores-file entry) for each."""
             readable = []
             for item in items:
                 try:
@@ -1051,6 +1058,7 @@ class ReviewWidget(Container):
                             readable[result.index][0],
                             result.labels,
                             propose_people(result.labels) if people_ahead else None,
+                            score_entry(result.labels, result.confidence),
                         )
                         if isinstance(result, Segmentation)
                         else result
@@ -1058,18 +1066,20 @@ class ReviewWidget(Container):
             finally:
                 results.close()
 
-        def take(result: tuple[str, np.ndarray, np.ndarray | None]) -> None:
-            """Keep the model's draft (unless the annotator saved one meanwhile) and show it if
-            its photo is shown, keeping what was painted on it."""
-            sample_id, labels, people = result
+        def take(result: tuple[str, np.ndarray, np.ndarray | None, dict]) -> None:
+            """Keep the model's draft (unless the annotator saved one meanwhile), its people and
+            its score, and show it if its photo is shown, keeping what was painted on it."""
+            sample_id, labels, people, entry = result
             self._model_loaded = source
             made.append(sample_id)
             self.runner.status.value = f"Pre-labelled {', '.join(made)}…"
             corrected = False
-            if queue.save_draft(sample_id, labels, corrected=False):
+            saved = queue.save_draft(sample_id, labels, corrected=False)
+            if saved:
                 keep_prelabel(queue.folder, sample_id, labels, source)  # for the effort log
                 if people is not None:
                     queue.save_people_draft(sample_id, people)
+                self._scored(queue, {sample_id: entry}, source)
             else:
                 # another napari made (or corrected) its draft first: show that one, never
                 # an empty mask
