@@ -118,6 +118,7 @@ def log_accept(
         active_s=active_s,
         state=state,
         annotator=queue.me,
+        note=queue.note(sample_id),
     )
     effort_log.append(queue.root, entry)
     return entry

@@ -108,7 +108,22 @@ def _entry(sample_id: str, model: str = "a.keras", changed_fraction: float = 0.2
 def test_log_lines_are_versioned_and_read_back(tmp_path):
     assert effort_log.read_log(tmp_path).entries == []
     path = effort_log.append(tmp_path, _entry("a"))
-    effort_log.append(tmp_path, _entry("b", model="b.keras", changed_fraction=0.125))
+    flagged = _entry("b", model="b.keras", changed_fraction=0.125)
+    assert "note" not in flagged
+    flagged = effort_log.accept_entry(
+        "b",
+        "Training",
+        effort(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))
+        | {"changed_fraction": 0.125},
+        model="b.keras",
+        prelabelled_at=None,
+        actions=0,
+        active_s=1.0,
+        state="flagged",
+        annotator={"user": "bob", "host": "h", "pid": 2},
+        note="legs swapped",
+    )
+    effort_log.append(tmp_path, flagged)
     assert path == tmp_path / ".napari-deeplab" / "effort.jsonl"
     lines = path.read_text().splitlines()
     assert len(lines) == 2
@@ -118,6 +133,7 @@ def test_log_lines_are_versioned_and_read_back(tmp_path):
     assert first["changed"] == 1 and first["pixels"] == 4 and first["actions"] == 3
     log = effort_log.read_log(tmp_path)
     assert [e["id"] for e in log.entries] == ["a", "b"] and log.skipped == []
+    assert log.entries[1]["note"] == "legs swapped" and "note" not in log.entries[0]
     # read on from where a read ended: only the lines appended since
     assert log.end == path.stat().st_size
     assert effort_log.read_log(tmp_path, start=log.end).entries == []

@@ -21,6 +21,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
 
 from ..queue_order import ORDERS
+from ..review_effort import keep_prelabel
 from ..review_queue_more import relabel_results
 from .job_runner import Job, JobRefused, JobRunner
 
@@ -175,6 +176,7 @@ class ReviewExtras:
                 return  # the photo is in hand now: never replaced under the annotator
             if queue.replace_untouched_draft(sample_id, labels):
                 replaced.append(sample_id)
+                keep_prelabel(queue.folder, sample_id, labels, source)  # the effort log's base
                 queue.record_scores({sample_id: entry}, source)
                 self._update_row(sample_id)
 

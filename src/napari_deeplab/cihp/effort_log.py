@@ -51,16 +51,18 @@ def accept_entry(
     state: str | None,
     annotator: dict,
     when: str | None = None,
+    note: str | None = None,
 ) -> dict:
     """One line of the log (without ``format`` and ``version``, which :func:`append` adds).
 
     ``figures``: :func:`napari_deeplab.effort.effort` of the pre-label and the accepted mask;
     ``model``: what made the pre-label (None: there was none, the figures compare with an
     all-background mask); ``state``: the queue's state of the photo before the Accept
-    (``corrected``, ``flagged``...); ``annotator``: {user, host, pid}."""
+    (``corrected``, ``flagged``...); ``annotator``: {user, host, pid}; ``note``: the note of
+    the photo's last flag (kept only when there is one)."""
     from ..effort import sparse_pairs
 
-    return {
+    entry = {
         "id": sample_id,
         "split": split,
         "when": when or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -75,6 +77,9 @@ def accept_entry(
         "active_s": round(float(active_s), 3),
         "state": state,
     }
+    if note is not None:
+        entry["note"] = note
+    return entry
 
 
 def append(root: str | os.PathLike, entry: dict) -> Path:
