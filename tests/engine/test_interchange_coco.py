@@ -159,3 +159,27 @@ def test_a_bad_record_gives_one_line_and_the_other_samples_land(dataset, tmp_pat
     (line,) = lines
     assert "0005008.jpg" in line and "\n" not in line
     assert sorted(cihp.list_samples(tmp_path / "back")) == ["0002190", "0026375"]
+
+
+def test_the_cli_exports_and_imports_with_predicts_exit_codes(dataset, tmp_path, capsys):
+    from napari_deeplab.cli import main
+
+    assert main(["export", str(dataset), "--format", "coco", "--out", str(tmp_path / "c")]) == 0
+    path = tmp_path / "c" / "annotations" / "instances_Training.json"
+    document = json.loads(path.read_text())
+    document["images"][0]["height"] += 1  # its masks no longer fit: a bad record
+    path.write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["import", str(path), "--format", "coco", "--out", str(tmp_path / "d")]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "0002190.jpg" in errors[0]
+    assert sorted(cihp.list_samples(tmp_path / "d")) == ["0005008", "0026375"]
+
+    document["categories"][0]["name"] = "hat of another tool"
+    path.write_text(json.dumps(document))
+    assert main(["import", str(path), "--format", "coco", "--out", str(tmp_path / "e")]) == 2
+    assert "--map" in capsys.readouterr().err
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"hat of another tool": 1}))
+    argv = ["import", str(path), "--format", "coco", "--out", str(tmp_path / "e")]
+    assert main([*argv, "--map", str(mapping)]) == 1
