@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands, model_help)
     _add_audit(commands, model_help)
     _add_convert(commands, model_help)
+    _add_interchange(commands)
     return parser
 
 
@@ -168,6 +169,13 @@ def _add_predict(commands, model_help: str) -> None:
         "them, at the model's full input size (local engine, one model thread; see "
         "docs/workflow.md)",
     )
+
+
+def _add_interchange(commands) -> None:
+    """``export`` and ``import`` (other tools' formats): :mod:`.interchange.commands`."""
+    from .interchange.commands import add_parsers
+
+    add_parsers(commands)
 
 
 def _add_scores(commands) -> None:
@@ -422,6 +430,8 @@ def _main(argv: list[str] | None) -> int:
             "evaluate": _evaluate,
             "audit": _audit,
             "convert": _convert,
+            "export": _interchange,
+            "import": _interchange,
         }[args.command]
         return command(args)
     except SampleProblems as error:
@@ -445,6 +455,12 @@ def _main(argv: list[str] | None) -> int:
             "napari-deeplab: interrupted; the samples written so far are complete", file=sys.stderr
         )
         return EXIT_INTERRUPTED
+
+
+def _interchange(args) -> int:
+    from .interchange import commands
+
+    return (commands.run_export if args.command == "export" else commands.run_import)(args)
 
 
 def _scores(args) -> int:

@@ -48,6 +48,19 @@ def _own_recent_lists(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _napari_settings_stay_in_the_test():
+    """napari's settings (reader preferences that our reader registers, among them) are not
+    saved to the user's settings file; make_napari_viewer resets them per test."""
+    from napari.settings import get_settings
+
+    settings = get_settings()
+    saving = settings._save_on_change
+    settings._save_on_change = False
+    yield
+    settings._save_on_change = saving
+
+
+@pytest.fixture(autouse=True)
 def _no_tensorflow_here():
     yield
     assert "tensorflow" not in sys.modules, "TensorFlow was loaded in napari's process"

@@ -9,9 +9,11 @@ import PIL.Image
 import pytest
 from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
 from napari.layers import Image, Labels
+from napari.plugins.utils import get_preferred_reader
 
 from napari_deeplab import cihp
-from napari_deeplab._napari.io import SaveRefused, get_reader
+from napari_deeplab._napari import reader_preferences
+from napari_deeplab._napari.io import SaveRefused, get_reader, napari_reader
 from napari_deeplab.cihp import CLASS_NAMES, PALETTE
 
 from .gui import drop_files
@@ -84,6 +86,9 @@ OURS = "napari-deeplab"
 
 
 def compatible_readers(path) -> set[str]:
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()  # what making a viewer does: npe2 discovers the installed plugins
     return {
         r.plugin_name for r in npe2.PluginManager.instance().iter_compatible_readers([str(path)])
     }
@@ -117,7 +122,7 @@ def file_open(viewer, path):
 def test_a_photo_opens_with_napari_without_asking(make_napari_viewer, cihp_samples, reader_dialog):
     photo = cihp_samples / "Images" / "0005008.jpg"
     assert compatible_readers(photo) == {"napari"}
-    assert get_reader(str(photo)) is None
+    assert get_reader(str(photo)) is napari_reader(str(photo))  # handed back, were it asked
 
     viewer = make_napari_viewer()
     file_open(viewer, photo)
@@ -128,29 +133,109 @@ def test_a_photo_opens_with_napari_without_asking(make_napari_viewer, cihp_sampl
     np.testing.assert_array_equal(viewer.layers[0].data, np.asarray(PIL.Image.open(photo)))
 
 
-def test_file_open_of_a_split_folder_or_a_mask_offers_and_reads_cihp(
-    make_napari_viewer, cihp_samples, reader_dialog
-):
-    viewer = make_napari_viewer()
-    reader_dialog.choice = OURS
-    file_open(viewer, cihp_samples)
-    assert OURS in reader_dialog.offered[-1]
-    assert [layer.name for layer in viewer.layers][:2] == ["0002190", "0002190 parts"]
-    assert isinstance(viewer.layers["0002190 parts"], Labels)
+def napari_decides(viewer, path):
+    """``viewer.open`` choosing the reader as File > Open does (its default, plugin="napari",
+    is napari's builtins whatever the path)."""
+    viewer.open(str(path), plugin=None)
 
-    viewer.layers.clear()
-    file_open(viewer, cihp_samples / "Category_ids" / "0026375.png")
-    assert sorted(reader_dialog.offered[-1]) == [BUILTINS, OURS]
-    assert [layer.name for layer in viewer.layers][:2] == ["0026375", "0026375 parts"]
+
+@pytest.fixture
+def written_dataset(tmp_path, cihp_samples):
+    """A dataset written by cihp.write_sample: two samples in Training, one with people."""
+    root = tmp_path / "written"
+    for sample_id in ("0005008", "0026375"):
+        parts = np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / f"{sample_id}.png"))
+        cihp.write_sample(
+            root,
+            sample_id,
+            parts,
+            image_path=cihp_samples / "Images" / f"{sample_id}.jpg",
+            human_ids=(parts > 0).astype(np.uint8) if sample_id == "0005008" else None,
+        )
+    return root
+
+
+def test_our_masks_and_dataset_folders_open_without_asking_once_the_plugin_ran(
+    make_napari_viewer, written_dataset, cihp_samples, tmp_path, reader_dialog
+):
+    mask = written_dataset / "Training" / "Category_ids" / "0026375.png"
+    plain = tmp_path / "holiday.png"
+    PIL.Image.open(cihp_samples / "Images" / "0002190.jpg").save(plain)
+    viewer = make_napari_viewer()
+    assert compatible_readers(mask) == compatible_readers(plain) == {"napari", OURS}
+
+    # a fresh napari (no preference yet): the first mask asks, once
+    reader_dialog.choice = OURS
+    file_open(viewer, mask)
+    assert len(reader_dialog.offered) == 1
+    assert [layer.name for layer in viewer.layers] == ["0026375", "0026375 parts"]
+
+    # from now on napari never asks (choice None: a dialog fails the test)
+    reader_dialog.choice = None
+    assert get_preferred_reader(mask) == OURS
+    assert get_preferred_reader(written_dataset / "Training") == OURS
+    assert get_preferred_reader(written_dataset) == OURS  # the root our reader opened
+    assert get_preferred_reader(plain) == "napari"
+    for path, names in (
+        (
+            written_dataset / "Training" / "Category_ids" / "0005008.png",
+            ["0005008", "0005008 parts", "0005008 people", "0005008 instances"],
+        ),
+        (
+            written_dataset / "Training",
+            ["0005008", "0005008 parts", "0005008 people", "0005008 instances"],
+        ),
+        (written_dataset, ["0005008", "0005008 parts", "0005008 people", "0005008 instances"]),
+        (
+            cihp_samples / "Category_ids" / "0002190.png",
+            ["0002190", "0002190 parts", "0002190 people", "0002190 instances"],
+        ),
+    ):
+        for open_path in (file_open, napari_decides):
+            viewer.layers.clear()
+            open_path(viewer, path)
+            assert [layer.name for layer in viewer.layers] == names, path
+            assert isinstance(viewer.layers[names[1]], Labels)
     np.testing.assert_array_equal(
-        viewer.layers["0026375 parts"].data,
-        np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0026375.png")),
+        viewer.layers["0002190 parts"].data,
+        np.asarray(PIL.Image.open(cihp_samples / "Category_ids" / "0002190.png")),
     )
 
+    # a plain PNG opens with napari's own reader, as it would without this plugin
+    viewer.layers.clear()
+    file_open(viewer, plain)
+    napari_decides(viewer, plain)
+    assert [layer.name for layer in viewer.layers] == ["holiday", "holiday [1]"]
+    assert all(isinstance(layer, Image) for layer in viewer.layers)
+    np.testing.assert_array_equal(viewer.layers[0].data, np.asarray(PIL.Image.open(plain)))
+    assert reader_dialog.offered == [reader_dialog.offered[0]]
 
-def test_any_other_png_or_folder_is_left_to_napari(
-    make_napari_viewer, cihp_samples, tmp_path, reader_dialog
+
+@pytest.mark.parametrize("users_png_reader", ["napari", OURS])
+def test_a_users_png_preference_is_kept_and_both_kinds_still_open(
+    make_napari_viewer, written_dataset, tmp_path, cihp_samples, reader_dialog, users_png_reader
 ):
+    """The user ticked "remember for .png" in the dialog, with either reader."""
+    from napari.settings import get_settings
+
+    plain = tmp_path / "holiday.png"
+    PIL.Image.open(cihp_samples / "Images" / "0002190.jpg").save(plain)
+    viewer = make_napari_viewer()
+    get_settings().plugins.extension2reader = {"*.png": users_png_reader}
+    reader_preferences.register()
+    assert get_settings().plugins.extension2reader["*.png"] == users_png_reader  # kept
+
+    file_open(viewer, written_dataset / "Training" / "Category_ids" / "0026375.png")
+    assert [layer.name for layer in viewer.layers] == ["0026375", "0026375 parts"]
+    viewer.layers.clear()
+    napari_decides(viewer, plain)  # through our reader, where the user chose it for .png
+    (layer,) = viewer.layers
+    assert isinstance(layer, Image) and layer.name == "holiday"
+    np.testing.assert_array_equal(layer.data, np.asarray(PIL.Image.open(plain)))
+    assert reader_dialog.offered == []
+
+
+def test_any_other_png_or_folder_is_handed_to_napari(cihp_samples, tmp_path):
     elsewhere = tmp_path / "photo.png"
     PIL.Image.open(cihp_samples / "Images" / "0005008.jpg").save(elsewhere)
     flipped_mask = cihp_samples / "Category_ids_flipped" / "0005008.png"  # not in Category_ids
@@ -166,19 +251,36 @@ def test_any_other_png_or_folder_is_left_to_napari(
         tmp_path / "orphan",
         cihp_samples / "Images",
     ):
-        assert get_reader(str(path)) is None, path
-    assert get_reader([str(elsewhere), str(flipped_mask)]) is None  # a stack
+        assert get_reader(str(path)) is napari_reader(str(path)), path
+    stack = [str(elsewhere), str(flipped_mask)]
+    assert get_reader(stack) is napari_reader(stack)
 
-    # Without a choice (napari's own fallback order), our reader declines and napari reads it.
+    # Without a choice (napari's own fallback order), either reader reads it as napari does.
     layer_data = npe2.read([str(elsewhere)], stack=False)
     np.testing.assert_array_equal(layer_data[0][0], np.asarray(PIL.Image.open(elsewhere)))
+    (orphan_layer,) = npe2.read([str(orphan)], stack=False, plugin_name=OURS)
+    assert orphan_layer[0].shape == (4, 4)
+    assert (orphan_layer[2:] or ("image",))[0] == "image"  # napari's tuple: no type = image
 
-    viewer = make_napari_viewer()
-    reader_dialog.choice = BUILTINS  # a .png is offered to both (npe2 sees the name only)
-    file_open(viewer, elsewhere)
-    (layer,) = viewer.layers
-    assert isinstance(layer, Image) and layer.name == "photo"
-    np.testing.assert_array_equal(layer.data, np.asarray(PIL.Image.open(elsewhere)))
+
+def test_npe2_matches_manifest_patterns_on_the_file_name_only(cihp_samples):
+    """Why the narrow patterns live in napari's preferences and not in napari.yaml: npe2 drops
+    the folders before matching, so a pattern naming ``Category_ids`` would never match."""
+    mask = str(cihp_samples / "Category_ids" / "0005008.png")
+    for pattern, matches in (("*/Category_ids/*.png", False), ("*.png", True)):
+        manager = npe2.PluginManager()
+        manager.register(
+            npe2.PluginManifest(
+                name="pattern-probe",
+                contributions={
+                    "commands": [
+                        {"id": "pattern-probe.read", "title": "r", "python_name": "probe.io:read"}
+                    ],
+                    "readers": [{"command": "pattern-probe.read", "filename_patterns": [pattern]}],
+                },
+            )
+        )
+        assert bool(list(manager.iter_compatible_readers([mask]))) is matches, pattern
 
 
 def test_the_installed_manifest_validates_and_has_categories():

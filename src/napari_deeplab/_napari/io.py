@@ -43,22 +43,42 @@ INSTANCES_SUFFIX = " instances"
 
 def get_reader(path):
     """npe2 reader hook: a reader function for a CIHP root or split folder (it opens the first
-    sample) or a ``Category_ids`` mask, where that sample's photo is in ``Images/``; None for
-    anything else (a stack, any other PNG or folder), so napari opens those with its own reader."""
+    sample) or a ``Category_ids`` mask, where that sample's photo is in ``Images/``; anything
+    else (a stack, any other PNG or folder) is read by napari's own reader, so a reader
+    preference naming this plugin for ``*.png`` keeps plain photos opening. Also registers the
+    reader preferences that spare the Choose reader dialog (:mod:`.reader_preferences`)."""
+    from . import reader_preferences
+
+    with contextlib.suppress(Exception):  # preferences are a convenience: never block a read
+        reader_preferences.register()
     if not isinstance(path, (str, Path)):
-        return None
+        return napari_reader(path)
     try:
         location = cihp.locate(path)
         root, split, sample_id = location.root, location.split, location.sample_id
         if sample_id is None:
             samples = cihp.list_samples(root, split)
             if not samples:
-                return None
+                return napari_reader(path)
             sample_id = samples[0]
         cihp.find_image(root, sample_id, split)
     except (ValueError, OSError):
-        return None
-    return lambda _: read_cihp(root, split, sample_id)
+        return napari_reader(path)
+
+    def read(_path):
+        with contextlib.suppress(Exception):
+            reader_preferences.register(root)
+        return read_cihp(root, split, sample_id)
+
+    return read
+
+
+def napari_reader(path):
+    """napari's own (builtin) reader function for ``path`` (a path or a stack's list), or None
+    where it has none; what our reader hands back for files that are not CIHP samples."""
+    from napari_builtins.io import napari_get_reader
+
+    return napari_get_reader(path)
 
 
 META_KEY = "napari_deeplab"
