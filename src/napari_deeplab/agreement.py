@@ -116,18 +116,20 @@ def compare_datasets(dataset: Dataset, reference: Dataset) -> dict:
     for sample_id in reference.ids:
         truth, masks = _read(reference, sample_id), _read(dataset, sample_id)
         truth_parts, parts = truth.category_ids, masks.category_ids
-        if truth_parts.shape != parts.shape:  # type: ignore[union-attr]
+        if truth_parts is None or parts is None:
+            raise cihp.DatasetError(f"sample {sample_id}: no Category_ids mask on one side")
+        if truth_parts.shape != parts.shape:
             raise cihp.DatasetError(
-                f"sample {sample_id}: its masks are {parts.shape[1]} x {parts.shape[0]} in "  # type: ignore[union-attr]
-                f"{cihp.split_folder(dataset.root, dataset.split)} but {truth_parts.shape[1]} "  # type: ignore[union-attr]
-                f"x {truth_parts.shape[0]} in {cihp.split_folder(reference.root, reference.split)}"  # type: ignore[union-attr]
+                f"sample {sample_id}: its masks are {parts.shape[1]} x {parts.shape[0]} in "
+                f"{cihp.split_folder(dataset.root, dataset.split)} but {truth_parts.shape[1]} "
+                f"x {truth_parts.shape[0]} in {cihp.split_folder(reference.root, reference.split)}"
             )
         labelled = np.where(parts == IGNORE_CLASS, IGNORE_CLASS, truth_parts)
         matrix += confusion(labelled, np.where(parts == IGNORE_CLASS, 0, parts), cihp.NUM_CLASSES)
         if truth.human_ids is None or masks.human_ids is None:
             skipped.append(sample_id)
             continue
-        instances.add(truth_parts, truth.human_ids, parts, masks.human_ids)  # type: ignore[arg-type]
+        instances.add(truth_parts, truth.human_ids, parts, masks.human_ids)
         used += 1
     result = _result(matrix, instances, used, skipped)
     if result is None:

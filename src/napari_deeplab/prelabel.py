@@ -359,6 +359,7 @@ def commit_outcomes(out, split: str, results: Sequence[tuple[Path, object]]) -> 
         if isinstance(sample, FileOutcome):
             outcomes.append(sample)
         else:
+            assert isinstance(sample, cihp.StagedSample)
             outcomes.append(_commit_outcome(out, path, split, next(errors), sample))
     return outcomes
 

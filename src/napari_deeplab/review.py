@@ -160,8 +160,7 @@ def queue_items(source: str | os.PathLike) -> list[QueueItem]:
     items = [QueueItem(cihp.sample_id_of_file(p), p) for p in photos]
     ids = [item.sample_id for item in items]
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        twice = next(i for i in ids if i in seen or seen.add(i))
+        twice = next(i for i in ids if ids.count(i) > 1)
         names = ", ".join(item.photo.name for item in items if item.sample_id == twice)
         raise ValueError(
             f"{source}: the photos {names} share a file stem, the id {twice!r} (ids are "

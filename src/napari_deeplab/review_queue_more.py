@@ -1,3 +1,5 @@
+# mypy: disable-error-code="attr-defined, has-type"
+# (a mixin: the attributes it uses are ReviewQueue's)
 """The review queue's order, scores, re-pre-labelling and checks (the loop at dataset scale).
 
 Mixed into :class:`napari_deeplab.review.ReviewQueue`; no napari here.

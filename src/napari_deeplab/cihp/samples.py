@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import files, photos
 from . import commit
-from .commit import ANY_VERSION, NO_PEOPLE, reading
+from .commit import ANY_VERSION, NO_PEOPLE, _NoPeople, reading
 from .instances import sample_instance_writers
 from .labels import HUMAN_COLOURS, NUM_CLASSES, PALETTE
 from .layout import (
@@ -225,7 +225,7 @@ def write_sample(
     split: str = "Training",
     image: np.ndarray | None = None,
     image_path: str | os.PathLike | None = None,
-    human_ids: np.ndarray | None = None,
+    human_ids: np.ndarray | _NoPeople | None = None,
     overwrite: bool = False,
     expected_version=ANY_VERSION,
     writer_tool: str | None = None,
@@ -312,7 +312,7 @@ def stage_sample(
     split: str = "Training",
     image: np.ndarray | None = None,
     image_path: str | os.PathLike | None = None,
-    human_ids: np.ndarray | None = None,
+    human_ids: np.ndarray | _NoPeople | None = None,
     overwrite: bool = False,
     expected_version=ANY_VERSION,
     writer_tool: str | None = None,
@@ -355,8 +355,9 @@ def stage_sample(
         "Category_ids": lambda tmp: save_label_png(labels, tmp),
         "Categories": lambda tmp: save_rgb_png(labels, PALETTE, tmp),
     }
-    if stored is not None and stored.pixels is not None:
-        writers["Images"] = lambda tmp: save_converted_png(stored.pixels, tmp)
+    converted = None if stored is None else stored.pixels
+    if converted is not None:
+        writers["Images"] = lambda tmp: save_converted_png(converted, tmp)
     elif image_path is not None:
         writers["Images"] = lambda tmp: _copy_file(image_path, tmp)
     elif image is not None:

@@ -75,7 +75,7 @@ def plan_stored_photo(path: str | os.PathLike) -> StoredPhoto:
         if not Path(path).is_file():
             raise
         kind, mode, shape = None, None, None  # a format Pillow cannot open (some TIFFs)
-    if kind in KEPT_FORMATS and (kind == "PNG" or mode in KEPT_JPEG_MODES):
+    if shape is not None and kind in KEPT_FORMATS and (kind == "PNG" or mode in KEPT_JPEG_MODES):
         return StoredPhoto(shape, KEPT_FORMATS[kind])
     try:
         pixels = photos.read_photo(path)

@@ -45,7 +45,7 @@ def sample_annotations(category_ids: np.ndarray, human_ids: np.ndarray | None) -
     segmentation, area, bbox, iscrowd (and attributes.person where people exist)."""
     from scipy import ndimage
 
-    regions = []
+    regions: list[tuple[int, np.ndarray, int | None]] = []
     if human_ids is not None:
         instance_map, instances = part_instances(category_ids, human_ids)
         for instance in instances:
@@ -88,9 +88,12 @@ def export_coco(root, out, split: str = "Training") -> Path:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, sample_id in enumerate(cihp.list_samples(root, split), start=1):
         sample = cihp.read_sample(root, sample_id, split)
+        if sample.category_ids is None:  # listed without a mask: nothing to export
+            raise cihp.DatasetError(f"sample {sample_id}: no Category_ids mask to export")
         photo = cihp.find_image(root, sample_id, split)
         shutil.copyfile(photo, out / "images" / photo.name)
         height, width = sample.category_ids.shape
