@@ -36,6 +36,7 @@ def predict_directly(process, photo, model, tta=None) -> Segmentation:
 def point_at(qtbot, viewer, row: int, col: int) -> None:
     """Move the mouse over the data pixel (row, col) of an unscaled layer, as a hand does."""
     canvas = canvas_widget(viewer)
+    assert canvas.width() > 0 and canvas.height() > 0, "the docked widgets leave no canvas"
     camera = viewer.scene.camera
     center, zoom = camera.center, camera.zoom
     point = QPoint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.type_map import get_widget_class
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, RadioButtons
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
@@ -32,7 +32,7 @@ from .parts_layer import (
 from .recent_datasets import DatasetChooser, remember_dataset
 from .reparse_tool import REPARSE_KEY, ReparseTool
 from .second_choice import SECOND_CHOICE_KEY, relabel_with_second_choice, store_runner_up
-from .shortcuts import bind_keys, on_removed, shortcut_help
+from .shortcuts import bind_keys, help_label, on_removed
 
 RUN_KEY = "Shift-R"
 SAVE_KEY = "Shift-D"
@@ -141,7 +141,7 @@ class PrelabelWidget(Container):
                 self.runner,
                 self.reparse,
                 saving,
-                Label(value=shortcut_help(keys), label="Keys"),
+                help_label(keys, label="Keys"),
                 self.legend,
             ]
         )

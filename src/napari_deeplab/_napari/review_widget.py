@@ -48,7 +48,7 @@ from .people_layer import PeopleTools
 from .recent import RecentList
 from .recent_datasets import recent_datasets, remember_dataset
 from .review_extras import ReviewExtras, held_note
-from .shortcuts import bind_keys, on_removed, shortcut_help
+from .shortcuts import bind_keys, help_label, on_removed
 
 # free in napari's viewer and layer keymaps; Alt+A is neither a menu mnemonic (File, View,
 # Layers, Plugins, Window, Help) nor an app shortcut (Alt+C, Alt+S, Alt+T)
@@ -238,15 +238,13 @@ class ReviewWidget(ReviewExtras, Container):
         )
         self.legend = ClassLegend(self.parts_layer)
         self.people = PeopleTools(napari_viewer, self.parts_layer, lambda: self._layer("people"))
-        self.help_line = Label(
-            value=shortcut_help(
-                {
-                    "Alt-Left/Right": "photo",
-                    ACCEPT_KEY: "accept",
-                    "Shift-Up/Down": "class",
-                    **PICKER_KEY_HELP,
-                }
-            )
+        self.help_line = help_label(
+            {
+                "Alt-Left/Right": "photo",
+                ACCEPT_KEY: "accept",
+                "Shift-Up/Down": "class",
+                **PICKER_KEY_HELP,
+            }
         )
         button_row = Container(widgets=buttons[1:4], layout="horizontal", labels=False)
         more_row = Container(widgets=buttons[4:], layout="horizontal", labels=False)
@@ -622,7 +620,10 @@ class ReviewWidget(ReviewExtras, Container):
         try:
             self.queue.save_people_draft(self.shown_id, np.array(people.data))
         except OSError as error:
-            self._refuse(f"{self.shown_id}: your people are not saved ({os_error_line(error)})")
+            self._refuse(
+                f"{self.shown_id}: your people are not saved ({os_error_line(error)}); "
+                "make the dataset folder writable, then try again"
+            )
             return False
         return True
 
@@ -692,26 +693,25 @@ class ReviewWidget(ReviewExtras, Container):
         only looked at keeps its draft and state (an exported one stays exported). False, after
         saying why, if the draft could not be written: then the photo stays in hand."""
         self._autosave_timer.stop()
-        if not self._save_people():
-            return False
-        if self.queue is None or self.shown_id is None or not self._edited():
+        if self.queue is None or self.shown_id is None:
             return True
-        self._flush_autosave()
-        labels = np.array(self.parts_layer().data)
-        try:
-            self.queue.save_draft(self.shown_id, labels, corrected=True)
-            self.queue.drop_in_hand(self.shown_id)
-            if self.queue.base_version(self.shown_id) != self._base_version:
-                self.queue.set_base_version(self.shown_id, self._base_version)
-        except OSError as error:
-            self._refuse(
-                f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
-                "make the dataset folder writable, then try again"
-            )
-            return False
-        self._draft_shown = labels
-        self._update_row(self.shown_id)
-        return True
+        if self._edited():
+            self._flush_autosave()
+            labels = np.array(self.parts_layer().data)
+            try:
+                self.queue.save_draft(self.shown_id, labels, corrected=True)
+                self.queue.drop_in_hand(self.shown_id)
+                if self.queue.base_version(self.shown_id) != self._base_version:
+                    self.queue.set_base_version(self.shown_id, self._base_version)
+            except OSError as error:
+                self._refuse(
+                    f"{self.shown_id}: your edits are not saved ({os_error_line(error)}); "
+                    "make the dataset folder writable, then try again"
+                )
+                return False
+            self._draft_shown = labels
+            self._update_row(self.shown_id)
+        return self._save_people()
 
     # --- autosave, claims, closing ------------------------------------------------------------
 

@@ -203,3 +203,13 @@ def _normalized(key: str):
 def shortcut_help(actions: dict[str, str]) -> str:
     """One help line, e.g. ``"Shift-R: run · Shift-Up/Down: class"`` from {key: what}."""
     return " · ".join(f"{key}: {what}" for key, what in actions.items())
+
+
+def help_label(actions: dict[str, str], **kwargs):
+    """A magicgui Label of :func:`shortcut_help`, wrapped to the dock's width (one long line
+    would widen the dock until napari's canvas has no room left)."""
+    from magicgui.widgets import Label
+
+    label = Label(value=shortcut_help(actions), **kwargs)
+    label.native.setWordWrap(True)
+    return label
