@@ -138,17 +138,22 @@ def test_closing_the_generator_stops_the_pipeline_and_keeps_committed_samples(
 def test_ctrl_c_in_the_calling_thread_stops_the_pipeline(many_photos, model, tmp_path):
     out = tmp_path / "out"
     yielded = []
-    with (
-        pytest.raises(KeyboardInterrupt),
-        contextlib.closing(
-            prelabel_files(many_photos, model, out, batch_size=2, workers=3, max_in_flight=2)
-        ) as batch,
-    ):
-        for outcome in batch:
-            yielded.append(outcome.sample_id)
-            if len(yielded) == 1:  # Ctrl+C, while the calling thread waits in the pipeline
-                threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
-        time.sleep(5)  # (had the pipeline ended first, the interrupt still lands in here)
+    # Python's own Ctrl+C handler, whatever a library imported earlier in this process set
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with (
+            pytest.raises(KeyboardInterrupt),
+            contextlib.closing(
+                prelabel_files(many_photos, model, out, batch_size=2, workers=3, max_in_flight=2)
+            ) as batch,
+        ):
+            for outcome in batch:
+                yielded.append(outcome.sample_id)
+                if len(yielded) == 1:  # Ctrl+C, while the calling thread waits in the pipeline
+                    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            time.sleep(5)  # (had the pipeline ended first, the interrupt still lands in here)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(yielded) < len(many_photos)
     _assert_complete(out, yielded)
 
