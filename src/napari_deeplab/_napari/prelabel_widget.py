@@ -92,9 +92,9 @@ class PrelabelWidget(Container):
             "their value when the model runs again",
         )
         self.flip = CheckBox(
-            text="Flip averaging (2x time)",
+            text="Flip averaging",
             tooltip="Average the model's logits with those of the mirrored photo (left and "
-            "right swapped back): steadier parts, twice the model's time",
+            "right swapped back): steadier parts, twice the model's time (2x)",
         )
         self.runner = JobRunner(
             self._prepare,
@@ -126,8 +126,8 @@ class PrelabelWidget(Container):
         keys = {
             RUN_KEY: "run",
             SAVE_KEY: "save",
-            SECOND_CHOICE_KEY: "second choice",
-            REPARSE_KEY: "re-parse person",
+            SECOND_CHOICE_KEY: "2nd choice",
+            REPARSE_KEY: "re-parse",
             f"{PREVIOUS_CLASS_KEY}/{NEXT_CLASS_KEY.split('-')[1]}": "class",
             **PICKER_KEY_HELP,
         }
@@ -136,10 +136,12 @@ class PrelabelWidget(Container):
                 self.image,
                 self.model,
                 self.frames,
-                self.discard_edits,
-                self.flip,
+                Container(
+                    widgets=[self.discard_edits, self.flip, self.reparse],
+                    layout="horizontal",
+                    labels=False,
+                ),
                 self.runner,
-                self.reparse,
                 saving,
                 help_label(keys, label="Keys"),
                 self.legend,

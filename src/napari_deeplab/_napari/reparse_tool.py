@@ -34,7 +34,7 @@ class ReparseTool(Container):
 
     def __init__(self, owner):
         self.button = PushButton(
-            text="Re-parse person ⇧P",
+            text="Re-parse ⇧P",
             tooltip="Run the model again on a crop around one person, at the model's full "
             "detail: click the person after this button, or point at them and press "
             f"{REPARSE_KEY.replace('-', '+')}; with a Shapes layer active, its rectangles. "

@@ -206,10 +206,13 @@ def shortcut_help(actions: dict[str, str]) -> str:
 
 
 def help_label(actions: dict[str, str], **kwargs):
-    """A magicgui Label of :func:`shortcut_help`, wrapped to the dock's width (one long line
-    would widen the dock until napari's canvas has no room left)."""
+    """A magicgui Label of :func:`shortcut_help` on one line that never widens the dock (a long
+    line would, until napari's canvas has no room left): cut at the dock's edge, the whole
+    line in its tooltip (and in docs/workflow.md)."""
     from magicgui.widgets import Label
+    from qtpy.QtWidgets import QSizePolicy
 
-    label = Label(value=shortcut_help(actions), **kwargs)
-    label.native.setWordWrap(True)
+    text = shortcut_help(actions)
+    label = Label(value=text, tooltip=text, **kwargs)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     return label
