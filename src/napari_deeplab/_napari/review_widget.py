@@ -487,8 +487,8 @@ class ReviewWidget(ReviewExtras, Container):
         self.undo_button.text = f"Undo export of {sample_id}"
         self.undo_button.visible = True
         self._update_row(sample_id)
-        self._accepted_at = time.monotonic()
         self._move(1)
+        self._accepted_at = time.monotonic()  # a press soon after the next photo shows: twice
         self._show_state(note=f"Exported {sample_id} — Undo")
 
     def _offer(self, kind: str, labels, people_ids, version, message: str) -> None:
