@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from benchmarks import cpu_name
 from napari_deeplab import audit
 from napari_deeplab.cihp import LEFT_RIGHT_SWAP
 
@@ -95,9 +96,7 @@ def precision_at_k(dataset: Path, model=None) -> tuple[float, int, float]:
 
 
 def main(argv: list[str]) -> None:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "?")
-    print(f"CPU: {cpu}")
+    print(f"CPU: {cpu_name()}")
     models = {"oracle": None}
     if "--oracle" not in argv:
         from napari_deeplab.model import build_model

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import cpu_name
 from napari_deeplab import cihp
 
 SIDE = 8
@@ -124,17 +124,7 @@ def main(argv=None) -> None:
             shutil.rmtree(root)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"CPU: {_cpu_name()}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
+    print(f"CPU: {cpu_name()}")
 
 
 if __name__ == "__main__":

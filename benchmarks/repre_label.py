@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import cpu_name
+
 HERE = Path(__file__).resolve().parents[1]
 SAMPLES = HERE / "tests" / "data" / "cihp_samples" / "Images"
 MAKE_MODEL = """
@@ -86,7 +88,7 @@ def main() -> None:
         total_s = time.perf_counter() - start
         process.close()
         assert replaced == args.photos
-        cpu = _cpu()
+        cpu = cpu_name()
         print(
             f"{args.photos} untouched photos ({pixels:.2f} MP each), {cpu}, {os.cpu_count()} CPUs"
         )
@@ -98,16 +100,6 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ is found from it with Qt's public ``findChild`` (the canvas is the window's only
 
 import time
 
-from qtpy.QtCore import QMimeData, QPointF, Qt, QUrl
+import numpy as np
+from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from qtpy.QtGui import QDropEvent
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QMainWindow, QOpenGLWidget, QWidget
@@ -32,6 +33,31 @@ def main_window(viewer) -> QMainWindow:
 def canvas_widget(viewer) -> QWidget:
     """The Qt widget of the canvas: where the keyboard's and the mouse's events arrive."""
     return main_window(viewer).findChild(QOpenGLWidget)
+
+
+def canvas_point(viewer, row: float, col: float) -> QPoint:
+    """Where the data pixel (row, col) of an unscaled 2D layer is on the canvas."""
+    canvas = canvas_widget(viewer)
+    center, zoom = viewer.camera.center, viewer.camera.zoom
+    return QPoint(
+        round((col - center[-1]) * zoom + canvas.width() / 2),
+        round((row - center[-2]) * zoom + canvas.height() / 2),
+    )
+
+
+def drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
+    """A mouse drag with the left button from data pixel ``start`` to ``end`` (row, col), as a
+    hand on the mouse makes it."""
+    canvas = canvas_widget(viewer)
+    points = [
+        canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
+        for i in range(steps + 1)
+    ]
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
+    for point in points[1:]:
+        qtbot.mouseMove(canvas, point)
+        qtbot.wait(5)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
 
 
 def press_key(viewer, key, modifiers=NO_MODIFIER, times: int = 1) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 from PIL import Image as PILImage
-from qtpy.QtCore import QPoint, Qt
+from qtpy.QtCore import Qt
 
 from napari_deeplab import people
 from napari_deeplab._napari.people_layer import (
@@ -20,7 +20,7 @@ from napari_deeplab._napari.people_layer import (
     sizes_of,
 )
 
-from .gui import canvas_widget, dock_plugin, main_window, press_key
+from .gui import canvas_point, canvas_widget, dock_plugin, drag, main_window, press_key
 
 SHIFT, CONTROL = Qt.KeyboardModifier.ShiftModifier, Qt.KeyboardModifier.ControlModifier
 TRUE_COUNTS = {"0002190": 2, "0005008": 7, "0026375": 3}
@@ -53,21 +53,11 @@ def _open_queue(viewer, photos, root):
     return widget
 
 
-def _canvas_point(viewer, row: float, col: float) -> QPoint:
-    """Where the data pixel (row, col) of an unscaled 2D layer is on the canvas."""
-    canvas = canvas_widget(viewer)
-    center, zoom = viewer.camera.center, viewer.camera.zoom
-    return QPoint(
-        round((col - center[-1]) * zoom + canvas.width() / 2),
-        round((row - center[-2]) * zoom + canvas.height() / 2),
-    )
-
-
 def _hover(qtbot, viewer, row: int, col: int) -> tuple[int, int]:
     """The mouse moved over the data pixel (row, col); returns the pixel under the cursor
     (one off at most, at a zoom under 1)."""
     canvas = canvas_widget(viewer)
-    point = _canvas_point(viewer, row, col)
+    point = canvas_point(viewer, row, col)
     assert canvas.rect().contains(point), (point, canvas.size())
     qtbot.mouseMove(canvas, point)
     qtbot.wait(20)
@@ -256,17 +246,7 @@ def test_a_hand_stroke_breaking_the_parts_is_repaired_in_its_undo_step(
     layer.brush_size = 9
     layer.selected_label = 1
     layer.mode = "paint"
-    canvas = canvas_widget(viewer)
-    steps = 12
-    points = [
-        _canvas_point(viewer, row, background_col + (col - background_col) * i / steps)
-        for i in range(steps + 1)
-    ]
-    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
-    for point in points[1:]:
-        qtbot.mouseMove(canvas, point)
-        qtbot.wait(5)
-    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
+    drag(qtbot, viewer, (row, background_col), (row, col))
     qtbot.wait(50)
 
     # the part pixels painted became person 1; the background painted has no person

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 from napari.utils import DirectLabelColormap
-from qtpy.QtCore import QPoint, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLineEdit
 
 from napari_deeplab._napari.class_legend import NEXT_CLASS_KEY, PREVIOUS_CLASS_KEY
@@ -25,7 +25,7 @@ from napari_deeplab.inference import Segmentation
 from napari_deeplab.worker import ModelProcess
 
 from .conftest import JOB_TIMEOUT_MS
-from .gui import canvas_widget, main_window
+from .gui import canvas_widget, drag, main_window
 
 SHIFT, CONTROL = Qt.KeyboardModifier.ShiftModifier, Qt.KeyboardModifier.ControlModifier
 PHOTO = "CIHP 0005008"  # the sample's layer name
@@ -50,31 +50,6 @@ def direct_process():
 
 def _predict_directly(process, photo, model):
     return next(r for r in process.segment([photo], model) if isinstance(r, Segmentation))
-
-
-def _canvas_point(viewer, row: float, col: float) -> QPoint:
-    """Where the data pixel (row, col) of an unscaled 2D layer is on the canvas."""
-    canvas = canvas_widget(viewer)
-    camera = viewer.scene.camera
-    center, zoom = camera.center, camera.zoom
-    return QPoint(
-        round((col - center[-1]) * zoom + canvas.width() / 2),
-        round((row - center[-2]) * zoom + canvas.height() / 2),
-    )
-
-
-def _drag(qtbot, viewer, start: tuple, end: tuple, steps: int = 12) -> None:
-    """A mouse drag with the left button, as a hand on the mouse makes it."""
-    canvas = canvas_widget(viewer)
-    points = [
-        _canvas_point(viewer, *(np.array(start) + (np.array(end) - start) * i / steps))
-        for i in range(steps + 1)
-    ]
-    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
-    for point in points[1:]:
-        qtbot.mouseMove(canvas, point)
-        qtbot.wait(5)
-    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[-1])
 
 
 def test_run_gives_a_parts_layer_in_cihp_colours(
@@ -128,7 +103,7 @@ def test_rerun_keeps_a_painted_stroke_in_a_shown_viewer(
     parts.brush_size = 15
     widget.legend.list.setCurrentRow(13)  # the user clicks "face" in the legend
     parts.mode = "paint"  # the brush button of the layer controls
-    _drag(qtbot, viewer, (100, 60), (130, 200))
+    drag(qtbot, viewer, (100, 60), (130, 200))
     stroke = parts.data != first_run
     assert stroke.sum() > 500, "the mouse stroke did not paint"
     assert (parts.data[stroke] == 13).all()

@@ -3,7 +3,7 @@ from the Plugins menu and driven with a real mouse position and real keys."""
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QEvent, QPoint, QPointF, Qt
+from qtpy.QtCore import QEvent, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication
 from skimage.segmentation import flood
@@ -14,7 +14,7 @@ from napari_deeplab.inference import Segmentation
 from napari_deeplab.second_choice import relabel_with_runner_up
 from napari_deeplab.worker import ModelProcess
 
-from .gui import canvas_widget
+from .gui import canvas_point, canvas_widget
 
 SHIFT, CONTROL = Qt.KeyboardModifier.ShiftModifier, Qt.KeyboardModifier.ControlModifier
 PHOTO = "CIHP 0005008"
@@ -37,12 +37,7 @@ def point_at(qtbot, viewer, row: int, col: int) -> None:
     """Move the mouse over the data pixel (row, col) of an unscaled layer, as a hand does."""
     canvas = canvas_widget(viewer)
     assert canvas.width() > 0 and canvas.height() > 0, "the docked widgets leave no canvas"
-    camera = viewer.scene.camera
-    center, zoom = camera.center, camera.zoom
-    point = QPoint(
-        round((col - center[-1]) * zoom + canvas.width() / 2),
-        round((row - center[-2]) * zoom + canvas.height() / 2),
-    )
+    point = canvas_point(viewer, row, col)
     # the mouse's move as Qt delivers it to the canvas (QTest.mouseMove moves no pointer here)
     move = QMouseEvent(
         QEvent.Type.MouseMove,

@@ -299,7 +299,7 @@ class PeopleTools(Container):
         data = np.asarray(people.data)
         shapes = self._selected_shapes()
         if shapes is not None:
-            touched = np.unique(data[stroke_mask(*shapes, data.shape) & (data > 0)])
+            touched = _people_touched(data, shapes)
             if len(touched) < 2:
                 return self._say("The selected shapes touch fewer than two people: nothing merged")
             merged = data
@@ -398,7 +398,7 @@ class PeopleTools(Container):
         data = np.asarray(people.data)
         shapes = self._selected_shapes()
         if shapes is not None:
-            gone = np.unique(data[stroke_mask(*shapes, data.shape) & (data > 0)])
+            gone = _people_touched(data, shapes)
         else:
             person = self._person_under_mouse(people)
             if person is None:
@@ -462,6 +462,12 @@ class PeopleTools(Container):
 def _disc(shape: tuple[int, int], row: int, col: int, radius: int) -> np.ndarray:
     rows, cols = np.ogrid[: shape[0], : shape[1]]
     return (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+
+
+def _people_touched(people: np.ndarray, shapes) -> np.ndarray:
+    """The ids (sorted) of the people of ``people`` (H x W uint8) that the selected ``shapes``
+    (:meth:`PeopleTools._selected_shapes`) touch."""
+    return np.unique(people[stroke_mask(*shapes, people.shape) & (people > 0)])
 
 
 def _names(ids) -> str:
